@@ -1,0 +1,63 @@
+"""Check the input data, split car-grouped folds, and cache what training reads.
+
+    python 01_prepare.py --demo                     # write the synthetic demo data into input/, then prepare
+    python 01_prepare.py --input /data/carvana      # real Kaggle data
+    python 01_prepare.py --preset cpu --input ../shared/carvana_sample --output out
+
+Writes output/folds.csv (id, car, view, fold) and output/cache/<H>x<W>/ for the preset's size.
+Every problem in the input is reported with its file name, then the script exits non-zero.
+"""
+from __future__ import annotations
+
+import time
+
+import params
+from lib import data, files, folds, inputs
+from lib.errors import PipelineError, run_main
+
+
+def write_demo(p: params.Params) -> None:
+    root = p.input_dir
+    if (root / files.TRAIN).exists() and any((root / files.TRAIN).iterdir()) and not p.force:
+        marker = root / "DEMO"
+        if not marker.exists():
+            raise PipelineError(f"{root}: holds data that is not the demo; use another --input, or --force")
+        print(f"demo data already in {root} (use --force to regenerate)")
+        return
+    from lib import demo
+    start = time.perf_counter()
+    demo.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+    files.write_text_atomic(root / "DEMO", "synthetic demo data written by 01_prepare.py --demo\n")
+    print(f"demo data: {p.demo_train_cars} train + {p.demo_test_cars} test cars at {p.demo_width}x"
+          f"{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
+
+
+def main(p: params.Params) -> None:
+    if p.demo:
+        write_demo(p)
+    start = time.perf_counter()
+    table, notes = inputs.check_train(p.input_dir, p.workers)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"checked {len(table)} training images of {table.car.nunique()} cars in {p.input_dir} "
+          f"({time.perf_counter() - start:.1f}s)")
+    meta_path = p.input_dir / files.METADATA_CSV
+    metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
+    split = folds.split(table, p.n_folds, p.seed, metadata)
+    written = folds.save(split, p.output_dir, p.force)
+    per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
+    print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
+          + ", ".join(f"fold {k} {r.cars} cars/{r.images} images" for k, r in per_fold.iterrows()))
+    if (p.input_dir / files.SAMPLE_SUBMISSION).exists() and (p.input_dir / files.TEST).is_dir():
+        test_ids, _ = inputs.check_test(p.input_dir)
+        print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present")
+    else:
+        print(f"note: no {files.TEST}/ with {files.SAMPLE_SUBMISSION} in {p.input_dir}; 03_predict.py needs them")
+    data.open_cache(p.input_dir, p.output_dir, list(split.id), p.height, p.width, p.workers)
+    params.save(p, p.output_dir / "prepare_params.json")
+    print(f"training cache ready: {files.cache_dir(p.output_dir, p.height, p.width)}")
+
+
+if __name__ == "__main__":
+    p, _ = params.parse(__doc__)
+    run_main(lambda: main(p))

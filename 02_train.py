@@ -1,0 +1,40 @@
+"""Train one fold (or all) of the car-grouped K-fold UNet.
+
+    python 02_train.py --fold 0                        # full-resolution GPU defaults
+    python 02_train.py --fold all --preset demo        # every fold, one after another
+    python 02_train.py --fold 0 --preset demo --resume # continue an interrupted run
+    CUDA_VISIBLE_DEVICES=1 python 02_train.py --fold 1 # folds side by side, one process per GPU
+
+Writes output/<experiment>/fold<k>/: model.pt (best val Dice), last.pt (resumable), log.csv,
+curve.png, oof.npz (out-of-fold uint8 probabilities of the best model), params.json.
+"""
+from __future__ import annotations
+
+import argparse
+
+import params
+from lib import folds
+from lib.errors import PipelineError, run_main
+from lib.train import FoldTrainer
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold", required=True, help="fold number, or 'all'")
+    parser.add_argument("--resume", action="store_true", help="continue from last.pt")
+
+
+def main(p: params.Params, fold: str, resume: bool) -> None:
+    if fold == "all":
+        ks = range(folds.n_folds_of(folds.read(p.output_dir)))
+    elif fold.isdigit():
+        ks = [int(fold)]
+    else:
+        raise PipelineError(f"--fold {fold!r}: give a fold number or 'all'")
+    results = [FoldTrainer(p, k, resume).run() for k in ks]
+    for r in results:
+        print(f"fold {r['fold']}: best val Dice {r['best_val_dice']:.5f} after {r['epochs']} epochs")
+
+
+if __name__ == "__main__":
+    p, args = params.parse(__doc__, extra=add_args)
+    run_main(lambda: main(p, args.fold, args.resume))

@@ -1,0 +1,88 @@
+"""Write the test submission from 03_predict.py's maps, and compare the models with average-mask baselines.
+
+    python 04_submit.py                                  # output/<experiment>/submission.csv.gz + manifest
+    python 04_submit.py --preset demo --baselines --score
+                                                         # + baseline_global/baseline_view.csv.gz, local test Dice
+    python 04_submit.py --preds output/unet_a:2 output/unet_b:1 --submission blend
+                                                         # weighted ensemble of two runs (weights 2/3, 1/3)
+    python 04_submit.py --threshold 0.45 --submission fixed045 --workers 8
+
+Every PNG listed by sample_submission.csv must exist in every prediction folder (else nothing is
+written). The threshold is --threshold when given, else the tuned one (an ensemble: the weighted mean
+of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
+<submission>.manifest.json, comparison.md (out-of-fold Dice of the baselines, each fold model and the
+fold ensemble; with --score also the local test Dice against input/test_masks, demo data only).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+import params
+from lib import baseline, files, folds, inputs, submission
+from lib.errors import PipelineError, run_main
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preds", nargs="+", metavar="DIR[:WEIGHT]",
+                        help="prediction folders (each with tuning.json and test_probs/), optional weights; "
+                             "default: output/<experiment>")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also write baseline_global.csv.gz and baseline_view.csv.gz (average masks)")
+    parser.add_argument("--score", action="store_true",
+                        help="score every written submission against input/test_masks (demo data)")
+
+
+def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, ids: list[str]) -> dict:
+    """Baseline test submissions in the run folder; returns {file name: path}."""
+    written = {}
+    for name, result in results.items():
+        path = submission.submission_path(files.run_dir(p.output_dir, p.experiment), f"baseline_{name}")
+        baseline.write_baseline_submission(path, total, result, ids, p.input_dir / files.SAMPLE_SUBMISSION)
+        print(f"wrote {path} (threshold {result.threshold:.3f})")
+        written[path.name] = path
+    return written
+
+
+def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction) -> tuple[dict, baseline.MaskSums]:
+    """Out-of-fold scores of the average-mask baselines, from the training cache at the run's network size."""
+    from lib import data  # imports torch: only here, so failures before it are quick and workers stay light
+    start = time.perf_counter()
+    h, w = pred.size
+    cache = data.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
+    if tuple(cache.orig_size) != pred.orig_size:
+        raise PipelineError(f"{files.cache_dir(p.output_dir, h, w)}: training images are {cache.orig_size}, "
+                            f"the predictions {pred.orig_size}; prediction and training data differ")
+    results, total = baseline.oof_baselines(cache, split)
+    print(f"baselines scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")
+    return results, total
+
+
+def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, score: bool) -> None:
+    run = files.run_dir(p.output_dir, p.experiment)
+    preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
+    test_ids = inputs.read_sample_submission(p.input_dir)
+    split = folds.read(p.output_dir)
+    if score:
+        submission.truth_paths(p.input_dir, test_ids)  # fail now, not after the work
+    out = submission.submission_path(run, p.submission)
+    manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
+                                          p.threshold, p.workers)
+    print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
+          f"({manifest['threshold_source']}), {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
+
+    results, total = score_baselines(p, split, preds[0])
+    written = {out.name: out}
+    if with_baselines:
+        written |= write_baselines(p, results, total, test_ids)
+    test_dice = {name: submission.score_submission(path, p.input_dir) for name, path in written.items()} if score else {}
+    table = baseline.comparison_table(results, preds, manifest, test_dice)
+    files.write_text_atomic(run / files.COMPARISON, table)
+    print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
+
+
+if __name__ == "__main__":
+    p, args = params.parse(__doc__, extra=add_args)
+    run_main(lambda: main(p, args.preds, args.baselines, args.score))

@@ -1,0 +1,188 @@
+"""Average-mask baselines, scored like the models, and the table that puts the models beside them.
+
+Every Carvana photo is shot from one of 16 fixed studio angles, so the average of the training masks
+is already a fair guess (0.7491 public LB for one mask for every image). Two baselines:
+    global: one mask, the average of the training masks;
+    view:   one mask per view 01..16, the average of that view's training masks.
+Out-of-fold, as 03_predict.py scores the models: for fold k the averages come from the other folds'
+masks only, as uint8 levels round(mean * 255); fold k's images are counted with ``dice_histograms``
+at full resolution, and one threshold is tuned on all out-of-fold images with ``best_threshold``.
+For the test set the averages come from all training masks, thresholded at that tuned threshold;
+every test image of a view gets the same mask, so each view's RLE is encoded once and reused.
+
+Memory: per-view sums at full resolution, (16, 1280, 1918) int32 = 157 MB, twice (all folds and the
+current fold), plus the (16, 1280, 1918) uint8 averages; never all masks at once.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from lib import files, rle
+from lib.errors import PipelineError
+from lib.metrics import best_threshold, binarize, dice_histograms, level_of
+from lib.submission import Prediction, write_manifest, write_submission
+
+NAMES = ("global", "view")
+TITLES = {"global": "average mask, global", "view": "average mask, per view"}
+
+
+@dataclass(frozen=True)
+class MaskSums:
+    """Training masks added up per view at full resolution."""
+    views: tuple[int, ...]  # view numbers (1..16), ascending; index i of sums/counts is views[i]
+    sums: NDArray[np.int32]  # (V, H0, W0): how many masks of the view cover each pixel
+    counts: NDArray[np.int64]  # (V,): masks added per view
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H0, W0)."""
+        return int(self.sums.shape[1]), int(self.sums.shape[2])
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Out-of-fold score of one baseline at its tuned threshold."""
+    name: str  # "global" | "view"
+    threshold: float
+    oof_dice: float
+    n_images: int
+
+
+def average_u8(sums: NDArray, count: int) -> NDArray[np.uint8]:
+    """uint8 levels round(mean * 255) of ``count`` masks summed into ``sums`` ((H, W) integers)."""
+    if count < 1:
+        raise ValueError("average_u8 needs at least one mask")
+    return np.rint(sums / count * 255.0).astype(np.uint8)
+
+
+def global_average(s: MaskSums) -> NDArray[np.uint8]:
+    """(H0, W0) uint8 average of every mask in ``s``."""
+    return average_u8(s.sums.sum(axis=0), int(s.counts.sum()))
+
+
+def view_averages(s: MaskSums) -> NDArray[np.uint8]:
+    """(V, H0, W0) uint8 average per view; every view must have at least one mask."""
+    empty = [v for v, n in zip(s.views, s.counts) if n == 0]
+    if empty:
+        raise PipelineError(f"no training mask of view(s) {', '.join(f'{v:02d}' for v in empty)} outside one "
+                            "fold: the per-view baseline needs every view in several folds' cars")
+    return np.stack([average_u8(s.sums[i], int(n)) for i, n in enumerate(s.counts)])
+
+
+def sum_masks(cache, rows: Sequence[int], view_index: Sequence[int], views: tuple[int, ...],
+              desc: str = "sum masks") -> MaskSums:
+    """Add up the full-resolution truth of cache rows ``rows``; ``view_index[j]`` is row j's index in ``views``."""
+    h0, w0 = cache.orig_size
+    sums = np.zeros((len(views), h0, w0), np.int32)
+    counts = np.zeros(len(views), np.int64)
+    for r, v in tqdm(zip(rows, view_index), total=len(rows), desc=desc, leave=False):
+        sums[v] += cache.full_mask(int(r))
+        counts[v] += 1
+    return MaskSums(views, sums, counts)
+
+
+def oof_baselines(cache, split: pd.DataFrame) -> tuple[dict[str, Baseline], MaskSums]:
+    """Score both baselines out-of-fold on every image of ``split`` (folds.csv rows; ids in ``cache``).
+
+    Returns ({"global": Baseline, "view": Baseline}, the per-view sums of all training masks).
+    """
+    ids = list(split.id)
+    rows = cache.rows(ids)
+    view_of = np.array([files.view_of(i) for i in ids])
+    views = tuple(int(v) for v in np.unique(view_of))
+    view_index = np.searchsorted(views, view_of)
+    fold = split.fold.to_numpy()
+    total = sum_masks(cache, rows, view_index, views, "baseline: sum all masks")
+    hists = {name: np.zeros((len(ids), 2, 256), np.int64) for name in NAMES}
+    for k in np.unique(fold):
+        members = np.flatnonzero(fold == k)
+        part = sum_masks(cache, rows[members], view_index[members], views, f"baseline: sum fold {k}")
+        np.subtract(total.sums, part.sums, out=part.sums)  # in place: the other folds' sums, no third array
+        others = MaskSums(views, part.sums, total.counts - part.counts)
+        if others.counts.sum() == 0:
+            raise PipelineError(f"fold {k} holds every training image; the baselines need at least two folds")
+        g, per_view = global_average(others), view_averages(others)
+        for j in tqdm(members, desc=f"baseline: score fold {k}", leave=False):
+            truth = cache.full_mask(int(rows[j]))
+            hists["global"][j] = dice_histograms(g, truth)
+            hists["view"][j] = dice_histograms(per_view[view_index[j]], truth)
+    results = {}
+    for name in NAMES:
+        threshold, score, _ = best_threshold(hists[name])
+        results[name] = Baseline(name, threshold, score, len(ids))
+    return results, total
+
+
+def baseline_rles(total: MaskSums, name: str, threshold: float) -> dict[int, str]:
+    """View number -> validated RLE of the baseline test mask (the same string for every view for 'global')."""
+    if name == "global":
+        code = rle.encode(binarize(global_average(total), threshold))
+        codes = {v: code for v in total.views}
+    elif name == "view":
+        codes = {v: rle.encode(binarize(avg, threshold)) for v, avg in zip(total.views, view_averages(total))}
+    else:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(NAMES)}")
+    for code in set(codes.values()):
+        rle.validate(code, total.shape)
+    return codes
+
+
+def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids: Sequence[str],
+                              sample_submission: Path) -> dict:
+    """Submission of one baseline for the test ids (sample_submission order) with its manifest; returns it."""
+    start = time.perf_counter()
+    codes = baseline_rles(total, result.name, result.threshold)
+    unknown = [i for i in ids if files.view_of(i) not in codes]
+    if unknown:
+        raise PipelineError(f"{sample_submission}: {len(unknown)} test image(s) of views with no training mask: "
+                            f"{', '.join(unknown[:10])}")
+    rows = write_submission(path, ids, (codes[files.view_of(i)] for i in ids), total.shape,
+                            expected_ids=ids, validate_rle=False)  # each view's string validated above
+    fields = {"inputs": [{"baseline": TITLES[result.name], "training_masks": int(total.counts.sum()),
+                          "masks_per_view": dict(zip(map(str, total.views), total.counts.tolist()))}],
+              "threshold": result.threshold, "level": level_of(result.threshold),
+              "threshold_source": "tuned out-of-fold on the fold-wise average masks",
+              "tta": "none", "oof_dice": result.oof_dice,
+              "oof_dice_note": "out-of-fold full-resolution Dice of the average masks of the other folds",
+              "orig_size": list(total.shape)}
+    return write_manifest(path, fields, rows, time.perf_counter() - start, sample_submission)
+
+
+# --- the comparison table ---
+def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction], manifest: dict,
+                     test_dice: dict[str, float] | None = None) -> str:
+    """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored.
+
+    test_dice: submission file name -> local test Dice (``score_submission``); keys 'baseline_<name>.csv.gz'
+    for the baselines and ``manifest['submission']`` for the model.
+    """
+    test_dice = test_dice or {}
+    rows = [(TITLES[b.name], "none", b.threshold, b.oof_dice, test_dice.get(f"baseline_{b.name}.csv.gz"))
+            for b in baselines.values()]
+    for p in preds:
+        prefix = f"{p.tuning['experiment']}: " if len(preds) > 1 else ""
+        rows += [(prefix + s["name"], s["tta"], s["threshold"], s["dice"], None) for s in p.tuning["scores"]]
+    rows.append((f"submission {manifest['submission']}", manifest["tta"], manifest["threshold"],
+                 manifest["oof_dice"], test_dice.get(manifest["submission"])))
+    scored = bool(test_dice)
+    n = next(iter(baselines.values())).n_images if baselines else 0
+    lines = [f"Full-resolution Dice, mean over images; out-of-fold on {n} training images"
+             + ("; test on input/test_masks" if scored else "") + ".", "",
+             "| system | TTA | threshold | OOF Dice |" + (" test Dice |" if scored else ""),
+             "|---|---|---:|---:|" + ("---:|" if scored else "")]
+    for name, tta, threshold, oof, test in rows:
+        cells = [name, tta, f"{threshold:.3f}", _fmt(oof)] + ([_fmt(test)] if scored else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.5f}"

@@ -1,0 +1,128 @@
+"""The files stages hand each other, named in one place, and atomic writing.
+
+Every file a later stage trusts is written to a temporary name in the same folder and then
+renamed, so an interrupted run never leaves a half-written file under the final name.
+
+    input/   train/ train_masks/ test/ [test_masks/] sample_submission.csv [train_masks.csv metadata.csv]
+    output/  folds.csv  cache/<H>x<W>/  <experiment>/params.json
+             <experiment>/fold<k>/{model.pt,last.pt,log.csv,curve.png,oof.npz,params.json}
+             <experiment>/tuning.json  <experiment>/test_probs/<id>.png
+             <experiment>/<submission>.csv.gz (+ .manifest.json)  <experiment>/comparison.md
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+# --- input (the Kaggle layout) ---
+TRAIN, TRAIN_MASKS, TEST, TEST_MASKS = "train", "train_masks", "test", "test_masks"
+SAMPLE_SUBMISSION, TRAIN_MASKS_CSV, METADATA_CSV = "sample_submission.csv", "train_masks.csv", "metadata.csv"
+
+
+def mask_name(image_id: str) -> str:
+    """'00087a6bd4dc_01' -> '00087a6bd4dc_01_mask.gif'."""
+    return f"{image_id}_mask.gif"
+
+
+def image_id(name: str) -> str:
+    """'00087a6bd4dc_01.jpg' or '.../00087a6bd4dc_01_mask.gif' -> '00087a6bd4dc_01'."""
+    stem = Path(name).name.split(".")[0]
+    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
+
+
+def car_of(image_id_: str) -> str:
+    """'00087a6bd4dc_01' -> '00087a6bd4dc'."""
+    return image_id_.rsplit("_", 1)[0]
+
+
+def view_of(image_id_: str) -> int:
+    """'00087a6bd4dc_01' -> 1."""
+    return int(image_id_.rsplit("_", 1)[1])
+
+
+# --- output ---
+def folds_csv(output: Path) -> Path:
+    return output / "folds.csv"
+
+
+def cache_dir(output: Path, height: int, width: int) -> Path:
+    return output / "cache" / f"{height}x{width}"
+
+
+def run_dir(output: Path, experiment: str) -> Path:
+    return output / experiment
+
+
+def fold_dir(output: Path, experiment: str, fold: int) -> Path:
+    return run_dir(output, experiment) / f"fold{fold}"
+
+
+BEST, LAST, LOG, CURVE, OOF, PARAMS = "model.pt", "last.pt", "log.csv", "curve.png", "oof.npz", "params.json"
+TUNING, TEST_PROBS, COMPARISON = "tuning.json", "test_probs", "comparison.md"
+
+
+# --- atomic writing ---
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json(path: Path, obj: dict) -> None:
+    import json
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path, made_by: str) -> dict:
+    """A JSON file another stage wrote; a clear error naming that stage if it is missing or broken."""
+    import json
+    from lib.errors import PipelineError
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run {made_by} first")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: not valid JSON ({e}); re-run {made_by}") from None
+
+
+def write_prob_png(path: Path, prob_u8) -> None:
+    """(H, W) uint8 probability map -> lossless 8-bit PNG, atomically."""
+    import cv2
+    ok, png = cv2.imencode(".png", prob_u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    write_bytes_atomic(path, png.tobytes())
+
+
+def read_prob_png(path: Path):
+    """(H, W) uint8 map written by write_prob_png; PipelineError if missing or unreadable."""
+    import cv2
+    import numpy as np
+    from lib.errors import PipelineError
+    data = np.fromfile(path, np.uint8) if path.exists() else None
+    prob = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
+    if prob is None or prob.ndim != 2 or prob.dtype != np.uint8:
+        raise PipelineError(f"{path}: missing or not an 8-bit probability map; re-run 03_predict.py")
+    return prob

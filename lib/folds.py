@@ -1,0 +1,73 @@
+"""Car-grouped K-fold split: a car's views never straddle two folds.
+
+Folds are balanced by car: stratified on make (where ``metadata.csv`` has it) or on the car's
+mean mask area (quantile bins), with scikit-learn's StratifiedGroupKFold, deterministic by seed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from lib import files
+from lib.errors import PipelineError
+
+COLUMNS = ["id", "car", "view", "fold"]
+
+
+def car_strata(table: pd.DataFrame, n_folds: int, metadata: pd.DataFrame | None = None) -> pd.Series:
+    """One label per image for stratification: the car's make, else its mean-mask-area bin."""
+    if metadata is not None and "make" in metadata:
+        make = table.car.map(metadata.set_index("id")["make"]).fillna("unknown")
+        counts = make.groupby(table.car).first().value_counts()
+        if counts.min() >= n_folds:  # every make can be spread over the folds
+            return make
+    area = table.groupby("car").mask_area.transform("mean")
+    n_bins = int(max(1, min(n_folds, table.car.nunique() // n_folds)))
+    return pd.qcut(area.rank(method="first"), n_bins, labels=False).astype(str)
+
+
+def split(table: pd.DataFrame, n_folds: int, seed: int, metadata: pd.DataFrame | None = None) -> pd.DataFrame:
+    """(id, car, view) table -> the same rows with a ``fold`` column in 0..n_folds-1."""
+    n_cars = table.car.nunique()
+    if n_cars < n_folds:
+        raise PipelineError(f"{n_cars} car(s) cannot make {n_folds} car-grouped folds; lower --n-folds")
+    strata = car_strata(table, n_folds, metadata)
+    sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.full(len(table), -1)
+    for k, (_, val) in enumerate(sgkf.split(table, strata, groups=table.car)):
+        fold[val] = k
+    out = table[["id", "car", "view"]].copy()
+    out["fold"] = fold
+    return out.sort_values("id").reset_index(drop=True)
+
+
+def save(folds: pd.DataFrame, output: Path, force: bool) -> bool:
+    """Write folds.csv; an existing different split is kept unless ``force``. Returns True if written."""
+    path = files.folds_csv(output)
+    if path.exists():
+        old = read(output)
+        if old.equals(folds[COLUMNS]):
+            return False
+        if not force:
+            raise PipelineError(f"{path}: a different split exists (models trained on it would be mixed); "
+                                "re-run with --force to replace it, or use another --output")
+    files.write_text_atomic(path, folds[COLUMNS].to_csv(index=False))
+    return True
+
+
+def read(output: Path) -> pd.DataFrame:
+    """The split written by 01_prepare.py."""
+    path = files.folds_csv(output)
+    if not path.exists():
+        raise PipelineError(f"{path}: no fold split; run `python 01_prepare.py` first")
+    df = pd.read_csv(path, dtype={"id": str, "car": str})
+    if list(df.columns) != COLUMNS:
+        raise PipelineError(f"{path}: columns are {list(df.columns)}, expected {COLUMNS}; re-run 01_prepare.py --force")
+    return df
+
+
+def n_folds_of(folds: pd.DataFrame) -> int:
+    return int(folds.fold.max()) + 1

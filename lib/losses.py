@@ -1,0 +1,24 @@
+"""BCE-with-logits + soft Dice, always computed in float32 (also under mixed precision)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BceDice(nn.Module):
+    """loss = bce_weight * BCE(logits, target) + dice_weight * (1 - soft Dice).
+
+    logits, target: (N, 1, H, W); target in [0, 1] (soft at object edges after downscaling).
+    The Dice term is smp's DiceLoss (binary mode, per batch).
+    """
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0):
+        super().__init__()
+        from segmentation_models_pytorch.losses import DiceLoss
+        self.bce_weight, self.dice_weight = bce_weight, dice_weight
+        self.bce = nn.BCEWithLogitsLoss()
+        self.dice = DiceLoss(mode="binary", from_logits=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        return self.bce_weight * self.bce(logits, target) + self.dice_weight * self.dice(logits, target)

@@ -1,0 +1,152 @@
+"""Dice scores and threshold tuning, scored the Carvana way (per image, then averaged).
+
+Probabilities are stored as uint8 levels 0..255 (``round(p * 255)``); the mask at level k is
+``prob_u8 > k``. A threshold t in the open interval (0, 1) maps to level ``round(t * 255)`` in exactly
+one place, ``level_of``, and back with ``threshold_of``; ``binarize`` applies it.
+
+Threshold tuning makes one pass over the pixels: ``dice_histograms`` counts, per image, how many
+pixels of each level fall outside / inside the truth; ``dice_by_level`` turns those counts into the
+Dice at every level at once; ``best_threshold`` picks the level with the best mean Dice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "N_LEVELS",
+    "dice",
+    "mean_dice",
+    "level_of",
+    "threshold_of",
+    "binarize",
+    "dice_histograms",
+    "dice_by_level",
+    "best_threshold",
+]
+
+N_LEVELS = 256  # uint8 probability levels 0..255; level = round(p * 255)
+_MAX_LEVEL = N_LEVELS - 1
+
+
+def _check_same_shape(a: NDArray, b: NDArray, names: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{names} must have the same shape, got {a.shape} and {b.shape}")
+
+
+def dice(pred: NDArray, truth: NDArray) -> float:
+    """Dice coefficient 2|P∩T| / (|P| + |T|) of one image; 1.0 when both masks are empty.
+
+    pred, truth: (H, W) (any equal shape) bool masks; other dtypes count nonzero as True.
+    """
+    _check_same_shape(pred, truth, "pred and truth")
+    p = pred.astype(np.bool_, copy=False)
+    t = truth.astype(np.bool_, copy=False)
+    total = np.count_nonzero(p) + np.count_nonzero(t)
+    if total == 0:
+        return 1.0
+    return 2.0 * np.count_nonzero(p & t) / total
+
+
+def mean_dice(preds: Iterable[NDArray], truths: Iterable[NDArray]) -> float:
+    """Mean over images of ``dice(pred, truth)``. preds, truths: equally long sequences of (H, W) masks."""
+    scores = []
+    for i, (p, t) in enumerate(_strict_zip(preds, truths)):
+        try:
+            scores.append(dice(p, t))
+        except ValueError as e:
+            raise ValueError(f"image {i}: {e}") from None
+    if not scores:
+        raise ValueError("mean_dice needs at least one image")
+    return float(np.mean(scores))
+
+
+def _strict_zip(a: Iterable, b: Iterable) -> Iterable[tuple]:
+    """zip that raises ValueError when the two iterables have different lengths."""
+    sentinel = object()
+    ia, ib = iter(a), iter(b)
+    while True:
+        x, y = next(ia, sentinel), next(ib, sentinel)
+        if x is sentinel and y is sentinel:
+            return
+        if x is sentinel or y is sentinel:
+            raise ValueError("preds and truths have different lengths")
+        yield x, y
+
+
+def level_of(threshold: float) -> int:
+    """uint8 level k = round(threshold * 255) for a threshold in the open interval (0, 1); mask = prob_u8 > k."""
+    if not 0.0 < threshold < 1.0:  # also rejects NaN
+        raise ValueError(f"threshold must be in the open interval (0, 1), got {threshold!r}")
+    return int(math.floor(threshold * _MAX_LEVEL + 0.5))
+
+
+def threshold_of(level: int) -> float:
+    """Threshold level / 255 of a uint8 level in 0..255 (the inverse of ``level_of``)."""
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= _MAX_LEVEL:
+        raise ValueError(f"level must be an integer in 0..{_MAX_LEVEL}, got {level!r}")
+    return int(level) / _MAX_LEVEL
+
+
+def _check_u8(prob_u8: NDArray) -> None:
+    if prob_u8.dtype != np.uint8:
+        raise TypeError(f"prob_u8 must be uint8 levels 0..255 (round(p * 255)), got dtype {prob_u8.dtype}")
+
+
+def binarize(prob_u8: NDArray[np.uint8], threshold: float) -> NDArray[np.bool_]:
+    """Mask ``prob_u8 > level_of(threshold)``. prob_u8: (H, W) (any shape) uint8 -> bool, same shape."""
+    _check_u8(prob_u8)
+    return prob_u8 > level_of(threshold)
+
+
+def dice_histograms(prob_u8: NDArray[np.uint8], truth: NDArray) -> NDArray[np.int64]:
+    """Per-level pixel counts of one image for one-pass threshold tuning.
+
+    prob_u8: (H, W) uint8 levels; truth: (H, W) bool (nonzero = car).
+    Returns (2, 256) int64: row 0 counts the pixels of each level outside the truth, row 1 inside.
+    """
+    _check_u8(prob_u8)
+    _check_same_shape(prob_u8, truth, "prob_u8 and truth")
+    code = truth.astype(np.bool_, copy=False).astype(np.uint16) << 8
+    code |= prob_u8
+    counts = np.bincount(code.ravel(), minlength=2 * N_LEVELS)
+    return counts.reshape(2, N_LEVELS).astype(np.int64, copy=False)
+
+
+def dice_by_level(hists: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Dice of each image at each level k (mask = prob_u8 > k), from stacked ``dice_histograms``.
+
+    hists: (N, 2, 256) counts. Returns (N, 256) float64; 1.0 where prediction and truth are both empty.
+    """
+    hists = np.asarray(hists)
+    if hists.ndim != 3 or hists.shape[1:] != (2, N_LEVELS):
+        raise ValueError(f"hists must have shape (N, 2, {N_LEVELS}), got {hists.shape}")
+    hists = hists.astype(np.int64, copy=False)
+    outside, inside = hists[:, 0], hists[:, 1]
+    n_truth = inside.sum(axis=1, keepdims=True)  # (N, 1)
+    # Pixels with level > k: total minus the cumulative count up to and including k.
+    tp = n_truth - np.cumsum(inside, axis=1)  # (N, 256)
+    fp = outside.sum(axis=1, keepdims=True) - np.cumsum(outside, axis=1)
+    denom = 2 * tp + fp + (n_truth - tp)  # |pred| + |truth|
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(denom > 0, 2.0 * tp / denom, 1.0)
+    return scores
+
+
+def best_threshold(hists: NDArray[np.int64]) -> tuple[float, float, NDArray[np.float64]]:
+    """Threshold with the best mean Dice over images.
+
+    hists: (N, 2, 256) stacked ``dice_histograms``. Only levels 1..254 are candidates, so the threshold
+    lies in the open interval (0, 1); ties go to the lowest level.
+    Returns (threshold, mean Dice at it, (256,) mean Dice at every level).
+    """
+    scores = dice_by_level(hists)
+    if scores.shape[0] == 0:
+        raise ValueError("best_threshold needs the histograms of at least one image")
+    per_level = scores.mean(axis=0)
+    level = 1 + int(np.argmax(per_level[1:_MAX_LEVEL]))
+    return threshold_of(level), float(per_level[level]), per_level

@@ -1,0 +1,175 @@
+"""Fold ensembles: out-of-fold tuning of TTA and threshold, and test inference.
+
+Tuning scores every fold model on its own validation images at full resolution, for every TTA
+mode, from per-image Dice histograms (one pass over the pixels finds every threshold's score).
+Test inference averages the fold models' probabilities and writes one uint8 PNG per image,
+atomically, so a re-run skips finished images and an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from lib import files, folds as folds_mod, tta
+from lib.data import CachedSet, SeededShuffle, load_net_image, make_loader, open_cache
+from lib.errors import PipelineError
+from lib.metrics import best_threshold, dice_by_level, level_of
+from lib.model import load_model
+from lib.train import Precision, load_oof, oof_histograms, pick_device, to_uint8
+from params import Params
+
+
+@dataclass
+class Ensemble:
+    """The fold models of one experiment, all at one network size."""
+    models: list[nn.Module]
+    folds: list[int]
+    fingerprints: list[dict]  # per fold: epoch and val Dice of the checkpoint, to detect retrained models
+    params: Params  # the first checkpoint's settings (size, encoder, ...)
+    device: torch.device
+    precision: Precision
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.params.height, self.params.width
+
+
+def load_ensemble(p: Params) -> Ensemble:
+    """Every fold model of ``p.experiment`` for the split in folds.csv, rebuilt from its own checkpoint."""
+    split = folds_mod.read(p.output_dir)
+    ks = list(range(folds_mod.n_folds_of(split)))
+    missing = [k for k in ks if not (files.fold_dir(p.output_dir, p.experiment, k) / files.BEST).exists()]
+    if missing:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
+                            f"`python 02_train.py --fold all` (or --fold K) with --experiment {p.experiment} first")
+    device = pick_device(p.device)
+    models, sizes, first, prints = [], set(), None, []
+    for k in ks:
+        model, mp, ckpt = load_model(files.fold_dir(p.output_dir, p.experiment, k) / files.BEST, device)
+        if p.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        models.append(model)
+        sizes.add((mp.height, mp.width))
+        prints.append({"fold": k, "epoch": int(ckpt.get("epoch", -1)), "val_dice": float(ckpt.get("val_dice", -1)),
+                       "arch": mp.arch, "encoder": mp.encoder})
+        first = first or mp
+    if len(sizes) > 1:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained at different "
+                            f"sizes {sorted(sizes)}; an ensemble needs one size")
+    return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp))
+
+
+@torch.no_grad()
+def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[nn.Module] | None = None
+                  ) -> np.ndarray:
+    """(N, 3, H, W) uint8 -> (N, H, W) uint8 mean probability of ``models`` (default all) with TTA ``mode``."""
+    x = images.to(ens.device, non_blocking=True)
+    if ens.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    models = models if models is not None else ens.models
+    total = None
+    with ens.precision.autocast(ens.device):
+        for model in models:
+            prob = tta.predict_proba(model, x, mode)
+            total = prob if total is None else total + prob
+    return to_uint8(total / len(models))
+
+
+# --- tuning on out-of-fold predictions ---
+def tune(p: Params, ens: Ensemble) -> dict:
+    """Pick TTA mode and threshold on the pooled out-of-fold images; return the tuning record."""
+    split = folds_mod.read(p.output_dir)
+    h, w = ens.size
+    cache = open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
+    modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
+    hists: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+    for k, model in zip(ens.folds, ens.models):
+        val_ids = sorted(split.id[split.fold == k])
+        rows = cache.rows(val_ids)
+        for mode in modes:
+            probs = _oof_probs(p, ens, model, cache, rows, val_ids, k, mode)
+            hists[mode].append(oof_histograms(probs, cache, rows))
+    scores, best = [], {}
+    for mode in modes:
+        pooled = np.concatenate(hists[mode])
+        threshold, dice, _ = best_threshold(pooled)
+        best[mode] = (dice, threshold)
+        level = level_of(threshold)
+        for k, fold_hists in zip(ens.folds, hists[mode]):
+            scores.append({"name": f"fold {k} model", "tta": mode, "threshold": threshold,
+                           "dice": float(dice_by_level(fold_hists)[:, level].mean())})
+        scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "threshold": threshold,
+                       "dice": float(dice)})
+    mode = max(modes, key=lambda m: best[m][0])
+    dice, threshold = best[mode]
+    return {"experiment": p.experiment, "folds": ens.folds, "tta": mode, "threshold": threshold,
+            "level": level_of(threshold), "oof_dice": dice, "size": [h, w], "orig_size": list(cache.orig_size),
+            "n_images": int(sum(len(x) for x in hists[mode])), "tta_asked": p.tta, "models": ens.fingerprints,
+            "scores": scores}
+
+
+def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
+               fold: int, mode: str) -> np.ndarray:
+    """(N, h, w) uint8 out-of-fold maps: training's oof.npz for mode 'none', else predicted now."""
+    if mode == "none":
+        path = files.fold_dir(p.output_dir, p.experiment, fold) / files.OOF
+        ids, probs = load_oof(path)
+        if ids != val_ids:
+            raise PipelineError(f"{path}: its images are not fold {fold}'s validation images in folds.csv "
+                                "(split changed after training?); re-run 02_train.py for this fold")
+        return probs
+    loader = make_loader(CachedSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size, 0,
+                         ens.device.type == "cuda")
+    out = [predict_batch(ens, images, mode, [model])
+           for images, _ in tqdm(loader, desc=f"oof fold {fold} {mode}", leave=False)]
+    return np.concatenate(out)
+
+
+# --- test inference ---
+class TestImages(Dataset):
+    def __init__(self, paths: list[Path], height: int, width: int):
+        self.paths, self.height, self.width = paths, height, width
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, _ = load_net_image(self.paths[i], self.height, self.width)
+        return torch.from_numpy(image).permute(2, 0, 1), i
+
+
+def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dict[str, Path], out_dir: Path
+                 ) -> dict:
+    """Write ``out_dir/<id>.png`` for every id not already done. Returns counts and speed."""
+    todo = [i for i in ids if not (out_dir / f"{i}.png").exists()]
+    print(f"test: {len(ids) - len(todo)} of {len(ids)} maps already done, {len(todo)} to predict "
+          f"with {len(ens.models)} model(s), TTA {mode}", flush=True)
+    if not todo:
+        return {"predicted": 0, "images_per_s": float("nan")}
+    h, w = ens.size
+    loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
+                        num_workers=p.workers, pin_memory=ens.device.type == "cuda")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max(2, p.workers)) as writer:
+        pending = []
+        for images, index in tqdm(loader, desc="test", dynamic_ncols=True):
+            probs = predict_batch(ens, images, mode)
+            for f in [f for f in pending if f.done()]:
+                f.result()  # re-raise a failed write here
+            pending = [f for f in pending if not f.done()] + [
+                writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob)
+                for j, prob in zip(index.tolist(), probs)]
+            if len(pending) > 4 * p.predict_batch_size:  # bound memory: wait for the writer
+                pending[0].result()
+        for f in pending:
+            f.result()
+    seconds = time.perf_counter() - start
+    return {"predicted": len(todo), "seconds": seconds, "images_per_s": len(todo) / seconds}

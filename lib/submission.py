@@ -1,0 +1,459 @@
+"""Test submissions: probability maps -> full-size masks -> RLE rows in a gzipped CSV, with a manifest.
+
+One or more prediction folders (``output/<experiment>/``, written by 03_predict.py) each hold
+``tuning.json`` and ``test_probs/<id>.png`` (uint8 maps at that run's network size). For every test
+id, in sample_submission.csv order, a worker process reads each folder's map, brings it to the
+original size with ``geometry.from_net``, averages the folders with normalised weights (rounded to
+uint8), binarizes with ``metrics.binarize`` (the same functions tuning used, so the submission's masks
+are exactly the ones the out-of-fold score counted), RLE-encodes and validates. The main process
+streams the rows into ``<name>.csv.gz`` under a temporary name and renames it only when every row
+is in and checked; ``<name>.manifest.json`` beside it says what went in.
+
+Memory stays bounded whatever the number of images: at most ``IN_FLIGHT_CHUNKS`` chunks per worker
+are queued or finished-but-unwritten at any time, and only RLE strings cross between processes.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import multiprocessing
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from lib import files, rle
+from lib.errors import PipelineError
+from lib.geometry import from_net
+from lib.inputs import read_mask
+from lib.metrics import binarize, dice, level_of
+
+SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
+HEADER = ("img", "rle_mask")
+CHUNKSIZE = 8  # test ids per worker task: ~40 ms of work at full size, small enough to keep both cores busy
+IN_FLIGHT_CHUNKS = 4  # chunks per worker queued or awaiting the writer: bounds memory, keeps workers fed
+GZIP_LEVEL = 6  # zlib's default; the writer costs ~0.1 ms per row at it
+WRITE_BATCH = 256  # rows joined per gzip write
+MAX_LISTED = 10  # missing files named in an error before "... and N more"
+PREDICT_STAGE = "03_predict.py"
+_SAFE_ID = re.compile(r"[^,\"\r\n]+")
+
+
+# --- names ---
+def submission_path(run: Path, name: str) -> Path:
+    """``run/<name>.csv.gz``: ``name`` is the stem (``--submission``)."""
+    if not name or "/" in name or name.endswith((".csv", ".gz")):
+        raise PipelineError(f"--submission {name!r}: give a bare file name stem such as 'submission'")
+    return run / f"{name}{SUFFIX}"
+
+
+def manifest_path(path: Path) -> Path:
+    """``x.csv.gz`` -> ``x.manifest.json`` beside it."""
+    return path.with_name(path.name[: -len(SUFFIX)] + MANIFEST_SUFFIX)
+
+
+def _listing(items: Sequence[str], n: int = MAX_LISTED) -> str:
+    return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
+
+
+# --- prediction folders ---
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction folder and its share of the ensemble."""
+    folder: Path
+    weight: float  # normalised: the weights of an ensemble sum to 1
+    weight_given: float  # as given on the command line
+    tuning: dict  # tuning.json of the folder
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(h, w) network size of the folder's test_probs PNGs."""
+        return int(self.tuning["size"][0]), int(self.tuning["size"][1])
+
+    @property
+    def orig_size(self) -> tuple[int, int]:
+        return int(self.tuning["orig_size"][0]), int(self.tuning["orig_size"][1])
+
+    @property
+    def probs_dir(self) -> Path:
+        return self.folder / files.TEST_PROBS
+
+    def map_path(self, image_id: str) -> Path:
+        return self.probs_dir / f"{image_id}.png"
+
+
+_TUNING_KEYS = {"experiment": str, "tta": str, "threshold": float, "level": int, "oof_dice": float,
+                "size": list, "orig_size": list, "scores": list}
+
+
+def parse_pred_spec(spec: str) -> tuple[Path, float]:
+    """``'DIR'`` -> (DIR, 1.0); ``'DIR:W'`` -> (DIR, W) for a positive number W."""
+    folder, sep, weight = spec.rpartition(":")
+    if not sep:
+        return Path(spec), 1.0
+    try:
+        w = float(weight)
+    except ValueError:
+        return Path(spec), 1.0  # a ':' that is part of the folder name
+    if not (w > 0 and np.isfinite(w)):
+        raise PipelineError(f"--preds {spec}: the weight {weight} must be a positive number")
+    return Path(folder), w
+
+
+def read_tuning(folder: Path) -> dict:
+    """``folder/tuning.json`` with its fields checked; PipelineError naming 03_predict.py otherwise."""
+    path = folder / files.TUNING
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: no such prediction folder; run {PREDICT_STAGE} for that experiment "
+                            "or fix --preds/--experiment")
+    tuning = files.read_json(path, PREDICT_STAGE)
+    for key, kind in _TUNING_KEYS.items():
+        value = tuning.get(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = tuning[key] = float(value)
+        if not isinstance(value, kind):
+            raise PipelineError(f"{path}: field {key!r} missing or not {kind.__name__}; re-run {PREDICT_STAGE}")
+    for key in ("size", "orig_size"):
+        if len(tuning[key]) != 2 or not all(isinstance(v, int) and v > 0 for v in tuning[key]):
+            raise PipelineError(f"{path}: {key} {tuning[key]} is not [height, width]; re-run {PREDICT_STAGE}")
+    try:
+        level = level_of(tuning["threshold"])
+    except ValueError as e:
+        raise PipelineError(f"{path}: {e}; re-run {PREDICT_STAGE}") from None
+    if level != tuning["level"]:
+        raise PipelineError(f"{path}: level {tuning['level']} disagrees with threshold {tuning['threshold']} "
+                            f"(level {level}); re-run {PREDICT_STAGE}")
+    return tuning
+
+
+def load_predictions(specs: Sequence[tuple[Path, float]]) -> list[Prediction]:
+    """Read every folder's tuning.json, normalise the weights; all folders must share the original size."""
+    if not specs:
+        raise PipelineError("no prediction folders given (--preds)")
+    folders = [Path(f).resolve() for f, _ in specs]
+    if len(set(folders)) < len(folders):
+        raise PipelineError(f"--preds names a folder twice: {', '.join(str(f) for f, _ in specs)}")
+    total = sum(w for _, w in specs)
+    preds = [Prediction(Path(f), w / total, w, read_tuning(Path(f))) for f, w in specs]
+    sizes = {p.orig_size for p in preds}
+    if len(sizes) > 1:
+        raise PipelineError("prediction folders disagree on the original image size: " + ", ".join(
+            f"{p.folder} {p.orig_size[1]}x{p.orig_size[0]}" for p in preds) + "; ensemble runs of the same data")
+    return preds
+
+
+def ensemble_threshold(preds: Sequence[Prediction], override: float = 0.0) -> tuple[float, str]:
+    """(threshold, where it came from): ``override`` when non-zero, else the weighted mean of the tuned ones."""
+    if override:
+        level_of(override)  # raises for a threshold outside (0, 1)
+        return float(override), "--threshold"
+    if len(preds) == 1:
+        return float(preds[0].tuning["threshold"]), f"tuned out-of-fold ({preds[0].folder / files.TUNING})"
+    mean = float(sum(p.weight * p.tuning["threshold"] for p in preds))
+    return mean, "weighted mean of the folders' tuned thresholds (the ensemble itself was not tuned)"
+
+
+def missing_maps(pred: Prediction, ids: Sequence[str]) -> list[str]:
+    """Test ids (in the given order) with no ``test_probs/<id>.png`` in the folder."""
+    folder = pred.probs_dir
+    present = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
+    return [i for i in ids if f"{i}.png" not in present]
+
+
+def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
+    """Every folder has every test map, and its first map has the size tuning.json states."""
+    problems = []
+    for p in preds:
+        missing = missing_maps(p, ids)
+        if missing:
+            problems.append(f"{p.probs_dir}: {len(missing)} of {len(ids)} test maps missing: "
+                            f"{_listing([m + '.png' for m in missing])}")
+    if problems:
+        raise PipelineError("; ".join(problems) + f"; run {PREDICT_STAGE} (it continues where it stopped)")
+    for p in preds:
+        first = files.read_prob_png(p.map_path(ids[0]))
+        if first.shape != p.size:
+            raise PipelineError(f"{p.map_path(ids[0])}: map is {first.shape[1]}x{first.shape[0]} but "
+                                f"{p.folder / files.TUNING} says {p.size[1]}x{p.size[0]}; re-run {PREDICT_STAGE}")
+
+
+# --- one image: the pure part ---
+def blend(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float]) -> NDArray[np.uint8]:
+    """Weighted average of equally shaped uint8 maps, rounded to uint8 (half to even).
+
+    maps: k arrays (H, W) uint8; weights: k floats summing to 1. One map is returned as is.
+    """
+    if len(maps) != len(weights) or not maps:
+        raise ValueError(f"blend needs as many weights as maps, got {len(maps)} maps and {len(weights)} weights")
+    if len(maps) == 1:
+        return maps[0]
+    acc = np.multiply(maps[0], np.float32(weights[0]), dtype=np.float32)
+    for m, w in zip(maps[1:], weights[1:]):
+        acc += np.multiply(m, np.float32(w), dtype=np.float32)
+    np.rint(acc, out=acc)
+    np.clip(acc, 0, 255, out=acc)
+    return acc.astype(np.uint8)
+
+
+def ensemble_mask(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
+                  threshold: float) -> NDArray[np.bool_]:
+    """Network-size maps (each (h_i, w_i) uint8) -> (H0, W0) bool mask: from_net each, blend, binarize."""
+    h0, w0 = orig_size
+    return binarize(blend([from_net(m, h0, w0) for m in maps], weights), threshold)
+
+
+# --- many images: worker processes ---
+@dataclass(frozen=True)
+class EncodeJob:
+    """What a worker needs to turn a test id into its RLE (picklable, sent once per worker)."""
+    folders: tuple[Path, ...]  # the folders' test_probs/
+    sizes: tuple[tuple[int, int], ...]  # (h, w) of each folder's maps
+    weights: tuple[float, ...]
+    orig_size: tuple[int, int]
+    threshold: float
+
+
+_JOB: EncodeJob | None = None  # set in each worker by _init_worker
+
+
+def _init_worker(job: EncodeJob, single_thread: bool = True) -> None:
+    global _JOB
+    _JOB = job
+    if single_thread:
+        cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
+    """(image_id, validated RLE of its ensemble mask at the original size)."""
+    job = job or _JOB
+    maps = []
+    for folder, size in zip(job.folders, job.sizes):
+        path = folder / f"{image_id}.png"
+        prob = files.read_prob_png(path)
+        if prob.shape != size:
+            raise PipelineError(f"{path}: map is {prob.shape[1]}x{prob.shape[0]}, the folder's tuning.json says "
+                                f"{size[1]}x{size[0]}; re-run {PREDICT_STAGE}")
+        maps.append(prob)
+    code = rle.encode(ensemble_mask(maps, job.weights, job.orig_size, job.threshold))
+    try:
+        rle.validate(code, job.orig_size)
+    except ValueError as e:
+        raise PipelineError(f"{image_id}: the encoder produced an invalid RLE ({e}); a bug in lib/rle.py") from None
+    return image_id, code
+
+
+def _throttled(ids: Iterable[str], slots: threading.Semaphore, stop: threading.Event) -> Iterator[str]:
+    """Yield ids only while a slot is free (the writer frees one per row written); end early on ``stop``."""
+    for image_id in ids:
+        while not slots.acquire(timeout=0.2):
+            if stop.is_set():
+                return
+        if stop.is_set():
+            return
+        yield image_id
+
+
+@contextmanager
+def encoded_rles(job: EncodeJob, ids: Sequence[str], workers: int, chunksize: int = CHUNKSIZE
+                 ) -> Iterator[Iterator[str]]:
+    """Context yielding an iterator of RLE strings, one per id in order, computed by ``workers`` processes.
+
+    At most ``workers * chunksize * IN_FLIGHT_CHUNKS`` ids are queued or done-but-unconsumed at a time.
+    Leaving the context (normally or on an error anywhere) stops the workers.
+    """
+    if workers <= 1:
+        yield (_checked(i, encode_one(i, job)) for i in ids)
+        return
+    slots, stop = threading.Semaphore(workers * chunksize * IN_FLIGHT_CHUNKS), threading.Event()
+    pool = multiprocessing.get_context().Pool(workers, _init_worker, (job,))
+    results = pool.imap(encode_one, _throttled(ids, slots, stop), chunksize)
+
+    def stream() -> Iterator[str]:
+        for image_id, item in zip(ids, results):
+            slots.release()
+            yield _checked(image_id, item)
+    try:
+        yield stream()
+        pool.close()
+    finally:
+        stop.set()
+        pool.terminate()
+        pool.join()
+
+
+def _checked(image_id: str, item: tuple[str, str]) -> str:
+    if item[0] != image_id:
+        raise RuntimeError(f"worker returned {item[0]} in the place of {image_id}")
+    return item[1]
+
+
+# --- the file ---
+def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], shape: tuple[int, int],
+                     expected_ids: Sequence[str] | None = None, validate_rle: bool = True) -> int:
+    """Stream ``img,rle_mask`` rows (``<id>.jpg``, RLE) into ``path`` (``.csv.gz``) atomically; return the row count.
+
+    ids: the image ids in row order; masks_rle: one RLE string per id, same order, consumed lazily.
+    expected_ids: the ids of sample_submission.csv; ``ids`` must equal them, order included.
+    shape: (H0, W0) every RLE must fit. validate_rle=False skips ``rle.validate`` per row, for callers
+    whose strings were validated at the source (the encoding workers; one string per view for baselines).
+    Nothing is written under ``path`` unless every row passed; an earlier file there is left intact.
+    """
+    path = Path(path)
+    if not path.name.endswith(SUFFIX):
+        raise ValueError(f"{path}: a submission file name must end with {SUFFIX}")
+    ids = list(ids)
+    _check_ids(path, ids, expected_ids)
+    refused = f"{path}: not written:"
+    with files.atomic_path(path) as tmp:
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(path.name[:-3], "wb", GZIP_LEVEL, raw, mtime=0) as gz:
+                gz.write((",".join(HEADER) + "\n").encode())
+                rows, batch, codes = 0, [], iter(masks_rle)
+                for image_id in ids:
+                    code = next(codes, None)
+                    if code is None:
+                        raise PipelineError(f"{refused} only {rows} masks for the {len(ids)} ids")
+                    if not isinstance(code, str):
+                        raise PipelineError(f"{refused} the mask of {image_id} is a {type(code).__name__}, not an RLE string")
+                    if validate_rle:
+                        try:
+                            rle.validate(code, shape)
+                        except ValueError as e:
+                            raise PipelineError(f"{refused} bad RLE for {image_id} (row {rows + 1}): {e}") from None
+                    batch.append(f"{image_id}.jpg,{code}\n")
+                    rows += 1
+                    if len(batch) == WRITE_BATCH:
+                        gz.write("".join(batch).encode())
+                        batch.clear()
+                if next(codes, None) is not None:
+                    raise PipelineError(f"{refused} more masks than the {len(ids)} ids")
+                gz.write("".join(batch).encode())
+            raw.flush()
+            os.fsync(raw.fileno())
+    return rows
+
+
+def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None) -> None:
+    bad = [i for i in ids if not _SAFE_ID.fullmatch(i)]
+    if bad:
+        raise PipelineError(f"{path}: not written: ids with a comma, quote or line break: {_listing(bad)}")
+    if expected is None:
+        return
+    expected = list(expected)
+    if ids == expected:
+        return
+    if len(ids) != len(expected):
+        raise PipelineError(f"{path}: not written: {len(ids)} ids but {files.SAMPLE_SUBMISSION} lists {len(expected)}")
+    k = next(n for n, (a, b) in enumerate(zip(ids, expected)) if a != b)
+    raise PipelineError(f"{path}: not written: row {k + 1} is {ids[k]} but {files.SAMPLE_SUBMISSION} has "
+                        f"{expected[k]} there (rows must follow its order)")
+
+
+def read_submission(path: Path) -> Iterator[tuple[str, str]]:
+    """Stream (image id, RLE) rows of a submission ``.csv.gz`` (or ``.csv``), checking the header."""
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; write it with 04_submit.py")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or tuple(header) != HEADER:
+                raise PipelineError(f"{path}: header is {header}, expected {','.join(HEADER)}")
+            for n, row in enumerate(reader, start=2):
+                if len(row) != 2:
+                    raise PipelineError(f"{path}: line {n} has {len(row)} fields, expected 2")
+                yield files.image_id(row[0]), row[1]
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable ({e}); write it again with 04_submit.py") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(path: Path, fields: dict, rows: int, seconds: float, sample_submission: Path) -> dict:
+    """Write ``<name>.manifest.json`` beside the submission ``path``: ``fields`` plus what every manifest has."""
+    manifest = {"submission": path.name, "rows": rows, "seconds": round(seconds, 3),
+                "images_per_s": round(rows / seconds, 1) if seconds > 0 else None,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "sample_submission": str(sample_submission), "sha256": file_sha256(path), **fields}
+    files.write_json(manifest_path(path), manifest)
+    return manifest
+
+
+# --- the whole model submission ---
+def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str], sample_submission: Path,
+                    threshold: float = 0.0, workers: int = 2, chunksize: int = CHUNKSIZE) -> dict:
+    """Check every map exists, stream the ensemble's masks into ``path`` with workers, write the manifest.
+
+    ids: test ids in sample_submission.csv order. threshold: 0 = the tuned one(s). Returns the manifest.
+    """
+    check_maps(preds, ids)
+    thr, source = ensemble_threshold(preds, threshold)
+    orig_size = preds[0].orig_size
+    job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.size for p in preds),
+                    tuple(p.weight for p in preds), orig_size, thr)
+    start = time.perf_counter()
+    with encoded_rles(job, ids, workers, chunksize) as codes:
+        rows = write_submission(path, ids, codes, orig_size, expected_ids=ids, validate_rle=False)
+    seconds = time.perf_counter() - start
+    ttas = sorted({p.tuning["tta"] for p in preds})
+    fields = {
+        "inputs": [{"folder": str(p.folder), "experiment": p.tuning["experiment"], "weight": p.weight,
+                    "weight_given": p.weight_given, "tta": p.tuning["tta"], "threshold": p.tuning["threshold"],
+                    "oof_dice": p.tuning["oof_dice"], "size": list(p.size)} for p in preds],
+        "threshold": thr, "level": level_of(thr), "threshold_source": source,
+        "tta": ttas[0] if len(ttas) == 1 else "mixed (see inputs)",
+        "oof_dice": preds[0].tuning["oof_dice"] if len(preds) == 1 and not threshold else None,
+        "oof_dice_note": ("out-of-fold full-resolution Dice of the fold ensemble at this threshold (tuning.json)"
+                          if len(preds) == 1 and not threshold else
+                          "not measured: the ensemble / fixed threshold was not scored out-of-fold"),
+        "orig_size": list(orig_size), "workers": workers,
+    }
+    return write_manifest(path, fields, rows, seconds, sample_submission)
+
+
+# --- local scoring (demo data has test truth) ---
+def truth_paths(root: Path, ids: Sequence[str]) -> list[Path]:
+    """``root/test_masks/<id>_mask.gif`` for each id; PipelineError naming the missing ones."""
+    folder = root / files.TEST_MASKS
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: no test truth to score against (only the demo data has it: "
+                            "01_prepare.py --demo); drop --score for Kaggle data")
+    present = {e.name for e in os.scandir(folder)}
+    missing = [files.mask_name(i) for i in ids if files.mask_name(i) not in present]
+    if missing:
+        raise PipelineError(f"{folder}: {len(missing)} of {len(ids)} truth masks missing: {_listing(missing)}")
+    return [folder / files.mask_name(i) for i in ids]
+
+
+def score_submission(path: Path, root: Path) -> float:
+    """Mean Dice over the submission's rows against ``root/test_masks`` GIFs, at full size, the Kaggle way."""
+    ids = [i for i, _ in read_submission(path)]
+    if not ids:
+        raise PipelineError(f"{path}: no rows to score")
+    truths = truth_paths(root, ids)
+    scores = []
+    for (image_id, code), truth_path in zip(read_submission(path), truths):
+        truth = read_mask(truth_path)
+        try:
+            pred = rle.decode(code, truth.shape)
+        except ValueError as e:
+            raise PipelineError(f"{path}: bad RLE for {image_id}: {e}") from None
+        scores.append(dice(pred, truth))
+    return float(np.mean(scores))

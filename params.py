@@ -1,0 +1,210 @@
+"""Every setting of the pipeline, in one typed dataclass, plus named presets.
+
+Defaults are for the real full-resolution GPU run (1918 x 1280 padded to 1920 x 1280).
+Presets are named sets of overrides; command-line flags override the preset.
+
+    python 02_train.py --preset demo --fold 0 --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class Params:
+    # --- where things are ---
+    input: str = "input"  # data folder in the Kaggle layout (train/, train_masks/, test/, ...)
+    output: str = "output"  # results folder: folds.csv, cache/, one folder per experiment
+    experiment: str = "unet_resnet34_1280"  # run folder name under output/
+    seed: int = 42  # seeds the split, the demo data, training and augmentation
+
+    # --- 01_prepare ---
+    demo: bool = False  # generate the synthetic demo dataset into --input first
+    demo_train_cars: int = 12  # demo: cars with masks (16 views each)
+    demo_test_cars: int = 4  # demo: cars in test/ (truth in test_masks/)
+    demo_width: int = 1918  # demo image width
+    demo_height: int = 1280  # demo image height
+    n_folds: int = 5  # K of the car-grouped K-fold split
+    force: bool = False  # 01: replace an existing different split / demo data
+    workers: int = 4  # worker processes for data loading, caching and RLE
+
+    # --- model ---
+    arch: str = "Unet"  # segmentation_models_pytorch architecture (Unet, UnetPlusPlus, FPN, ...)
+    encoder: str = "resnet34"  # encoder name from segmentation_models_pytorch
+    encoder_weights: str = "imagenet"  # "imagenet" (downloads once) or "none"
+
+    # --- input size: training and inference run at height x width, both multiples of 32 ---
+    height: int = 1280  # 1280 = full height
+    width: int = 1920  # 1920 = full width: 1918 padded by 1 px each side; smaller sizes resize
+
+    # --- training ---
+    epochs: int = 40  # maximum epochs
+    batch_size: int = 4  # images per optimiser step (before accumulation)
+    accum_steps: int = 1  # gradient accumulation steps
+    optimizer: str = "adamw"  # adam | adamw
+    lr: float = 3e-4  # peak learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
+    grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
+    patience: int = 10  # early stopping: epochs without val Dice improvement (0 = off)
+    bce_weight: float = 1.0  # loss = bce_weight * BCE + dice_weight * soft Dice
+    dice_weight: float = 1.0
+    augment: bool = True  # hflip + shift/scale/rotate + HSV, jointly on image and mask
+    hflip_p: float = 0.5  # probability of a horizontal flip
+    shift_scale_rotate_p: float = 0.5  # probability of a small shift/scale/rotate
+    color_p: float = 0.5  # probability of a hue/saturation/value or brightness/contrast change
+    val_every: int = 1  # validate every N epochs (and always at the last)
+
+    # --- hardware ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on GPU (bf16 where supported, else fp16 + scaler)
+    channels_last: bool = True  # NHWC memory format on GPU
+    compile: bool = False  # torch.compile the model (GPU)
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    # --- 03_predict / 04_submit ---
+    tta: str = "auto"  # auto (pick on out-of-fold Dice) | none | hflip
+    threshold: float = 0.0  # 0 = use the tuned threshold; else a fixed one in (0, 1)
+    predict_batch_size: int = 8  # images per inference batch
+    submission: str = "submission"  # file name (without .csv.gz) under the experiment folder
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def input_dir(self) -> Path:
+        return Path(self.input)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output)
+
+
+PRESETS: dict[str, dict] = {
+    # Full resolution on one GPU (the Kaggle winners' recipe, one model per fold).
+    "full": {},
+    # The built-in demo: small, quick, CPU, synthetic data.
+    "demo": dict(
+        experiment="demo", encoder="resnet18", encoder_weights="none", height=128, width=192,
+        n_folds=3, epochs=8, batch_size=8, lr=2e-3, warmup_epochs=0.5, patience=0, workers=2,
+        predict_batch_size=16, shift_scale_rotate_p=0.3, color_p=0.3,
+    ),
+    # Real data on a 2-core CPU in minutes: the yardstick preset for ../shared/carvana_sample.
+    "cpu": dict(
+        experiment="cpu_resnet18_256", encoder="resnet18", encoder_weights="none", height=256, width=384,
+        n_folds=4, epochs=14, batch_size=8, lr=2e-3, warmup_epochs=0.5, patience=0, workers=2,
+        predict_batch_size=16,
+    ),
+}
+
+_CHOICES = {
+    "optimizer": ("adam", "adamw"),
+    "tta": ("auto", "none", "hflip"),
+}
+
+
+def _flag_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(Params)[f.name]
+    if hint is bool:
+        return bool
+    if hint in (int, float, str):
+        return hint
+    raise TypeError(f"params field {f.name}: unsupported type {hint}")
+
+
+def add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per Params field (bools as --x/--no-x), plus --preset."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="named set of overrides (flags win)")
+    group = parser.add_argument_group("settings (params.py)")
+    for f in fields(Params):
+        kind = _flag_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=_CHOICES.get(f.name),
+                               metavar=kind.__name__.upper())
+
+
+def params_from_args(args: argparse.Namespace) -> Params:
+    """Defaults <- preset <- explicit flags."""
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in fields(Params):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return make_params(**values)
+
+
+def make_params(**overrides) -> Params:
+    """Build Params from keyword overrides, rejecting unknown keys and wrong types."""
+    known = {f.name: f for f in fields(Params)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        kind = _flag_type(known[key])
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            overrides[key] = float(value)
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"setting {key!r} must be {kind.__name__}, got {value!r}")
+    p = Params(**overrides)
+    check(p)
+    return p
+
+
+def check(p: Params) -> None:
+    """Reject settings that cannot work, with the reason."""
+    problems = []
+    for name in ("height", "width"):
+        v = getattr(p, name)
+        if v <= 0 or v % 32:
+            problems.append(f"--{name} {v} must be a positive multiple of 32")
+    for name in ("epochs", "batch_size", "accum_steps", "n_folds", "predict_batch_size", "val_every"):
+        if getattr(p, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    if p.n_folds < 2:
+        problems.append("--n-folds must be >= 2")
+    if not 0.0 <= p.threshold < 1.0:
+        problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
+    if p.encoder_weights not in ("imagenet", "none"):
+        problems.append(f"--encoder-weights {p.encoder_weights!r} must be 'imagenet' or 'none'")
+    if p.workers < 0 or p.threads < 0:
+        problems.append("--workers and --threads must be >= 0")
+    for name in ("hflip_p", "shift_scale_rotate_p", "color_p"):
+        if not 0.0 <= getattr(p, name) <= 1.0:
+            problems.append(f"--{name.replace('_', '-')} must be a probability in [0, 1]")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def parse(description: str, argv: list[str] | None = None,
+          extra: typing.Callable[[argparse.ArgumentParser], None] | None = None
+          ) -> tuple[Params, argparse.Namespace]:
+    """Parse a script's command line: its own arguments (``extra``) and every Params field."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extra is not None:
+        extra(parser)
+    add_param_flags(parser)
+    args = parser.parse_args(argv)  # unknown flags: argparse exits 2 with the flag named
+    try:
+        p = params_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return p, args
+
+
+def save(p: Params, path: Path) -> None:
+    from lib.files import write_text_atomic
+    write_text_atomic(path, json.dumps(p.to_dict(), indent=2) + "\n")
+
+
+def from_dict(d: dict) -> Params:
+    """Params saved by an earlier run (e.g. inside a checkpoint); unknown keys are an error."""
+    return make_params(**d)

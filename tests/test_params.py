@@ -1,0 +1,55 @@
+"""Settings: every field is a flag, presets apply, unknown flags and bad values are refused."""
+import dataclasses
+import json
+
+import pytest
+
+import params
+from params import PRESETS, Params, make_params, parse
+
+
+def test_every_field_is_a_flag_and_flags_beat_presets():
+    p, _ = parse("t", ["--preset", "demo", "--epochs", "3", "--no-augment", "--lr", "0.01"])
+    assert p.epochs == 3 and p.augment is False and p.lr == 0.01
+    assert p.encoder == PRESETS["demo"]["encoder"]
+    for f in dataclasses.fields(Params):
+        flag = "--" + f.name.replace("_", "-")
+        value = {bool: None, int: "7", float: "0.5", str: "x"}[type(f.default)]
+        if f.name in ("optimizer",):
+            value = "adam"
+        if f.name == "tta":
+            value = "hflip"
+        if f.name in ("height", "width"):
+            value = "64"
+        if f.name == "encoder_weights":
+            value = "none"
+        args = [flag] if value is None else [flag, value]
+        p, _ = parse("t", args)
+        assert getattr(p, f.name) == (True if value is None else type(f.default)(value)), f.name
+
+
+def test_bool_flags_are_not_type_bool():
+    p, _ = parse("t", ["--no-amp"])
+    assert p.amp is False
+    with pytest.raises(SystemExit):
+        parse("t", ["--amp", "False"])
+
+
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["--epochs", "two"], ["--height", "100"],
+                                  ["--threshold", "1.5"], ["--preset", "nope"], ["--tta", "vflip"]])
+def test_bad_command_lines_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("t", argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip()
+
+
+def test_presets_are_valid_and_round_trip(tmp_path):
+    for name, overrides in PRESETS.items():
+        p = make_params(**overrides)
+        params.save(p, tmp_path / f"{name}.json")
+        assert params.from_dict(json.loads((tmp_path / f"{name}.json").read_text())) == p
+    with pytest.raises(ValueError, match="unknown setting"):
+        make_params(not_a_field=1)
+    with pytest.raises(ValueError, match="must be int"):
+        make_params(epochs="3")
