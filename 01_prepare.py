@@ -9,25 +9,33 @@ Every problem in the input is reported with its file name, then the script exits
 """
 from __future__ import annotations
 
+import shutil
 import time
 
 import params
 from lib import data, files, folds, inputs
 from lib.errors import PipelineError, run_main
 
+DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
+
 
 def write_demo(p: params.Params) -> None:
-    root = p.input_dir
-    if (root / files.TRAIN).exists() and any((root / files.TRAIN).iterdir()) and not p.force:
-        marker = root / "DEMO"
-        if not marker.exists():
-            raise PipelineError(f"{root}: holds data that is not the demo; use another --input, or --force")
-        print(f"demo data already in {root} (use --force to regenerate)")
+    """Generate the synthetic demo data into --input (never over data that is not the demo's)."""
+    root, marker = p.input_dir, p.input_dir / DEMO_MARKER
+    has_data = (root / files.TRAIN).is_dir() and any((root / files.TRAIN).iterdir())
+    if has_data and not marker.exists():
+        raise PipelineError(f"{root}: holds data that is not the demo; give --demo another --input")
+    if has_data and not p.force:
+        print(f"demo data already in {root} (--force regenerates it)")
         return
+    if has_data:  # --force on earlier demo data: clear it so another seed or size starts clean
+        marker.unlink()
+        for name in (files.TRAIN, files.TRAIN_MASKS, files.TEST, files.TEST_MASKS):
+            shutil.rmtree(root / name, ignore_errors=True)
     from lib import demo
     start = time.perf_counter()
     demo.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
-    files.write_text_atomic(root / "DEMO", "synthetic demo data written by 01_prepare.py --demo\n")
+    files.write_text_atomic(marker, "synthetic demo data written by 01_prepare.py --demo\n")
     print(f"demo data: {p.demo_train_cars} train + {p.demo_test_cars} test cars at {p.demo_width}x"
           f"{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
 

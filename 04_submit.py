@@ -46,9 +46,12 @@ def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, i
     return written
 
 
-def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction) -> tuple[dict, baseline.MaskSums]:
+def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction
+                    ) -> tuple[dict, baseline.MaskSums]:
     """Out-of-fold scores of the average-mask baselines, from the training cache at the run's network size."""
-    from lib import data  # imports torch: only here, so failures before it are quick and workers stay light
+    # lib.data imports torch: only here, so that early errors are quick and the encoding workers (their
+    # forkserver preloads this script) do not load it
+    from lib import data
     start = time.perf_counter()
     h, w = pred.size
     cache = data.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
@@ -77,7 +80,8 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     written = {out.name: out}
     if with_baselines:
         written |= write_baselines(p, results, total, test_ids)
-    test_dice = {name: submission.score_submission(path, p.input_dir) for name, path in written.items()} if score else {}
+    test_dice = {name: submission.score_submission(path, p.input_dir) for name, path in written.items()
+                 if score}
     table = baseline.comparison_table(results, preds, manifest, test_dice)
     files.write_text_atomic(run / files.COMPARISON, table)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")

@@ -1,7 +1,7 @@
 """Synthetic demo data in exactly the Kaggle Carvana layout (the real images cannot be shipped).
 
     from lib.demo import generate
-    generate(Path("input"))  # 12 train + 4 test cars x 16 views, 1918 x 1280, about 20 s on 2 cores
+    generate(Path("input"))  # 12 train + 4 test cars x 16 views, 1918 x 1280, about 14 s on 2 cores
 
 The scene model (units: metres, car frame x forward, y to the car's left, z up, origin on the
 ground under the car's centre):
@@ -29,6 +29,7 @@ import functools
 import io
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from lib import files
+from lib.errors import PipelineError
 from lib.rle import encode
 
 N_VIEWS = 16
@@ -65,6 +67,18 @@ PAINTS = [("white", (236, 238, 238), 12), ("silver", (192, 194, 196), 10), ("bla
 NEAR_BACKGROUND_PAINTS = [(236, 238, 238), (226, 226, 222), (196, 196, 194), (210, 210, 208)]
 RIMS = [(178, 176, 175), (72, 70, 70), (140, 138, 135)]
 BODY_TYPES = ("sedan", "hatchback", "suv", "coupe")
+_COMMON = dict(width=(1.72, 1.88), clearance=(0.12, 0.17), windscreen_run=(0.7, 0.95), wheel_radius=(0.3, 0.35))
+BODY_RANGES = {  # per body type, the uniform range of each dimension in metres (hood: a fraction of the length)
+    "sedan": dict(_COMMON, length=(4.5, 5.1), belt=(0.95, 1.05), cabin_height=(0.42, 0.5), hood_fraction=(0.26, 0.31),
+                  deck=(0.85, 1.1), deck_drop=(0.02, 0.06), rear_run=(0.5, 0.8)),
+    "hatchback": dict(_COMMON, length=(3.9, 4.4), belt=(0.95, 1.05), cabin_height=(0.48, 0.56),
+                      hood_fraction=(0.2, 0.24), deck=(0.26, 0.32), deck_drop=(0.0, 0.03), rear_run=(0.2, 0.35)),
+    "suv": dict(_COMMON, length=(4.4, 5.2), width=(1.85, 2.0), clearance=(0.2, 0.26), belt=(1.1, 1.25),
+                cabin_height=(0.55, 0.68), hood_fraction=(0.26, 0.31), deck=(0.26, 0.32), deck_drop=(0.0, 0.03),
+                windscreen_run=(0.45, 0.65), rear_run=(0.05, 0.15), wheel_radius=(0.36, 0.4)),
+    "coupe": dict(_COMMON, length=(4.3, 4.8), belt=(0.9, 0.98), cabin_height=(0.36, 0.42), hood_fraction=(0.26, 0.31),
+                  deck=(0.62, 0.78), deck_drop=(0.02, 0.06), rear_run=(0.8, 1.0)),
+}
 MAKES = ("Aurora", "Borealis", "Cobalt", "Dynamo", "Equinox", "Fjord", "Granite", "Helios")
 MODELS = {"sedan": ("Meridian", "Solstice", "Vantage"), "hatchback": ("Pico", "Sprite", "Zest"),
           "suv": ("Ridge", "Summit", "Trek"), "coupe": ("Arc", "Comet", "Flare")}
@@ -100,34 +114,24 @@ class CarSpec:
 
 def car_spec(rng: np.random.Generator, near_background: bool = False) -> CarSpec:
     """Draw a car: body type, dimensions, paint (white/silver when near_background) and framing."""
-    kind = BODY_TYPES[rng.choice(4, p=[0.4, 0.25, 0.25, 0.1])]
-    u = rng.uniform
-    length = {"sedan": u(4.5, 5.1), "hatchback": u(3.9, 4.4), "suv": u(4.4, 5.2), "coupe": u(4.3, 4.8)}[kind]
-    belt = {"sedan": u(0.95, 1.05), "hatchback": u(0.95, 1.05), "suv": u(1.1, 1.25), "coupe": u(0.9, 0.98)}[kind]
-    roof = belt + {"sedan": u(0.42, 0.5), "hatchback": u(0.48, 0.56), "suv": u(0.55, 0.68), "coupe": u(0.36, 0.42)}[kind]
-    three_box = kind in ("sedan", "coupe")
-    hood = length * (u(0.26, 0.31) if kind != "hatchback" else u(0.2, 0.24))
+    kind = BODY_TYPES[rng.choice(len(BODY_TYPES), p=[0.4, 0.25, 0.25, 0.1])]
+    d = {name: rng.uniform(lo, hi) for name, (lo, hi) in BODY_RANGES[kind].items()}
     if near_background:
         paint = np.array(NEAR_BACKGROUND_PAINTS[rng.integers(len(NEAR_BACKGROUND_PAINTS))], float)
     else:
         weights = np.array([w for _, _, w in PAINTS], float)
         paint = np.array(PAINTS[rng.choice(len(PAINTS), p=weights / weights.sum())][1], float)
     paint = np.clip(paint + rng.normal(0, 4, 3), 0, 255)
-    roof_paint = (30.0, 28.0, 28.0) if rng.random() < 0.1 else tuple(paint)
-    wheel_radius = u(0.36, 0.4) if kind == "suv" else u(0.3, 0.35)
+    length, belt = d.pop("length"), d.pop("belt")
     return CarSpec(
-        body_type=kind, length=length, width=u(1.85, 2.0) if kind == "suv" else u(1.72, 1.88),
-        clearance=u(0.2, 0.26) if kind == "suv" else u(0.12, 0.17), belt=belt,
-        hood_drop=u(0.08, 0.18), deck_drop=u(0.02, 0.06) if three_box else u(0.0, 0.03), roof=roof,
-        hood=hood, deck={"sedan": length * u(0.18, 0.22), "coupe": length * u(0.14, 0.17)}.get(kind, u(0.26, 0.32)),
-        windscreen_run=u(0.45, 0.65) if kind == "suv" else u(0.7, 0.95),
-        rear_run={"sedan": u(0.5, 0.8), "hatchback": u(0.2, 0.35), "suv": u(0.05, 0.15), "coupe": u(0.8, 1.0)}[kind],
-        wheel_radius=wheel_radius, front_overhang=length * u(0.18, 0.21), wheelbase=length * u(0.58, 0.62),
-        paint=tuple(paint), roof_paint=roof_paint, rim=RIMS[rng.integers(len(RIMS))], gloss=u(0.6, 1.0),
-        offset=tuple(rng.normal(0, 0.15, 2)),
+        body_type=kind, length=length, belt=belt, roof=belt + d.pop("cabin_height"),
+        hood=length * d.pop("hood_fraction"), front_overhang=length * rng.uniform(0.18, 0.21),
+        wheelbase=length * rng.uniform(0.58, 0.62), hood_drop=rng.uniform(0.08, 0.18),
+        paint=tuple(paint), roof_paint=(30.0, 28.0, 28.0) if rng.random() < 0.1 else tuple(paint),
+        rim=RIMS[rng.integers(len(RIMS))], gloss=rng.uniform(0.6, 1.0), offset=tuple(rng.normal(0, 0.15, 2)),
         shift=(float(np.clip(rng.normal(0, 0.035), -FRAME_MARGIN[0], FRAME_MARGIN[0])),
                float(np.clip(rng.normal(0, 0.06), -FRAME_MARGIN[1], FRAME_MARGIN[1]))),
-        zoom=u(0.93, 1.07))
+        zoom=rng.uniform(0.93, 1.07), **d)
 
 
 # --- geometry -------------------------------------------------------------------------------------
@@ -147,7 +151,7 @@ def _solid(vertices: np.ndarray, faces: list[tuple[int, ...]], tags: list[str]) 
     normals, centres = [], []
     for f in faces:
         p = vertices[list(f)]
-        n = sum(np.cross(p[i], p[(i + 1) % len(p)]) for i in range(len(p)))  # Newell's method
+        n = np.cross(p, np.roll(p, -1, 0)).sum(0)  # Newell's method
         c = p.mean(0)
         n = n / np.linalg.norm(n)
         normals.append(n if n @ (c - inside) > 0 else -n)
@@ -163,7 +167,7 @@ def _prism(profile: list[tuple[float, float]], edge_tags: list[str], half_width:
     n = len(xz)
     t = (xz[:, 1] - z_range[0]) / (z_range[1] - z_range[0])
     hw = half_width[0] + (half_width[1] - half_width[0]) * t
-    vertices = np.concatenate([np.c_[xz[:, 0], hw, xz[:, 1]], np.c_[xz[:, 0], -hw, xz[:, 1]]])
+    vertices = np.concatenate([np.column_stack([xz[:, 0], hw, xz[:, 1]]), np.column_stack([xz[:, 0], -hw, xz[:, 1]])])
     faces = [tuple(range(n)), tuple(range(n, 2 * n))]
     faces += [(i, (i + 1) % n, n + (i + 1) % n, n + i) for i in range(n)]
     return _solid(vertices, faces, ["left", "right"] + edge_tags)
@@ -175,6 +179,7 @@ def _box(x: tuple[float, float], y: tuple[float, float], z: tuple[float, float])
     return _solid(v, faces, ["rear", "front", "right", "left", "bottom", "top"])
 
 
+@functools.lru_cache(maxsize=4)
 def car_solids(spec: CarSpec) -> dict[str, Solid]:
     """The body, cabin and mirrors of a car as convex solids (the wheels are in ``wheel_centres``)."""
     xf, xr, zb, zt = spec.length / 2, -spec.length / 2, spec.clearance, spec.belt
@@ -206,10 +211,22 @@ def wheel_centres(spec: CarSpec) -> np.ndarray:
                      for x in (x_front, x_front - spec.wheelbase) for s in (1, -1)])
 
 
+def _tyre(spec: CarSpec, centre: np.ndarray) -> np.ndarray:
+    """(64, 3) points whose convex hull is the tyre (a cylinder) with its outer face at centre."""
+    inner = centre - (0, np.sign(centre[1]) * TYRE_WIDTH, 0)
+    return np.concatenate([_disc(centre, spec.wheel_radius), _disc(inner, spec.wheel_radius)])
+
+
+def _footprint(spec: CarSpec, grow: float) -> np.ndarray:
+    """(4, 3) corners of the car's rectangle on the floor, grown by grow metres each side."""
+    x, y = spec.length / 2 + grow, spec.width / 2 + grow
+    return np.array([(x, y, 0.0), (x, -y, 0.0), (-x, -y, 0.0), (-x, y, 0.0)])
+
+
 def _disc(centre: np.ndarray, radius: float, z_min: float = -np.inf) -> np.ndarray:
     """(32, 3) points of a vertical circle across the car's y axis, cut off below z_min."""
-    return np.c_[centre[0] + radius * np.cos(_CIRCLE), np.full(_CIRCLE.size, centre[1]),
-                 np.maximum(centre[2] + radius * np.sin(_CIRCLE), z_min)]
+    return np.column_stack([centre[0] + radius * np.cos(_CIRCLE), np.full(_CIRCLE.size, centre[1]),
+                            np.maximum(centre[2] + radius * np.sin(_CIRCLE), z_min)])
 
 
 # --- camera ---------------------------------------------------------------------------------------
@@ -229,7 +246,7 @@ class Camera:
     def pixels(self, p: np.ndarray, in_car_frame: bool = True) -> np.ndarray:
         """(N, 3) points -> (N, 2) float pixel (x, y)."""
         q = ((self.world(p) if in_car_frame else p) - self.position) @ self.axes.T
-        return np.c_[self.centre[0] + self.focal * q[:, 0] / q[:, 2], self.centre[1] - self.focal * q[:, 1] / q[:, 2]]
+        return self.centre + self.focal * np.column_stack([q[:, 0], -q[:, 1]]) / q[:, 2:]
 
     def sees(self, normal: np.ndarray, point: np.ndarray) -> bool:
         """Whether a face (car-frame outward normal and point) faces the camera."""
@@ -296,7 +313,7 @@ def _clip_z(poly: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _on_side(xz: np.ndarray, y: float) -> np.ndarray:
-    return np.c_[xz[:, 0], np.full(len(xz), y), xz[:, 1]]
+    return np.column_stack([xz[:, 0], np.full(len(xz), y), xz[:, 1]])
 
 
 def _draw_body(img: np.ndarray, spec: CarSpec, body: Solid, cam: Camera, rng: np.random.Generator) -> None:
@@ -336,7 +353,8 @@ def _draw_body(img: np.ndarray, spec: CarSpec, body: Solid, cam: Camera, rng: np
             lamp = (238, 242, 245) if front else (40, 30, 185)
             for s in (1, -1):
                 _fill(img, cam.pixels(np.array([(x, s * (w - 0.06), z_top - 0.03), (x, s * (w - 0.42), z_top - 0.03),
-                                                (x, s * (w - 0.42), z_top - 0.15), (x, s * (w - 0.06), z_top - 0.18)])), lamp)
+                                                (x, s * (w - 0.42), z_top - 0.15), (x, s * (w - 0.06), z_top - 0.18)])),
+                      lamp)
             if front:
                 _fill(img, cam.pixels(np.array([(x, 0.4, z_top - 0.05), (x, -0.4, z_top - 0.05), (x, -0.4, zb + 0.24),
                                                 (x, 0.4, zb + 0.24)])), (38, 38, 40))
@@ -346,6 +364,7 @@ def _draw_body(img: np.ndarray, spec: CarSpec, body: Solid, cam: Camera, rng: np
 
 
 def _draw_wheel_face(img: np.ndarray, spec: CarSpec, centre: np.ndarray, cam: Camera) -> None:
+    """A near wheel seen through its arch: dark arch, tyre, rim with five spokes, hub."""
     r = spec.wheel_radius
     _fill(img, cam.pixels(_disc(centre + (0, np.sign(centre[1]) * 0.002, 0), 1.12 * r, spec.clearance + 0.02)),
           np.array(spec.paint) * 0.25)
@@ -356,7 +375,7 @@ def _draw_wheel_face(img: np.ndarray, spec: CarSpec, centre: np.ndarray, cam: Ca
         a = 2 * np.pi * k / 5
         d, e = np.array([np.cos(a), 0, np.sin(a)]), np.array([-np.sin(a), 0, np.cos(a)])
         spoke = centre + np.array([0.12 * r * e, -0.12 * r * e, 0.52 * r * d - 0.2 * r * e, 0.52 * r * d + 0.2 * r * e])
-        _fill(img, cam.pixels(spoke[[0, 1, 2, 3]]), spec.rim)
+        _fill(img, cam.pixels(spoke), spec.rim)
     _fill(img, cam.pixels(_disc(centre, 0.14 * r)), np.array(spec.rim) * 0.8)
 
 
@@ -412,19 +431,21 @@ def studio_background(width: int, height: int) -> np.ndarray:
     img[..., 0] += 3  # a slightly cool white
     img = np.clip(img, 0, 255).astype(np.uint8)
     cam = studio_camera(0, FOCAL_PER_WIDTH * width, (mx + width / 2, my + AIM_ROW * height))
-    rim = np.c_[TURNTABLE_RADIUS * np.cos(np.linspace(0, 2 * np.pi, 180)),
-                TURNTABLE_RADIUS * np.sin(np.linspace(0, 2 * np.pi, 180)), np.zeros(180)]
+    angles = np.linspace(0, 2 * np.pi, 180)
+    rim = np.column_stack([TURNTABLE_RADIUS * np.cos(angles), TURNTABLE_RADIUS * np.sin(angles), np.zeros(180)])
     px = cam.pixels(rim, in_car_frame=False)
     floor_part = img[horizon:].copy()
     _fill(floor_part, px - (0, horizon), (174, 172, 170))  # the turntable, lighter than the floor
-    cv2.polylines(floor_part, [_fixed(px - (0, horizon))], True, (128, 126, 124), max(1, width // 640), cv2.LINE_AA, _SHIFT)
+    cv2.polylines(floor_part, [_fixed(px - (0, horizon))], True, (128, 126, 124), max(1, width // 640),
+                  cv2.LINE_AA, _SHIFT)
     img[horizon:] = floor_part
     text, font = "DEMOCARS", cv2.FONT_HERSHEY_SIMPLEX
     thickness = max(1, int(0.018 * width))
     (tw, _), _ = cv2.getTextSize(text, font, 1.0, thickness)
     scale = 0.72 * width / tw
     (tw, _), _ = cv2.getTextSize(text, font, scale, thickness)
-    cv2.putText(img, text, (int(w / 2 - tw / 2), int(horizon - 0.03 * height)), font, scale, (100, 96, 94), thickness, cv2.LINE_AA)
+    cv2.putText(img, text, (int(w / 2 - tw / 2), int(horizon - 0.03 * height)), font, scale, (100, 96, 94),
+                thickness, cv2.LINE_AA)
     return cv2.GaussianBlur(img, (0, 0), max(0.6, width / 1500))
 
 
@@ -447,9 +468,7 @@ def _roi(px: np.ndarray, pad: float, width: int, height: int) -> tuple[int, int,
 def _draw_shadow(img: np.ndarray, spec: CarSpec, cam: Camera) -> None:
     """Darken the floor under the car: a tight contact shadow plus a wide soft one (at low resolution)."""
     height, width = img.shape[:2]
-    hl, hw = spec.length / 2, spec.width / 2
-    wide = cam.pixels(np.array([(hl + 0.3, hw + 0.3, 0), (hl + 0.3, -hw - 0.3, 0), (-hl - 0.3, -hw - 0.3, 0), (-hl - 0.3, hw + 0.3, 0)]))
-    roi = _roi(wide, 0.06 * width, width, height)
+    roi = _roi(cam.pixels(_footprint(spec, 0.3)), 0.06 * width, width, height)
     if roi is None:
         return
     x0, y0, x1, y1 = roi
@@ -457,10 +476,10 @@ def _draw_shadow(img: np.ndarray, spec: CarSpec, cam: Camera) -> None:
     small = np.zeros(((y1 - y0) // k + 1, (x1 - x0) // k + 1), np.float32)
     for grow, sigma, strength in ((0.3, 0.03, 0.25), (0.0, 0.008, 0.3)):
         layer = np.zeros(small.shape, np.uint8)
-        corners = np.array([(hl + grow, hw + grow, 0), (hl + grow, -hw - grow, 0), (-hl - grow, -hw - grow, 0), (-hl - grow, hw + grow, 0)])
-        _fill(layer, (cam.pixels(corners) - (x0, y0)) / k, (255,))
+        _fill(layer, (cam.pixels(_footprint(spec, grow)) - (x0, y0)) / k, (255,))
         small += cv2.GaussianBlur(layer.astype(np.float32), (0, 0), sigma * width / k) * (strength / 255)
-    shade = 1 - cv2.resize(small, (small.shape[1] * k, small.shape[0] * k), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+    big = cv2.resize(small, (small.shape[1] * k, small.shape[0] * k), interpolation=cv2.INTER_LINEAR)
+    shade = 1 - big[: y1 - y0, : x1 - x0]
     region = img[y0:y1, x0:x1]
     region[:] = (region * shade[:, :, None]).astype(np.uint8)
 
@@ -470,8 +489,7 @@ def _draw_reflection(img: np.ndarray, spec: CarSpec, solids: dict[str, Solid], c
     height, width = img.shape[:2]
     flip = np.array([1.0, 1.0, -1.0])
     hulls = [(cam.pixels(s.vertices * flip), spec.paint if name != "cabin" else GLASS) for name, s in solids.items()]
-    hulls += [(cam.pixels(np.concatenate([_disc(c, spec.wheel_radius), _disc(c - (0, np.sign(c[1]) * TYRE_WIDTH, 0), spec.wheel_radius)]) * flip), TYRE)
-              for c in wheel_centres(spec)]
+    hulls += [(cam.pixels(_tyre(spec, c) * flip), TYRE) for c in wheel_centres(spec)]
     roi = _roi(np.concatenate([p for p, _ in hulls]), 2, width, height)
     if roi is None:
         return
@@ -488,7 +506,8 @@ def _draw_reflection(img: np.ndarray, spec: CarSpec, solids: dict[str, Solid], c
 
 
 # --- one view ------------------------------------------------------------------------------------
-def render_view(spec: CarSpec, view: int, width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_view(spec: CarSpec, view: int, width: int, height: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Photograph ``spec`` in view 1..16: (image (H, W, 3) uint8 BGR, mask (H, W) bool).
 
     rng gives the per-image jitter (position, scale, angle), highlight and noise; the mask is the
@@ -503,8 +522,7 @@ def render_view(spec: CarSpec, view: int, width: int, height: int, rng: np.rando
     img = studio_background(width, height)[my - sy: my - sy + height, mx - sx: mx - sx + width].copy()
     solids = car_solids(spec)
     wheels = wheel_centres(spec)
-    tyres = [cam.pixels(np.concatenate([_disc(c, spec.wheel_radius), _disc(c - (0, np.sign(c[1]) * TYRE_WIDTH, 0), spec.wheel_radius)]))
-             for c in wheels]
+    tyres = [cam.pixels(_tyre(spec, c)) for c in wheels]
     _draw_shadow(img, spec, cam)
     _draw_reflection(img, spec, solids, cam)
     mask = np.zeros((height, width), np.uint8)
@@ -576,13 +594,18 @@ def _render_car(job: _Job) -> list[tuple[str, str]]:
     return rows
 
 
+def _csv(header: str, lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in [header, *lines])
+
+
 def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
 def _metadata_row(car: str, spec: CarSpec, rng: np.random.Generator) -> str:
     make, model = MAKES[rng.integers(len(MAKES))], MODELS[spec.body_type][rng.integers(3)]
-    return f"{car},{rng.integers(2005, 2018)},{make},{model},{TRIMS1[rng.integers(len(TRIMS1))]},{TRIMS2[rng.integers(len(TRIMS2))]}"
+    year, trim1, trim2 = rng.integers(2005, 2018), TRIMS1[rng.integers(len(TRIMS1))], TRIMS2[rng.integers(len(TRIMS2))]
+    return f"{car},{year},{make},{model},{trim1},{trim2}"
 
 
 def generate(root: Path, n_train_cars: int = 12, n_test_cars: int = 4, width: int = 1918, height: int = 1280,
@@ -591,7 +614,8 @@ def generate(root: Path, n_train_cars: int = 12, n_test_cars: int = 4, width: in
 
     root gets train/, train_masks/, train_masks.csv, metadata.csv, test/, test_masks/ (the test truth,
     which Kaggle does not give) and sample_submission.csv. Files are written atomically; a folder
-    holding files of another generation (other ids) is an error rather than a silent mix.
+    holding files of another generation (other ids) is a PipelineError rather than a silent mix;
+    regenerating with the same arguments overwrites in place.
     """
     if n_train_cars < 1 or n_test_cars < 0 or width < 64 or height < 64:
         raise ValueError(f"need n_train_cars >= 1, n_test_cars >= 0, size >= 64x64; got {n_train_cars}, "
@@ -604,10 +628,13 @@ def generate(root: Path, n_train_cars: int = 12, n_test_cars: int = 4, width: in
         expected = {f"{c}_{v:02d}.jpg" for c in cars for v in range(1, N_VIEWS + 1)}
         expected |= {files.mask_name(n[:-4]) for n in expected}
         for folder in (root / images, root / masks):
+            for tmp in folder.glob(".*.tmp*"):  # left by an interrupted generation (files.atomic_path)
+                if tmp.name[1:].rsplit(".tmp", 1)[0] in expected:
+                    tmp.unlink()
             stray = sorted(p.name for p in folder.glob("*") if p.name not in expected) if folder.is_dir() else []
             if stray:
-                raise FileExistsError(f"{folder}: holds {len(stray)} files this generation would not write "
-                                      f"(e.g. {stray[0]}); generate into an empty folder")
+                raise PipelineError(f"{folder}: holds {len(stray)} files this generation would not write (e.g. "
+                                    f"{stray[0]}: another seed or car count?); empty the folder or use another one")
     jobs, meta = [], []
     for i, car in enumerate(ids):
         rng = np.random.default_rng([seed, i])
@@ -616,15 +643,17 @@ def generate(root: Path, n_train_cars: int = 12, n_test_cars: int = 4, width: in
         images, masks = (files.TRAIN, files.TRAIN_MASKS) if i < n_train_cars else (files.TEST, files.TEST_MASKS)
         jobs.append(_Job(root, images, masks, car, spec, (seed, i), width, height))
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-            rows = pool.map(_render_car, jobs, chunksize=1)
+        # spawn, not fork: a child forked after OpenCV ran its thread pool in the parent can hang
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=spawn, initializer=_init_worker) as pool:
+            rows = list(pool.map(_render_car, jobs))
     else:
         rows = [_render_car(job) for job in jobs]
     train_rows = sorted(r for car_rows in rows[:n_train_cars] for r in car_rows)
     test_names = sorted(name for car_rows in rows[n_train_cars:] for name, _ in car_rows)
-    files.write_text_atomic(root / files.TRAIN_MASKS_CSV, "img,rle_mask\n" + "".join(f"{n},{r}\n" for n, r in train_rows))
-    files.write_text_atomic(root / files.SAMPLE_SUBMISSION, "img,rle_mask\n" + "".join(f"{n},1 1\n" for n in test_names))
-    files.write_text_atomic(root / files.METADATA_CSV, "id,year,make,model,trim1,trim2\n" + "".join(f"{m}\n" for m in sorted(meta)))
+    files.write_text_atomic(root / files.TRAIN_MASKS_CSV, _csv("img,rle_mask", [f"{n},{r}" for n, r in train_rows]))
+    files.write_text_atomic(root / files.SAMPLE_SUBMISSION, _csv("img,rle_mask", [f"{n},1 1" for n in test_names]))
+    files.write_text_atomic(root / files.METADATA_CSV, _csv("id,year,make,model,trim1,trim2", sorted(meta)))
     return {"root": str(root), "train_cars": n_train_cars, "test_cars": n_test_cars, "train_images": len(train_rows),
             "test_images": len(test_names), "width": width, "height": height, "seed": seed,
             "seconds": round(time.perf_counter() - start, 2)}

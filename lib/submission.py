@@ -9,8 +9,9 @@ are exactly the ones the out-of-fold score counted), RLE-encodes and validates. 
 streams the rows into ``<name>.csv.gz`` under a temporary name and renames it only when every row
 is in and checked; ``<name>.manifest.json`` beside it says what went in.
 
-Memory stays bounded whatever the number of images: at most ``IN_FLIGHT_CHUNKS`` chunks per worker
-are queued or finished-but-unwritten at any time, and only RLE strings cross between processes.
+Memory stays bounded whatever the number of images: at most ``IN_FLIGHT_CHUNKS`` chunks of
+``CHUNKSIZE`` ids per worker are queued, in work or finished-but-unwritten at any time, and only RLE
+strings cross between processes. ``benchmarks/bench_submit.py`` measures speed and peak memory.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,9 +42,13 @@ from lib.metrics import binarize, dice, level_of
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
-CHUNKSIZE = 8  # test ids per worker task: ~40 ms of work at full size, small enough to keep both cores busy
-IN_FLIGHT_CHUNKS = 4  # chunks per worker queued or awaiting the writer: bounds memory, keeps workers fed
-GZIP_LEVEL = 6  # zlib's default; the writer costs ~0.1 ms per row at it
+CHUNKSIZE = 8  # test ids per worker task (~40 ms of work): few messages, and the workers stay evenly busy
+IN_FLIGHT_CHUNKS = 4  # chunks per worker queued, in work or awaiting the writer: bounds memory, keeps workers fed
+# Workers start from a clean process, not a fork of this one: a fork of a process whose OpenCV or OpenMP
+# thread pool is running (after any multi-threaded cv2.resize, or torch) can deadlock in the child.
+POOL_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+RESULT_TIMEOUT_S = 600  # longest wait for one chunk's RLEs before declaring a worker dead
+GZIP_LEVEL = 1  # 0.23 ms and 4.3 kB per full-size row; level 6: 1.2 ms (the writer would be the bottleneck), 3.9 kB
 WRITE_BATCH = 256  # rows joined per gzip write
 MAX_LISTED = 10  # missing files named in an error before "... and N more"
 PREDICT_STAGE = "03_predict.py"
@@ -226,11 +232,11 @@ class EncodeJob:
 _JOB: EncodeJob | None = None  # set in each worker by _init_worker
 
 
-def _init_worker(job: EncodeJob, single_thread: bool = True) -> None:
+def _init_worker(job: EncodeJob) -> None:
     global _JOB
     _JOB = job
-    if single_thread:
-        cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the pool
 
 
 def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
@@ -252,15 +258,25 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
     return image_id, code
 
 
-def _throttled(ids: Iterable[str], slots: threading.Semaphore, stop: threading.Event) -> Iterator[str]:
-    """Yield ids only while a slot is free (the writer frees one per row written); end early on ``stop``."""
-    for image_id in ids:
+def encode_chunk(image_ids: list[str]) -> list[tuple[str, str]]:
+    """``encode_one`` over a chunk of ids, in a worker (the job set by the pool's initializer)."""
+    return [encode_one(i) for i in image_ids]
+
+
+def _chunks(ids: Sequence[str], size: int) -> Iterator[list[str]]:
+    for k in range(0, len(ids), size):
+        yield list(ids[k:k + size])
+
+
+def _throttled(items: Iterable, slots: threading.Semaphore, stop: threading.Event) -> Iterator:
+    """Yield items only while a slot is free (the writer frees one per chunk written); end early on ``stop``."""
+    for item in items:
         while not slots.acquire(timeout=0.2):
             if stop.is_set():
                 return
         if stop.is_set():
             return
-        yield image_id
+        yield item
 
 
 @contextmanager
@@ -268,20 +284,27 @@ def encoded_rles(job: EncodeJob, ids: Sequence[str], workers: int, chunksize: in
                  ) -> Iterator[Iterator[str]]:
     """Context yielding an iterator of RLE strings, one per id in order, computed by ``workers`` processes.
 
-    At most ``workers * chunksize * IN_FLIGHT_CHUNKS`` ids are queued or done-but-unconsumed at a time.
-    Leaving the context (normally or on an error anywhere) stops the workers.
+    Ids go to the workers in chunks of ``chunksize``; at most ``workers * IN_FLIGHT_CHUNKS`` chunks are
+    queued, in work or done-but-unwritten at a time. Leaving the context (normally or on an error
+    anywhere) stops the workers. workers <= 1: encode in this process.
     """
     if workers <= 1:
         yield (_checked(i, encode_one(i, job)) for i in ids)
         return
-    slots, stop = threading.Semaphore(workers * chunksize * IN_FLIGHT_CHUNKS), threading.Event()
-    pool = multiprocessing.get_context().Pool(workers, _init_worker, (job,))
-    results = pool.imap(encode_one, _throttled(ids, slots, stop), chunksize)
+    slots, stop = threading.Semaphore(workers * IN_FLIGHT_CHUNKS), threading.Event()
+    pool = multiprocessing.get_context(POOL_START).Pool(workers, _init_worker, (job,))
+    # chunks made here, not by imap's chunksize: only then is the result iterator one with next(timeout)
+    results = pool.imap(encode_chunk, _throttled(_chunks(ids, chunksize), slots, stop))
 
     def stream() -> Iterator[str]:
-        for image_id, item in zip(ids, results):
+        for chunk in _chunks(ids, chunksize):
+            try:
+                items = results.next(timeout=RESULT_TIMEOUT_S)
+            except multiprocessing.TimeoutError:  # a killed worker's task never returns: do not hang
+                raise PipelineError(f"no result for {chunk[0]} within {RESULT_TIMEOUT_S}s: a worker process "
+                                    "died (out of memory?) or hangs; re-run with fewer --workers") from None
             slots.release()
-            yield _checked(image_id, item)
+            yield from (_checked(i, item) for i, item in zip(chunk, items, strict=True))
     try:
         yield stream()
         pool.close()
@@ -324,7 +347,8 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
                     if code is None:
                         raise PipelineError(f"{refused} only {rows} masks for the {len(ids)} ids")
                     if not isinstance(code, str):
-                        raise PipelineError(f"{refused} the mask of {image_id} is a {type(code).__name__}, not an RLE string")
+                        raise PipelineError(f"{refused} the mask of {image_id} is a {type(code).__name__}, "
+                                            "not an RLE string")
                     if validate_rle:
                         try:
                             rle.validate(code, shape)

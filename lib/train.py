@@ -30,7 +30,10 @@ from lib.plot import learning_curve
 from params import Params
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s"]
-VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
+VAL_THRESHOLD = 0.5
+# settings a resumed run may change: where and how fast it runs, not what it learns
+RESUMABLE_CHANGES = {"input", "output", "workers", "device", "threads", "compile", "predict_batch_size",
+                     "tta", "threshold", "submission", "force", "demo"}  # val Dice during training; 03_predict tunes the real threshold
 
 
 def pick_device(name: str) -> torch.device:
@@ -152,11 +155,12 @@ class FoldTrainer:
             print(f"fold {self.fold}: nothing to resume in {self.dir}; starting", flush=True)
             return
         ckpt = read_checkpoint(last, self.device)
-        saved = params_mod.from_dict(ckpt["params"])
-        if (saved.arch, saved.encoder, saved.height, saved.width) != (self.p.arch, self.p.encoder,
-                                                                      self.p.height, self.p.width):
-            raise PipelineError(f"{last}: was trained as {saved.arch}-{saved.encoder} at {saved.height}x"
-                                f"{saved.width}; resume with the same settings (e.g. the same --preset)")
+        saved = params_mod.from_dict(ckpt["params"]).to_dict()
+        changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in self.p.to_dict().items()
+                   if k not in RESUMABLE_CHANGES and saved[k] != v]
+        if changed:
+            raise PipelineError(f"{last}: resume with the settings it was trained with (same --preset and flags); "
+                                f"changed: {', '.join(changed)}")
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

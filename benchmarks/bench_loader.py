@@ -1,0 +1,85 @@
+"""Is data loading ever the bottleneck? Loader images/s beside training-step images/s, and the cache's gain.
+
+    .venv/bin/python benchmarks/bench_loader.py --input input/demo --output output/demo --preset demo
+
+Needs 01_prepare.py to have run on --input/--output. Measures, at the preset's training size, on this machine:
+  1. decoding JPEG + GIF from disk and resizing (what training would do without the cache),
+  2. the training loader from the cache, with augmentation, at --workers worker processes,
+  3. training steps (forward + backward + optimizer) on in-memory batches.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import params  # noqa: E402
+from lib import files, folds  # noqa: E402
+from lib.data import CachedSet, SeededShuffle, _cache_item, make_loader, open_cache, train_transform  # noqa: E402
+from lib.losses import BceDice  # noqa: E402
+from lib.model import build_model  # noqa: E402
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds
+
+
+def main() -> None:
+    p, _ = params.parse(__doc__)
+    split = folds.read(p.output_dir)
+    ids = sorted(split.id)
+    cache = open_cache(p.input_dir, p.output_dir, ids, p.height, p.width, p.workers)
+    n = min(64, len(ids))
+
+    start = time.perf_counter()
+    for i in ids[:n]:
+        _cache_item((p.input_dir / files.TRAIN / f"{i}.jpg", p.input_dir / files.TRAIN_MASKS / files.mask_name(i),
+                     p.height, p.width))
+    decode = rate(n, time.perf_counter() - start)
+
+    rows = np.arange(len(ids))
+    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p)
+    loader = make_loader(CachedSet(cache, transform), SeededShuffle(rows, 0), p.batch_size, p.workers, False,
+                         drop_last=True)
+    seen, start = 0, None
+    for images, _ in loader:  # first batch includes worker start-up; time the rest
+        if start is None:
+            start = time.perf_counter()
+            continue
+        seen += len(images)
+    loading = rate(seen, time.perf_counter() - start)
+
+    model, loss_fn = build_model(p), BceDice()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.from_numpy(np.array(cache.images[:p.batch_size])).permute(0, 3, 1, 2)
+    y = torch.from_numpy(np.array(cache.masks[:p.batch_size]))[:, None].float() / 255
+    steps, times = 6, []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    training = rate(p.batch_size, float(np.median(times[1:])))
+
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"size {p.height}x{p.width}, {p.arch}-{p.encoder}, batch {p.batch_size}, loader workers {p.workers}\n")
+    print("| path | images/s |\n|---|---:|")
+    print(f"| decode JPEG + GIF from disk and resize (no cache), 1 process | {decode:.1f} |")
+    print(f"| training loader from the cache, augmented, {p.workers} worker(s) | {loading:.1f} |")
+    print(f"| training step (forward + backward + AdamW), {torch.get_num_threads()} threads | {training:.1f} |")
+    print(f"\nloader / training step = {loading / training:.1f}x "
+          f"({'data loading is not the bottleneck' if loading > training else 'DATA LOADING IS THE BOTTLENECK'})")
+    print(f"cache / no cache = {loading / decode:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""02_train.py on tiny demo data: outputs, resume after SIGKILL, refusals with clear messages."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, TINY_FLAGS, run_script
+from lib import files
+from lib.errors import PipelineError
+from lib.model import load_model, read_checkpoint
+from lib.train import LOG_COLUMNS, load_oof, lr_factor
+
+
+@pytest.fixture
+def prepared(tiny_demo, tiny_prepared, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_prepared, out)
+    return tiny_demo, out
+
+
+def train_args(root, out, *extra):
+    return ["--input", root, "--output", out, *TINY_FLAGS, *extra]
+
+
+def test_fold_run_writes_everything(prepared):
+    root, out = prepared
+    proc = run_script("02_train.py", "--fold", "0", *train_args(root, out))
+    assert "fold 0 epoch 2/2" in proc.stdout
+    fold = files.fold_dir(out, "demo", 0)
+    log = pd.read_csv(fold / files.LOG)
+    assert list(log.columns) == LOG_COLUMNS and log.epoch.tolist() == [1, 2]
+    assert log.val_dice.between(0, 1).all() and (log.images_per_s > 0).all()
+    assert (fold / files.CURVE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = read_checkpoint(fold / files.BEST)
+    assert best["val_dice"] == pytest.approx(log.val_dice.max())
+    model, p, _ = load_model(fold / files.BEST)
+    assert (p.height, p.width, p.encoder) == (64, 96, "resnet18") and not model.training
+    ids, probs = load_oof(fold / files.OOF)
+    split = pd.read_csv(out / "folds.csv", dtype={"id": str})
+    assert ids == sorted(split.id[split.fold == 0]) and probs.dtype == np.uint8 and probs.shape[1:] == (64, 96)
+    last = read_checkpoint(fold / files.LAST)
+    assert {"optimizer", "scheduler", "scaler", "rng", "epoch"} <= set(last) and last["epoch"] == 2
+    # an existing run is neither resumed nor overwritten without --resume
+    before = (fold / files.LAST).read_bytes()
+    again = run_script("02_train.py", "--fold", "0", *train_args(root, out), check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    assert (fold / files.LAST).read_bytes() == before
+
+
+def test_killed_run_resumes_to_the_same_result(prepared, tmp_path):
+    root, out = prepared
+    args = ["--fold", "0", *train_args(root, out, "--epochs", "3", "--batch-size", "4")]
+    run_script("02_train.py", *args, "--experiment", "straight")
+    cmd = [sys.executable, str(ROOT / "02_train.py"), *map(str, args), "--experiment", "killed"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    last = files.fold_dir(out, "killed", 0) / files.LAST
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_checkpoint(last)["epoch"] < 3, "the run finished before it could be killed"
+    run_script("02_train.py", *args, "--experiment", "killed", "--resume")
+    a, b = (read_checkpoint(files.fold_dir(out, e, 0) / files.BEST) for e in ("straight", "killed"))
+    assert a["epoch"] == b["epoch"] and a["val_dice"] == b["val_dice"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    la, lb = (pd.read_csv(files.fold_dir(out, e, 0) / files.LOG) for e in ("straight", "killed"))
+    assert la.epoch.tolist() == lb.epoch.tolist() == [1, 2, 3]
+    assert np.array_equal(la[["train_loss", "val_loss", "val_dice"]].to_numpy(),
+                          lb[["train_loss", "val_loss", "val_dice"]].to_numpy())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fold", "5"], "outside the split"),
+    (["--fold", "0", "--batch-size", "999"], "larger than the"),
+    (["--fold", "0", "--encoder", "resnet_nope"], "valid: "),
+    (["--fold", "0", "--device", "cuda"], "no CUDA GPU"),
+    (["--fold", "0", "--lr", "1e30", "--grad-clip", "0", "--epochs", "3"], "loss is"),
+])
+def test_bad_settings_fail_clearly(prepared, extra, message):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    root, out = prepared
+    proc = run_script("02_train.py", *train_args(root, out), *extra, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_folds_says_run_prepare(tiny_demo, tmp_path):
+    proc = run_script("02_train.py", "--fold", "0", *train_args(tiny_demo, tmp_path), check=False)
+    assert proc.returncode == 1 and "01_prepare.py" in proc.stderr
+
+
+def test_nan_loss_stops_and_leaves_only_finished_checkpoints(prepared):
+    root, out = prepared
+    proc = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "3", "--lr", "1e30",
+                                                                  "--grad-clip", "0"), check=False)
+    assert proc.returncode == 1 and "loss is" in proc.stderr and "Traceback" not in proc.stderr
+    failed_epoch = int(re.search(r"loss is \S+ at fold 0 epoch (\d+)", proc.stderr).group(1))
+    last = files.fold_dir(out, "demo", 0) / files.LAST
+    assert str(last) in proc.stderr
+    if last.exists():  # a checkpoint of an epoch that finished before the loss blew up
+        assert read_checkpoint(last)["epoch"] == failed_epoch - 1
+    assert not list(files.fold_dir(out, "demo", 0).glob(".*tmp*"))
+
+
+def test_resume_refuses_changed_training_settings(prepared):
+    root, out = prepared
+    run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "1"))
+    proc = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "1", "--lr", "0.5"),
+                      "--resume", check=False)
+    assert proc.returncode == 1 and "--lr" in proc.stderr
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 100, 10, 0.01) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+def test_unsafe_or_corrupt_checkpoints_are_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Evil(), "params": {}}, f)
+    torch.save({"model": Evil(), "params": {}}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(PipelineError):
+            read_checkpoint(p)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(PipelineError, match="corrupt"):
+        read_checkpoint(tmp_path / "corrupt.pt")
