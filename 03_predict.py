@@ -70,6 +70,10 @@ def main(p: params.Params, args: argparse.Namespace) -> None:
             print(f"{path}: mask {mask_path}, overlay {overlay_path}")
         return
     tuning = tuning_for(p, ens, args.retune)
+    if not (p.input_dir / files.TEST).is_dir():
+        print(f"note: no {p.input_dir / files.TEST} folder: tuned only, no test maps "
+              "(04_submit.py can still compare with the baselines)")
+        return
     ids, paths = inputs.check_test(p.input_dir)
     out = test_dir_for(p, tuning, args.replace)
     stats = predict.predict_test(p, ens, tuning["tta"], ids, paths, out)

@@ -71,13 +71,18 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     if score:
         submission.truth_paths(p.input_dir, test_ids)  # fail now, not after the work
     out = submission.submission_path(run, p.submission)
-    manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
-                                          p.threshold, p.workers)
-    print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
-          f"({manifest['threshold_source']}), {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
+    written, manifest = {}, None
+    if (p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds):
+        manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
+                                              p.threshold, p.workers)
+        print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
+              f"({manifest['threshold_source']}), {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
+        written[out.name] = out
+    else:
+        print(f"note: no {p.input_dir / files.TEST} folder and no test maps: no model submission, "
+              "comparison and baselines only")
 
     results, total = score_baselines(p, split, preds[0])
-    written = {out.name: out}
     if with_baselines:
         written |= write_baselines(p, results, total, test_ids)
     test_dice = {name: submission.score_submission(path, p.input_dir) for name, path in written.items()

@@ -157,7 +157,7 @@ def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids
 
 
 # --- the comparison table ---
-def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction], manifest: dict,
+def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction], manifest: dict | None,
                      test_dice: dict[str, float] | None = None) -> str:
     """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored.
 
@@ -170,8 +170,9 @@ def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction]
     for p in preds:
         prefix = f"{p.tuning['experiment']}: " if len(preds) > 1 else ""
         rows += [(prefix + s["name"], s["tta"], s["threshold"], s["dice"], None) for s in p.tuning["scores"]]
-    rows.append((f"submission {manifest['submission']}", manifest["tta"], manifest["threshold"],
-                 manifest["oof_dice"], test_dice.get(manifest["submission"])))
+    if manifest is not None:
+        rows.append((f"submission {manifest['submission']}", manifest["tta"], manifest["threshold"],
+                     manifest["oof_dice"], test_dice.get(manifest["submission"])))
     scored = bool(test_dice)
     n = next(iter(baselines.values())).n_images if baselines else 0
     lines = [f"Full-resolution Dice, mean over images; out-of-fold on {n} training images"

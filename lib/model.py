@@ -39,8 +39,14 @@ def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
         raise PipelineError(f"unknown architecture {p.arch!r}; e.g. Unet, UnetPlusPlus, FPN, Linknet, DeepLabV3Plus")
     use_weights = p.encoder_weights != "none" if pretrained is None else pretrained
     weights = "imagenet" if use_weights else None
+    kwargs = {}
+    if p.arch in ("Unet", "UnetPlusPlus"):
+        kwargs["decoder_channels"] = params_mod.decoder_widths(p.decoder_channels)
+    elif p.decoder_channels != Params.decoder_channels:
+        raise PipelineError(f"--decoder-channels applies to Unet and UnetPlusPlus, not {p.arch}")
     try:
-        net = getattr(smp, p.arch)(encoder_name=p.encoder, encoder_weights=weights, in_channels=3, classes=1)
+        net = getattr(smp, p.arch)(encoder_name=p.encoder, encoder_weights=weights, in_channels=3, classes=1,
+                                   **kwargs)
     except Exception as e:  # noqa: BLE001 -- the download can fail in many library-specific ways
         if weights is None:
             raise

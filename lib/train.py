@@ -24,7 +24,7 @@ from lib.data import CachedSet, SeededShuffle, make_loader, open_cache, train_tr
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.losses import BceDice
-from lib.metrics import dice_by_level, dice_histograms, level_of
+from lib.metrics import binarize, dice, dice_histograms
 from lib.model import build_model, read_checkpoint, save_checkpoint, unwrap
 from lib.plot import learning_curve
 from params import Params
@@ -288,7 +288,9 @@ def oof_histograms(probs_u8: np.ndarray, cache, rows: np.ndarray) -> np.ndarray:
 
 def full_res_dice(probs_u8: np.ndarray, cache, rows: np.ndarray, threshold: float) -> float:
     """Mean Dice as Kaggle measures it: maps resized to the original size, thresholded, per image."""
-    return float(dice_by_level(oof_histograms(probs_u8, cache, rows))[:, level_of(threshold)].mean())
+    h0, w0 = cache.orig_size
+    return float(np.mean([dice(binarize(np.ascontiguousarray(from_net(pr, h0, w0)), threshold), cache.full_mask(r))
+                          for pr, r in zip(probs_u8, rows)]))
 
 
 def save_oof(path: Path, ids: list[str], probs_u8: np.ndarray) -> None:

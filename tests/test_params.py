@@ -23,6 +23,8 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "64"
         if f.name == "encoder_weights":
             value = "none"
+        if f.name == "decoder_channels":
+            value = "64,32,16,16,8"
         args = [flag] if value is None else [flag, value]
         p, _ = parse("t", args)
         assert getattr(p, f.name) == (True if value is None else type(f.default)(value)), f.name

@@ -145,3 +145,14 @@ def test_unsafe_or_corrupt_checkpoints_are_refused(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(PipelineError, match="corrupt"):
         read_checkpoint(tmp_path / "corrupt.pt")
+
+
+def test_offline_pretrained_download_says_how_to_run_offline(tmp_path):
+    code = ("import params; from lib.model import build_model; from lib.errors import run_main; "
+            "run_main(lambda: build_model(params.make_params(encoder='resnet18', encoder_weights='imagenet')))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path), "HF_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "imagenet weights" in proc.stderr and "--encoder-weights none" in proc.stderr
+    assert "Traceback" not in proc.stderr
