@@ -46,8 +46,10 @@ def test_dir_for(p: params.Params, tuning: dict, replace: bool) -> Path:
     """The test map folder; refuses (or with --replace clears) maps made by other models/settings."""
     out = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
     made_by = {"models": tuning["models"], "tta": tuning["tta"], "size": tuning["size"]}
-    meta = out / "meta.json"
-    if meta.exists() and files.read_json(meta, "03_predict.py") != made_by:
+    meta = out / files.PROBS_META
+    foreign = (files.read_json(meta, "03_predict.py") != made_by if meta.exists()
+               else out.is_dir() and any(out.glob("*.png")))  # maps without meta.json: not written here
+    if foreign:
         if not replace:
             raise PipelineError(f"{out}: holds maps from other models or settings; add --replace to delete them "
                                 "and predict again, or use another --experiment")
@@ -59,6 +61,7 @@ def test_dir_for(p: params.Params, tuning: dict, replace: bool) -> Path:
 
 def main(p: params.Params, args: argparse.Namespace) -> None:
     ens = predict.load_ensemble(p)
+    params.save(p, files.run_dir(p.output_dir, p.experiment) / "predict_params.json")
     if args.images:
         tuning_path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
         tuning = files.read_json(tuning_path, "03_predict.py (without --images)")

@@ -43,7 +43,7 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
     if data.size == 0:
         raise PipelineError(f"{path}: empty file (0 bytes)")
     if data[:2].tobytes() == b"\xff\xd8" and JPEG_EOI not in data[-16:].tobytes():
-        raise PipelineError(f"{path}: truncated JPEG (no end-of-image marker)")
+        raise PipelineError(f"{path}: truncated JPEG (no end-of-image marker); download it again")
     h0, w0 = _jpeg_size(data, path)
     flag = cv2.IMREAD_COLOR
     for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
@@ -118,6 +118,7 @@ def build_cache(root: Path, ids: list[str], cache: Path, height: int, width: int
     first = _cache_item(jobs[0])
     n, h0w0 = len(ids), first[3]
     cache.mkdir(parents=True, exist_ok=True)
+    (cache / "meta.json").unlink(missing_ok=True)  # written last: arrays without it are never trusted
     arrays = {"images": ((n, height, width, 3), 0), "masks": ((n, height, width), 1), "truth": ((n, first[2].size), 2)}
     with _atomic_arrays(cache, arrays) as out:
         workers = min(workers, os.cpu_count() or 1)

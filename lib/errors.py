@@ -5,6 +5,12 @@ import errno
 import sys
 from typing import Callable
 
+OOM_ADVICE = ("out of memory: lower --batch-size (and raise --accum-steps to keep the effective batch) or "
+              "--predict-batch-size, or lower --height/--width or --workers; finished files are kept")
+# what torch says when an allocation fails: CUDA ("CUDA out of memory"), the CPU allocator
+# ("DefaultCPUAllocator: can't allocate memory"; "not enough memory" on Windows), other backends
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory")
+
 
 class PipelineError(Exception):
     """A problem the user can fix (bad input, missing stage output, bad setting)."""
@@ -15,21 +21,30 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except PipelineError as e:
-        _die(str(e))
+        _die(_unwrapped(str(e)))
     except KeyboardInterrupt:
         _die("interrupted; finished files are kept, a re-run continues where it can", code=130)
     except MemoryError:
-        _die("out of memory: lower --batch-size, --predict-batch-size or --workers")
+        _die(OOM_ADVICE)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
             _die(f"disk full while writing {e.filename or 'output'}: free space and re-run; "
                  "files written before are intact")
+        if e.filename is not None:
+            _die(f"{e.filename}: {e.strerror or e}; check the path and its permissions")
         raise
     except RuntimeError as e:
-        if "out of memory" in str(e).lower():
-            _die("out of memory on the device: lower --batch-size (and raise --accum-steps to keep "
-                 "the effective batch), or lower --height/--width")
+        if any(text in str(e).lower() for text in _OOM_TEXTS):
+            _die(OOM_ADVICE)
         raise
+
+
+def _unwrapped(message: str) -> str:
+    """The original message of an error that a torch DataLoader worker re-raised with its traceback inside."""
+    marker = f"{PipelineError.__name__}: "  # the traceback ends "lib.errors.PipelineError: <the message>"
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message and marker in message:
+        return message[message.rfind(marker) + len(marker):].rstrip()
+    return message
 
 
 def _die(message: str, code: int = 1) -> None:

@@ -6,13 +6,14 @@ renamed, so an interrupted run never leaves a half-written file under the final 
     input/   train/ train_masks/ test/ [test_masks/] sample_submission.csv [train_masks.csv metadata.csv]
     output/  folds.csv  cache/<H>x<W>/  <experiment>/params.json
              <experiment>/fold<k>/{model.pt,last.pt,log.csv,curve.png,oof.npz,params.json}
-             <experiment>/tuning.json  <experiment>/test_probs/<id>.png
+             <experiment>/tuning.json  <experiment>/test_probs/{<id>.png,meta.json}
              <experiment>/<submission>.csv.gz (+ .manifest.json)  <experiment>/comparison.md
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -61,21 +62,56 @@ def fold_dir(output: Path, experiment: str, fold: int) -> Path:
 
 BEST, LAST, LOG, CURVE, OOF, PARAMS = "model.pt", "last.pt", "log.csv", "curve.png", "oof.npz", "params.json"
 TUNING, TEST_PROBS, COMPARISON = "tuning.json", "test_probs", "comparison.md"
+PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps
 
 
 # --- atomic writing ---
+TMP_MARK = ".tmp"  # temporary names: .<final name>.tmp<pid>, never the final name or its suffix
+_TMP_NAME = re.compile(r"\..+\.tmp(\d+)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or Path(e.filename) == tmp:  # e.g. a failed write(): name the file being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> int:
+    """Delete the temporary files that killed writers left in ``folder`` (only those of file ``name`` if
+    given); return how many. Only names made by ``atomic_path`` whose process is gone are removed."""
+    removed = 0
+    if not Path(folder).is_dir():
+        return removed
+    for entry in os.scandir(folder):
+        m = _TMP_NAME.fullmatch(entry.name)
+        if m and (name is None or entry.name.startswith(f".{name}{TMP_MARK}")) and not _alive(int(m.group(1))):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -98,8 +98,10 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise PipelineError(f"{path}: refused: the file holds objects other than tensors and plain values "
-                            f"(it could run code): {str(e).splitlines()[0]}") from None
+        lines = [ln for ln in str(e).splitlines() if "GLOBAL" in ln] or str(e).splitlines()[:1]
+        raise PipelineError(f"{path}: refused, nothing in it was run: it holds objects other than tensors and plain "
+                            f"values, which could run code ({lines[0].strip()}); use a checkpoint written by "
+                            "02_train.py") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise PipelineError(f"{path}: corrupt or not a checkpoint ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}); re-run 02_train.py") from None

@@ -7,6 +7,7 @@ atomically, so a re-run skips finished images and an interrupted run resumes.
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,14 +149,23 @@ class TestImages(Dataset):
 
 def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dict[str, Path], out_dir: Path
                  ) -> dict:
-    """Write ``out_dir/<id>.png`` for every id not already done. Returns counts and speed."""
-    todo = [i for i in ids if not (out_dir / f"{i}.png").exists()]
-    print(f"test: {len(ids) - len(todo)} of {len(ids)} maps already done, {len(todo)} to predict "
+    """Write ``out_dir/<id>.png`` for every id not already done. Returns counts and speed.
+
+    Batches are always ``ids[k * B:(k + 1) * B]`` (B = --predict-batch-size); a batch with any map missing
+    is predicted whole, so a re-run after an interruption writes the same bytes as an uninterrupted run.
+    """
+    files.remove_stale_temps(out_dir)  # half-written maps of a killed run (never under a final name)
+    done = {e.name for e in os.scandir(out_dir)}
+    b = p.predict_batch_size
+    batches = [ids[k:k + b] for k in range(0, len(ids), b)]
+    todo = [i for batch in batches if any(f"{j}.png" not in done for j in batch) for i in batch]
+    missing = sum(f"{i}.png" not in done for i in ids)
+    print(f"test: {len(ids) - missing} of {len(ids)} maps already done, {missing} to predict "
           f"with {len(ens.models)} model(s), TTA {mode}", flush=True)
     if not todo:
         return {"predicted": 0, "images_per_s": float("nan")}
     h, w = ens.size
-    loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
+    loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=b,
                         num_workers=p.workers, pin_memory=ens.device.type == "cuda")
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
@@ -166,10 +176,10 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
                 f.result()  # re-raise a failed write here
             pending = [f for f in pending if not f.done()] + [
                 writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob)
-                for j, prob in zip(index.tolist(), probs)]
+                for j, prob in zip(index.tolist(), probs) if f"{todo[j]}.png" not in done]
             if len(pending) > 4 * p.predict_batch_size:  # bound memory: wait for the writer
                 pending[0].result()
         for f in pending:
             f.result()
     seconds = time.perf_counter() - start
-    return {"predicted": len(todo), "seconds": seconds, "images_per_s": len(todo) / seconds}
+    return {"predicted": missing, "seconds": seconds, "images_per_s": len(todo) / seconds}

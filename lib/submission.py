@@ -177,9 +177,16 @@ def missing_maps(pred: Prediction, ids: Sequence[str]) -> list[str]:
 
 
 def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
-    """Every folder has every test map, and its first map has the size tuning.json states."""
+    """Every folder has every test map, made by the models its tuning.json describes, of the size it states."""
     problems = []
     for p in preds:
+        meta_path = p.probs_dir / files.PROBS_META
+        if meta_path.exists() and "models" in p.tuning:
+            made_by = files.read_json(meta_path, PREDICT_STAGE)
+            if made_by != {k: p.tuning.get(k) for k in ("models", "tta", "size")}:
+                raise PipelineError(f"{p.probs_dir}: its maps were made by other models or settings than "
+                                    f"{p.folder / files.TUNING} describes; run {PREDICT_STAGE} --replace "
+                                    "for that experiment")
         missing = missing_maps(p, ids)
         if missing:
             problems.append(f"{p.probs_dir}: {len(missing)} of {len(ids)} test maps missing: "
@@ -337,6 +344,7 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
     ids = list(ids)
     _check_ids(path, ids, expected_ids)
     refused = f"{path}: not written:"
+    files.remove_stale_temps(path.parent, path.name)  # a killed run's partial file (never under the final name)
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as raw:
             with gzip.GzipFile(path.name[:-3], "wb", GZIP_LEVEL, raw, mtime=0) as gz:

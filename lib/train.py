@@ -179,6 +179,7 @@ class FoldTrainer:
     def run(self) -> dict:
         p = self.p
         self.dir.mkdir(parents=True, exist_ok=True)
+        files.remove_stale_temps(self.dir)  # left by a killed run; never read as checkpoints
         params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PARAMS)
         params_mod.save(p, self.dir / files.PARAMS)
         if self.resume:
