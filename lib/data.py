@@ -10,6 +10,7 @@ benchmarks/bench_loader.py measures both paths.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,12 +21,13 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lib import files
 from lib.errors import PipelineError
 from lib.geometry import padded_size, to_net
-from lib.inputs import JPEG_EOI, read_mask
+from lib.inputs import read_image_bytes, read_mask
 
 CACHE_VERSION = 1
 
@@ -36,15 +38,13 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
     Uses libjpeg's DCT scaling (decode at 1/2, 1/4 or 1/8) when the target is that much smaller,
     which is several times faster than decoding at full size and resizing.
     """
+    raw = read_image_bytes(path)
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
-    if data.size == 0:
-        raise PipelineError(f"{path}: empty file (0 bytes)")
-    if data[:2].tobytes() == b"\xff\xd8" and JPEG_EOI not in data[-16:].tobytes():
-        raise PipelineError(f"{path}: truncated JPEG (no end-of-image marker); download it again")
-    h0, w0 = _jpeg_size(data, path)
+        with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+            w0, h0 = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise PipelineError(f"{path}: not a readable image ({e})") from None
+    data = np.frombuffer(raw, np.uint8)
     flag = cv2.IMREAD_COLOR
     for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                             (2, cv2.IMREAD_REDUCED_COLOR_2)):
@@ -58,24 +58,6 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
     if flag == cv2.IMREAD_COLOR:
         return to_net(image, height, width), (h0, w0)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), (h0, w0)
-
-
-def _jpeg_size(data: np.ndarray, path: Path) -> tuple[int, int]:
-    """(height, width) from the JPEG's SOF header, without decoding."""
-    b = data.tobytes()
-    i = 2
-    while i + 9 < len(b):
-        if b[i] != 0xFF:
-            i += 1
-            continue
-        marker = b[i + 1]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            return int.from_bytes(b[i + 5:i + 7], "big"), int.from_bytes(b[i + 7:i + 9], "big")
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 2 if marker != 0xFF else 1
-            continue
-        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
-    raise PipelineError(f"{path}: not a JPEG (no frame header)")
 
 
 def net_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -35,13 +35,17 @@ class Checked:
     problem: str = ""
 
 
+def read_image_bytes(path: Path) -> bytes:
+    """The file's bytes; PipelineError naming the file if it is unreadable, empty or a truncated JPEG."""
+    data = _read_bytes(path)
+    if data[:2] == b"\xff\xd8" and JPEG_EOI not in data[-16:]:
+        raise PipelineError(f"{path}: truncated JPEG (no end-of-image marker); download it again")
+    return data
+
+
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB. Raises PipelineError naming the file if it is empty, unreadable or truncated."""
-    data = _read_bytes(path)
-    is_jpeg = data[:2] == b"\xff\xd8"
-    if is_jpeg and JPEG_EOI not in data[-16:]:
-        raise PipelineError(f"{path}: truncated JPEG (no end-of-image marker); download it again")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise PipelineError(f"{path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
