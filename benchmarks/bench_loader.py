@@ -24,6 +24,7 @@ from lib import files, folds  # noqa: E402
 from lib.data import CachedSet, SeededShuffle, _cache_item, make_loader, open_cache, train_transform  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
+from lib.train import loader_workers, make_optimizer  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> float:
@@ -44,8 +45,10 @@ def main() -> None:
     decode = rate(n, time.perf_counter() - start)
 
     rows = np.arange(len(ids))
+    cpu = torch.device("cpu")
+    workers = loader_workers(p.workers, cpu)  # what 02_train.py uses on this CPU
     transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p)
-    loader = make_loader(CachedSet(cache, transform), SeededShuffle(rows, 0), p.batch_size, p.workers, False,
+    loader = make_loader(CachedSet(cache, transform), SeededShuffle(rows, 0), p.batch_size, workers, False,
                          drop_last=True)
     seen, start = 0, None
     for images, _ in loader:  # first batch includes worker start-up; time the rest
@@ -55,9 +58,11 @@ def main() -> None:
         seen += len(images)
     loading = rate(seen, time.perf_counter() - start)
 
-    model, loss_fn = build_model(p), BceDice()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, loss_fn = build_model(p), BceDice()  # set up as 02_train.py does on a CPU
+    opt = make_optimizer(p, model, cpu)
     x = torch.from_numpy(np.array(cache.images[:p.batch_size])).permute(0, 3, 1, 2)
+    if p.channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(np.array(cache.masks[:p.batch_size]))[:, None].float() / 255
     steps, times = 6, []
     for _ in range(steps):
@@ -71,10 +76,11 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"size {p.height}x{p.width}, {p.arch}-{p.encoder}, batch {p.batch_size}, loader workers {p.workers}\n")
+    print(f"size {p.height}x{p.width}, {p.arch}-{p.encoder}, batch {p.batch_size}, loader workers {workers}, "
+          f"channels_last {p.channels_last}\n")
     print("| path | images/s |\n|---|---:|")
     print(f"| decode JPEG + GIF from disk and resize (no cache), 1 process | {decode:.1f} |")
-    print(f"| training loader from the cache, augmented, {p.workers} worker(s) | {loading:.1f} |")
+    print(f"| training loader from the cache, augmented, {workers} worker(s) | {loading:.1f} |")
     print(f"| training step (forward + backward + AdamW), {torch.get_num_threads()} threads | {training:.1f} |")
     print(f"\nloader / training step = {loading / training:.1f}x "
           f"({'data loading is not the bottleneck' if loading > training else 'DATA LOADING IS THE BOTTLENECK'})")

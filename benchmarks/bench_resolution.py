@@ -21,7 +21,7 @@ from lib.geometry import from_net, to_net  # noqa: E402
 from lib.inputs import read_mask  # noqa: E402
 from lib.metrics import dice  # noqa: E402
 
-SIZES = [(128, 192), (160, 256), (192, 288), (256, 384), (320, 480), (512, 768), (1280, 1920)]
+SIZES = [(96, 160), (128, 192), (160, 256), (192, 288), (256, 384), (320, 480), (512, 768), (1280, 1920)]
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Synthetic demo data in exactly the Kaggle Carvana layout (the real images cannot be shipped).
 
     from lib.demo import generate
-    generate(Path("input"))  # 12 train + 4 test cars x 16 views, 1918 x 1280, about 14 s on 2 cores
+    generate(Path("input"))  # 16 train + 4 test cars x 16 views, 1918 x 1280, about 17 s on 2 cores
 
 The scene model (units: metres, car frame x forward, y to the car's left, z up, origin on the
 ground under the car's centre):
@@ -608,7 +608,7 @@ def _metadata_row(car: str, spec: CarSpec, rng: np.random.Generator) -> str:
     return f"{car},{year},{make},{model},{trim1},{trim2}"
 
 
-def generate(root: Path, n_train_cars: int = 12, n_test_cars: int = 4, width: int = 1918, height: int = 1280,
+def generate(root: Path, n_train_cars: int = 16, n_test_cars: int = 4, width: int = 1918, height: int = 1280,
              seed: int = 0, workers: int = 2) -> dict:
     """Write a synthetic Carvana dataset into ``root`` (see the module docstring); return a summary.
 

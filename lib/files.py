@@ -122,6 +122,61 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+class OrderedWriter:
+    """Runs writes on one background thread, in the order given, while the caller goes on computing.
+
+    After a write fails, the later ones are skipped (so no file claims a state an earlier file lacks)
+    and the error is raised by the next ``submit``, ``flush`` or ``close``. ``flush`` waits for every
+    write given so far; use it as a context manager to close it.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="writer")
+        self._futures: list = []
+        self._error: BaseException | None = None
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        self._raise()
+        self._futures.append(self._pool.submit(self._run, fn, args, kwargs))
+
+    def _run(self, fn, args, kwargs) -> None:
+        if self._error is None:
+            try:
+                fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread by _raise
+                self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush(self) -> None:
+        for f in self._futures:
+            f.result()
+        self._futures.clear()
+        self._raise()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "OrderedWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:  # already failing: finish what was given (good states), without masking that error
+            try:
+                self.close()
+            except BaseException:  # noqa: BLE001
+                pass
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from lib import files
 from lib.errors import PipelineError
@@ -35,6 +34,7 @@ def split(table: pd.DataFrame, n_folds: int, seed: int, metadata: pd.DataFrame |
     if n_cars < n_folds:
         raise PipelineError(f"{n_cars} car(s) cannot make {n_folds} car-grouped folds; lower --n-folds")
     strata = car_strata(table, n_folds, metadata)
+    from sklearn.model_selection import StratifiedGroupKFold  # here: a second of import the later stages skip
     sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.full(len(table), -1)
     for k, (_, val) in enumerate(sgkf.split(table, strata, groups=table.car)):

@@ -82,9 +82,25 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_checkpoint(path: Path, model: nn.Module, p: Params, **extra) -> None:
-    """Atomically write {model, params, **extra} (extra: epoch, score, optimizer state, ...)."""
+def checkpoint_state(model: nn.Module, p: Params, **extra) -> dict:
+    """{model, params, **extra} (extra: epoch, score, optimizer state, ...) with every tensor copied, so the
+    snapshot stays as it is while training goes on and can be written later (``write_checkpoint``)."""
     state = {"model": unwrap(model).state_dict(), "params": p.to_dict(), **extra}
+    return _copy_tensors(state)
+
+
+def _copy_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _copy_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_tensors(v) for v in obj)
+    return obj
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Atomically write a ``checkpoint_state``."""
     buf = io.BytesIO()
     torch.save(state, buf)
     files.write_bytes_atomic(path, buf.getvalue())

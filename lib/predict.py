@@ -37,6 +37,7 @@ class Ensemble:
     params: Params  # the first checkpoint's settings (size, encoder, ...)
     device: torch.device
     precision: Precision
+    channels_last: bool = True  # models and inputs in NHWC memory format
 
     @property
     def size(self) -> tuple[int, int]:
@@ -55,7 +56,7 @@ def load_ensemble(p: Params) -> Ensemble:
     models, sizes, first, prints = [], set(), None, []
     for k in ks:
         model, mp, ckpt = load_model(files.fold_dir(p.output_dir, p.experiment, k) / files.BEST, device)
-        if p.channels_last and device.type == "cuda":
+        if p.channels_last:
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         sizes.add((mp.height, mp.width))
@@ -65,7 +66,8 @@ def load_ensemble(p: Params) -> Ensemble:
     if len(sizes) > 1:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained at different "
                             f"sizes {sorted(sizes)}; an ensemble needs one size")
-    return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp))
+    return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp),
+                    p.channels_last)
 
 
 @torch.no_grad()
@@ -73,7 +75,7 @@ def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[n
                   ) -> np.ndarray:
     """(N, 3, H, W) uint8 -> (N, H, W) uint8 mean probability of ``models`` (default all) with TTA ``mode``."""
     x = images.to(ens.device, non_blocking=True)
-    if ens.device.type == "cuda":
+    if ens.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     models = models if models is not None else ens.models
     total = None

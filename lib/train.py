@@ -1,8 +1,10 @@
 """One fold of training: loop, validation at full resolution, checkpoints, resume, out-of-fold output.
 
 Order of writes at the end of an epoch (each atomic): model.pt and oof.npz if val Dice improved,
-then the log row, then last.pt. A run killed at any point resumes from the last finished epoch
-and, with the same seed on CPU, ends with the same checkpoint as an uninterrupted run.
+then the log row, then last.pt. They are snapshots taken at the end of the epoch and written by
+one background thread, in that order, while the next epoch trains (the files of one epoch are
+finished before the next epoch's are given). A run killed at any point resumes from the last
+written last.pt and, with the same seed on CPU, ends with the same checkpoint as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.losses import BceDice
 from lib.metrics import binarize, dice, dice_histograms
-from lib.model import build_model, read_checkpoint, save_checkpoint, unwrap
+from lib.model import build_model, checkpoint_state, read_checkpoint, unwrap, write_checkpoint
 from lib.plot import learning_curve
 from params import Params
 
@@ -77,6 +79,20 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def loader_workers(workers: int, device: torch.device) -> int:
+    """Training loader processes: ``workers`` on GPU; none on CPU, where the model needs every core and
+    reading the cache in the training process costs less than a worker competing with it (about 13
+    against 10 images/s on 2 cores)."""
+    return workers if device.type == "cuda" else 0
+
+
+def make_optimizer(p: Params, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW; fused (one kernel for all parameters, about 5% of a CPU step saved) on CPU and CUDA."""
+    opt = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
+    decay = p.weight_decay if p.optimizer == "adamw" else 0.0
+    return opt(model.parameters(), lr=p.lr, weight_decay=decay, fused=device.type in ("cpu", "cuda"))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -120,19 +136,17 @@ class FoldTrainer:
                                 f"training images of fold {fold}; lower it")
         seed_everything(p.seed + fold)
         self.model = build_model(p).to(self.device)
-        if p.channels_last and self.device.type == "cuda":
+        if p.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if p.compile else self.model
         self.precision = Precision.for_device(self.device, p.amp)
         self.loss_fn = BceDice(p.bce_weight, p.dice_weight)
-        opt = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
-        decay = p.weight_decay if p.optimizer == "adamw" else 0.0
-        self.optimizer = opt(self.model.parameters(), lr=p.lr, weight_decay=decay)
+        self.optimizer = make_optimizer(p, self.model, self.device)
         pin = self.device.type == "cuda"
         transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p) if p.augment else None
         self.sampler = SeededShuffle(self.train_rows, p.seed * 1000 + fold)
         self.train_loader = make_loader(CachedSet(self.cache, transform), self.sampler, p.batch_size,
-                                        p.workers, pin, drop_last=True)
+                                        loader_workers(p.workers, self.device), pin, drop_last=True)
         self.val_loader = make_loader(CachedSet(self.cache), SeededShuffle(self.val_rows, 0, shuffle=False),
                                       p.predict_batch_size, 0, pin)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / p.accum_steps)
@@ -189,34 +203,40 @@ class FoldTrainer:
         print(f"fold {self.fold}: {len(self.train_rows)} train / {len(self.val_rows)} val images, "
               f"{p.arch}-{p.encoder} at {p.height}x{p.width} on {self.device}"
               f"{' with ' + str(self.precision.dtype).split('.')[-1] if self.precision.enabled else ''}", flush=True)
+        with files.OrderedWriter() as writer:
+            self._loop(writer)
+        if p.patience and self.bad_epochs >= p.patience and self.epoch < p.epochs:
+            print(f"fold {self.fold}: early stop, no val Dice gain for {p.patience} epochs", flush=True)
+        return {"fold": self.fold, "best_val_dice": self.best, "epochs": self.epoch}
+
+    def _loop(self, writer: files.OrderedWriter) -> None:
+        p = self.p
         while self.epoch < p.epochs and not (p.patience and self.bad_epochs >= p.patience):
             self.epoch += 1
             start = time.perf_counter()
             train_loss, n_images = self.train_epoch()
             train_seconds = time.perf_counter() - start
-            if self.epoch % p.val_every and self.epoch != p.epochs:
-                val_loss, val_dice = float("nan"), float("nan")
-            else:
-                val_loss, val_dice, probs = self.validate()
+            validated = self.epoch % p.val_every == 0 or self.epoch == p.epochs
+            val_loss, val_dice, probs = self.validate() if validated else (float("nan"), float("nan"), None)
+            writer.flush()  # the previous epoch's files are written (and a failed write stops the run here)
+            if validated:
                 if val_dice > self.best:
                     self.best, self.bad_epochs = val_dice, 0
-                    save_checkpoint(self.dir / files.BEST, self.model, p, epoch=self.epoch, val_dice=val_dice)
-                    save_oof(self.dir / files.OOF, self.val_ids, probs)
+                    writer.submit(write_checkpoint, self.dir / files.BEST,
+                                  checkpoint_state(self.model, p, epoch=self.epoch, val_dice=val_dice))
+                    writer.submit(save_oof, self.dir / files.OOF, self.val_ids, probs)
                 else:
                     self.bad_epochs += 1
             row = [self.epoch, self.scheduler.get_last_lr()[0], train_loss, val_loss, val_dice,
                    time.perf_counter() - start, n_images / train_seconds]
-            self._append_log(row)
-            save_checkpoint(self.dir / files.LAST, self.model, p, epoch=self.epoch, best=self.best,
-                            bad_epochs=self.bad_epochs, optimizer=self.optimizer.state_dict(),
-                            scheduler=self.scheduler.state_dict(), scaler=self.precision.scaler.state_dict(),
-                            rng=rng_state())
+            writer.submit(self._append_log, row)
+            writer.submit(write_checkpoint, self.dir / files.LAST, checkpoint_state(
+                self.model, p, epoch=self.epoch, best=self.best, bad_epochs=self.bad_epochs,
+                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                scaler=self.precision.scaler.state_dict(), rng=rng_state()))
             print(f"fold {self.fold} epoch {self.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "
                   f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {self.best:.5f}) "
                   f"{row[5]:.0f}s {row[6]:.1f} img/s", flush=True)
-        if p.patience and self.bad_epochs >= p.patience and self.epoch < p.epochs:
-            print(f"fold {self.fold}: early stop, no val Dice gain for {p.patience} epochs", flush=True)
-        return {"fold": self.fold, "best_val_dice": self.best, "epochs": self.epoch}
 
     def _append_log(self, row: list) -> None:
         log = pd.concat([self._log(), pd.DataFrame([row], columns=LOG_COLUMNS)], ignore_index=True)
@@ -225,7 +245,7 @@ class FoldTrainer:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.p.channels_last and self.device.type == "cuda" and x.dim() == 4:
+        if self.p.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -156,3 +156,32 @@ def test_offline_pretrained_download_says_how_to_run_offline(tmp_path):
     assert proc.returncode == 1
     assert "imagenet weights" in proc.stderr and "--encoder-weights none" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_disk_full_while_a_checkpoint_is_written_in_the_background(prepared, monkeypatch, capsys):
+    """Checkpoints are written by a background thread; a failed write still stops the run with the file
+    named, leaves the previous epoch's last.pt, and no temporary file."""
+    import errno
+
+    import params
+    from lib import train
+    from lib.errors import run_main
+    root, out = prepared
+    real_write = train.write_checkpoint
+
+    def write(path, state):
+        if path.name == files.LAST and state["epoch"] == 2:
+            with files.atomic_path(path) as tmp:
+                tmp.write_bytes(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, state)
+
+    monkeypatch.setattr(train, "write_checkpoint", write)
+    p, _ = params.parse("t", [str(a) for a in train_args(root, out, "--epochs", "3")])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: train.FoldTrainer(p, 0).run())
+    fold = files.fold_dir(out, "demo", 0)
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after what is left of the progress bars
+    assert exit_.value.code == 1 and last_line.startswith(f"error: disk full while writing {fold / files.LAST}:")
+    assert read_checkpoint(fold / files.LAST)["epoch"] == 1  # the run stopped at the end of epoch 3
+    assert not list(fold.glob(".*tmp*"))
