@@ -31,6 +31,24 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds
 
 
+def train_step_rate(p, x: torch.Tensor, y: torch.Tensor, memory_format: torch.memory_format, steps: int = 6
+                    ) -> float:
+    """Training images/s of the model as 02_train.py sets it up on a CPU, in ``memory_format``."""
+    torch.manual_seed(0)
+    model, loss_fn = build_model(p).to(memory_format=memory_format), BceDice()
+    opt = make_optimizer(p, model, torch.device("cpu"))
+    x = x.contiguous(memory_format=memory_format)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    return rate(len(x), float(np.median(times[1:])))
+
+
 def main() -> None:
     p, _ = params.parse(__doc__)
     split = folds.read(p.output_dir)
@@ -58,21 +76,10 @@ def main() -> None:
         seen += len(images)
     loading = rate(seen, time.perf_counter() - start)
 
-    model, loss_fn = build_model(p), BceDice()  # set up as 02_train.py does on a CPU
-    opt = make_optimizer(p, model, cpu)
     x = torch.from_numpy(np.array(cache.images[:p.batch_size])).permute(0, 3, 1, 2)
-    if p.channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(np.array(cache.masks[:p.batch_size]))[:, None].float() / 255
-    steps, times = 6, []
-    for _ in range(steps):
-        t = time.perf_counter()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t)
-    training = rate(p.batch_size, float(np.median(times[1:])))
+    step_rate = {fmt: train_step_rate(p, x, y, fmt) for fmt in (torch.contiguous_format, torch.channels_last)}
+    training = step_rate[torch.channels_last if p.channels_last else torch.contiguous_format]
 
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -81,7 +88,9 @@ def main() -> None:
     print("| path | images/s |\n|---|---:|")
     print(f"| decode JPEG + GIF from disk and resize (no cache), 1 process | {decode:.1f} |")
     print(f"| training loader from the cache, augmented, {workers} worker(s) | {loading:.1f} |")
-    print(f"| training step (forward + backward + AdamW), {torch.get_num_threads()} threads | {training:.1f} |")
+    for fmt, name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC, channels_last")):
+        print(f"| training step (forward + backward + AdamW), {torch.get_num_threads()} threads, {name} | "
+              f"{step_rate[fmt]:.1f} |")
     print(f"\nloader / training step = {loading / training:.1f}x "
           f"({'data loading is not the bottleneck' if loading > training else 'DATA LOADING IS THE BOTTLENECK'})")
     print(f"cache / no cache = {loading / decode:.1f}x")
