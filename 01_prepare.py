@@ -62,7 +62,7 @@ def main(p: params.Params) -> None:
     else:
         print(f"note: no {files.TEST}/ with {files.SAMPLE_SUBMISSION} in {p.input_dir}; 03_predict.py needs them")
     data.open_cache(p.input_dir, p.output_dir, list(split.id), p.height, p.width, p.workers)
-    params.save(p, p.output_dir / "prepare_params.json")
+    params.save(p, p.output_dir / files.PREPARE_PARAMS)
     print(f"training cache ready: {files.cache_dir(p.output_dir, p.height, p.width)}")
 
 

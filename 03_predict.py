@@ -45,7 +45,7 @@ def tuning_for(p: params.Params, ens: predict.Ensemble, retune: bool) -> dict:
 def test_dir_for(p: params.Params, tuning: dict, replace: bool) -> Path:
     """The test map folder; refuses (or with --replace clears) maps made by other models/settings."""
     out = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
-    made_by = {"models": tuning["models"], "tta": tuning["tta"], "size": tuning["size"]}
+    made_by = files.probs_made_by(tuning)
     meta = out / files.PROBS_META
     foreign = (files.read_json(meta, "03_predict.py") != made_by if meta.exists()
                else out.is_dir() and any(out.glob("*.png")))  # maps without meta.json: not written here
@@ -61,7 +61,7 @@ def test_dir_for(p: params.Params, tuning: dict, replace: bool) -> Path:
 
 def main(p: params.Params, args: argparse.Namespace) -> None:
     ens = predict.load_ensemble(p)
-    params.save(p, files.run_dir(p.output_dir, p.experiment) / "predict_params.json")
+    params.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
     if args.images:
         tuning_path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
         tuning = files.read_json(tuning_path, "03_predict.py (without --images)")

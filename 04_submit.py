@@ -67,7 +67,7 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     run = files.run_dir(p.output_dir, p.experiment)
     preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
     test_ids = inputs.read_sample_submission(p.input_dir)
-    params.save(p, run / "submit_params.json")
+    params.save(p, run / files.SUBMIT_PARAMS)
     split = folds.read(p.output_dir)
     if score:
         submission.truth_paths(p.input_dir, test_ids)  # fail now, not after the work

@@ -62,7 +62,13 @@ def fold_dir(output: Path, experiment: str, fold: int) -> Path:
 
 BEST, LAST, LOG, CURVE, OOF, PARAMS = "model.pt", "last.pt", "log.csv", "curve.png", "oof.npz", "params.json"
 TUNING, TEST_PROBS, COMPARISON = "tuning.json", "test_probs", "comparison.md"
-PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps
+PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps (probs_made_by)
+PREPARE_PARAMS, PREDICT_PARAMS, SUBMIT_PARAMS = "prepare_params.json", "predict_params.json", "submit_params.json"
+
+
+def probs_made_by(tuning: dict) -> dict:
+    """What test_probs/meta.json records of a tuning.json: the maps of one folder share it."""
+    return {k: tuning.get(k) for k in ("models", "tta", "size")}
 
 
 # --- atomic writing ---

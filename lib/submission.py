@@ -182,8 +182,7 @@ def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
     for p in preds:
         meta_path = p.probs_dir / files.PROBS_META
         if meta_path.exists() and "models" in p.tuning:
-            made_by = files.read_json(meta_path, PREDICT_STAGE)
-            if made_by != {k: p.tuning.get(k) for k in ("models", "tta", "size")}:
+            if files.read_json(meta_path, PREDICT_STAGE) != files.probs_made_by(p.tuning):
                 raise PipelineError(f"{p.probs_dir}: its maps were made by other models or settings than "
                                     f"{p.folder / files.TUNING} describes; run {PREDICT_STAGE} --replace "
                                     "for that experiment")

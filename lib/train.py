@@ -81,13 +81,13 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 def loader_workers(workers: int, device: torch.device) -> int:
     """Training loader processes: ``workers`` on GPU; none on CPU, where the model needs every core and
-    reading the cache in the training process costs less than a worker competing with it (about 13
-    against 10 images/s on 2 cores)."""
+    reading the cache in the training process costs less than a worker competing with it (loader and
+    step rates: benchmarks/bench_loader.py)."""
     return workers if device.type == "cuda" else 0
 
 
 def make_optimizer(p: Params, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; fused (one kernel for all parameters, about 5% of a CPU step saved) on CPU and CUDA."""
+    """Adam or AdamW; fused (one kernel for all parameters instead of a loop of small ops) on CPU and CUDA."""
     opt = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
     decay = p.weight_decay if p.optimizer == "adamw" else 0.0
     return opt(model.parameters(), lr=p.lr, weight_decay=decay, fused=device.type in ("cpu", "cuda"))
