@@ -86,8 +86,8 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     results, total = score_baselines(p, split, preds[0])
     if with_baselines:
         written |= write_baselines(p, results, total, test_ids)
-    test_dice = {name: submission.score_submission(path, p.input_dir) for name, path in written.items()
-                 if score}
+    scores = submission.score_submissions(list(written.values()), p.input_dir) if score and written else {}
+    test_dice = {path.name: dice for path, dice in scores.items()}
     table = baseline.comparison_table(results, preds, manifest, test_dice)
     files.write_text_atomic(run / files.COMPARISON, table)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")

@@ -93,7 +93,7 @@ PRESETS: dict[str, dict] = {
     # The built-in demo: small, quick, CPU, synthetic data.
     "demo": dict(
         experiment="demo", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
-        height=96, width=160, n_folds=2, epochs=12, val_every=6, batch_size=8, lr=3e-3,
+        height=96, width=160, n_folds=2, epochs=10, val_every=10, batch_size=8, lr=3e-3,
         warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3,
     ),
     # Real data on a 2-core CPU: 4 folds of ../shared/carvana_sample (32 cars), about 14 minutes a fold when idle.

@@ -10,7 +10,6 @@ benchmarks/bench_loader.py measures both paths.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -21,13 +20,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lib import files
 from lib.errors import PipelineError
 from lib.geometry import padded_size, to_net
-from lib.inputs import read_image_bytes, read_mask
+from lib.inputs import image_size, read_image_bytes, read_mask
 
 CACHE_VERSION = 1
 
@@ -39,11 +37,7 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
     which is several times faster than decoding at full size and resizing.
     """
     raw = read_image_bytes(path)
-    try:
-        with Image.open(io.BytesIO(raw)) as im:  # reads the header only
-            w0, h0 = im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise PipelineError(f"{path}: not a readable image ({e})") from None
+    h0, w0 = image_size(raw, path)
     data = np.frombuffer(raw, np.uint8)
     flag = cv2.IMREAD_COLOR
     for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -31,6 +32,7 @@ __all__ = [
 
 N_LEVELS = 256  # uint8 probability levels 0..255; level = round(p * 255)
 _MAX_LEVEL = N_LEVELS - 1
+_EXACT_FLOAT32 = 2 ** 24  # integers below this are exact in float32
 
 
 def _check_same_shape(a: NDArray, b: NDArray, names: str) -> None:
@@ -111,7 +113,15 @@ def dice_histograms(prob_u8: NDArray[np.uint8], truth: NDArray) -> NDArray[np.in
     """
     _check_u8(prob_u8)
     _check_same_shape(prob_u8, truth, "prob_u8 and truth")
-    code = truth.astype(np.bool_, copy=False).astype(np.uint16) << 8
+    inside_mask = np.ascontiguousarray(truth.astype(np.bool_, copy=False)).view(np.uint8)
+    prob_u8 = np.ascontiguousarray(prob_u8)
+    if prob_u8.ndim == 2 and prob_u8.size < _EXACT_FLOAT32:
+        # OpenCV's histogram (float32 counts, exact below 2**24 pixels) is ~3x faster than np.bincount here,
+        # and this runs on every out-of-fold image of every TTA mode and baseline
+        inside = cv2.calcHist([prob_u8], [0], inside_mask, [N_LEVELS], [0, N_LEVELS]).ravel()
+        total = cv2.calcHist([prob_u8], [0], None, [N_LEVELS], [0, N_LEVELS]).ravel()
+        return np.stack([total - inside, inside]).astype(np.int64)
+    code = inside_mask.astype(np.uint16) << 8
     code |= prob_u8
     counts = np.bincount(code.ravel(), minlength=2 * N_LEVELS)
     return counts.reshape(2, N_LEVELS).astype(np.int64, copy=False)

@@ -475,16 +475,29 @@ def truth_paths(root: Path, ids: Sequence[str]) -> list[Path]:
 
 def score_submission(path: Path, root: Path) -> float:
     """Mean Dice over the submission's rows against ``root/test_masks`` GIFs, at full size, the Kaggle way."""
-    ids = [i for i, _ in read_submission(path)]
-    if not ids:
-        raise PipelineError(f"{path}: no rows to score")
-    truths = truth_paths(root, ids)
-    scores = []
-    for (image_id, code), truth_path in zip(read_submission(path), truths):
-        truth = read_mask(truth_path)
-        try:
-            pred = rle.decode(code, truth.shape)
-        except ValueError as e:
-            raise PipelineError(f"{path}: bad RLE for {image_id}: {e}") from None
-        scores.append(dice(pred, truth))
-    return float(np.mean(scores))
+    return score_submissions([path], root)[path]
+
+
+def score_submissions(paths: Sequence[Path], root: Path) -> dict[Path, float]:
+    """``score_submission`` of several submissions, decoding each truth mask once for all of them."""
+    rows = {}
+    for path in paths:
+        rows[path] = list(read_submission(path))
+        if not rows[path]:
+            raise PipelineError(f"{path}: no rows to score")
+    ids = list(dict.fromkeys(i for path_rows in rows.values() for i, _ in path_rows))
+    truths = dict(zip(ids, truth_paths(root, ids)))
+    codes: dict[str, list[tuple[Path, str]]] = {i: [] for i in ids}
+    for path, path_rows in rows.items():
+        for image_id, code in path_rows:
+            codes[image_id].append((path, code))
+    scores: dict[Path, list[float]] = {path: [] for path in paths}
+    for image_id, image_codes in codes.items():
+        truth = read_mask(truths[image_id])
+        for path, code in image_codes:
+            try:
+                pred = rle.decode(code, truth.shape)
+            except ValueError as e:
+                raise PipelineError(f"{path}: bad RLE for {image_id}: {e}") from None
+            scores[path].append(dice(pred, truth))
+    return {path: float(np.mean(s)) for path, s in scores.items()}

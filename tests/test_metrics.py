@@ -111,6 +111,19 @@ def test_dice_histograms_counts() -> None:
         np.testing.assert_array_equal(hist[1], np.bincount(prob[truth], minlength=256))
 
 
+def test_dice_histograms_same_counts_on_every_path() -> None:
+    """2-D maps go through OpenCV's histogram, other shapes through np.bincount; strided views work too."""
+    rng = np.random.default_rng(3)
+    prob = rng.integers(0, 256, (2, 30, 40), dtype=np.uint8)
+    truth = rng.random((2, 30, 40)) < 0.4
+    stacked = dice_histograms(prob, truth)  # 3-D: np.bincount
+    per_image = dice_histograms(prob[0], truth[0]) + dice_histograms(prob[1], truth[1])  # 2-D: OpenCV
+    np.testing.assert_array_equal(stacked, per_image)
+    strided = dice_histograms(prob[0, :, ::2], truth[0, :, ::2])
+    np.testing.assert_array_equal(strided[1], np.bincount(prob[0, :, ::2][truth[0, :, ::2]], minlength=256))
+    np.testing.assert_array_equal(strided.sum(axis=0), np.bincount(prob[0, :, ::2].ravel(), minlength=256))
+
+
 def test_dice_histograms_checks_inputs() -> None:
     with pytest.raises(TypeError, match="uint8"):
         dice_histograms(np.zeros((2, 2), np.float32), np.zeros((2, 2), bool))

@@ -345,6 +345,9 @@ def test_score_of_a_perfect_submission_is_one_and_dice_rules_hold(stage, tmp_pat
     submission.write_submission(moved, ids, (rle.encode(shifted[i]) for i in ids), (H0, W0), ids)
     expected = np.mean([dice(shifted[i], truths[i]) for i in ids])
     assert submission.score_submission(moved, root) == pytest.approx(expected)
+    # several at once (each truth decoded once): the same scores
+    together = submission.score_submissions([path, empty, moved], root)
+    assert together == pytest.approx({path: 1.0, empty: 1 / len(ids), moved: expected})
 
 
 def test_score_names_missing_truth(stage, tmp_path):
