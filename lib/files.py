@@ -205,9 +205,15 @@ def read_json(path: Path, made_by: str) -> dict:
 
 
 def write_prob_png(path: Path, prob_u8) -> None:
-    """(H, W) uint8 probability map -> lossless 8-bit PNG, atomically."""
+    """(H, W) uint8 probability map -> lossless 8-bit PNG, atomically.
+
+    No PNG row filter: on these maps (long runs of 0 and 255) it compresses as well as libpng's adaptive
+    filtering and decodes much faster, which is what 04_submit.py spends its time on
+    (benchmarks/results/submit.md).
+    """
     import cv2
-    ok, png = cv2.imencode(".png", prob_u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, png = cv2.imencode(".png", prob_u8, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
     if not ok:
         raise OSError(f"could not encode {path}")
     write_bytes_atomic(path, png.tobytes())
