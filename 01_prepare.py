@@ -13,7 +13,7 @@ import shutil
 import time
 
 import params
-from lib import data, files, folds, inputs
+from lib import cache, files, folds, inputs
 from lib.errors import PipelineError, run_main
 
 DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
@@ -61,7 +61,7 @@ def main(p: params.Params) -> None:
         print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present")
     else:
         print(f"note: no {files.TEST}/ with {files.SAMPLE_SUBMISSION} in {p.input_dir}; 03_predict.py needs them")
-    data.open_cache(p.input_dir, p.output_dir, list(split.id), p.height, p.width, p.workers)
+    cache.open_cache(p.input_dir, p.output_dir, list(split.id), p.height, p.width, p.workers)
     params.save(p, p.output_dir / files.PREPARE_PARAMS)
     print(f"training cache ready: {files.cache_dir(p.output_dir, p.height, p.width)}")
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 import params
 from lib import baseline, files, folds, inputs, submission
+from lib import cache as training_cache
 from lib.errors import PipelineError, run_main
 
 
@@ -49,12 +50,9 @@ def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, i
 def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction
                     ) -> tuple[dict, baseline.MaskSums]:
     """Out-of-fold scores of the average-mask baselines, from the training cache at the run's network size."""
-    # lib.data imports torch: only here, so that early errors are quick and the encoding workers (their
-    # forkserver preloads this script) do not load it
-    from lib import data
     start = time.perf_counter()
     h, w = pred.size
-    cache = data.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
+    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
     if tuple(cache.orig_size) != pred.orig_size:
         raise PipelineError(f"{files.cache_dir(p.output_dir, h, w)}: training images are {cache.orig_size}, "
                             f"the predictions {pred.orig_size}; prediction and training data differ")

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 import params  # noqa: E402
 from lib import files, folds  # noqa: E402
-from lib.data import CachedSet, SeededShuffle, _cache_item, make_loader, open_cache, train_transform  # noqa: E402
+from lib.cache import _cache_item, open_cache  # noqa: E402
+from lib.data import CachedSet, SeededShuffle, make_loader, train_transform  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
 from lib.train import loader_workers, make_optimizer  # noqa: E402

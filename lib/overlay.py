@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from lib import files
-from lib.data import load_net_image
+from lib.cache import load_net_image
 from lib.geometry import from_net
 from lib.metrics import binarize
 from lib.predict import Ensemble, predict_batch

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lib import files, folds as folds_mod, tta
-from lib.data import CachedSet, SeededShuffle, load_net_image, make_loader, open_cache
+from lib.cache import load_net_image, open_cache
+from lib.data import CachedSet, SeededShuffle, make_loader
 from lib.errors import PipelineError
 from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model

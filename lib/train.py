@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 import params as params_mod
 from lib import files, folds as folds_mod
-from lib.data import CachedSet, SeededShuffle, make_loader, open_cache, train_transform
+from lib.cache import open_cache
+from lib.data import CachedSet, SeededShuffle, make_loader, train_transform
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.losses import BceDice

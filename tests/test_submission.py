@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from lib import baseline, data, files, inputs, rle, submission
+from lib import baseline, cache as cache_mod, files, inputs, rle, submission
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.metrics import binarize, dice, level_of
@@ -116,7 +116,7 @@ def stage(tmp_path_factory) -> Path:
         val = sorted(split.id[split.fold == k])
         save_oof(files.fold_dir(out, EXPERIMENT, k) / files.OOF, val,
                  np.stack([prob_map(box_mask(files.view_of(i), 0)) for i in val]))
-    data.open_cache(root, out, list(split.id), *NET, workers=1)  # build_cache from the JPEGs and GIFs
+    cache_mod.open_cache(root, out, list(split.id), *NET, workers=1)  # build_cache from the JPEGs and GIFs
     return base
 
 
@@ -366,7 +366,7 @@ def test_score_names_missing_truth(stage, tmp_path):
 
 # --- baselines ---
 class FakeCache:
-    """The part of lib.data.Cache the baselines use, over in-memory masks."""
+    """The part of lib.cache.Cache the baselines use, over in-memory masks."""
 
     def __init__(self, masks: dict[str, np.ndarray]):
         self.ids = sorted(masks)
@@ -401,7 +401,7 @@ def test_average_is_rounded_levels():
 def test_per_view_beats_global_when_views_differ(stage):
     out, root = stage / "output", stage / "input"
     split = pd.read_csv(files.folds_csv(out), dtype={"id": str, "car": str})
-    cache = data.open_cache(root, out, list(split.id), *NET)
+    cache = cache_mod.open_cache(root, out, list(split.id), *NET)
     results, total = baseline.oof_baselines(cache, split)
     assert results["view"].oof_dice > results["global"].oof_dice + 0.2
     assert results["view"].oof_dice > 0.9 and results["view"].n_images == len(split)
