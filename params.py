@@ -96,7 +96,7 @@ PRESETS: dict[str, dict] = {
         height=96, width=160, n_folds=2, epochs=10, val_every=10, batch_size=8, lr=3e-3,
         warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3,
     ),
-    # Real data on a 2-core CPU: 4 folds of ../shared/carvana_sample (32 cars), about 14 minutes a fold when idle.
+    # Real data on a 2-core CPU: 4 folds of ../shared/carvana_sample (32 cars), about 15-16 minutes a fold here.
     "cpu": dict(
         experiment="cpu_resnet18_128", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
         height=128, width=192, n_folds=4, epochs=24, val_every=4, batch_size=8, lr=2e-3, warmup_epochs=0.5,

@@ -23,13 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import params  # noqa: E402
-from lib.losses import BceDice  # noqa: E402
-from lib.model import build_model  # noqa: E402
-from lib.train import make_optimizer  # noqa: E402
+from bench_loader import train_step_rate  # noqa: E402  (the training step as 02_train.py sets it up)
 
 KEY_LINES = re.compile(r"demo data:|checked|average mask|best val Dice|^tuning:|test maps:|^wrote .*submission|submission\.csv\.gz \|")
 STAGES = (  # what `make demo` runs (Makefile), minus the fixed --preset/--input/--output
@@ -44,19 +41,9 @@ def reference_speed(steps: int = 12) -> float:
     """Training images/s of the demo network (batch, size and memory format of the demo preset), random data."""
     p = params.make_params(**params.PRESETS["demo"])
     torch.manual_seed(0)
-    model = build_model(p).to(memory_format=torch.channels_last)
-    opt, loss_fn = make_optimizer(p, model, torch.device("cpu")), BceDice()
     x = torch.randint(0, 256, (p.batch_size, 3, p.height, p.width), dtype=torch.uint8)
-    x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(p.batch_size, 1, p.height, p.width) > 0.5).float()
-    times = []
-    for _ in range(steps + 2):
-        t = time.perf_counter()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t)
-    return p.batch_size / float(np.median(times[2:]))
+    return train_step_rate(p, x, y, torch.channels_last, steps)
 
 
 def run_stages(folder: Path) -> list[tuple[str, float, str]]:

@@ -1,7 +1,7 @@
 """Synthetic demo data in exactly the Kaggle Carvana layout (the real images cannot be shipped).
 
     from lib.demo import generate
-    generate(Path("input"))  # 16 train + 4 test cars x 16 views, 1918 x 1280, about 17 s on 2 cores
+    generate(Path("input"))  # 16 train + 4 test cars x 16 views, 1918 x 1280, 16-20 s on 2 cores
 
 The scene model (units: metres, car frame x forward, y to the car's left, z up, origin on the
 ground under the car's centre):
