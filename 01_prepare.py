@@ -52,6 +52,11 @@ def main(p: params.Params) -> None:
     meta_path = p.input_dir / files.METADATA_CSV
     metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
     split = folds.split(table, p.n_folds, p.seed, metadata)
+    ids = list(split.id)
+    cache_images = cache.use_image_cache(p.cache, len(ids), p.height, p.width, p.cache_budget_gb)
+    orig = (int(table.height.iloc[0]), int(table.width.iloc[0]))
+    print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
+                                                                 cache_images)))  # refuses before any write
     written = folds.save(split, p.output_dir, p.force)
     per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
     print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
@@ -61,9 +66,16 @@ def main(p: params.Params) -> None:
         print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present")
     else:
         print(f"note: no {files.TEST}/ with {files.SAMPLE_SUBMISSION} in {p.input_dir}; 03_predict.py needs them")
-    cache.open_cache(p.input_dir, p.output_dir, list(split.id), p.height, p.width, p.workers)
+    data = cache.open_for(p, ids)
     params.save(p, p.output_dir / files.PREPARE_PARAMS)
-    print(f"training cache ready: {files.cache_dir(p.output_dir, p.height, p.width)}")
+    if data.cached:
+        print(f"training cache ready: truth and {p.height}x{p.width} images in {p.output_dir / 'cache'} "
+              f"(--cache {p.cache}: {cache.projected_bytes(len(ids), p.height, p.width) / cache.GB:.2f} GB "
+              f"<= --cache-budget-gb {p.cache_budget_gb:g}); training reads it through the page cache")
+    else:
+        print(f"training truth ready in {p.output_dir / 'cache'}; --cache {p.cache}: images at {p.height}x{p.width} "
+              f"would take {cache.projected_bytes(len(ids), p.height, p.width) / cache.GB:.1f} GB, so training "
+              f"decodes each JPEG and mask in {p.workers} loader worker(s) (--workers) instead")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python 03_predict.py --preset demo                  # tune, then every test image in sample_submission.csv
     python 03_predict.py --preset demo --tta hflip      # force a TTA mode (default: the best out-of-fold)
     python 03_predict.py --preset demo --images a.jpg b.jpg   # masks + overlays for single photos
+    python 03_predict.py --folds 0                      # only the folds trained so far (tuned on their images)
 
 Writes output/<experiment>/tuning.json (chosen TTA, threshold, score table) and
 output/<experiment>/test_probs/<id>.png (uint8 probability maps at the network size).
@@ -21,9 +22,22 @@ from lib.errors import PipelineError, run_main
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", nargs="+", type=Path, help="predict these photos only (mask + overlay)")
+    parser.add_argument("--folds", type=fold_list, metavar="K[,K...]",
+                        help="ensemble only these fold models (default: every fold of the split)")
     parser.add_argument("--retune", action="store_true", help="tune again even if tuning.json matches the models")
     parser.add_argument("--replace", action="store_true",
                         help="delete test maps made by other models or settings instead of refusing")
+
+
+def fold_list(text: str) -> list[int]:
+    """'0,2' -> [0, 2] (argparse type of --folds)."""
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
+    if min(ks) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: fold numbers are >= 0")
+    return ks
 
 
 def tuning_for(p: params.Params, ens: predict.Ensemble, retune: bool) -> dict:
@@ -60,7 +74,7 @@ def test_dir_for(p: params.Params, tuning: dict, replace: bool) -> Path:
 
 
 def main(p: params.Params, args: argparse.Namespace) -> None:
-    ens = predict.load_ensemble(p)
+    ens = predict.load_ensemble(p, args.folds)
     params.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
     if args.images:
         tuning_path = files.run_dir(p.output_dir, p.experiment) / files.TUNING

@@ -49,12 +49,12 @@ def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, i
 
 def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction
                     ) -> tuple[dict, baseline.MaskSums]:
-    """Out-of-fold scores of the average-mask baselines, from the training cache at the run's network size."""
+    """Out-of-fold scores of the average-mask baselines, from the full-resolution training truth."""
     start = time.perf_counter()
     h, w = pred.size
-    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
+    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off")
     if tuple(cache.orig_size) != pred.orig_size:
-        raise PipelineError(f"{files.cache_dir(p.output_dir, h, w)}: training images are {cache.orig_size}, "
+        raise PipelineError(f"{p.output_dir / 'cache'}: training images are {cache.orig_size}, "
                             f"the predictions {pred.orig_size}; prediction and training data differ")
     results, total = baseline.oof_baselines(cache, split)
     print(f"baselines scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")

@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import params  # noqa: E402
-from lib import files, folds  # noqa: E402
-from lib.cache import _cache_item, open_cache  # noqa: E402
-from lib.data import CachedSet, SeededShuffle, make_loader, train_transform  # noqa: E402
+from lib import folds  # noqa: E402
+from lib.cache import Cache, open_cache  # noqa: E402
+from lib.data import TrainSet, SeededShuffle, make_loader, train_transform  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
 from lib.train import loader_workers, make_optimizer  # noqa: E402
@@ -54,20 +54,20 @@ def main() -> None:
     p, _ = params.parse(__doc__)
     split = folds.read(p.output_dir)
     ids = sorted(split.id)
-    cache = open_cache(p.input_dir, p.output_dir, ids, p.height, p.width, p.workers)
+    cache = open_cache(p.input_dir, p.output_dir, ids, p.height, p.width, p.workers, mode="on")
     n = min(64, len(ids))
 
+    decoder = Cache(cache.root, cache.ids, cache.truth, cache.orig_size, cache.size)  # no image arrays: decodes
     start = time.perf_counter()
-    for i in ids[:n]:
-        _cache_item((p.input_dir / files.TRAIN / f"{i}.jpg", p.input_dir / files.TRAIN_MASKS / files.mask_name(i),
-                     p.height, p.width))
+    for row in range(n):
+        decoder.item(row)
     decode = rate(n, time.perf_counter() - start)
 
     rows = np.arange(len(ids))
     cpu = torch.device("cpu")
-    workers = loader_workers(p.workers, cpu)  # what 02_train.py uses on this CPU
+    workers = loader_workers(p.workers, cpu, cached=True)  # what 02_train.py uses on this CPU
     transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p)
-    loader = make_loader(CachedSet(cache, transform), SeededShuffle(rows, 0), p.batch_size, workers, False,
+    loader = make_loader(TrainSet(cache, transform), SeededShuffle(rows, 0), p.batch_size, workers, False,
                          drop_last=True)
     seen, start = 0, None
     for images, _ in loader:  # first batch includes worker start-up; time the rest

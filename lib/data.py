@@ -1,6 +1,7 @@
-"""Training data on top of the cache (lib/cache.py): augmentation, seeded sampling, loaders."""
+"""Training data on top of lib/cache.py (cached or decoded per item): augmentation, seeded sampling, loaders."""
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import cv2
@@ -46,8 +47,9 @@ class SeededShuffle(Sampler):
         return len(self.rows)
 
 
-class CachedSet(Dataset):
-    """Items (image (3, H, W) uint8, mask (1, H, W) uint8) from a Cache, augmented per (row, seed)."""
+class TrainSet(Dataset):
+    """Items (image (3, H, W) uint8, mask (1, H, W) uint8) of a Cache's rows at the network size, augmented per
+    (row, seed). Without the image cache each item decodes its JPEG and GIF, in the loader's worker processes."""
 
     def __init__(self, cache: Cache, transform=None):
         self.cache, self.transform = cache, transform
@@ -57,7 +59,7 @@ class CachedSet(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         row, seed = item
-        image, mask = np.array(self.cache.images[row]), np.array(self.cache.masks[row])  # copy out of the memmap
+        image, mask = self.cache.item(row)
         if self.transform is not None:
             self.transform.set_random_seed(seed)
             out = self.transform(image=image, mask=mask)
@@ -66,7 +68,14 @@ class CachedSet(Dataset):
                 torch.from_numpy(np.ascontiguousarray(mask))[None])
 
 
+def worker_count(workers: int) -> int:
+    """``--workers``, at most the CPUs this process may use (more processes than cores only compete)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(workers, cpus))
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin: bool,
                 drop_last: bool = False) -> DataLoader:
+    workers = worker_count(workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       drop_last=drop_last, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)

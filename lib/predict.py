@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lib import files, folds as folds_mod, tta
-from lib.cache import load_net_image, open_cache
-from lib.data import CachedSet, SeededShuffle, make_loader
+from lib.cache import load_net_image, open_for
+from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError
 from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model
-from lib.train import Precision, load_oof, oof_histograms, pick_device, to_uint8
+from lib.train import Precision, load_oof, loader_workers, oof_histograms, pick_device, to_uint8
 from params import Params
 
 
@@ -45,14 +45,22 @@ class Ensemble:
         return self.params.height, self.params.width
 
 
-def load_ensemble(p: Params) -> Ensemble:
-    """Every fold model of ``p.experiment`` for the split in folds.csv, rebuilt from its own checkpoint."""
+def load_ensemble(p: Params, only: list[int] | None = None) -> Ensemble:
+    """The fold models of ``p.experiment`` (every fold of the split in folds.csv, or the folds ``only``), each
+    rebuilt from its own checkpoint."""
     split = folds_mod.read(p.output_dir)
-    ks = list(range(folds_mod.n_folds_of(split)))
+    k_all = folds_mod.n_folds_of(split)
+    ks = list(range(k_all)) if only is None else sorted(set(only))
+    outside = [k for k in ks if not 0 <= k < k_all]
+    if outside:
+        raise PipelineError(f"--folds {','.join(map(str, outside))}: the split in {files.folds_csv(p.output_dir)} "
+                            f"has folds 0..{k_all - 1}")
     missing = [k for k in ks if not (files.fold_dir(p.output_dir, p.experiment, k) / files.BEST).exists()]
     if missing:
+        trained = ",".join(str(k) for k in ks if k not in missing) or "K"
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
-                            f"`python 02_train.py --fold all` (or --fold K) with --experiment {p.experiment} first")
+                            f"`python 02_train.py --fold all` (or --fold K) with --experiment {p.experiment} first, "
+                            f"or ensemble the trained folds only: --folds {trained}")
     device = pick_device(p.device)
     models, sizes, first, prints = [], set(), None, []
     for k in ks:
@@ -92,7 +100,7 @@ def tune(p: Params, ens: Ensemble) -> dict:
     """Pick TTA mode and threshold on the pooled out-of-fold images; return the tuning record."""
     split = folds_mod.read(p.output_dir)
     h, w = ens.size
-    cache = open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers)
+    cache = open_for(p, list(split.id), h, w)
     modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
     hists: dict[str, list[np.ndarray]] = {m: [] for m in modes}
     for k, model in zip(ens.folds, ens.models):
@@ -130,8 +138,8 @@ def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarr
             raise PipelineError(f"{path}: its images are not fold {fold}'s validation images in folds.csv "
                                 "(split changed after training?); re-run 02_train.py for this fold")
         return probs
-    loader = make_loader(CachedSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size, 0,
-                         ens.device.type == "cuda")
+    loader = make_loader(TrainSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size,
+                         loader_workers(p.workers, ens.device, cache.cached), ens.device.type == "cuda")
     out = [predict_batch(ens, images, mode, [model])
            for images, _ in tqdm(loader, desc=f"oof fold {fold} {mode}", leave=False)]
     return np.concatenate(out)
@@ -169,7 +177,7 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
         return {"predicted": 0, "images_per_s": float("nan")}
     h, w = ens.size
     loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=b,
-                        num_workers=p.workers, pin_memory=ens.device.type == "cuda")
+                        num_workers=worker_count(p.workers), pin_memory=ens.device.type == "cuda")
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
         pending = []

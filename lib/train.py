@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 import params as params_mod
 from lib import files, folds as folds_mod
-from lib.cache import open_cache
-from lib.data import CachedSet, SeededShuffle, make_loader, train_transform
+from lib.cache import open_for
+from lib.data import TrainSet, SeededShuffle, make_loader, train_transform
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.losses import BceDice
@@ -35,7 +35,8 @@ from params import Params
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s"]
 VAL_THRESHOLD = 0.5
 # settings a resumed run may change: where and how fast it runs, not what it learns
-RESUMABLE_CHANGES = {"input", "output", "workers", "device", "threads", "compile", "predict_batch_size",
+RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "compile",
+                     "predict_batch_size",
                      "tta", "threshold", "submission", "force", "demo"}  # val Dice during training; 03_predict tunes the real threshold
 
 
@@ -80,11 +81,17 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def loader_workers(workers: int, device: torch.device) -> int:
-    """Training loader processes: ``workers`` on GPU; none on CPU, where the model needs every core and
-    reading the cache in the training process costs less than a worker competing with it (loader and
-    step rates: benchmarks/bench_loader.py)."""
-    return workers if device.type == "cuda" else 0
+def loader_workers(workers: int, device: torch.device, cached: bool) -> int:
+    """Loader processes: ``workers`` on GPU, or where items are decoded from JPEG; none on CPU reading the image
+    cache, where the model needs every core and reading the memmap in the training process costs less than a
+    worker competing with it (loader and step rates: benchmarks/bench_loader.py)."""
+    return workers if device.type == "cuda" or not cached else 0
+
+
+def use_compile(setting: str, device: torch.device) -> bool:
+    """--compile on / off, or auto: on GPU only (there it pays for its minute or two of compiling within an epoch
+    of the full data; on a CPU it costs minutes for little gain)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def make_optimizer(p: Params, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -128,7 +135,7 @@ class FoldTrainer:
         self.device = pick_device(p.device)
         if p.threads:
             torch.set_num_threads(p.threads)
-        self.cache = open_cache(p.input_dir, p.output_dir, list(split.id), p.height, p.width, p.workers)
+        self.cache = open_for(p, list(split.id))
         self.val_ids = sorted(split.id[split.fold == fold])
         self.train_rows = self.cache.rows(sorted(split.id[split.fold != fold]))
         self.val_rows = self.cache.rows(self.val_ids)
@@ -139,17 +146,18 @@ class FoldTrainer:
         self.model = build_model(p).to(self.device)
         if p.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if p.compile else self.model
+        self.forward = torch.compile(self.model) if use_compile(p.compile, self.device) else self.model
         self.precision = Precision.for_device(self.device, p.amp)
         self.loss_fn = BceDice(p.bce_weight, p.dice_weight)
         self.optimizer = make_optimizer(p, self.model, self.device)
         pin = self.device.type == "cuda"
         transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p) if p.augment else None
         self.sampler = SeededShuffle(self.train_rows, p.seed * 1000 + fold)
-        self.train_loader = make_loader(CachedSet(self.cache, transform), self.sampler, p.batch_size,
-                                        loader_workers(p.workers, self.device), pin, drop_last=True)
-        self.val_loader = make_loader(CachedSet(self.cache), SeededShuffle(self.val_rows, 0, shuffle=False),
-                                      p.predict_batch_size, 0, pin)
+        workers = loader_workers(p.workers, self.device, self.cache.cached)
+        self.train_loader = make_loader(TrainSet(self.cache, transform), self.sampler, p.batch_size,
+                                        workers, pin, drop_last=True)
+        self.val_loader = make_loader(TrainSet(self.cache), SeededShuffle(self.val_rows, 0, shuffle=False),
+                                      p.predict_batch_size, workers, pin)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / p.accum_steps)
         total = p.epochs * self.steps_per_epoch
         warmup = max(1, round(p.warmup_epochs * self.steps_per_epoch))

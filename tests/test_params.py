@@ -19,6 +19,8 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "adam"
         if f.name == "tta":
             value = "hflip"
+        if f.name in ("cache", "compile"):
+            value = "off"
         if f.name in ("height", "width"):
             value = "64"
         if f.name == "encoder_weights":

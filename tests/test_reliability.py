@@ -600,8 +600,8 @@ def test_stale_temporary_files_of_killed_writers_are_removed_live_ones_kept(tmp_
 def test_cache_build_killed_between_renames_is_rebuilt_not_trusted(tiny_demo, tmp_path, monkeypatch):
     ids = sorted(p.stem for p in (tiny_demo / files.TRAIN).glob("*.jpg"))
     out = tmp_path / "out"
-    cache_mod.open_cache(tiny_demo, out, ids, H, W, workers=0)
-    folder = files.cache_dir(out, H, W)
+    cache_mod.open_cache(tiny_demo, out, ids, H, W, workers=0, mode="on")
+    folder = out / "cache"  # truth/ and the HxW image cache
     good = digest(folder)
     real_replace, renamed = os.replace, []
 
@@ -615,8 +615,8 @@ def test_cache_build_killed_between_renames_is_rebuilt_not_trusted(tiny_demo, tm
         real_replace(src, dst)
     monkeypatch.setattr(os, "replace", dies_after_the_first_array)
     with pytest.raises(Killed):
-        cache_mod.build_cache(tiny_demo, ids[:32], folder, H, W, workers=0)  # the cache for other (new) data
+        cache_mod.build_cache(tiny_demo, ids[:32], out, H, W, workers=0)  # the cache for other (new) data
     monkeypatch.undo()
-    assert not (folder / "meta.json").exists()  # images.npy is the new data's: nothing says it is complete
-    cache = cache_mod.open_cache(tiny_demo, out, ids, H, W, workers=0)  # rebuilt for the first ids, not trusted
-    assert len(cache.images) == len(ids) and digest(folder) == good
+    assert not list(folder.rglob("meta.json"))  # truth.npy is the new data's: nothing says it is complete
+    cache = cache_mod.open_cache(tiny_demo, out, ids, H, W, workers=0, mode="on")  # rebuilt, not trusted
+    assert len(cache.images) == len(ids) == len(cache.truth) and digest(folder) == good
