@@ -49,6 +49,7 @@ def main(p: params.Params) -> None:
         print(f"note: {note}")
     print(f"checked {len(table)} training images of {table.car.nunique()} cars in {p.input_dir} "
           f"({time.perf_counter() - start:.1f}s)")
+    check_test_set(p)
     meta_path = p.input_dir / files.METADATA_CSV
     metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
     split = folds.split(table, p.n_folds, p.seed, metadata)
@@ -57,25 +58,34 @@ def main(p: params.Params) -> None:
     orig = (int(table.height.iloc[0]), int(table.width.iloc[0]))
     print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
                                                                  cache_images)))  # refuses before any write
-    written = folds.save(split, p.output_dir, p.force)
-    per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
-    print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
-          + ", ".join(f"fold {k} {r.cars} cars/{r.images} images" for k, r in per_fold.iterrows()))
+    with files.exclusive(p.output_dir / files.LOCK, "this output folder's split and cache"):  # one 01 at a time
+        written = folds.save(split, p.output_dir, p.force)
+        per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
+        print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
+              + ", ".join(f"fold {k} {r.cars} cars/{r.images} images" for k, r in per_fold.iterrows()))
+        data = cache.open_for(p, ids)
+        params.save(p, p.output_dir / files.PREPARE_PARAMS)
+    report_cache(p, data, len(ids))
+
+
+def check_test_set(p: params.Params) -> None:
     if (p.input_dir / files.SAMPLE_SUBMISSION).exists() and (p.input_dir / files.TEST).is_dir():
         test_ids, _ = inputs.check_test(p.input_dir)
         print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present")
     else:
         print(f"note: no {files.TEST}/ with {files.SAMPLE_SUBMISSION} in {p.input_dir}; 03_predict.py needs them")
-    data = cache.open_for(p, ids)
-    params.save(p, p.output_dir / files.PREPARE_PARAMS)
+
+
+def report_cache(p: params.Params, data: cache.Cache, n: int) -> None:
+    size = cache.projected_bytes(n, p.height, p.width) / cache.GB
     if data.cached:
-        print(f"training cache ready: truth and {p.height}x{p.width} images in {p.output_dir / 'cache'} "
-              f"(--cache {p.cache}: {cache.projected_bytes(len(ids), p.height, p.width) / cache.GB:.2f} GB "
-              f"<= --cache-budget-gb {p.cache_budget_gb:g}); training reads it through the page cache")
+        print(f"training cache ready: truth and {p.height}x{p.width} images in {p.output_dir / 'cache'} (--cache "
+              f"{p.cache}: {size:.2f} GB <= --cache-budget-gb {p.cache_budget_gb:g}); training reads it through the "
+              "page cache")
     else:
         print(f"training truth ready in {p.output_dir / 'cache'}; --cache {p.cache}: images at {p.height}x{p.width} "
-              f"would take {cache.projected_bytes(len(ids), p.height, p.width) / cache.GB:.1f} GB, so training "
-              f"decodes each JPEG and mask in {p.workers} loader worker(s) (--workers) instead")
+              f"would take {size:.1f} GB, so training decodes each JPEG and mask in {p.workers} loader worker(s) "
+              "(--workers) instead")
 
 
 if __name__ == "__main__":

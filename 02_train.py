@@ -1,9 +1,14 @@
-"""Train one fold (or all) of the car-grouped K-fold UNet.
+"""Train one fold (or all) of the car-grouped K-fold UNet, in one process or several (torchrun).
 
     python 02_train.py --fold 0                        # full-resolution GPU defaults
     python 02_train.py --fold all --preset demo        # every fold, one after another
     python 02_train.py --fold 0 --preset demo --resume # continue an interrupted run
     CUDA_VISIBLE_DEVICES=1 python 02_train.py --fold 1 # folds side by side, one process per GPU
+    torchrun --standalone --nproc_per_node 4 02_train.py --fold 0      # one fold on 4 GPUs (DDP)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 02_train.py --fold 0
+
+Under torchrun --batch-size is the global batch (split over the processes), so N processes follow the schedule
+of one; --sync-bn computes BatchNorm statistics over the global batch. Only rank 0 writes and prints.
 
 Writes output/<experiment>/fold<k>/: model.pt (best val Dice), last.pt (resumable), log.csv,
 curve.png, oof.npz (out-of-fold uint8 probabilities of the best model), params.json.
@@ -15,7 +20,8 @@ import argparse
 import params
 from lib import folds
 from lib.errors import PipelineError, run_main
-from lib.train import FoldTrainer
+from lib.runtime import Dist
+from lib.train import train_fold
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +36,14 @@ def main(p: params.Params, fold: str, resume: bool) -> None:
         ks = [int(fold)]
     else:
         raise PipelineError(f"--fold {fold!r}: give a fold number or 'all'")
-    results = [FoldTrainer(p, k, resume).run() for k in ks]
-    for r in results:
-        print(f"fold {r['fold']}: best val Dice {r['best_val_dice']:.5f} after {r['epochs']} epochs")
+    dist = Dist.start(p.device)
+    try:
+        results = [train_fold(p, k, dist, resume) for k in ks]
+    finally:
+        dist.close()
+    if dist.main:
+        for r in results:
+            print(f"fold {r['fold']}: best val Dice {r['best_val_dice']:.5f} after {r['epochs']} epochs")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ class Params:
 
     # --- hardware ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on GPU (bf16 where supported, else fp16 + scaler)
+    amp: str = "auto"  # mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: off) | bf16 | fp16 | off
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not per rank
     channels_last: bool = True  # NHWC memory format (faster convolutions on GPU and on CPU)
     compile: str = "auto"  # torch.compile the training model: auto (on GPU: +35% images/s, ~1.5 min to compile) | on | off
     threads: int = 0  # torch CPU threads (0 = torch's default)
@@ -112,6 +113,7 @@ _CHOICES = {
     "tta": ("auto", "none", "hflip"),
     "cache": ("auto", "on", "off"),
     "compile": ("auto", "on", "off"),
+    "amp": ("auto", "bf16", "fp16", "off"),
 }
 
 
@@ -224,6 +226,11 @@ def save(p: Params, path: Path) -> None:
     write_text_atomic(path, json.dumps(p.to_dict(), indent=2) + "\n")
 
 
+# settings whose type changed: the value an older params.json or checkpoint holds -> today's
+_LEGACY = {"amp": {True: "auto", False: "off"}, "compile": {True: "on", False: "off"}}
+
+
 def from_dict(d: dict) -> Params:
     """Params saved by an earlier run (e.g. inside a checkpoint); unknown keys are an error."""
+    d = {k: _LEGACY[k].get(v, v) if k in _LEGACY and isinstance(v, bool) else v for k, v in d.items()}
     return make_params(**d)

@@ -35,7 +35,8 @@ from lib.errors import PipelineError, run_main  # noqa: E402
 from lib.inputs import IMAGE_EXT, image_size, read_image_bytes  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
-from lib.train import Precision, make_optimizer  # noqa: E402
+from lib.runtime import Precision  # noqa: E402
+from lib.train import make_optimizer  # noqa: E402
 
 
 def add_args(parser) -> None:
@@ -78,7 +79,7 @@ class Setup:
         self.p = p
         self.model = build_model(p, pretrained=False).to(self.device).to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compiled else self.model
-        self.precision, self.loss_fn = Precision.for_device(self.device, amp=True), BceDice()
+        self.precision, self.loss_fn = Precision.for_device(self.device, "auto"), BceDice()
         self.opt = make_optimizer(p, self.model, self.device)
         self.x = torch.randint(0, 255, (batch, 3, p.height, p.width), dtype=torch.uint8, device=self.device)
         self.x = self.x.contiguous(memory_format=torch.channels_last)
@@ -146,7 +147,9 @@ def train_rate(p: params.Params, batch: int, compiled: bool, steps: int, predict
 
 
 def loader_rates(p: params.Params, workers_list: list[int], n_images: int) -> list[dict]:
-    """Training loader images/s (decode + augment in workers, pinned), per worker count, on real images."""
+    """Training loader images/s (decode + augment in workers; pinned and copied to the GPU where there is one), per
+    worker count, on the real images in ``p.input/train`` (also used by bench_scale.py on a CPU)."""
+    gpu = torch.cuda.is_available()
     folder = p.input_dir / files.TRAIN
     ids = sorted(f.name[:-len(IMAGE_EXT)] for f in folder.iterdir() if f.name.endswith(IMAGE_EXT))
     if not ids:
@@ -160,11 +163,12 @@ def loader_rates(p: params.Params, workers_list: list[int], n_images: int) -> li
         # the workers run ahead by prefetch_factor (4) batches each before the clock starts: measure 8 times that
         n = max(n_images, 8 * 4 * workers * p.batch_size)
         rows = np.resize(np.arange(len(ids)), n + p.batch_size)  # repeat the images if there are few
-        loader = make_loader(TrainSet(data, transform), SeededShuffle(rows, 0), p.batch_size, workers, True,
+        loader = make_loader(TrainSet(data, transform), SeededShuffle(rows, 0), p.batch_size, workers, gpu,
                              drop_last=True)
         seen, start = 0, None
         for images, masks in loader:
-            images.cuda(non_blocking=True), masks.cuda(non_blocking=True)
+            if gpu:
+                images.cuda(non_blocking=True), masks.cuda(non_blocking=True)
             if start is None:  # the first batch includes the workers' start-up
                 start = time.perf_counter()
                 continue

@@ -25,7 +25,8 @@ from lib.cache import Cache, open_cache  # noqa: E402
 from lib.data import TrainSet, SeededShuffle, make_loader, train_transform  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
-from lib.train import loader_workers, make_optimizer  # noqa: E402
+from lib.runtime import loader_workers  # noqa: E402
+from lib.train import make_optimizer  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> float:

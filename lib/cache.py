@@ -254,6 +254,23 @@ def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int
     selects it) first where missing or stale."""
     ids = sorted(ids)
     cache_images = use_image_cache(mode, len(ids), height, width, budget_gb)
+    if _current(_truth_dir(output), ids) is None or (
+            cache_images and _current(files.cache_dir(output, height, width), ids) is None):
+        # another process (a fold trained side by side) may be building it: wait for it, then look again
+        with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=True):
+            _build_missing(root, output, ids, height, width, workers, cache_images)
+    truth_meta = _current(_truth_dir(output), ids)
+    cache = Cache(Path(root), ids, np.load(_truth_dir(output) / "truth.npy", mmap_mode="r"),
+                  tuple(truth_meta["orig_size"]), (height, width))
+    if cache_images:
+        folder = files.cache_dir(output, height, width)
+        cache.images = np.load(folder / "images.npy", mmap_mode="r")
+        cache.masks = np.load(folder / "masks.npy", mmap_mode="r")
+    return cache
+
+
+def _build_missing(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int,
+                   cache_images: bool) -> None:
     truth_meta = _current(_truth_dir(output), ids)
     image_meta = _current(files.cache_dir(output, height, width), ids) if cache_images else None
     if truth_meta is None or (cache_images and image_meta is None):
@@ -263,14 +280,6 @@ def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int
                  else f" in {_truth_dir(output)}"), flush=True)
         build_cache(root, ids, output, height, width, workers, truth=truth_meta is None,
                     images=cache_images and image_meta is None)
-        truth_meta = _current(_truth_dir(output), ids)
-    cache = Cache(Path(root), ids, np.load(_truth_dir(output) / "truth.npy", mmap_mode="r"),
-                  tuple(truth_meta["orig_size"]), (height, width))
-    if cache_images:
-        folder = files.cache_dir(output, height, width)
-        cache.images = np.load(folder / "images.npy", mmap_mode="r")
-        cache.masks = np.load(folder / "masks.npy", mmap_mode="r")
-    return cache
 
 
 def open_for(p, ids: list[str], height: int | None = None, width: int | None = None) -> Cache:

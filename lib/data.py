@@ -27,12 +27,19 @@ def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float)
 class SeededShuffle(Sampler):
     """Yields (row, seed) pairs: a fresh permutation per epoch and one augmentation seed per sample.
 
-    Both depend only on (seed, epoch), so a resumed run sees exactly the batches and
-    augmentations an uninterrupted run would, whatever the number of loader workers.
+    Both depend only on (seed, epoch), so a resumed run sees exactly the batches and augmentations an
+    uninterrupted run would, whatever the number of loader workers. With ``world`` > 1 (one sampler per rank)
+    the same permutation is cut into global batches of ``batch`` items and rank ``rank`` takes its
+    ``batch // world`` of each, so N processes follow the schedule of one; an incomplete last global batch is
+    dropped, as the single-process loader drops it.
     """
 
-    def __init__(self, rows: np.ndarray, seed: int, shuffle: bool = True):
+    def __init__(self, rows: np.ndarray, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 batch: int = 1):
+        if world > 1 and batch % world:
+            raise ValueError(f"a global batch of {batch} does not split over {world} ranks")
         self.rows, self.seed, self.shuffle, self.epoch = rows, seed, shuffle, 0
+        self.rank, self.world, self.batch = rank, world, batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -41,9 +48,15 @@ class SeededShuffle(Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.rows)) if self.shuffle else np.arange(len(self.rows))
         seeds = rng.integers(0, 2**31 - 1, len(self.rows))
+        if self.world > 1:
+            per, n = self.batch // self.world, len(self.rows) // self.batch * self.batch
+            mine = (np.arange(0, n, self.batch)[:, None] + self.rank * per + np.arange(per)[None]).ravel()
+            order, seeds = order[mine], seeds[mine]
         return iter(zip(self.rows[order].tolist(), seeds.tolist()))
 
     def __len__(self) -> int:
+        if self.world > 1:
+            return len(self.rows) // self.batch * (self.batch // self.world)
         return len(self.rows)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import sys
 from typing import Callable
 
@@ -36,7 +37,17 @@ def run_main(main: Callable[[], None]) -> None:
     except RuntimeError as e:
         if any(text in str(e).lower() for text in _OOM_TEXTS):
             _die(OOM_ADVICE)
+        if _in_distributed_job():  # a collective failed: a peer process is gone or unreachable
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:160]  # no source location, one sentence
+            _die(f"another process of this torchrun job stopped or cannot be reached ({first}); finished files "
+                 "are kept; continue with the same command (02: add --resume)")
         raise
+
+
+def _in_distributed_job() -> bool:
+    """Did this process join a torchrun job (lib.runtime.Dist.start)? Asked after the job may have been closed."""
+    return bool(getattr(sys.modules.get("lib.runtime"), "JOINED", False))
 
 
 def _unwrapped(message: str) -> str:

@@ -62,6 +62,7 @@ def fold_dir(output: Path, experiment: str, fold: int) -> Path:
 
 BEST, LAST, LOG, CURVE, OOF, PARAMS = "model.pt", "last.pt", "log.csv", "curve.png", "oof.npz", "params.json"
 TUNING, TEST_PROBS, COMPARISON = "tuning.json", "test_probs", "comparison.md"
+LOCK = ".lock"  # in a fold folder while a process trains it (files.exclusive)
 PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps (probs_made_by)
 PREPARE_PARAMS, PREDICT_PARAMS, SUBMIT_PARAMS = "prepare_params.json", "predict_params.json", "submit_params.json"
 
@@ -118,6 +119,48 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on the file ``path`` (created if missing) for the block: one writer at a time.
+
+    The operating system drops the lock when its process ends, so a lock left by a killed process never blocks.
+    With ``wait`` the block waits for the holder to finish; without, another holder is refused at once, naming it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _lock(fd, path, what, wait)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_unlocked(path: Path, what: str) -> None:
+    """PipelineError if another process holds ``exclusive(path)``; creates nothing (a refused run writes nothing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        _lock(fd, Path(path), what, wait=False)
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int, path: Path, what: str, wait: bool) -> None:
+    import fcntl
+    from lib.errors import PipelineError
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise PipelineError(f"{path.parent}: {what} is in use by another process (pid {holder}); wait for it "
+                            "to finish, or use another --experiment or --output (nothing was changed)") from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -25,7 +25,8 @@ from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError
 from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model
-from lib.train import Precision, load_oof, loader_workers, oof_histograms, pick_device, to_uint8
+from lib.oof import load_oof, oof_histograms, to_uint8
+from lib.runtime import Precision, loader_workers, pick_device
 from params import Params
 
 
@@ -45,7 +46,7 @@ class Ensemble:
         return self.params.height, self.params.width
 
 
-def load_ensemble(p: Params, only: list[int] | None = None) -> Ensemble:
+def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0) -> Ensemble:
     """The fold models of ``p.experiment`` (every fold of the split in folds.csv, or the folds ``only``), each
     rebuilt from its own checkpoint."""
     split = folds_mod.read(p.output_dir)
@@ -61,7 +62,7 @@ def load_ensemble(p: Params, only: list[int] | None = None) -> Ensemble:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
                             f"`python 02_train.py --fold all` (or --fold K) with --experiment {p.experiment} first, "
                             f"or ensemble the trained folds only: --folds {trained}")
-    device = pick_device(p.device)
+    device = pick_device(p.device, local_rank)
     models, sizes, first, prints = [], set(), None, []
     for k in ks:
         model, mp, ckpt = load_model(files.fold_dir(p.output_dir, p.experiment, k) / files.BEST, device)
@@ -158,30 +159,39 @@ class TestImages(Dataset):
         return torch.from_numpy(image).permute(2, 0, 1), i
 
 
-def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dict[str, Path], out_dir: Path
-                 ) -> dict:
-    """Write ``out_dir/<id>.png`` for every id not already done. Returns counts and speed.
+def shard_batches(ids: list[str], batch: int, shard: tuple[int, int] = (0, 1)) -> list[list[str]]:
+    """The batches of shard K of N: every N-th of the batches ``ids[j * batch:(j + 1) * batch]``, from the K-th.
 
-    Batches are always ``ids[k * B:(k + 1) * B]`` (B = --predict-batch-size); a batch with any map missing
-    is predicted whole, so a re-run after an interruption writes the same bytes as an uninterrupted run.
+    Any number of shards predicts the very batches one process would, so the maps are the same bytes."""
+    k, n = shard
+    return [ids[j:j + batch] for j in range(0, len(ids), batch)][k::n]
+
+
+def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dict[str, Path], out_dir: Path,
+                 shard: tuple[int, int] = (0, 1)) -> dict:
+    """Write ``out_dir/<id>.png`` for every id of shard ``shard`` (K, N) not already done. Returns counts and speed.
+
+    A batch with any map missing is predicted whole, so a re-run after an interruption writes the same bytes as an
+    uninterrupted run (and each shard resumes on its own).
     """
     files.remove_stale_temps(out_dir)  # half-written maps of a killed run (never under a final name)
     done = {e.name for e in os.scandir(out_dir)}
-    b = p.predict_batch_size
-    batches = [ids[k:k + b] for k in range(0, len(ids), b)]
+    batches = shard_batches(ids, p.predict_batch_size, shard)
     todo = [i for batch in batches if any(f"{j}.png" not in done for j in batch) for i in batch]
-    missing = sum(f"{i}.png" not in done for i in ids)
-    print(f"test: {len(ids) - missing} of {len(ids)} maps already done, {missing} to predict "
+    mine = sum(len(b) for b in batches)
+    missing = sum(f"{i}.png" not in done for batch in batches for i in batch)
+    where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
+    print(f"test: {where}{mine - missing} of {mine} maps already done, {missing} to predict "
           f"with {len(ens.models)} model(s), TTA {mode}", flush=True)
     if not todo:
-        return {"predicted": 0, "images_per_s": float("nan")}
+        return {"predicted": 0, "maps": mine, "images_per_s": float("nan")}
     h, w = ens.size
-    loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=b,
+    loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
                         num_workers=worker_count(p.workers), pin_memory=ens.device.type == "cuda")
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
         pending = []
-        for images, index in tqdm(loader, desc="test", dynamic_ncols=True):
+        for images, index in tqdm(loader, desc=f"test {where}".rstrip(": "), dynamic_ncols=True):
             probs = predict_batch(ens, images, mode)
             for f in [f for f in pending if f.done()]:
                 f.result()  # re-raise a failed write here
@@ -193,4 +203,4 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
         for f in pending:
             f.result()
     seconds = time.perf_counter() - start
-    return {"predicted": missing, "seconds": seconds, "images_per_s": len(todo) / seconds}
+    return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}

@@ -191,7 +191,8 @@ def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
             problems.append(f"{p.probs_dir}: {len(missing)} of {len(ids)} test maps missing: "
                             f"{_listing([m + '.png' for m in missing])}")
     if problems:
-        raise PipelineError("; ".join(problems) + f"; run {PREDICT_STAGE} (it continues where it stopped)")
+        raise PipelineError("; ".join(problems) + f"; run {PREDICT_STAGE} (it continues where it stopped; "
+                            "with separate --shard K/N jobs, re-run the shards that did not finish)")
     for p in preds:
         first = files.read_prob_png(p.map_path(ids[0]))
         if first.shape != p.size:

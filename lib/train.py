@@ -1,18 +1,23 @@
-"""One fold of training: loop, validation at full resolution, checkpoints, resume, out-of-fold output.
+"""One fold of training as plain functions: ``setup`` -> ``train_epoch`` / ``evaluate`` per epoch, ``train_fold`` looping.
 
-Order of writes at the end of an epoch (each atomic): model.pt and oof.npz if val Dice improved,
-then the log row, then last.pt. They are snapshots taken at the end of the epoch and written by
-one background thread, in that order, while the next epoch trains (the files of one epoch are
-finished before the next epoch's are given). A run killed at any point resumes from the last
-written last.pt and, with the same seed on CPU, ends with the same checkpoint as an uninterrupted run.
+In one process or under ``torchrun --nproc_per_node N`` (DistributedDataParallel), with the same schedule:
+``--batch-size`` is the global batch, split over the ranks, and each epoch's permutation is the single-process one,
+each global batch shared out by rank. Validation is sharded (contiguous chunks, no padding) and its sums reduced, so
+val Dice and oof.npz cover the whole validation set. Only rank 0 writes (``RunWriter``) and prints.
+
+Order of writes at the end of an epoch (each atomic): model.pt and oof.npz if val Dice improved, then the log row,
+then last.pt. They are snapshots taken at the end of the epoch and written by one background thread, in that order,
+while the next epoch trains. A run killed at any point resumes from the last written last.pt and, with the same seed
+on CPU, ends with the same checkpoint as an uninterrupted run. A resumed run may use another number of processes:
+the schedule is that of the global batch (BatchNorm statistics are per rank unless --sync-bn).
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,55 +27,22 @@ from tqdm import tqdm
 
 import params as params_mod
 from lib import files, folds as folds_mod
-from lib.cache import open_for
-from lib.data import TrainSet, SeededShuffle, make_loader, train_transform
+from lib.cache import Cache, open_for
+from lib.data import SeededShuffle, TrainSet, make_loader, train_transform
 from lib.errors import PipelineError
-from lib.geometry import from_net
 from lib.losses import BceDice
-from lib.metrics import binarize, dice, dice_histograms
-from lib.model import build_model, checkpoint_state, read_checkpoint, unwrap, write_checkpoint
+from lib.model import build_model, checkpoint_state, read_checkpoint, write_checkpoint
+from lib.oof import image_dices, save_oof, to_uint8
 from lib.plot import learning_curve
+from lib.runtime import Dist, Precision, loader_workers, pick_device, use_compile
 from params import Params
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s"]
-VAL_THRESHOLD = 0.5
+VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
 # settings a resumed run may change: where and how fast it runs, not what it learns
 RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "compile",
-                     "predict_batch_size",
-                     "tta", "threshold", "submission", "force", "demo"}  # val Dice during training; 03_predict tunes the real threshold
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda if present else cpu; an explicit cuda without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PipelineError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise PipelineError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
-    elif name != "cpu":
-        raise PipelineError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
-
-
-@dataclass
-class Precision:
-    """Autocast settings: bf16 where the GPU supports it, else fp16 with a gradient scaler; off on CPU."""
-    enabled: bool
-    dtype: torch.dtype
-    scaler: torch.amp.GradScaler = field(repr=False)
-
-    @classmethod
-    def for_device(cls, device: torch.device, amp: bool) -> "Precision":
-        enabled = amp and device.type == "cuda"
-        bf16 = enabled and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if bf16 else torch.float16
-        return cls(enabled, dtype, torch.amp.GradScaler(device.type, enabled=enabled and not bf16))
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
+                     "predict_batch_size", "tta", "threshold", "submission", "force", "demo"}
+PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -79,19 +51,6 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def loader_workers(workers: int, device: torch.device, cached: bool) -> int:
-    """Loader processes: ``workers`` on GPU, or where items are decoded from JPEG; none on CPU reading the image
-    cache, where the model needs every core and reading the memmap in the training process costs less than a
-    worker competing with it (loader and step rates: benchmarks/bench_loader.py)."""
-    return workers if device.type == "cuda" or not cached else 0
-
-
-def use_compile(setting: str, device: torch.device) -> bool:
-    """--compile on / off, or auto: on GPU only (there it pays for its minute or two of compiling within an epoch
-    of the full data; on a CPU it costs minutes for little gain)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def make_optimizer(p: Params, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -120,220 +79,312 @@ def set_rng_state(s: dict) -> None:
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
 
 
-class FoldTrainer:
-    """Trains fold ``fold`` of the split in output/folds.csv; see module docstring for what it writes."""
+# --- set-up ---
+@dataclass
+class Run:
+    """Everything one rank needs to train one fold, and where the fold stands."""
+    p: Params
+    fold: int
+    dist: Dist
+    device: torch.device
+    dir: Path
+    cache: Cache
+    val_ids: list[str]  # the fold's validation images, sorted (the order of oof.npz)
+    val_rows: np.ndarray  # this rank's chunk of them, as cache rows
+    net: torch.nn.Module  # the plain model (what checkpoints hold)
+    model: torch.nn.Module  # net, or DistributedDataParallel(net)
+    forward: torch.nn.Module  # model, or torch.compile(model)
+    precision: Precision
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: SeededShuffle
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    epoch: int = 0
+    best: float = -1.0
+    bad_epochs: int = 0
 
-    def __init__(self, p: Params, fold: int, resume: bool = False):
-        self.p, self.fold, self.resume = p, fold, resume
-        split = folds_mod.read(p.output_dir)
-        k = folds_mod.n_folds_of(split)
-        if not 0 <= fold < k:
-            raise PipelineError(f"--fold {fold} is outside the split in {files.folds_csv(p.output_dir)} "
-                                f"(folds 0..{k - 1})")
-        self.dir = files.fold_dir(p.output_dir, p.experiment, fold)
-        self._check_run_folder()
-        self.device = pick_device(p.device)
-        if p.threads:
-            torch.set_num_threads(p.threads)
-        self.cache = open_for(p, list(split.id))
-        self.val_ids = sorted(split.id[split.fold == fold])
-        self.train_rows = self.cache.rows(sorted(split.id[split.fold != fold]))
-        self.val_rows = self.cache.rows(self.val_ids)
-        if p.batch_size > len(self.train_rows):
-            raise PipelineError(f"--batch-size {p.batch_size} is larger than the {len(self.train_rows)} "
-                                f"training images of fold {fold}; lower it")
-        seed_everything(p.seed + fold)
-        self.model = build_model(p).to(self.device)
-        if p.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if use_compile(p.compile, self.device) else self.model
-        self.precision = Precision.for_device(self.device, p.amp)
-        self.loss_fn = BceDice(p.bce_weight, p.dice_weight)
-        self.optimizer = make_optimizer(p, self.model, self.device)
-        pin = self.device.type == "cuda"
-        transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p) if p.augment else None
-        self.sampler = SeededShuffle(self.train_rows, p.seed * 1000 + fold)
-        workers = loader_workers(p.workers, self.device, self.cache.cached)
-        self.train_loader = make_loader(TrainSet(self.cache, transform), self.sampler, p.batch_size,
-                                        workers, pin, drop_last=True)
-        self.val_loader = make_loader(TrainSet(self.cache), SeededShuffle(self.val_rows, 0, shuffle=False),
-                                      p.predict_batch_size, workers, pin)
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / p.accum_steps)
-        total = p.epochs * self.steps_per_epoch
-        warmup = max(1, round(p.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, total, warmup, p.min_lr_ratio))
-        self.epoch, self.best, self.bad_epochs = 0, -1.0, 0
 
-    # --- run folder ---
-    def _check_run_folder(self) -> None:
-        last = self.dir / files.LAST
-        if last.exists() and not self.resume:
-            raise PipelineError(f"{self.dir}: a run exists; add --resume to continue it, or choose another "
-                                "--experiment (nothing was overwritten)")
+def check_run_folder(folder: Path, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one that cannot be (read-only: a refused run writes nothing)."""
+    found = [name for name in PRODUCTS if (folder / name).exists()]
+    if found and not resume:
+        raise PipelineError(f"{folder}: a run exists ({', '.join(found)}); add --resume to continue it, or choose "
+                            "another --experiment (nothing was overwritten)")
+    if resume and found and files.LAST not in found:
+        raise PipelineError(f"{folder}: cannot resume, its {files.LAST} is missing (it holds {', '.join(found)}); "
+                            f"start the fold again after removing the folder: rm -r '{folder}'")
 
-    def _restore(self) -> None:
-        last = self.dir / files.LAST
-        if not last.exists():
-            print(f"fold {self.fold}: nothing to resume in {self.dir}; starting", flush=True)
-            return
-        ckpt = read_checkpoint(last, self.device)
-        saved = params_mod.from_dict(ckpt["params"]).to_dict()
-        changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in self.p.to_dict().items()
-                   if k not in RESUMABLE_CHANGES and saved[k] != v]
-        if changed:
-            raise PipelineError(f"{last}: resume with the settings it was trained with (same --preset and flags); "
-                                f"changed: {', '.join(changed)}")
-        unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.precision.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.best, self.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
-        set_rng_state(ckpt["rng"])
-        log = self._log()
-        files.write_text_atomic(self.dir / files.LOG, log[log.epoch <= self.epoch].to_csv(index=False))
-        print(f"fold {self.fold}: resumed after epoch {self.epoch} (best val Dice {self.best:.5f})", flush=True)
+
+def setup(p: Params, fold: int, dist: Dist, resume: bool = False) -> Run:
+    """Build one rank's Run for fold ``fold`` of the split in output/folds.csv (nothing is written here)."""
+    split = folds_mod.read(p.output_dir)
+    k = folds_mod.n_folds_of(split)
+    if not 0 <= fold < k:
+        raise PipelineError(f"--fold {fold} is outside the split in {files.folds_csv(p.output_dir)} "
+                            f"(folds 0..{k - 1})")
+    if p.batch_size % dist.world:
+        raise PipelineError(f"--batch-size {p.batch_size} (the global batch) does not split over {dist.world} "
+                            f"processes; use a multiple of {dist.world}")
+    folder = files.fold_dir(p.output_dir, p.experiment, fold)
+    files.check_unlocked(folder / files.LOCK, f"fold {fold} of {p.experiment}")  # a run in progress comes first
+    check_run_folder(folder, resume)
+    device = pick_device(p.device, dist.local_rank)
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    cache = open_cache_once(p, list(split.id), dist)
+    val_ids = sorted(split.id[split.fold == fold])
+    train_rows = cache.rows(sorted(split.id[split.fold != fold]))
+    if p.batch_size > len(train_rows):
+        raise PipelineError(f"--batch-size {p.batch_size} is larger than the {len(train_rows)} "
+                            f"training images of fold {fold}; lower it")
+    chunks = np.array_split(np.arange(len(val_ids)), dist.world)  # contiguous, no padding: every image once
+    val_rows = cache.rows([val_ids[i] for i in chunks[dist.rank]])
+
+    seed_everything(p.seed + fold)
+    net = build_model(p).to(device)
+    if p.sync_bn and dist.active:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if p.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = net
+    if dist.active:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    forward = torch.compile(model) if use_compile(p.compile, device) else model
+    optimizer = make_optimizer(p, net, device)
+
+    pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached)
+    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p) if p.augment else None
+    sampler = SeededShuffle(train_rows, p.seed * 1000 + fold, rank=dist.rank, world=dist.world, batch=p.batch_size)
+    train_loader = make_loader(TrainSet(cache, transform), sampler, p.batch_size // dist.world, workers, pin,
+                               drop_last=True)
+    val_loader = make_loader(TrainSet(cache), SeededShuffle(val_rows, 0, shuffle=False),
+                             p.predict_batch_size, workers, pin)
+    steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
+    total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, p.min_lr_ratio))
+    return Run(p, fold, dist, device, folder, cache, val_ids, val_rows, net, model, forward,
+               Precision.for_device(device, p.amp),
+               BceDice(p.bce_weight, p.dice_weight), optimizer, scheduler, sampler, train_loader, val_loader)
+
+
+def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
+    """The training data; under torchrun rank 0 builds what is missing while the other ranks wait for it."""
+    if dist.main:
+        cache = open_for(p, ids)
+    dist.barrier()
+    return cache if dist.main else open_for(p, ids)
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Continue from a last.pt state: weights, optimizer, schedule, scaler, RNG, where the fold stands."""
+    saved = params_mod.from_dict(ckpt["params"]).to_dict()
+    changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in run.p.to_dict().items()
+               if k not in RESUMABLE_CHANGES and saved[k] != v]
+    if changed:
+        raise PipelineError(f"{run.dir / files.LAST}: resume with the settings it was trained with (same --preset "
+                            f"and flags); changed: {', '.join(changed)}")
+    run.net.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.precision.scaler.load_state_dict(ckpt["scaler"])
+    run.epoch, run.best, run.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
+    set_rng_state(ckpt["rng"])
+
+
+# --- one epoch, one evaluation ---
+def _to_device(run: Run, x: torch.Tensor) -> torch.Tensor:
+    x = x.to(run.device, non_blocking=True)
+    if run.p.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_epoch(run: Run) -> tuple[float, int]:
+    """Train one epoch on this rank's share of every global batch; (mean loss over all ranks, images seen by all)."""
+    p, loader = run.p, run.train_loader
+    run.model.train()
+    run.sampler.set_epoch(run.epoch)
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"fold {run.fold} epoch {run.epoch}", leave=False, dynamic_ncols=True,
+               disable=not run.dist.main)
+    run.optimizer.zero_grad(set_to_none=True)
+    for i, (images, masks) in enumerate(bar):
+        images, target = _to_device(run, images), _to_device(run, masks).float() / 255
+        stepping = (i + 1) % p.accum_steps == 0 or i + 1 == len(loader)
+        sync = contextlib.nullcontext() if stepping or not run.dist.active else run.model.no_sync()
+        with sync:
+            with run.precision.autocast(run.device):
+                logits = run.forward(images)
+            loss = run.loss_fn(logits, target)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise PipelineError(f"loss is {value} at fold {run.fold} epoch {run.epoch} batch {i}; stopped, the "
+                                    f"last good checkpoint {run.dir / files.LAST} is kept. Lower --lr, or check the data")
+            run.precision.scaler.scale(loss / p.accum_steps).backward()
+        if stepping:
+            if p.grad_clip > 0:
+                run.precision.scaler.unscale_(run.optimizer)
+                torch.nn.utils.clip_grad_norm_(run.net.parameters(), p.grad_clip)
+            run.precision.scaler.step(run.optimizer)
+            run.precision.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+        total += value * len(images)
+        count += len(images)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    total, count = run.dist.sum(total, count)
+    return total / max(count, 1), int(count)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    dice: float  # mean full-resolution Dice at VAL_THRESHOLD over the whole validation set
+    probs: np.ndarray | None  # (N, H, W) uint8 maps of every validation image in val_ids order (rank 0 only)
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> Evaluation:
+    """This rank's chunk of the validation set, then sums over the ranks and every map gathered on rank 0."""
+    run.model.eval()
+    losses, probs = 0.0, []
+    for images, masks in run.val_loader:
+        images, target = _to_device(run, images), _to_device(run, masks).float() / 255
+        with run.precision.autocast(run.device):
+            logits = run.forward(images)
+        losses += run.loss_fn(logits, target).item() * len(images)
+        probs.append(to_uint8(torch.sigmoid(logits.float())))
+    h, w = run.cache.size
+    mine = np.concatenate(probs) if probs else np.zeros((0, h, w), np.uint8)
+    dices = image_dices(mine, run.cache, run.val_rows, VAL_THRESHOLD)
+    loss_sum, dice_sum, count = run.dist.sum(losses, float(dices.sum()), len(mine))
+    gathered = run.dist.gather(mine)
+    all_probs = np.concatenate(gathered) if gathered is not None else None
+    return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1), all_probs)
+
+
+# --- files (rank 0) ---
+class RunWriter:
+    """What a fold run writes, from rank 0 only: params, log.csv and curve.png, model.pt and oof.npz, last.pt.
+
+    Holds the fold folder's lock while the run lasts: a second process training the same fold is refused."""
+
+    def __init__(self, run: Run):
+        self.run, self.p = run, run.p
+        self._lock = files.exclusive(run.dir / files.LOCK, f"fold {run.fold} of {run.p.experiment}")
+        self._lock.__enter__()
+        self.writer = files.OrderedWriter()
+
+    def start(self, resumed: bool) -> None:
+        p, folder = self.p, self.run.dir
+        files.remove_stale_temps(folder)  # left by a killed run; never read as checkpoints
+        params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PARAMS)
+        params_mod.save(p, folder / files.PARAMS)
+        if resumed:
+            log = self._log()
+            files.write_text_atomic(folder / files.LOG, log[log.epoch <= self.run.epoch].to_csv(index=False))
+        else:  # a log without any run product is what a run that never finished an epoch left: start it again
+            (folder / files.LOG).unlink(missing_ok=True)
+
+    def epoch_end(self, row: list, ev: Evaluation | None, improved: bool) -> None:
+        """Queue this epoch's files (after waiting for the previous epoch's: a failed write stops the run here)."""
+        run, w = self.run, self.writer
+        w.flush()
+        if improved:
+            w.submit(write_checkpoint, run.dir / files.BEST,
+                     checkpoint_state(run.net, self.p, epoch=run.epoch, val_dice=ev.dice))
+            w.submit(save_oof, run.dir / files.OOF, run.val_ids, ev.probs)
+        w.submit(self._append_log, row)
+        w.submit(write_checkpoint, run.dir / files.LAST, checkpoint_state(
+            run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
+            optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+            scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world))
 
     def _log(self) -> pd.DataFrame:
-        path = self.dir / files.LOG
+        path = self.run.dir / files.LOG
         return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
-
-    # --- the loop ---
-    def run(self) -> dict:
-        p = self.p
-        self.dir.mkdir(parents=True, exist_ok=True)
-        files.remove_stale_temps(self.dir)  # left by a killed run; never read as checkpoints
-        params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PARAMS)
-        params_mod.save(p, self.dir / files.PARAMS)
-        if self.resume:
-            self._restore()
-        else:
-            files.write_text_atomic(self.dir / files.LOG, ",".join(LOG_COLUMNS) + "\n")
-        print(f"fold {self.fold}: {len(self.train_rows)} train / {len(self.val_rows)} val images, "
-              f"{p.arch}-{p.encoder} at {p.height}x{p.width} on {self.device}"
-              f"{' with ' + str(self.precision.dtype).split('.')[-1] if self.precision.enabled else ''}", flush=True)
-        with files.OrderedWriter() as writer:
-            self._loop(writer)
-        if p.patience and self.bad_epochs >= p.patience and self.epoch < p.epochs:
-            print(f"fold {self.fold}: early stop, no val Dice gain for {p.patience} epochs", flush=True)
-        return {"fold": self.fold, "best_val_dice": self.best, "epochs": self.epoch}
-
-    def _loop(self, writer: files.OrderedWriter) -> None:
-        p = self.p
-        while self.epoch < p.epochs and not (p.patience and self.bad_epochs >= p.patience):
-            self.epoch += 1
-            start = time.perf_counter()
-            train_loss, n_images = self.train_epoch()
-            train_seconds = time.perf_counter() - start
-            validated = self.epoch % p.val_every == 0 or self.epoch == p.epochs
-            val_loss, val_dice, probs = self.validate() if validated else (float("nan"), float("nan"), None)
-            writer.flush()  # the previous epoch's files are written (and a failed write stops the run here)
-            if validated:
-                if val_dice > self.best:
-                    self.best, self.bad_epochs = val_dice, 0
-                    writer.submit(write_checkpoint, self.dir / files.BEST,
-                                  checkpoint_state(self.model, p, epoch=self.epoch, val_dice=val_dice))
-                    writer.submit(save_oof, self.dir / files.OOF, self.val_ids, probs)
-                else:
-                    self.bad_epochs += 1
-            row = [self.epoch, self.scheduler.get_last_lr()[0], train_loss, val_loss, val_dice,
-                   time.perf_counter() - start, n_images / train_seconds]
-            writer.submit(self._append_log, row)
-            writer.submit(write_checkpoint, self.dir / files.LAST, checkpoint_state(
-                self.model, p, epoch=self.epoch, best=self.best, bad_epochs=self.bad_epochs,
-                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                scaler=self.precision.scaler.state_dict(), rng=rng_state()))
-            print(f"fold {self.fold} epoch {self.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "
-                  f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {self.best:.5f}) "
-                  f"{row[5]:.0f}s {row[6]:.1f} img/s", flush=True)
 
     def _append_log(self, row: list) -> None:
         log = pd.concat([self._log(), pd.DataFrame([row], columns=LOG_COLUMNS)], ignore_index=True)
-        files.write_text_atomic(self.dir / files.LOG, log.to_csv(index=False))
-        learning_curve(log, self.dir / files.CURVE, f"{self.p.experiment} fold {self.fold}")
+        files.write_text_atomic(self.run.dir / files.LOG, log.to_csv(index=False))
+        learning_curve(log, self.run.dir / files.CURVE, f"{self.p.experiment} fold {self.run.fold}")
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.p.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def train_epoch(self) -> tuple[float, int]:
-        p, model = self.p, self.model
-        model.train()
-        self.sampler.set_epoch(self.epoch)
-        total, count = 0.0, 0
-        bar = tqdm(self.train_loader, desc=f"fold {self.fold} epoch {self.epoch}", leave=False, dynamic_ncols=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, masks) in enumerate(bar):
-            images, target = self._to_device(images), self._to_device(masks).float() / 255
-            with self.precision.autocast(self.device):
-                logits = self.forward(images)
-            loss = self.loss_fn(logits, target)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise PipelineError(f"loss is {value} at fold {self.fold} epoch {self.epoch} batch {i}; "
-                                    f"stopped, the last good checkpoint {self.dir / files.LAST} is kept. "
-                                    "Lower --lr, or check the data")
-            self.precision.scaler.scale(loss / p.accum_steps).backward()
-            if (i + 1) % p.accum_steps == 0 or i + 1 == len(self.train_loader):
-                if p.grad_clip > 0:
-                    self.precision.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-                self.precision.scaler.step(self.optimizer)
-                self.precision.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-            total += value * len(images)
-            count += len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / max(count, 1), count
-
-    @torch.no_grad()
-    def validate(self) -> tuple[float, float, np.ndarray]:
-        """(val loss, mean full-resolution Dice at 0.5, uint8 probabilities (N, H, W) at the network size)."""
-        self.model.eval()
-        losses, probs = [], []
-        for images, masks in self.val_loader:
-            images, target = self._to_device(images), self._to_device(masks).float() / 255
-            with self.precision.autocast(self.device):
-                logits = self.forward(images)
-            losses.append(self.loss_fn(logits, target).item() * len(images))
-            probs.append(to_uint8(torch.sigmoid(logits.float())))
-        probs_u8 = np.concatenate(probs)
-        dice = full_res_dice(probs_u8, self.cache, self.val_rows, VAL_THRESHOLD)
-        return sum(losses) / len(self.val_rows), dice, probs_u8
+    def close(self, failed: bool) -> None:
+        try:
+            if failed:  # already failing: finish what was given (good states) without masking that error
+                with contextlib.suppress(BaseException):
+                    self.writer.close()
+            else:
+                self.writer.close()
+        finally:
+            self._lock.__exit__(None, None, None)
 
 
-def to_uint8(prob: torch.Tensor) -> np.ndarray:
-    """(N, 1, H, W) probabilities in [0, 1] -> (N, H, W) uint8 levels (rounded)."""
-    return (prob[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
-
-
-def oof_histograms(probs_u8: np.ndarray, cache, rows: np.ndarray) -> np.ndarray:
-    """(N, 2, 256) Dice histograms of network-size maps brought back to the original size."""
-    h0, w0 = cache.orig_size
-    return np.stack([dice_histograms(from_net(pr, h0, w0), cache.full_mask(r)) for pr, r in zip(probs_u8, rows)])
-
-
-def full_res_dice(probs_u8: np.ndarray, cache, rows: np.ndarray, threshold: float) -> float:
-    """Mean Dice as Kaggle measures it: maps resized to the original size, thresholded, per image."""
-    h0, w0 = cache.orig_size
-    return float(np.mean([dice(binarize(np.ascontiguousarray(from_net(pr, h0, w0)), threshold), cache.full_mask(r))
-                          for pr, r in zip(probs_u8, rows)]))
-
-
-def save_oof(path: Path, ids: list[str], probs_u8: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, ids=np.array(ids), probs=probs_u8)
-    files.write_bytes_atomic(path, buf.getvalue())
-
-
-def load_oof(path: Path) -> tuple[list[str], np.ndarray]:
-    if not path.exists():
-        raise PipelineError(f"{path}: no out-of-fold predictions; run 02_train.py for this fold first")
+# --- the loop ---
+def train_fold(p: Params, fold: int, dist: Dist, resume: bool = False) -> dict:
+    """Train (or continue) fold ``fold``; returns {fold, best_val_dice, epochs}."""
+    run = setup(p, fold, dist, resume)
+    last = run.dir / files.LAST
+    ckpt = read_checkpoint(last, run.device) if resume and last.exists() else None
+    if ckpt is not None:
+        restore(run, ckpt)
+    writer = RunWriter(run) if dist.main else None
+    failed = True
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return list(z["ids"]), z["probs"]
-    except (ValueError, OSError, KeyError) as e:
-        raise PipelineError(f"{path}: corrupt out-of-fold file ({e}); re-run 02_train.py for this fold") from None
+        if writer:
+            writer.start(resumed=ckpt is not None)
+        _say(run, _start_line(run, resume, ckpt))
+        _loop(run, writer)
+        failed = False
+    finally:
+        if writer:
+            writer.close(failed)
+    if p.patience and run.bad_epochs >= p.patience and run.epoch < p.epochs:
+        _say(run, f"fold {fold}: early stop, no val Dice gain for {p.patience} epochs")
+    return {"fold": fold, "best_val_dice": run.best, "epochs": run.epoch}
+
+
+def _start_line(run: Run, resume: bool, ckpt: dict | None) -> str:
+    p = run.p
+    head = ""
+    if resume and ckpt is None:
+        head = f"fold {run.fold}: nothing to resume in {run.dir}; starting\n"
+    elif ckpt is not None:
+        head = f"fold {run.fold}: resumed after epoch {run.epoch} (best val Dice {run.best:.5f})"
+        before = ckpt.get("world", 1)
+        head += (f"; it ran on {before} process(es), now {run.dist.world}: the same global batch and schedule\n"
+                 if before != run.dist.world else "\n")
+    procs = f" x {run.dist.world} processes" if run.dist.active else ""
+    amp = f" with {run.precision.name}" if run.precision.enabled else ""
+    return (head + f"fold {run.fold}: {len(run.sampler.rows)} train / {len(run.val_ids)} val images, {p.arch}-{p.encoder} "
+            f"at {p.height}x{p.width} on {run.device}{procs}{amp}, global batch {p.batch_size}")
+
+
+def _say(run: Run, line: str) -> None:
+    if run.dist.main:
+        print(line, flush=True)
+
+
+def _loop(run: Run, writer: RunWriter | None) -> None:
+    p = run.p
+    while run.epoch < p.epochs and not (p.patience and run.bad_epochs >= p.patience):
+        run.epoch += 1
+        start = time.perf_counter()
+        train_loss, n_images = train_epoch(run)
+        train_seconds = time.perf_counter() - start
+        validated = run.epoch % p.val_every == 0 or run.epoch == p.epochs
+        ev = evaluate(run) if validated else None
+        improved = False
+        if ev is not None:
+            improved = ev.dice > run.best
+            run.best, run.bad_epochs = (ev.dice, 0) if improved else (run.best, run.bad_epochs + 1)
+        val_loss, val_dice = (ev.loss, ev.dice) if ev else (float("nan"), float("nan"))
+        row = [run.epoch, run.scheduler.get_last_lr()[0], train_loss, val_loss, val_dice,
+               time.perf_counter() - start, n_images / train_seconds]
+        if writer:
+            writer.epoch_end(row, ev, improved)
+        _say(run, f"fold {run.fold} epoch {run.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "
+                  f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {run.best:.5f}) "
+                  f"{row[5]:.0f}s {row[6]:.1f} img/s")

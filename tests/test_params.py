@@ -19,7 +19,7 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "adam"
         if f.name == "tta":
             value = "hflip"
-        if f.name in ("cache", "compile"):
+        if f.name in ("cache", "compile", "amp"):
             value = "off"
         if f.name in ("height", "width"):
             value = "64"
@@ -33,10 +33,10 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
 
 
 def test_bool_flags_are_not_type_bool():
-    p, _ = parse("t", ["--no-amp"])
-    assert p.amp is False
+    p, _ = parse("t", ["--no-augment"])
+    assert p.augment is False
     with pytest.raises(SystemExit):
-        parse("t", ["--amp", "False"])
+        parse("t", ["--augment", "False"])
 
 
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["--epochs", "two"], ["--height", "100"],

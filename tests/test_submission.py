@@ -89,7 +89,7 @@ def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory) -> Path:
     """Fake project folder with input/ and output/ as stages 01-03 would leave them (read-only: copy to edit)."""
-    from lib.train import save_oof
+    from lib.oof import save_oof
     base = tmp_path_factory.mktemp("submit")
     root, out = base / "input", base / "output"
     rows = []

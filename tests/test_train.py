@@ -16,7 +16,9 @@ from conftest import ROOT, TINY_FLAGS, run_script
 from lib import files
 from lib.errors import PipelineError
 from lib.model import load_model, read_checkpoint
-from lib.train import LOG_COLUMNS, load_oof, lr_factor
+from lib.oof import load_oof
+from lib.runtime import Dist
+from lib.train import LOG_COLUMNS, lr_factor
 
 
 @pytest.fixture
@@ -181,7 +183,7 @@ def test_disk_full_while_a_checkpoint_is_written_in_the_background(prepared, mon
     monkeypatch.setattr(train, "write_checkpoint", write)
     p, _ = params.parse("t", [str(a) for a in train_args(root, out, "--epochs", "3")])
     with pytest.raises(SystemExit) as exit_:
-        run_main(lambda: train.FoldTrainer(p, 0).run())
+        run_main(lambda: train.train_fold(p, 0, Dist()))
     fold = files.fold_dir(out, "demo", 0)
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after what is left of the progress bars
     assert exit_.value.code == 1 and last_line.startswith(f"error: disk full while writing {fold / files.LAST}:")
