@@ -3,6 +3,7 @@
     python 02_train.py --fold 0                        # full-resolution GPU defaults
     python 02_train.py --fold all --preset demo        # every fold, one after another
     python 02_train.py --fold 0 --preset demo --resume # continue an interrupted run
+    python 02_train.py --fold 0 --preset demo --restart    # train it again from the start
     CUDA_VISIBLE_DEVICES=1 python 02_train.py --fold 1 # folds side by side, one process per GPU
     torchrun --standalone --nproc_per_node 4 02_train.py --fold 0      # one fold on 4 GPUs (DDP)
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 02_train.py --fold 0
@@ -27,9 +28,11 @@ from lib.train import train_fold
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", required=True, help="fold number, or 'all'")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
+    parser.add_argument("--restart", action="store_true",
+                        help="train the fold(s) again from the start, deleting their earlier files")
 
 
-def main(p: params.Params, fold: str, resume: bool) -> None:
+def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> None:
     if fold == "all":
         ks = range(folds.n_folds_of(folds.read(p.output_dir)))
     elif fold.isdigit():
@@ -38,7 +41,7 @@ def main(p: params.Params, fold: str, resume: bool) -> None:
         raise PipelineError(f"--fold {fold!r}: give a fold number or 'all'")
     dist = Dist.start(p.device)
     try:
-        results = [train_fold(p, k, dist, resume) for k in ks]
+        results = [train_fold(p, k, dist, resume, restart) for k in ks]
     finally:
         dist.close()
     if dist.main:
@@ -48,4 +51,4 @@ def main(p: params.Params, fold: str, resume: bool) -> None:
 
 if __name__ == "__main__":
     p, args = params.parse(__doc__, extra=add_args)
-    run_main(lambda: main(p, args.fold, args.resume))
+    run_main(lambda: main(p, args.fold, args.resume, args.restart))

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 import params
-from lib import files, inputs, overlay, predict
+from lib import files, inputs, overlay, predict, submission
 from lib.errors import PipelineError, run_main
 from lib.runtime import Dist, shard_of
 
@@ -50,10 +50,16 @@ def fold_list(text: str) -> list[int]:
 
 
 def current_tuning(p: params.Params, ens: predict.Ensemble) -> dict | None:
-    """tuning.json if it was made for these models and --tta, else None."""
-    path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
-    old = files.read_json(path, "03_predict.py") if path.exists() else None
-    return old if old and old.get("models") == ens.fingerprints and old.get("tta_asked") == p.tta else None
+    """tuning.json if it is sound and was made for these models and --tta, else None (then it is made again)."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    if not (run / files.TUNING).exists():
+        return None
+    try:
+        old = submission.read_tuning(run)
+    except PipelineError as e:
+        print(f"note: tuning again: {e}")
+        return None
+    return old if old.get("models") == ens.fingerprints and old.get("tta_asked") == p.tta else None
 
 
 def tuning_for(p: params.Params, ens: predict.Ensemble, retune: bool) -> dict:
@@ -90,8 +96,7 @@ def test_dir_for(p: params.Params, tuning: dict, replace: bool) -> Path:
 
 
 def predict_images(p: params.Params, ens: predict.Ensemble, images: list[Path]) -> None:
-    tuning_path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
-    tuning = files.read_json(tuning_path, "03_predict.py (without --images)")
+    tuning = submission.read_tuning(files.run_dir(p.output_dir, p.experiment))
     mode = tuning["tta"] if p.tta == "auto" else p.tta
     threshold = p.threshold or tuning["threshold"]
     out = files.run_dir(p.output_dir, p.experiment) / "images"
@@ -115,20 +120,21 @@ def predict_all(p: params.Params, args: argparse.Namespace, dist: Dist) -> None:
         raise PipelineError("--images, --replace and --retune run in one process: use them without torchrun and "
                             "--shard (e.g. with --tune-only before the shards)")
     ens = predict.load_ensemble(p, args.folds, dist.local_rank)
-    if dist.main and not separate:
-        params.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
     if args.images:
         return predict_images(p, ens, args.images)
+    has_test = (p.input_dir / files.TEST).is_dir()
+    ids, paths = inputs.check_test(p.input_dir) if has_test else ([], {})  # refuse before writing anything
     tuning = tuning_for(p, ens, args.retune) if dist.main and not separate else None
+    if dist.main and not separate:
+        params.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
     dist.barrier()  # the other ranks wait for rank 0's tuning
     tuning = tuning or current_tuning(p, ens)
     if tuning is None:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment) / files.TUNING}: missing or made for other "
                             "models; run `python 03_predict.py --tune-only` with the same settings first")
-    if not (p.input_dir / files.TEST).is_dir():
+    if not has_test:
         return print(f"note: no {p.input_dir / files.TEST} folder: tuned only, no test maps "
                      "(04_submit.py can still compare with the baselines)")
-    ids, paths = inputs.check_test(p.input_dir)
     out = test_dir_for(p, tuning, args.replace) if dist.main else None
     dist.barrier()
     out = out or test_dir_for(p, tuning, False)

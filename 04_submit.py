@@ -65,15 +65,15 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     run = files.run_dir(p.output_dir, p.experiment)
     preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
     test_ids = inputs.read_sample_submission(p.input_dir)
-    params.save(p, run / files.SUBMIT_PARAMS)
     split = folds.read(p.output_dir)
     if score:
         submission.truth_paths(p.input_dir, test_ids)  # fail now, not after the work
     out = submission.submission_path(run, p.submission)
     written, manifest = {}, None
     if (p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds):
+        test_dir = p.input_dir / files.TEST
         manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
-                                              p.threshold, p.workers)
+                                              p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None)
         print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
               f"({manifest['threshold_source']}), {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
         written[out.name] = out
@@ -88,6 +88,7 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     test_dice = {path.name: dice for path, dice in scores.items()}
     table = baseline.comparison_table(results, preds, manifest, test_dice)
     files.write_text_atomic(run / files.COMPARISON, table)
+    params.save(p, run / files.SUBMIT_PARAMS)  # what made the files above (a refused run writes nothing)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import json
 import typing
 from dataclasses import dataclass, fields
@@ -140,13 +141,17 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
                                metavar=kind.__name__.upper())
 
 
+DECODER_ARCHS = ("Unet", "UnetPlusPlus")  # the architectures --decoder-channels applies to
+
+
 def params_from_args(args: argparse.Namespace) -> Params:
     """Defaults <- preset <- explicit flags."""
     values = dict(PRESETS[args.preset]) if args.preset else {}
-    for f in fields(Params):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    explicit = {f.name for f in fields(Params) if getattr(args, f.name, None) is not None}
+    for name in explicit:
+        values[name] = getattr(args, name)
+    if values.get("arch", Params.arch) not in DECODER_ARCHS and "decoder_channels" not in explicit:
+        values.pop("decoder_channels", None)  # the preset's Unet widths do not apply to this --arch
     return make_params(**values)
 
 
@@ -166,20 +171,44 @@ def make_params(**overrides) -> Params:
     return p
 
 
+# numeric settings and their ranges: (low, high, low included, high included); None = no bound
+_RANGES: dict[str, tuple] = {
+    "seed": (0, 2**32 - 1, True, True), "demo_train_cars": (2, None, True, True), "demo_test_cars": (0, None, True, True),
+    "demo_width": (32, None, True, True), "demo_height": (32, None, True, True), "n_folds": (2, None, True, True),
+    "workers": (0, None, True, True), "cache_budget_gb": (0, None, True, True),
+    "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "accum_steps": (1, None, True, True),
+    "lr": (0, None, False, True), "weight_decay": (0, None, True, True), "warmup_epochs": (0, None, True, True),
+    "min_lr_ratio": (0, 1, True, True), "grad_clip": (0, None, True, True), "patience": (0, None, True, True),
+    "bce_weight": (0, None, True, True), "dice_weight": (0, None, True, True), "hflip_p": (0, 1, True, True),
+    "shift_scale_rotate_p": (0, 1, True, True), "color_p": (0, 1, True, True), "val_every": (1, None, True, True),
+    "threads": (0, None, True, True), "predict_batch_size": (1, None, True, True),
+}
+
+
+def _out_of_range(name: str, value) -> str | None:
+    low, high, low_in, high_in = _RANGES[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"--{name.replace('_', '-')} {value} must be a finite number"
+    too_low = low is not None and (value < low if low_in else value <= low)
+    too_high = high is not None and (value > high if high_in else value >= high)
+    if too_low or too_high:
+        left, right = ("[" if low_in else "(") + str(low), str(high if high is not None else "inf") + (
+            "]" if high_in else ")")
+        return f"--{name.replace('_', '-')} {value} must be in {left}, {right}"
+    return None
+
+
 def check(p: Params) -> None:
     """Reject settings that cannot work, with the reason."""
-    problems = []
+    problems = [msg for name in _RANGES if (msg := _out_of_range(name, getattr(p, name)))]
     for name in ("height", "width"):
         v = getattr(p, name)
         if v <= 0 or v % 32:
             problems.append(f"--{name} {v} must be a positive multiple of 32")
-    for name in ("epochs", "batch_size", "accum_steps", "n_folds", "predict_batch_size", "val_every"):
-        if getattr(p, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1")
-    if p.n_folds < 2:
-        problems.append("--n-folds must be >= 2")
-    if not 0.0 <= p.threshold < 1.0:
+    if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
+    if p.bce_weight == 0 and p.dice_weight == 0:
+        problems.append("--bce-weight and --dice-weight are both 0: the loss would be 0")
     if p.encoder_weights not in ("imagenet", "none"):
         problems.append(f"--encoder-weights {p.encoder_weights!r} must be 'imagenet' or 'none'")
     try:
@@ -188,13 +217,6 @@ def check(p: Params) -> None:
             raise ValueError
     except ValueError:
         problems.append(f"--decoder-channels {p.decoder_channels!r} must be 5 positive integers, e.g. 256,128,64,32,16")
-    if p.cache_budget_gb < 0:
-        problems.append("--cache-budget-gb must be >= 0")
-    if p.workers < 0 or p.threads < 0:
-        problems.append("--workers and --threads must be >= 0")
-    for name in ("hflip_p", "shift_scale_rotate_p", "color_p"):
-        if not 0.0 <= getattr(p, name) <= 1.0:
-            problems.append(f"--{name.replace('_', '-')} must be a probability in [0, 1]")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -204,12 +226,19 @@ def decoder_widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with errors as one line (the usage block is what --help is for); exit status 2 as argparse's."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parse(description: str, argv: list[str] | None = None,
           extra: typing.Callable[[argparse.ArgumentParser], None] | None = None
           ) -> tuple[Params, argparse.Namespace]:
     """Parse a script's command line: its own arguments (``extra``) and every Params field."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     if extra is not None:
         extra(parser)
     add_param_flags(parser)

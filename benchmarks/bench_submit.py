@@ -70,7 +70,7 @@ def car_map(seed: int, height: int, width: int) -> np.ndarray:
 
 def _write_one(job: tuple[Path, str, int, int, int]) -> None:
     folder, image_id, seed, height, width = job
-    files.write_prob_png(folder / f"{image_id}.png", car_map(seed, height, width))
+    files.write_prob_png(folder / f"{image_id}.png", car_map(seed, height, width), (ORIG_H, ORIG_W))
 
 
 def make_run(folder: Path, n: int, height: int, width: int, workers: int) -> list[str]:
@@ -81,9 +81,10 @@ def make_run(folder: Path, n: int, height: int, width: int, workers: int) -> lis
     jobs = [(probs, i, k, height, width) for k, i in enumerate(ids)]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write_one, jobs, chunksize=32))
-    files.write_json(folder / files.TUNING, {
-        "experiment": "bench", "folds": [0], "tta": "hflip", "threshold": THRESHOLD, "level": level_of(THRESHOLD),
-        "oof_dice": 0.0, "size": [height, width], "orig_size": [ORIG_H, ORIG_W], "scores": []})
+    tuning = {"experiment": "bench", "folds": [0], "tta": "hflip", "threshold": THRESHOLD, "level": level_of(THRESHOLD),
+              "oof_dice": 0.0, "size": [height, width], "orig_size": [ORIG_H, ORIG_W], "scores": []}
+    files.write_json(folder / files.TUNING, tuning)
+    files.write_json(probs / files.PROBS_META, files.probs_made_by(tuning))
     return ids
 
 

@@ -52,7 +52,7 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
         if h0 // factor >= height and w0 // factor >= width and (height, width) != padded_size(h0, w0):
             flag = reduced
             break
-    image = cv2.imdecode(data, flag)
+    image = cv2.imdecode(data, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like its mask and PIL's size
     if image is None:
         raise PipelineError(f"{path}: not a readable image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -17,6 +17,11 @@ class PipelineError(Exception):
     """A problem the user can fix (bad input, missing stage output, bad setting)."""
 
 
+def restart_advice(fold: int) -> str:
+    """The command that repairs a fold whose files cannot be used (damaged, or of another split)."""
+    return f"train the fold again: python 02_train.py --fold {fold} --restart (with the same settings)"
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's main(); turn expected failures into a one-line message and exit code 1."""
     try:

@@ -247,19 +247,50 @@ def read_json(path: Path, made_by: str) -> dict:
         raise PipelineError(f"{path}: not valid JSON ({e}); re-run {made_by}") from None
 
 
-def write_prob_png(path: Path, prob_u8) -> None:
-    """(H, W) uint8 probability map -> lossless 8-bit PNG, atomically.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ORIG_KEY = b"orig"  # tEXt keyword of a map's source image size, "<H>x<W>"
 
+
+def write_prob_png(path: Path, prob_u8, orig_size: tuple[int, int]) -> None:
+    """(H, W) uint8 probability map of an image of ``orig_size`` (H0, W0) -> lossless 8-bit PNG, atomically.
+
+    The map records the size of the image it was made from (a tEXt chunk right after the header), so a map
+    is always brought back to its own image's size, and a map whose image changed size is recognised.
     No PNG row filter: on these maps (long runs of 0 and 255) it compresses as well as libpng's adaptive
     filtering and decodes much faster, which is what 04_submit.py spends its time on
     (benchmarks/results/submit.md).
     """
     import cv2
+    import zlib
     ok, png = cv2.imencode(".png", prob_u8, [cv2.IMWRITE_PNG_COMPRESSION, 1,
                                              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
     if not ok:
         raise OSError(f"could not encode {path}")
-    write_bytes_atomic(path, png.tobytes())
+    data = _ORIG_KEY + b"\0" + f"{int(orig_size[0])}x{int(orig_size[1])}".encode()
+    chunk = len(data).to_bytes(4, "big") + b"tEXt" + data + zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
+    raw = png.tobytes()
+    write_bytes_atomic(path, raw[:33] + chunk + raw[33:])  # 33 = signature (8) + IHDR chunk (25)
+
+
+def prob_png_info(path: Path) -> tuple[tuple[int, int], tuple[int, int] | None] | None:
+    """((h, w) of the map, (H0, W0) of its image or None if unrecorded) from the file's first bytes, or None
+    for a file that is not such a map (missing, empty, truncated header, not 8-bit grey)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return None
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24:26] != b"\x08\x00":
+        return None  # 8-bit depth, colour type 0 (grey) is what write_prob_png writes
+    size = int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    length = int.from_bytes(head[33:37], "big")
+    orig = None
+    if head[37:41] == b"tEXt" and 41 + length <= len(head):
+        key, _, value = head[41:41 + length].partition(b"\0")
+        h, _, w = value.decode(errors="replace").partition("x")
+        if key == _ORIG_KEY and h.isdigit() and w.isdigit():
+            orig = (int(h), int(w))
+    return size, orig
 
 
 def read_prob_png(path: Path):
@@ -270,5 +301,6 @@ def read_prob_png(path: Path):
     data = np.fromfile(path, np.uint8) if path.exists() else None
     prob = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
     if prob is None or prob.ndim != 2 or prob.dtype != np.uint8:
-        raise PipelineError(f"{path}: missing or not an 8-bit probability map; re-run 03_predict.py")
+        raise PipelineError(f"{path}: missing or not an 8-bit probability map; re-run 03_predict.py (it predicts "
+                            "missing and damaged maps again)")
     return prob

@@ -48,8 +48,11 @@ def save(folds: pd.DataFrame, output: Path, force: bool) -> bool:
     """Write folds.csv; an existing different split is kept unless ``force``. Returns True if written."""
     path = files.folds_csv(output)
     if path.exists():
-        old = read(output)
-        if old.equals(folds[COLUMNS]):
+        try:
+            old = read(output)
+        except PipelineError:
+            old = None  # damaged: replaced with --force, as any other different split
+        if old is not None and old.equals(folds[COLUMNS]):
             return False
         if not force:
             raise PipelineError(f"{path}: a different split exists (models trained on it would be mixed); "
@@ -63,11 +66,25 @@ def read(output: Path) -> pd.DataFrame:
     path = files.folds_csv(output)
     if not path.exists():
         raise PipelineError(f"{path}: no fold split; run `python 01_prepare.py` first")
-    df = pd.read_csv(path, dtype={"id": str, "car": str})
-    if list(df.columns) != COLUMNS:
-        raise PipelineError(f"{path}: columns are {list(df.columns)}, expected {COLUMNS}; re-run 01_prepare.py --force")
+    try:
+        df = pd.read_csv(path, dtype={"id": str, "car": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise PipelineError(f"{path}: unreadable ({str(e).splitlines()[0]}); write it again: "
+                            "python 01_prepare.py --force (with your --input/--output)") from None
+    if list(df.columns) != COLUMNS or df.empty or df.fold.isna().any() or not pd.api.types.is_integer_dtype(df.fold):
+        raise PipelineError(f"{path}: not a split written by 01_prepare.py (columns {list(df.columns)}, "
+                            f"{len(df)} rows); write it again: python 01_prepare.py --force (with your --input/--output)")
     return df
 
 
 def n_folds_of(folds: pd.DataFrame) -> int:
     return int(folds.fold.max()) + 1
+
+
+def fold_digest(folds: pd.DataFrame, fold: int) -> str:
+    """A short hash of which images fold ``fold`` validates on and which it trains on: a model, its checkpoints
+    and its out-of-fold file carry it, so that a re-split (``01_prepare.py --force``) is never mixed with them."""
+    import hashlib
+    val = sorted(folds.id[folds.fold == fold])
+    train = sorted(folds.id[folds.fold != fold])
+    return hashlib.sha256(("\n".join(val) + "\0" + "\n".join(train)).encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from lib import files, rle
 from lib.errors import PipelineError
 
 IMAGE_EXT, MASK_SUFFIX = ".jpg", "_mask.gif"
+CAR_VIEW = re.compile(r"(?P<car>.+)_(?P<view>\d+)")  # Carvana ids: <car>_<view>, e.g. 00087a6bd4dc_01
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 JPEG_EOI = b"\xff\xd9"
 MAX_LISTED = 20  # problems printed before "... and N more"
@@ -55,6 +57,16 @@ def image_size(raw: bytes, path: Path) -> tuple[int, int]:
     return h, w
 
 
+def image_header_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) from the image file's header alone (no decoding), or None if it has none."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError):
+        return None
+    return h, w
+
+
 def check_image(path: Path) -> tuple[int, int]:
     """(H, W) of an image that decodes; PipelineError naming the file if it is empty, unreadable or truncated.
 
@@ -63,18 +75,22 @@ def check_image(path: Path) -> tuple[int, int]:
     """
     raw = read_image_bytes(path)
     size = image_size(raw, path)
-    if cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+    if cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION) is None:
         raise PipelineError(f"{path}: not a readable image")
     return size
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """(H, W) bool from a GIF/PNG mask with values {0,1} or {0,255}; PipelineError otherwise."""
+    """(H, W) bool from a GIF/PNG mask with values {0,1} or {0,255}; PipelineError otherwise.
+
+    A palette image is read through its palette: the mask is what it shows (a palette mapping index 0 to white
+    makes index 0 the object), not its palette indices."""
     _read_bytes(path)  # empty-file check with a clear message
     try:
         with Image.open(path) as im:
             mode = im.mode
             arr = np.array(im)
+            palette = np.array(im.getpalette() or [], np.uint8).reshape(-1, 3) if mode == "P" else None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise PipelineError(f"{path}: not a readable mask image ({e})") from None
     if arr.ndim == 3:
@@ -83,10 +99,28 @@ def read_mask(path: Path) -> np.ndarray:
         arr = arr[..., 0]
     # bincount: one pass over the pixels instead of np.unique's sort (this runs on every training mask)
     values = np.flatnonzero(np.bincount(arr.ravel(), minlength=2)) if arr.dtype == np.uint8 else np.unique(arr)
+    if palette is not None:
+        grey = _grey_palette(path, values, palette)
+        values = np.unique(grey[values])
     if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         shown = ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
         raise PipelineError(f"{path}: mask is not binary (values {shown}); expected {{0,1}} or {{0,255}}")
+    if palette is not None:
+        return cv2.LUT(arr, (grey[:256] > 0).astype(np.uint8)).view(bool)
     return arr > 0
+
+
+def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(256,) uint8: the grey value the palette gives each used index; PipelineError for colours that are not grey."""
+    if used.max() >= len(palette):
+        raise PipelineError(f"{path}: pixel values beyond its palette of {len(palette)} colours")
+    colours = palette[used]
+    if not (np.all(colours[:, 0] == colours[:, 1]) and np.all(colours[:, 0] == colours[:, 2])):
+        raise PipelineError(f"{path}: colour mask (palette colours {colours.tolist()[:4]}); masks must be "
+                            "single-channel binary")
+    grey = np.zeros(256, np.uint8)
+    grey[used] = colours[:, 0]
+    return grey
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -123,7 +157,10 @@ def list_images(folder: Path, suffix: str, notes: list[str]) -> dict[str, Path]:
     if skipped:
         notes.append(f"{folder}: skipped {len(skipped)} file(s) that are not *{suffix}: {_listing(skipped)}")
     if not found:
-        raise PipelineError(f"{folder}: no *{suffix} files (empty folder?)")
+        others = sorted({Path(n).suffix.lower() for n in skipped if Path(n).suffix})
+        held = f"; it holds {len(skipped)} other file(s) ({', '.join(others) or 'no extension'})" if skipped else \
+            " (empty folder?)"
+        raise PipelineError(f"{folder}: no *{suffix} files{held}; the names must end with {suffix}")
     return found
 
 
@@ -156,7 +193,10 @@ def check_train(root: Path, workers: int = 2) -> tuple[pd.DataFrame, list[str]]:
                 for i in sorted(set(images) - set(masks))]
     problems += [f"{masks[i]}: mask has no image {i}{IMAGE_EXT} in {root / files.TRAIN}"
                  for i in sorted(set(masks) - set(images))]
-    ids = sorted(set(images) & set(masks))
+    unnamed = [i for i in sorted(set(images) | set(masks)) if not CAR_VIEW.fullmatch(i)]
+    problems += [f"{images.get(i) or masks.get(i)}: name is not <car>_<view> (like 00087a6bd4dc_01.jpg), which the "
+                 "car-grouped folds need; rename the file (and its mask)" for i in unnamed]
+    ids = sorted((set(images) & set(masks)) - set(unnamed))
     jobs = [(i, images[i], masks[i]) for i in ids]
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:

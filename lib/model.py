@@ -89,6 +89,18 @@ def checkpoint_state(model: nn.Module, p: Params, **extra) -> dict:
     return _copy_tensors(state)
 
 
+def state_digest(state_dict: dict) -> str:
+    """A short hash of a state_dict's names and values: what a model's out-of-fold file, tuning and maps record
+    to say which model made them."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _copy_tensors(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
@@ -106,8 +118,10 @@ def write_checkpoint(path: Path, state: dict) -> None:
     files.write_bytes_atomic(path, buf.getvalue())
 
 
-def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """The checkpoint's dict, loaded safely; a clear error for a missing, corrupt or unsafe file."""
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    advice: str = "train that fold again with 02_train.py --restart") -> dict:
+    """The checkpoint's dict, loaded safely; a clear error for a missing, corrupt or unsafe file, ending with
+    ``advice`` (the command that repairs it, where the caller knows it)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: no checkpoint; run 02_train.py for this fold first")
@@ -116,27 +130,28 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except pickle.UnpicklingError as e:
         lines = [ln for ln in str(e).splitlines() if "GLOBAL" in ln] or str(e).splitlines()[:1]
         raise PipelineError(f"{path}: refused, nothing in it was run: it holds objects other than tensors and plain "
-                            f"values, which could run code ({lines[0].strip()}); use a checkpoint written by "
-                            "02_train.py") from None
+                            f"values, which could run code ({lines[0].strip()}); {advice}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise PipelineError(f"{path}: corrupt or not a checkpoint ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); re-run 02_train.py") from None
+                            f"{str(e).splitlines()[0] if str(e) else ''}); {advice}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "params" not in ckpt:
-        raise PipelineError(f"{path}: not a checkpoint of this project (no model/params inside)")
+        raise PipelineError(f"{path}: not a checkpoint of this project (no model/params inside); {advice}")
     return ckpt
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Params, dict]:
+def load_model(path: Path, device: str | torch.device = "cpu",
+               advice: str = "train that fold again with 02_train.py --restart") -> tuple[nn.Module, Params, dict]:
     """Rebuild the model from its own checkpoint (its own encoder and size), in eval mode."""
-    ckpt = read_checkpoint(path, device)
+    ckpt = read_checkpoint(path, device, advice)
     try:
         p = params_mod.from_dict(ckpt["params"])
     except (ValueError, TypeError) as e:
-        raise PipelineError(f"{path}: its saved settings are invalid ({e})") from None
+        raise PipelineError(f"{path}: its saved settings are invalid ({e}); {advice}") from None
     model = build_model(p, pretrained=False)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise PipelineError(f"{path}: weights do not fit a {p.arch}-{p.encoder} ({str(e).splitlines()[0]})") from None
+        raise PipelineError(f"{path}: weights do not fit a {p.arch}-{p.encoder} ({str(e).splitlines()[0]}); "
+                            f"{advice}") from None
     model.to(device).eval()
     return model, p, ckpt

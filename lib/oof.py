@@ -6,6 +6,7 @@ each map is brought back to the original size, thresholded, and scored per image
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +41,27 @@ def oof_histograms(probs_u8: np.ndarray, cache, rows: np.ndarray) -> np.ndarray:
     return np.stack([dice_histograms(from_net(pr, h0, w0), cache.full_mask(r)) for pr, r in zip(probs_u8, rows)])
 
 
-def save_oof(path: Path, ids: list[str], probs_u8: np.ndarray) -> None:
+@dataclass
+class OutOfFold:
+    """A fold's out-of-fold maps and what made them."""
+    ids: list[str]  # the fold's validation images, sorted
+    probs: np.ndarray  # (N, H, W) uint8
+    model: str  # state_digest of the model that predicted them ("" if unrecorded)
+    split: str  # folds.fold_digest of the split they belong to ("" if unrecorded)
+
+
+def save_oof(path: Path, ids: list[str], probs_u8: np.ndarray, model: str = "", split: str = "") -> None:
     buf = io.BytesIO()
-    np.savez(buf, ids=np.array(ids), probs=probs_u8)
+    np.savez(buf, ids=np.array(ids), probs=probs_u8, model=np.array(model), split=np.array(split))
     files.write_bytes_atomic(path, buf.getvalue())
 
 
-def load_oof(path: Path) -> tuple[list[str], np.ndarray]:
+def load_oof(path: Path) -> OutOfFold:
     if not path.exists():
         raise PipelineError(f"{path}: no out-of-fold predictions; run 02_train.py for this fold first")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return list(z["ids"]), z["probs"]
-    except (ValueError, OSError, KeyError) as e:
+            return OutOfFold(list(z["ids"]), z["probs"], str(z["model"]) if "model" in z else "",
+                             str(z["split"]) if "split" in z else "")
+    except (ValueError, OSError, KeyError, EOFError) as e:
         raise PipelineError(f"{path}: corrupt out-of-fold file ({e}); re-run 02_train.py for this fold") from None

@@ -33,7 +33,7 @@ def predict_image(ens: Ensemble, path: Path, mode: str, threshold: float, out_di
     image, (h0, w0) = load_net_image(Path(path), h, w)
     prob = predict_batch(ens, torch.from_numpy(image).permute(2, 0, 1)[None], mode)[0]
     mask = binarize(np.ascontiguousarray(from_net(prob, h0, w0)), threshold)
-    full = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    full, _ = load_net_image(Path(path), h0, w0)  # the photo as stored (EXIF orientation ignored, as for its mask)
     stem = Path(path).stem
     mask_path, overlay_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.jpg"
     ok1, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)

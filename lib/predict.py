@@ -22,9 +22,10 @@ from tqdm import tqdm
 from lib import files, folds as folds_mod, tta
 from lib.cache import load_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
-from lib.errors import PipelineError
+from lib.inputs import image_header_size
+from lib.errors import PipelineError, restart_advice
 from lib.metrics import best_threshold, dice_by_level, level_of
-from lib.model import load_model
+from lib.model import load_model, state_digest
 from lib.oof import load_oof, oof_histograms, to_uint8
 from lib.runtime import Precision, loader_workers, pick_device
 from params import Params
@@ -65,13 +66,20 @@ def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0)
     device = pick_device(p.device, local_rank)
     models, sizes, first, prints = [], set(), None, []
     for k in ks:
-        model, mp, ckpt = load_model(files.fold_dir(p.output_dir, p.experiment, k) / files.BEST, device)
+        path = files.fold_dir(p.output_dir, p.experiment, k) / files.BEST
+        advice = restart_advice(k)
+        model, mp, ckpt = load_model(path, device, advice)
+        if ckpt.get("split") != folds_mod.fold_digest(split, k):
+            raise PipelineError(f"{path}: trained on another split of the images than {files.folds_csv(p.output_dir)} "
+                                f"(re-split since, or a checkpoint from elsewhere): its out-of-fold scores would be "
+                                f"wrong; {advice}")
         if p.channels_last:
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         sizes.add((mp.height, mp.width))
         prints.append({"fold": k, "epoch": int(ckpt.get("epoch", -1)), "val_dice": float(ckpt.get("val_dice", -1)),
-                       "arch": mp.arch, "encoder": mp.encoder})
+                       "arch": mp.arch, "encoder": mp.encoder,
+                       "digest": ckpt.get("digest") or state_digest(ckpt["model"])})
         first = first or mp
     if len(sizes) > 1:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained at different "
@@ -131,14 +139,16 @@ def tune(p: Params, ens: Ensemble) -> dict:
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
                fold: int, mode: str) -> np.ndarray:
-    """(N, h, w) uint8 out-of-fold maps: training's oof.npz for mode 'none', else predicted now."""
+    """(N, h, w) uint8 out-of-fold maps: for mode 'none' training's oof.npz when this very model made it for these
+    images, else (and for the other modes) predicted now."""
     if mode == "none":
         path = files.fold_dir(p.output_dir, p.experiment, fold) / files.OOF
-        ids, probs = load_oof(path)
-        if ids != val_ids:
-            raise PipelineError(f"{path}: its images are not fold {fold}'s validation images in folds.csv "
-                                "(split changed after training?); re-run 02_train.py for this fold")
-        return probs
+        digest = ens.fingerprints[ens.folds.index(fold)]["digest"]
+        oof = load_oof(path) if path.exists() else None
+        if oof is not None and oof.ids == val_ids and oof.model == digest:
+            return oof.probs
+        print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
+              "predicting its out-of-fold maps now")
     loader = make_loader(TrainSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size,
                          loader_workers(p.workers, ens.device, cache.cached), ens.device.type == "cuda")
     out = [predict_batch(ens, images, mode, [model])
@@ -154,9 +164,26 @@ class TestImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image, _ = load_net_image(self.paths[i], self.height, self.width)
-        return torch.from_numpy(image).permute(2, 0, 1), i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(image (3, H, W) uint8 at the network size, i, its original (H0, W0))."""
+        image, orig = load_net_image(self.paths[i], self.height, self.width)
+        return torch.from_numpy(image).permute(2, 0, 1), i, torch.tensor(orig)
+
+
+def finished_maps(out_dir: Path, ids: list[str], paths: dict[str, Path], size: tuple[int, int]) -> set[str]:
+    """Names ``<id>.png`` of the maps in ``out_dir`` that are complete and current: readable 8-bit maps of the
+    network size that record the size their image has now. The others (damaged, empty, of an older image, or
+    from a version that did not record the size) are predicted again."""
+    present = {e.name for e in os.scandir(out_dir)}
+    done = set()
+    for i in ids:
+        name = f"{i}.png"
+        if name not in present:
+            continue
+        info = files.prob_png_info(out_dir / name)
+        if info is not None and info[0] == size and info[1] is not None and info[1] == image_header_size(paths[i]):
+            done.add(name)
+    return done
 
 
 def shard_batches(ids: list[str], batch: int, shard: tuple[int, int] = (0, 1)) -> list[list[str]]:
@@ -175,8 +202,8 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     uninterrupted run (and each shard resumes on its own).
     """
     files.remove_stale_temps(out_dir)  # half-written maps of a killed run (never under a final name)
-    done = {e.name for e in os.scandir(out_dir)}
     batches = shard_batches(ids, p.predict_batch_size, shard)
+    done = finished_maps(out_dir, [i for b in batches for i in b], paths, ens.size)
     todo = [i for batch in batches if any(f"{j}.png" not in done for j in batch) for i in batch]
     mine = sum(len(b) for b in batches)
     missing = sum(f"{i}.png" not in done for batch in batches for i in batch)
@@ -191,13 +218,13 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
         pending = []
-        for images, index in tqdm(loader, desc=f"test {where}".rstrip(": "), dynamic_ncols=True):
+        for images, index, origs in tqdm(loader, desc=f"test {where}".rstrip(": "), dynamic_ncols=True):
             probs = predict_batch(ens, images, mode)
             for f in [f for f in pending if f.done()]:
                 f.result()  # re-raise a failed write here
             pending = [f for f in pending if not f.done()] + [
-                writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob)
-                for j, prob in zip(index.tolist(), probs) if f"{todo[j]}.png" not in done]
+                writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()))
+                for j, prob, orig in zip(index.tolist(), probs, origs) if f"{todo[j]}.png" not in done]
             if len(pending) > 4 * p.predict_batch_size:  # bound memory: wait for the writer
                 pending[0].result()
         for f in pending:

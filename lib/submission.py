@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from lib import files, rle
 from lib.errors import PipelineError
 from lib.geometry import from_net
-from lib.inputs import read_mask
+from lib.inputs import image_header_size, read_mask
 from lib.metrics import binarize, dice, level_of
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
@@ -181,11 +181,13 @@ def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
     problems = []
     for p in preds:
         meta_path = p.probs_dir / files.PROBS_META
-        if meta_path.exists() and "models" in p.tuning:
-            if files.read_json(meta_path, PREDICT_STAGE) != files.probs_made_by(p.tuning):
-                raise PipelineError(f"{p.probs_dir}: its maps were made by other models or settings than "
-                                    f"{p.folder / files.TUNING} describes; run {PREDICT_STAGE} --replace "
-                                    "for that experiment")
+        if p.probs_dir.is_dir() and not meta_path.exists():
+            raise PipelineError(f"{p.probs_dir}: no {files.PROBS_META}, so nothing says which models made these "
+                                f"maps; predict them again: {PREDICT_STAGE} --replace (for that experiment)")
+        if meta_path.exists() and files.read_json(meta_path, PREDICT_STAGE) != files.probs_made_by(p.tuning):
+            raise PipelineError(f"{p.probs_dir}: its maps were made by other models or settings than "
+                                f"{p.folder / files.TUNING} describes; run {PREDICT_STAGE} --replace "
+                                "for that experiment")
         missing = missing_maps(p, ids)
         if missing:
             problems.append(f"{p.probs_dir}: {len(missing)} of {len(ids)} test maps missing: "
@@ -232,8 +234,8 @@ class EncodeJob:
     folders: tuple[Path, ...]  # the folders' test_probs/
     sizes: tuple[tuple[int, int], ...]  # (h, w) of each folder's maps
     weights: tuple[float, ...]
-    orig_size: tuple[int, int]
     threshold: float
+    test_dir: Path | None = None  # input/test: each map's recorded image size is checked against its image
 
 
 _JOB: EncodeJob | None = None  # set in each worker by _init_worker
@@ -247,19 +249,34 @@ def _init_worker(job: EncodeJob) -> None:
 
 
 def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
-    """(image_id, validated RLE of its ensemble mask at the original size)."""
+    """(image_id, validated RLE of its ensemble mask at its image's own size)."""
     job = job or _JOB
-    maps = []
+    maps, origs = [], set()
     for folder, size in zip(job.folders, job.sizes):
         path = folder / f"{image_id}.png"
-        prob = files.read_prob_png(path)
-        if prob.shape != size:
-            raise PipelineError(f"{path}: map is {prob.shape[1]}x{prob.shape[0]}, the folder's tuning.json says "
-                                f"{size[1]}x{size[0]}; re-run {PREDICT_STAGE}")
-        maps.append(prob)
-    code = rle.encode(ensemble_mask(maps, job.weights, job.orig_size, job.threshold))
+        info = files.prob_png_info(path)
+        if info is None or info[1] is None:
+            raise PipelineError(f"{path}: damaged, or written without the size of its image (an older version); "
+                                f"run {PREDICT_STAGE} again: it predicts such maps again")
+        if info[0] != size:
+            raise PipelineError(f"{path}: map is {info[0][1]}x{info[0][0]}, the folder's tuning.json says "
+                                f"{size[1]}x{size[0]}; run {PREDICT_STAGE} again: it predicts such maps again")
+        origs.add(info[1])
+        maps.append(files.read_prob_png(path))
+    if len(origs) > 1:
+        raise PipelineError(f"{image_id}: the prediction folders' maps come from images of different sizes "
+                            f"{sorted(origs)}; ensemble folders predicted from the same test images")
+    orig = origs.pop()
+    if job.test_dir is not None:
+        image = job.test_dir / f"{image_id}.jpg"
+        now = image_header_size(image)
+        if now != orig:
+            raise PipelineError(f"{image}: is {'unreadable' if now is None else f'{now[1]}x{now[0]}'} but its map "
+                                f"was made from a {orig[1]}x{orig[0]} image; run {PREDICT_STAGE} again: it predicts "
+                                "the maps of changed images again")
+    code = rle.encode(ensemble_mask(maps, job.weights, orig, job.threshold))
     try:
-        rle.validate(code, job.orig_size)
+        rle.validate(code, orig)
     except ValueError as e:
         raise PipelineError(f"{image_id}: the encoder produced an invalid RLE ({e}); a bug in lib/rle.py") from None
     return image_id, code
@@ -430,16 +447,18 @@ def write_manifest(path: Path, fields: dict, rows: int, seconds: float, sample_s
 
 # --- the whole model submission ---
 def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str], sample_submission: Path,
-                    threshold: float = 0.0, workers: int = 2, chunksize: int = CHUNKSIZE) -> dict:
+                    threshold: float = 0.0, workers: int = 2, chunksize: int = CHUNKSIZE,
+                    test_dir: Path | None = None) -> dict:
     """Check every map exists, stream the ensemble's masks into ``path`` with workers, write the manifest.
 
-    ids: test ids in sample_submission.csv order. threshold: 0 = the tuned one(s). Returns the manifest.
+    ids: test ids in sample_submission.csv order. threshold: 0 = the tuned one(s). test_dir: the test images,
+    whose sizes each map's recorded size must still match (None: not checked). Returns the manifest.
     """
     check_maps(preds, ids)
     thr, source = ensemble_threshold(preds, threshold)
     orig_size = preds[0].orig_size
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.size for p in preds),
-                    tuple(p.weight for p in preds), orig_size, thr)
+                    tuple(p.weight for p in preds), thr, test_dir)
     start = time.perf_counter()
     with encoded_rles(job, ids, workers, chunksize) as codes:
         rows = write_submission(path, ids, codes, orig_size, expected_ids=ids, validate_rle=False)

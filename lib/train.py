@@ -29,9 +29,9 @@ import params as params_mod
 from lib import files, folds as folds_mod
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, train_transform
-from lib.errors import PipelineError
+from lib.errors import PipelineError, restart_advice
 from lib.losses import BceDice
-from lib.model import build_model, checkpoint_state, read_checkpoint, write_checkpoint
+from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, write_checkpoint
 from lib.oof import image_dices, save_oof, to_uint8
 from lib.plot import learning_curve
 from lib.runtime import Dist, Precision, loader_workers, pick_device, use_compile
@@ -89,6 +89,7 @@ class Run:
     device: torch.device
     dir: Path
     cache: Cache
+    split: str  # folds.fold_digest: which images this fold trains and validates on (checkpoints carry it)
     val_ids: list[str]  # the fold's validation images, sorted (the order of oof.npz)
     val_rows: np.ndarray  # this rank's chunk of them, as cache rows
     net: torch.nn.Module  # the plain model (what checkpoints hold)
@@ -106,18 +107,20 @@ class Run:
     bad_epochs: int = 0
 
 
-def check_run_folder(folder: Path, resume: bool) -> None:
+def check_run_folder(folder: Path, fold: int, resume: bool, restart: bool) -> None:
     """Refuse to overwrite a run, or to resume one that cannot be (read-only: a refused run writes nothing)."""
+    if resume and restart:
+        raise PipelineError("--resume continues a run and --restart deletes it: give one of them")
     found = [name for name in PRODUCTS if (folder / name).exists()]
-    if found and not resume:
-        raise PipelineError(f"{folder}: a run exists ({', '.join(found)}); add --resume to continue it, or choose "
-                            "another --experiment (nothing was overwritten)")
+    if found and not (resume or restart):
+        raise PipelineError(f"{folder}: a run exists ({', '.join(found)}); add --resume to continue it, --restart "
+                            "to train it again from the start, or choose another --experiment (nothing was changed)")
     if resume and found and files.LAST not in found:
         raise PipelineError(f"{folder}: cannot resume, its {files.LAST} is missing (it holds {', '.join(found)}); "
-                            f"start the fold again after removing the folder: rm -r '{folder}'")
+                            + restart_advice(fold))
 
 
-def setup(p: Params, fold: int, dist: Dist, resume: bool = False) -> Run:
+def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool = False) -> Run:
     """Build one rank's Run for fold ``fold`` of the split in output/folds.csv (nothing is written here)."""
     split = folds_mod.read(p.output_dir)
     k = folds_mod.n_folds_of(split)
@@ -129,7 +132,7 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False) -> Run:
                             f"processes; use a multiple of {dist.world}")
     folder = files.fold_dir(p.output_dir, p.experiment, fold)
     files.check_unlocked(folder / files.LOCK, f"fold {fold} of {p.experiment}")  # a run in progress comes first
-    check_run_folder(folder, resume)
+    check_run_folder(folder, fold, resume, restart)
     device = pick_device(p.device, dist.local_rank)
     if p.threads:
         torch.set_num_threads(p.threads)
@@ -164,7 +167,8 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False) -> Run:
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, p.min_lr_ratio))
-    return Run(p, fold, dist, device, folder, cache, val_ids, val_rows, net, model, forward,
+    return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
+               model, forward,
                Precision.for_device(device, p.amp),
                BceDice(p.bce_weight, p.dice_weight), optimizer, scheduler, sampler, train_loader, val_loader)
 
@@ -179,6 +183,10 @@ def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
 
 def restore(run: Run, ckpt: dict) -> None:
     """Continue from a last.pt state: weights, optimizer, schedule, scaler, RNG, where the fold stands."""
+    if ckpt.get("split") != run.split:
+        raise PipelineError(f"{run.dir / files.LAST}: trained on another split of the images (folds.csv changed since, "
+                            "e.g. by 01_prepare.py --force): its weights have seen images that are now this fold's "
+                            f"validation images; {restart_advice(run.fold)}")
     saved = params_mod.from_dict(ckpt["params"]).to_dict()
     changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in run.p.to_dict().items()
                if k not in RESUMABLE_CHANGES and saved[k] != v]
@@ -266,6 +274,15 @@ def evaluate(run: Run) -> Evaluation:
 
 
 # --- files (rank 0) ---
+def write_best(folder: Path, state: dict, val_ids: list[str], probs: np.ndarray) -> None:
+    """model.pt, then oof.npz; both record the model's digest (and the split), so 03 never tunes one model with
+    another one's out-of-fold maps."""
+    state["digest"] = state_digest(state["model"])
+    write_checkpoint(folder / files.BEST, state)
+    save_oof(folder / files.OOF, val_ids, probs, state["digest"], state["split"])
+
+
+
 class RunWriter:
     """What a fold run writes, from rank 0 only: params, log.csv and curve.png, model.pt and oof.npz, last.pt.
 
@@ -277,9 +294,12 @@ class RunWriter:
         self._lock.__enter__()
         self.writer = files.OrderedWriter()
 
-    def start(self, resumed: bool) -> None:
+    def start(self, resumed: bool, restart: bool) -> None:
         p, folder = self.p, self.run.dir
         files.remove_stale_temps(folder)  # left by a killed run; never read as checkpoints
+        if restart:  # --restart: the fold's earlier run goes, under the lock (no other process trains it)
+            for name in (*PRODUCTS, files.LOG, files.CURVE):
+                (folder / name).unlink(missing_ok=True)
         params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PARAMS)
         params_mod.save(p, folder / files.PARAMS)
         if resumed:
@@ -293,14 +313,13 @@ class RunWriter:
         run, w = self.run, self.writer
         w.flush()
         if improved:
-            w.submit(write_checkpoint, run.dir / files.BEST,
-                     checkpoint_state(run.net, self.p, epoch=run.epoch, val_dice=ev.dice))
-            w.submit(save_oof, run.dir / files.OOF, run.val_ids, ev.probs)
+            w.submit(write_best, run.dir, checkpoint_state(run.net, self.p, epoch=run.epoch, val_dice=ev.dice,
+                                                           split=run.split), run.val_ids, ev.probs)
         w.submit(self._append_log, row)
         w.submit(write_checkpoint, run.dir / files.LAST, checkpoint_state(
             run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-            scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world))
+            scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split))
 
     def _log(self) -> pd.DataFrame:
         path = self.run.dir / files.LOG
@@ -323,18 +342,18 @@ class RunWriter:
 
 
 # --- the loop ---
-def train_fold(p: Params, fold: int, dist: Dist, resume: bool = False) -> dict:
-    """Train (or continue) fold ``fold``; returns {fold, best_val_dice, epochs}."""
-    run = setup(p, fold, dist, resume)
+def train_fold(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool = False) -> dict:
+    """Train (or continue, or start again) fold ``fold``; returns {fold, best_val_dice, epochs}."""
+    run = setup(p, fold, dist, resume, restart)
     last = run.dir / files.LAST
-    ckpt = read_checkpoint(last, run.device) if resume and last.exists() else None
+    ckpt = read_checkpoint(last, run.device, restart_advice(fold)) if resume and last.exists() else None
     if ckpt is not None:
         restore(run, ckpt)
     writer = RunWriter(run) if dist.main else None
     failed = True
     try:
         if writer:
-            writer.start(resumed=ckpt is not None)
+            writer.start(resumed=ckpt is not None, restart=restart)
         _say(run, _start_line(run, resume, ckpt))
         _loop(run, writer)
         failed = False

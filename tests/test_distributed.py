@@ -115,8 +115,7 @@ def test_sharded_validation_gives_the_single_process_dice_and_maps(prepared, tmp
     one, two = (np.load(f"{best}.world{w}.npz") for w in (1, 2))
     assert np.array_equal(one["probs"], two["probs"])  # every validation map, in val_ids order
     assert two["dice"] == pytest.approx(float(one["dice"]), abs=1e-12)
-    _, oof = load_oof(best.parent / files.OOF)
-    assert np.array_equal(oof, one["probs"])  # what training saved for its best epoch
+    assert np.array_equal(load_oof(best.parent / files.OOF).probs, one["probs"])  # what training saved for its best epoch
 
 
 # --- training under torchrun ---
@@ -130,8 +129,8 @@ def test_torchrun_trains_every_fold_with_rank_0_alone_writing_and_printing(prepa
         fold = files.fold_dir(out, "ddp", k)
         assert sorted(p.name for p in fold.iterdir()) == sorted(
             [files.LOCK, files.PARAMS, files.LOG, files.CURVE, files.BEST, files.LAST, files.OOF])
-        ids, probs = load_oof(fold / files.OOF)
-        assert ids == sorted(split.id[split.fold == k]) and len(probs) == len(ids)  # the whole validation set
+        oof = load_oof(fold / files.OOF)
+        assert oof.ids == sorted(split.id[split.fold == k]) and len(oof.probs) == len(oof.ids)  # the whole validation set
         assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1, 2]
         assert read_checkpoint(fold / files.LAST)["world"] == 2
         dice = {e: read_checkpoint(files.fold_dir(out, e, k) / files.BEST)["val_dice"] for e in ("single", "ddp")}

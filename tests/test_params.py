@@ -21,7 +21,7 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "hflip"
         if f.name in ("cache", "compile", "amp"):
             value = "off"
-        if f.name in ("height", "width"):
+        if f.name in ("height", "width", "demo_width", "demo_height"):
             value = "64"
         if f.name == "encoder_weights":
             value = "none"
@@ -40,12 +40,17 @@ def test_bool_flags_are_not_type_bool():
 
 
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["--epochs", "two"], ["--height", "100"],
-                                  ["--threshold", "1.5"], ["--preset", "nope"], ["--tta", "vflip"]])
+                                  ["--threshold", "1.5"], ["--preset", "nope"], ["--tta", "vflip"],
+                                  ["--lr", "nan"], ["--lr", "-0.001"], ["--lr", "0"], ["--weight-decay", "-1"],
+                                  ["--warmup-epochs", "nan"], ["--seed", "-1"], ["--patience", "-1"],
+                                  ["--min-lr-ratio", "2"], ["--grad-clip", "inf"], ["--out", "x"],
+                                  ["--bce-weight", "0", "--dice-weight", "0"], ["--cache-budget-gb", "-1"]])
 def test_bad_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parse("t", argv)
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line naming the flag, no usage block
 
 
 def test_presets_are_valid_and_round_trip(tmp_path):
@@ -57,3 +62,16 @@ def test_presets_are_valid_and_round_trip(tmp_path):
         make_params(not_a_field=1)
     with pytest.raises(ValueError, match="must be int"):
         make_params(epochs="3")
+
+
+def test_a_preset_value_that_does_not_apply_to_the_chosen_arch_is_dropped_not_blamed():
+    p, _ = parse("t", ["--preset", "demo", "--arch", "FPN"])  # demo sets Unet decoder widths; FPN has none
+    assert p.arch == "FPN" and p.decoder_channels == Params.decoder_channels
+    p, _ = parse("t", ["--preset", "demo"])
+    assert p.decoder_channels == PRESETS["demo"]["decoder_channels"]
+
+
+def test_settings_saved_by_older_versions_still_load():
+    old = {**Params().to_dict(), "amp": True, "compile": False}  # bools before they became auto|...|off
+    p = params.from_dict(old)
+    assert (p.amp, p.compile) == ("auto", "off")

@@ -414,7 +414,7 @@ def test_predict_refuses_a_corrupt_checkpoint(trained, tmp_path):
     replace_file(path, path.read_bytes()[: path.stat().st_size // 2])  # as a copy cut short would be
     before = digest(files.run_dir(out, EXPERIMENT))
     line = strict_error(run_script("03_predict.py", *args_for(trained.root, out), check=False))
-    assert f"{path}: corrupt or not a checkpoint" in line and "re-run 02_train.py" in line
+    assert f"{path}: corrupt or not a checkpoint" in line and "python 02_train.py --fold 1 --restart" in line
     assert digest(files.run_dir(out, EXPERIMENT)) == before
 
 
@@ -485,9 +485,9 @@ def test_submit_refuses_maps_not_made_by_the_tuned_models(trained, tmp_path):
     meta.write_text(good_meta)
     # one map of another size (from another experiment's folder)
     odd = probs / f"{trained.ids[5]}.png"
-    files.write_prob_png(odd, np.zeros((H * 2, W * 2), np.uint8))
+    files.write_prob_png(odd, np.zeros((H * 2, W * 2), np.uint8), (160, 240))
     line = strict_error(run_script(*submit, check=False))
-    assert f"{odd}: map is {W * 2}x{H * 2}, the folder's tuning.json says {W}x{H}; re-run 03_predict.py" in line
+    assert f"{odd}: map is {W * 2}x{H * 2}, the folder's tuning.json says {W}x{H}; run 03_predict.py again" in line
     assert earlier.read_bytes() == b"an earlier submission" and temp_files(run) == []
     assert not (run / "submission.manifest.json").exists()
     # put right, the same command writes the submission
@@ -502,8 +502,8 @@ def test_submit_refuses_maps_not_made_by_the_tuned_models(trained, tmp_path):
 def test_threshold_outside_the_open_interval_is_refused(value, tmp_path):
     proc = run_script("04_submit.py", "--threshold", value, "--output", tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"04_submit.py: error: --threshold {float(value)} must be in (0, 1), or 0 for the tuned one"
+    assert proc.stderr == (f"error: --threshold {float(value)} must be in (0, 1), or 0 for the tuned one "
+                           "(see 04_submit.py --help)\n")
     assert os.listdir(tmp_path) == []
 
 

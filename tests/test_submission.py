@@ -82,8 +82,9 @@ def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET
         prob = prob_map(truths[i], size)
         if i != EMPTY_ID:  # some noise so that two folders differ
             prob = np.clip(prob.astype(int) + rng.integers(-20, 21, prob.shape), 0, 255).astype(np.uint8)
-        files.write_prob_png(run / files.TEST_PROBS / f"{i}.png", prob)
+        files.write_prob_png(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0))
     files.write_json(run / files.TUNING, tuning(size, threshold, experiment))
+    files.write_json(run / files.TEST_PROBS / files.PROBS_META, files.probs_made_by(tuning(size, threshold, experiment)))
 
 
 @pytest.fixture(scope="module")

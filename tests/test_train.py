@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT, TINY_FLAGS, run_script
 from lib import files
+from lib.folds import fold_digest, read as folds_read
 from lib.errors import PipelineError
 from lib.model import load_model, read_checkpoint
 from lib.oof import load_oof
@@ -45,7 +46,9 @@ def test_fold_run_writes_everything(prepared):
     assert best["val_dice"] == pytest.approx(log.val_dice.max())
     model, p, _ = load_model(fold / files.BEST)
     assert (p.height, p.width, p.encoder) == (64, 96, "resnet18") and not model.training
-    ids, probs = load_oof(fold / files.OOF)
+    oof = load_oof(fold / files.OOF)
+    ids, probs = oof.ids, oof.probs
+    assert oof.model == best["digest"] and oof.split == best["split"] == fold_digest(folds_read(out), 0)
     split = pd.read_csv(out / "folds.csv", dtype={"id": str})
     assert ids == sorted(split.id[split.fold == 0]) and probs.dtype == np.uint8 and probs.shape[1:] == (64, 96)
     last = read_checkpoint(fold / files.LAST)
