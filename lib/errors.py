@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -65,4 +66,6 @@ def _unwrapped(message: str) -> str:
 
 def _die(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
+    if _in_distributed_job():  # torchrun's SIGTERM to the others must not interrupt this exit with a traceback
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)

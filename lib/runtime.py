@@ -156,6 +156,7 @@ class Stopped(PipelineError):
 
 def _stop_on_sigterm(rank: int) -> None:
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the exit that follows is not interrupted again
         raise Stopped(f"rank {rank} stopped: torchrun ended the job because another process of it failed (torchrun's "
                       "report names it). Finished files are kept; continue with the same command (02: add --resume)")
     signal.signal(signal.SIGTERM, handler)

@@ -32,7 +32,7 @@ from lib.data import SeededShuffle, TrainSet, make_loader, train_transform
 from lib.errors import PipelineError, restart_advice
 from lib.losses import BceDice
 from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, write_checkpoint
-from lib.oof import image_dices, save_oof, to_uint8
+from lib.oof import PngMaps, image_dices, save_oof, to_uint8
 from lib.plot import learning_curve
 from lib.runtime import Dist, Precision, loader_workers, pick_device, use_compile
 from params import Params
@@ -250,7 +250,7 @@ def train_epoch(run: Run) -> tuple[float, int]:
 class Evaluation:
     loss: float
     dice: float  # mean full-resolution Dice at VAL_THRESHOLD over the whole validation set
-    probs: np.ndarray | None  # (N, H, W) uint8 maps of every validation image in val_ids order (rank 0 only)
+    probs: PngMaps | None  # the maps of every validation image in val_ids order, as PNG (rank 0 only)
 
 
 @torch.no_grad()
@@ -268,13 +268,13 @@ def evaluate(run: Run) -> Evaluation:
     mine = np.concatenate(probs) if probs else np.zeros((0, h, w), np.uint8)
     dices = image_dices(mine, run.cache, run.val_rows, VAL_THRESHOLD)
     loss_sum, dice_sum, count = run.dist.sum(losses, float(dices.sum()), len(mine))
-    gathered = run.dist.gather(mine)
-    all_probs = np.concatenate(gathered) if gathered is not None else None
-    return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1), all_probs)
+    gathered = run.dist.gather(PngMaps.encode(mine))  # compressed where made: ~20x less to send and to keep
+    return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1),
+                      PngMaps.join(gathered) if gathered is not None else None)
 
 
 # --- files (rank 0) ---
-def write_best(folder: Path, state: dict, val_ids: list[str], probs: np.ndarray) -> None:
+def write_best(folder: Path, state: dict, val_ids: list[str], probs: PngMaps) -> None:
     """model.pt, then oof.npz; both record the model's digest (and the split), so 03 never tunes one model with
     another one's out-of-fold maps."""
     state["digest"] = state_digest(state["model"])

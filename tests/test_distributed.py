@@ -97,7 +97,7 @@ run = setup(p, 0, dist, resume=True)
 run.net.load_state_dict(read_checkpoint(sys.argv[1])["model"])
 ev = evaluate(run)
 if dist.main:
-    np.savez(sys.argv[1] + f".world{dist.world}.npz", loss=ev.loss, dice=ev.dice, probs=ev.probs)
+    np.savez(sys.argv[1] + f".world{dist.world}.npz", loss=ev.loss, dice=ev.dice, probs=ev.probs.array())
 dist.close()
 """
 
@@ -115,7 +115,7 @@ def test_sharded_validation_gives_the_single_process_dice_and_maps(prepared, tmp
     one, two = (np.load(f"{best}.world{w}.npz") for w in (1, 2))
     assert np.array_equal(one["probs"], two["probs"])  # every validation map, in val_ids order
     assert two["dice"] == pytest.approx(float(one["dice"]), abs=1e-12)
-    assert np.array_equal(load_oof(best.parent / files.OOF).probs, one["probs"])  # what training saved for its best epoch
+    assert np.array_equal(load_oof(best.parent / files.OOF).probs.array(), one["probs"])  # what training saved for its best epoch
 
 
 # --- training under torchrun ---
@@ -170,7 +170,7 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_under_torchrun(prepar
     assert time.time() - killed_at < 60  # the other rank stopped, no hang
     assert job.returncode != 0
     assert "rank 0 stopped: torchrun ended the job" in stderr or "another process of this torchrun job" in stderr
-    assert stderr.count("Traceback (most recent call last)") <= 1  # torchrun's own report, none from rank 0
+    assert stderr.count("Traceback (most recent call last)") <= 1, stderr  # torchrun's own report, none from rank 0
     epoch = read_checkpoint(last)["epoch"]  # the finished epoch's files are intact
     assert 1 <= epoch < 3
     again = torchrun("02_train.py", *args, "--resume")

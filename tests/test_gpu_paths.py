@@ -63,7 +63,7 @@ def test_autocast_and_the_gradient_scaler_train_on_cpu(prepared, amp, dtype, sca
     if scaled:
         assert run.precision.scaler.get_scale() <= 2.0 ** 16
     ev = evaluate(run)
-    assert 0 <= ev.dice <= 1 and ev.probs.shape == (4, 64, 96) and ev.probs.dtype == np.uint8
+    assert 0 <= ev.dice <= 1 and ev.probs.array().shape == (4, 64, 96) and ev.probs.array().dtype == np.uint8
 
 
 def test_amp_auto_is_bf16_on_gpus_and_off_on_cpus():
@@ -81,7 +81,7 @@ def test_compiled_model_trains_and_evaluates_like_eager(prepared):
     losses = [train_epoch(r)[0] for r in (eager, compiled)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     a, b = evaluate(eager), evaluate(compiled)
-    assert np.abs(a.probs.astype(int) - b.probs).max() <= 1 and b.dice == pytest.approx(a.dice, abs=1e-3)
+    assert np.abs(a.probs.array().astype(int) - b.probs.array()).max() <= 1 and b.dice == pytest.approx(a.dice, abs=1e-3)
 
 
 def test_training_decodes_in_loader_worker_processes(prepared):

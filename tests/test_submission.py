@@ -90,7 +90,7 @@ def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory) -> Path:
     """Fake project folder with input/ and output/ as stages 01-03 would leave them (read-only: copy to edit)."""
-    from lib.oof import save_oof
+    from lib.oof import PngMaps, save_oof
     base = tmp_path_factory.mktemp("submit")
     root, out = base / "input", base / "output"
     rows = []
@@ -116,7 +116,7 @@ def stage(tmp_path_factory) -> Path:
     for k in range(3):
         val = sorted(split.id[split.fold == k])
         save_oof(files.fold_dir(out, EXPERIMENT, k) / files.OOF, val,
-                 np.stack([prob_map(box_mask(files.view_of(i), 0)) for i in val]))
+                 PngMaps.encode(np.stack([prob_map(box_mask(files.view_of(i), 0)) for i in val])))
     cache_mod.open_cache(root, out, list(split.id), *NET, workers=1)  # build_cache from the JPEGs and GIFs
     return base
 

@@ -47,7 +47,7 @@ def test_fold_run_writes_everything(prepared):
     model, p, _ = load_model(fold / files.BEST)
     assert (p.height, p.width, p.encoder) == (64, 96, "resnet18") and not model.training
     oof = load_oof(fold / files.OOF)
-    ids, probs = oof.ids, oof.probs
+    ids, probs = oof.ids, oof.probs.array()
     assert oof.model == best["digest"] and oof.split == best["split"] == fold_digest(folds_read(out), 0)
     split = pd.read_csv(out / "folds.csv", dtype={"id": str})
     assert ids == sorted(split.id[split.fold == 0]) and probs.dtype == np.uint8 and probs.shape[1:] == (64, 96)
@@ -192,3 +192,18 @@ def test_disk_full_while_a_checkpoint_is_written_in_the_background(prepared, mon
     assert exit_.value.code == 1 and last_line.startswith(f"error: disk full while writing {fold / files.LAST}:")
     assert read_checkpoint(fold / files.LAST)["epoch"] == 1  # the run stopped at the end of epoch 3
     assert not list(fold.glob(".*tmp*"))
+
+
+def test_out_of_fold_maps_are_stored_as_png_and_read_back_exactly(tmp_path):
+    from lib.oof import PngMaps, save_oof
+    rng = np.random.default_rng(1)
+    maps = np.zeros((5, 64, 96), np.uint8)
+    maps[:, 10:50, 20:70] = 255
+    maps[:, 9, :] = rng.integers(0, 256, (5, 96))  # a soft edge
+    stored = PngMaps.encode(maps)
+    assert len(stored.blob) < maps.nbytes / 5  # compressed
+    joined = PngMaps.join([PngMaps.encode(maps[:2]), PngMaps.encode(maps[2:2]), PngMaps.encode(maps[2:])])
+    save_oof(tmp_path / "oof.npz", [f"a{i}" for i in range(5)], joined, "model", "split")
+    oof = load_oof(tmp_path / "oof.npz")
+    assert np.array_equal(oof.probs.array(), maps) and (oof.model, oof.split) == ("model", "split")
+    assert np.array_equal(oof.probs[3], maps[3]) and len(oof.probs) == 5
