@@ -89,5 +89,5 @@ def report_cache(p: params.Params, data: cache.Cache, n: int) -> None:
 
 
 if __name__ == "__main__":
-    p, _ = params.parse(__doc__)
+    p, _ = params.parse(__doc__, script="01_prepare.py")
     run_main(lambda: main(p))

@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 
 import params
-from lib import folds
 from lib.errors import PipelineError, run_main
-from lib.runtime import Dist
-from lib.train import train_fold
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +30,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> None:
+    from lib import folds  # torch and pandas are imported here, after the command line: --help stays fast
+    from lib.runtime import Dist
+    from lib.train import train_fold
     if fold == "all":
         ks = range(folds.n_folds_of(folds.read(p.output_dir)))
     elif fold.isdigit():
@@ -50,5 +50,5 @@ def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> No
 
 
 if __name__ == "__main__":
-    p, args = params.parse(__doc__, extra=add_args)
+    p, args = params.parse(__doc__, extra=add_args, script="02_train.py")
     run_main(lambda: main(p, args.fold, args.resume, args.restart))

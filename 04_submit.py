@@ -93,5 +93,5 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
 
 
 if __name__ == "__main__":
-    p, args = params.parse(__doc__, extra=add_args)
+    p, args = params.parse(__doc__, extra=add_args, script="04_submit.py")
     run_main(lambda: main(p, args.preds, args.baselines, args.score))

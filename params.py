@@ -39,13 +39,13 @@ class Params:
 
     # --- model ---
     arch: str = "Unet"  # segmentation_models_pytorch architecture (Unet, UnetPlusPlus, FPN, ...)
-    encoder: str = "resnet34"  # encoder name from segmentation_models_pytorch
-    encoder_weights: str = "imagenet"  # "imagenet" (downloads once) or "none"
+    encoder: str = "resnet34"  # any encoder smp knows: resnet34, efficientnet-b4, tu-convnext_tiny (timm), ...
+    encoder_weights: str = "imagenet"  # pretrained weights smp knows for the encoder (imagenet, ssl, ...; downloaded once), or none
     decoder_channels: str = "256,128,64,32,16"  # Unet/UnetPlusPlus decoder widths, deepest first (5 values)
 
     # --- input size: training and inference run at height x width, both multiples of 32 ---
-    height: int = 1280  # 1280 = full height
-    width: int = 1920  # 1920 = full width: 1918 padded by 1 px each side; smaller sizes resize
+    height: int = 1280  # network input height (1280: Carvana's full height)
+    width: int = 1920  # network input width (1920: Carvana's 1918 padded by 1 px each side; other sizes resize)
 
     # --- training ---
     epochs: int = 40  # maximum epochs
@@ -59,12 +59,13 @@ class Params:
     grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
     patience: int = 10  # early stopping: epochs without val Dice improvement (0 = off)
     bce_weight: float = 1.0  # loss = bce_weight * BCE + dice_weight * soft Dice
-    dice_weight: float = 1.0
+    dice_weight: float = 1.0  # weight of the soft Dice term of the loss
     augment: bool = True  # hflip + shift/scale/rotate + HSV, jointly on image and mask
     hflip_p: float = 0.5  # probability of a horizontal flip
     shift_scale_rotate_p: float = 0.5  # probability of a small shift/scale/rotate
     color_p: float = 0.5  # probability of a hue/saturation/value or brightness/contrast change
     val_every: int = 1  # validate every N epochs (and always at the last)
+    tensorboard: bool = False  # also log to output/<experiment>/tensorboard/ (losses, lr, val Dice, overlays; pip install tensorboard)
 
     # --- hardware ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -72,7 +73,7 @@ class Params:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not per rank
     channels_last: bool = True  # NHWC memory format (faster convolutions on GPU and on CPU)
     compile: str = "auto"  # torch.compile the training model: auto (on GPU: +35% images/s, ~1.5 min to compile) | on | off
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # torch CPU threads per process (0 = torch's default, one per core; give cores / processes when several share them)
 
     # --- 03_predict / 04_submit ---
     tta: str = "auto"  # auto (pick on out-of-fold Dice) | none | hflip
@@ -98,7 +99,7 @@ PRESETS: dict[str, dict] = {
     # The built-in demo: small, quick, CPU, synthetic data.
     "demo": dict(
         experiment="demo", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
-        height=96, width=160, n_folds=2, epochs=10, val_every=10, batch_size=8, lr=3e-3,
+        height=96, width=160, n_folds=2, epochs=10, val_every=3, batch_size=8, lr=3e-3,
         warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3,
     ),
     # Real data on a 2-core CPU: 4 folds of ../shared/carvana_sample (32 cars), about 15-16 minutes a fold here.
@@ -108,6 +109,9 @@ PRESETS: dict[str, dict] = {
         patience=0, workers=2, predict_batch_size=16,
     ),
 }
+
+PRESET_DOCS = {"full": "the defaults, full resolution on a GPU", "demo": "the synthetic demo on a CPU",
+               "cpu": "the real 32-car sample on a 2-core CPU"}
 
 _CHOICES = {
     "optimizer": ("adam", "adamw"),
@@ -127,18 +131,65 @@ def _flag_type(f: dataclasses.Field):
     raise TypeError(f"params field {f.name}: unsupported type {hint}")
 
 
-def add_param_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per Params field (bools as --x/--no-x), plus --preset."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="named set of overrides (flags win)")
-    group = parser.add_argument_group("settings (params.py)")
+# The stages that use each section of Params (its "# --- name ---" line), and the fields used elsewhere than their
+# section says. Every script accepts every setting, so that one set of flags serves all four stages; its --help
+# shows the ones it uses and says that the others are accepted.
+SECTION_STAGES = {"where things are": "01 02 03 04", "01_prepare": "01", "model": "02", "input size": "01 02",
+                  "training": "02", "hardware": "02 03", "03_predict / 04_submit": "03 04"}
+FIELD_STAGES = {"seed": "01 02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
+                "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04"}
+
+
+def field_docs() -> dict[str, tuple[str, str]]:
+    """{field: (section, description)}, read from the comments of the Params class in this file."""
+    import inspect
+    import re
+    docs, section, last = {}, "", None
+    for line in inspect.getsource(Params).splitlines():
+        if m := re.match(r"\s+# --- (.+?)(:.*)? ---$", line):
+            section, last = m.group(1), None
+        elif m := re.match(r"\s+(\w+): [\w\[\]|, ]+ = .*?(?:  # (.*))?$", line):
+            last = m.group(1)
+            docs[last] = (section, m.group(2) or "")
+        elif (m := re.match(r"\s+#\s+(.*)$", line)) and last:
+            docs[last] = (docs[last][0], docs[last][1] + " " + m.group(1))
+    return docs
+
+
+def stages_of(name: str, docs: dict[str, tuple[str, str]]) -> set[str]:
+    return set((FIELD_STAGES.get(name) or SECTION_STAGES.get(docs[name][0], "01 02 03 04")).split())
+
+
+def _help_text(f: dataclasses.Field, doc: str) -> str:
+    shown = "on" if f.default is True else "off" if f.default is False else f.default
+    extras = [f"default {shown}"]
+    presets = [f"{name} {v}" for name, values in PRESETS.items() if (v := values.get(f.name)) is not None]
+    if presets:
+        extras.append("--preset " + ", ".join(presets))
+    if f.name in _CHOICES:
+        extras.append("choices " + " | ".join(_CHOICES[f.name]))
+    return f"{doc} ({'; '.join(extras)})".replace("%", "%%")
+
+
+def add_param_flags(parser: argparse.ArgumentParser, stage: str | None = None, script: str | None = None) -> None:
+    """One --flag per Params field (bools as --x/--no-x), plus --preset. With ``stage`` ("01".."04"), --help lists
+    the settings that stage uses, with description, default, preset values and choices; the others are accepted
+    and hidden."""
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named set of settings; flags given beside it win (" + "; ".join(
+                            f"{k}: {v}" for k, v in PRESET_DOCS.items()) + ")")
+    docs = field_docs()
+    group = parser.add_argument_group(f"settings {script} uses (params.py)" if script else "settings (params.py)")
     for f in fields(Params):
         kind = _flag_type(f)
         flag = "--" + f.name.replace("_", "-")
+        shown = stage is None or stage in stages_of(f.name, docs)
+        text = _help_text(f, docs.get(f.name, ("", ""))[1]) if shown else argparse.SUPPRESS
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=_CHOICES.get(f.name),
-                               metavar=kind.__name__.upper())
+                               metavar=kind.__name__.upper(), help=text)
 
 
 DECODER_ARCHS = ("Unet", "UnetPlusPlus")  # the architectures --decoder-channels applies to
@@ -150,7 +201,8 @@ def params_from_args(args: argparse.Namespace) -> Params:
     explicit = {f.name for f in fields(Params) if getattr(args, f.name, None) is not None}
     for name in explicit:
         values[name] = getattr(args, name)
-    if values.get("arch", Params.arch) not in DECODER_ARCHS and "decoder_channels" not in explicit:
+    if values.get("arch", Params.arch).lower() not in {a.lower() for a in DECODER_ARCHS} and \
+            "decoder_channels" not in explicit:
         values.pop("decoder_channels", None)  # the preset's Unet widths do not apply to this --arch
     return make_params(**values)
 
@@ -209,8 +261,8 @@ def check(p: Params) -> None:
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
     if p.bce_weight == 0 and p.dice_weight == 0:
         problems.append("--bce-weight and --dice-weight are both 0: the loss would be 0")
-    if p.encoder_weights not in ("imagenet", "none"):
-        problems.append(f"--encoder-weights {p.encoder_weights!r} must be 'imagenet' or 'none'")
+    if not p.encoder_weights.strip():
+        problems.append("--encoder-weights must name weights smp knows for the encoder (e.g. imagenet), or none")
     try:
         widths = decoder_widths(p.decoder_channels)
         if len(widths) != 5 or min(widths) < 1:
@@ -234,14 +286,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse(description: str, argv: list[str] | None = None,
-          extra: typing.Callable[[argparse.ArgumentParser], None] | None = None
+          extra: typing.Callable[[argparse.ArgumentParser], None] | None = None, script: str | None = None
           ) -> tuple[Params, argparse.Namespace]:
-    """Parse a script's command line: its own arguments (``extra``) and every Params field."""
+    """Parse a script's command line: its own arguments (``extra``) and every Params field. ``script`` (its file
+    name, e.g. "02_train.py") puts its own arguments first in --help and shows only the settings it uses."""
+    stage = script[:2] if script else None
+    epilog = (f"Settings of the other stages are accepted too, and ignored here, so that one set of flags serves "
+              f"every stage. All settings: python params.py") if stage else None
     parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           allow_abbrev=False)
+                           allow_abbrev=False, epilog=epilog, prog=script)
     if extra is not None:
-        extra(parser)
-    add_param_flags(parser)
+        extra(parser.add_argument_group(f"{script or 'this script'}") if script else parser)
+    add_param_flags(parser, stage, script)
     args = parser.parse_args(argv)  # unknown flags: argparse exits 2 with the flag named
     try:
         p = params_from_args(args)
@@ -263,3 +319,7 @@ def from_dict(d: dict) -> Params:
     """Params saved by an earlier run (e.g. inside a checkpoint); unknown keys are an error."""
     d = {k: _LEGACY[k].get(v, v) if k in _LEGACY and isinstance(v, bool) else v for k, v in d.items()}
     return make_params(**d)
+
+
+if __name__ == "__main__":  # python params.py: every setting, with its description, default, presets and choices
+    parse(__doc__, ["--help"])

@@ -118,7 +118,8 @@ def stage_predict(work: Path, workers: int, log: Path) -> dict:
         root = work / name
         if n:
             build_input(work / "sample", root, n)  # the same training ids (for the tuning), the first n test ids
-        args = ["--input", root, "--output", out, *SMALL, "--folds", "0", "--workers", "1"]
+        # two shards side by side on this machine's cores: one torch thread and one loader worker each
+        args = ["--input", root, "--output", out, *SMALL, "--folds", "0", "--workers", "1", "--threads", "1"]
         probs = out / "scale64" / "test_probs"
         if probs.exists():
             subprocess.run(["rm", "-rf", str(probs)], check=True)

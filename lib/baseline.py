@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from tqdm import tqdm
 
 from lib import files, rle
+from lib.progress import progress
 from lib.errors import PipelineError
 from lib.metrics import best_threshold, binarize, dice_histograms, level_of
 from lib.submission import Prediction, write_manifest, write_submission
@@ -83,7 +83,7 @@ def sum_masks(cache, rows: Sequence[int], view_index: Sequence[int], views: tupl
     h0, w0 = cache.orig_size
     sums = np.zeros((len(views), h0, w0), np.int32)
     counts = np.zeros(len(views), np.int64)
-    for r, v in tqdm(zip(rows, view_index), total=len(rows), desc=desc, leave=False):
+    for r, v in progress(zip(rows, view_index), desc, total=len(rows)):
         sums[v] += cache.full_mask(int(r))
         counts[v] += 1
     return MaskSums(views, sums, counts)
@@ -110,7 +110,7 @@ def oof_baselines(cache, split: pd.DataFrame) -> tuple[dict[str, Baseline], Mask
         if others.counts.sum() == 0:
             raise PipelineError(f"fold {k} holds every training image; the baselines need at least two folds")
         g, per_view = global_average(others), view_averages(others)
-        for j in tqdm(members, desc=f"baseline: score fold {k}", leave=False):
+        for j in progress(members, f"baseline: score fold {k}"):
             truth = cache.full_mask(int(rows[j]))
             hists["global"][j] = dice_histograms(g, truth)
             hists["view"][j] = dice_histograms(per_view[view_index[j]], truth)

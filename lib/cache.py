@@ -187,7 +187,7 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
     """Decode every training mask (and, with ``images``, image) once into the truth and image caches.
 
     Each folder's arrays are written under temporary names and renamed, then its meta.json last."""
-    from tqdm import tqdm
+    from lib.progress import progress
     ids = sorted(ids)
     folders = {"truth": _truth_dir(output) if truth else None,
                "images": files.cache_dir(output, height, width) if images else None}
@@ -209,7 +209,7 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
         results = pool.map(_item, jobs, chunksize=4) if pool else map(_item, jobs)
         try:
             desc = "cache " + " and ".join(name for name, on in (("truth", truth), ("images", images)) if on)
-            for k, item in enumerate(tqdm(results, total=n, desc=desc, leave=False)):
+            for k, item in enumerate(progress(results, desc, total=n)):
                 if tuple(item[1]) != h0w0:
                     raise PipelineError(f"{image_path(root, ids[k])}: size {tuple(item[1])} differs from {h0w0}; "
                                         "re-run 01_prepare.py")

@@ -198,11 +198,12 @@ def check_train(root: Path, workers: int = 2) -> tuple[pd.DataFrame, list[str]]:
                  "car-grouped folds need; rename the file (and its mask)" for i in unnamed]
     ids = sorted((set(images) & set(masks)) - set(unnamed))
     jobs = [(i, images[i], masks[i]) for i in ids]
+    from lib.progress import progress
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
-            checked = list(pool.map(_check_pair, jobs, chunksize=8))
+            checked = list(progress(pool.map(_check_pair, jobs, chunksize=8), "check training pairs", total=len(jobs)))
     else:
-        checked = [_check_pair(j) for j in jobs]
+        checked = [_check_pair(j) for j in progress(jobs, "check training pairs")]
     problems += [c.problem for c in checked if c.problem]
     good = [c for c in checked if not c.problem]
     table = pd.DataFrame([(c.image_id, files.car_of(c.image_id), files.view_of(c.image_id), c.height, c.width,

@@ -24,34 +24,29 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def encoder_names() -> list[str]:
-    import segmentation_models_pytorch as smp
-    return sorted(smp.encoders.get_encoder_names())
-
-
 def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
-    """The smp network for ``p`` (one output channel, logits). ``pretrained`` overrides p.encoder_weights."""
+    """The smp network for ``p`` (one output channel, logits), made by ``smp.create_model``: any architecture, any
+    encoder smp knows (its own and timm's ``tu-...``), any weights name smp accepts for it. ``pretrained=False``
+    builds it without weights whatever ``p.encoder_weights`` says (a checkpoint will fill them)."""
     import segmentation_models_pytorch as smp
-    names = encoder_names()
-    if p.encoder not in names:
-        raise PipelineError(f"unknown encoder {p.encoder!r}; valid: {', '.join(names)}")
-    if not hasattr(smp, p.arch) or p.arch.startswith("_"):
-        raise PipelineError(f"unknown architecture {p.arch!r}; e.g. Unet, UnetPlusPlus, FPN, Linknet, DeepLabV3Plus")
-    use_weights = p.encoder_weights != "none" if pretrained is None else pretrained
-    weights = "imagenet" if use_weights else None
+    weights = None if pretrained is False or p.encoder_weights == "none" else p.encoder_weights
     kwargs = {}
-    if p.arch in ("Unet", "UnetPlusPlus"):
+    if p.arch.lower() in (a.lower() for a in params_mod.DECODER_ARCHS):
         kwargs["decoder_channels"] = params_mod.decoder_widths(p.decoder_channels)
     elif p.decoder_channels != Params.decoder_channels:
-        raise PipelineError(f"--decoder-channels applies to Unet and UnetPlusPlus, not {p.arch}")
+        raise PipelineError(f"--decoder-channels applies to {' and '.join(params_mod.DECODER_ARCHS)}, not {p.arch}")
     try:
-        net = getattr(smp, p.arch)(encoder_name=p.encoder, encoder_weights=weights, in_channels=3, classes=1,
-                                   **kwargs)
+        net = smp.create_model(p.arch, encoder_name=p.encoder, encoder_weights=weights, in_channels=3, classes=1,
+                               **kwargs)
+    except KeyError as e:  # smp's own words for an unknown architecture, encoder or weights name
+        text = str(e.args[0]) if e.args else str(e)
+        raise PipelineError(f"--arch {p.arch} --encoder {p.encoder} --encoder-weights {p.encoder_weights}: "
+                            f"{text[:400]}{' ...' if len(text) > 400 else ''}") from None
     except Exception as e:  # noqa: BLE001 -- the download can fail in many library-specific ways
         if weights is None:
             raise
         raise PipelineError(
-            f"could not get the imagenet weights of encoder {p.encoder!r} ({type(e).__name__}: {e}). "
+            f"could not get the {weights} weights of encoder {p.encoder!r} ({type(e).__name__}: {e}). "
             "Offline? Run with --encoder-weights none (train from scratch), or download once while online "
             "(they are cached by torch hub / huggingface hub)") from None
     return Segmenter(net)

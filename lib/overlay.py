@@ -1,43 +1,122 @@
-"""Single-photo prediction for people who want to look at a mask: mask PNG and an overlay picture."""
+"""Masks for any photos (``03_predict.py --images``): a mask PNG, an overlay picture and an RLE row per photo.
+
+Needs only the experiment's fold models (output/<experiment>/fold*/model.pt): no folds.csv, no test set. The tuned
+TTA and threshold are used when tuning.json is sound and was made by these models; else ``--tta`` (auto: hflip)
+and ``--threshold`` (0: 0.5). Each photo is brought to the network size and its mask back to its own size.
+"""
 from __future__ import annotations
 
+import glob
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
+from torch.utils.data import DataLoader
 
-from lib import files
-from lib.cache import load_net_image
+from lib import files, rle
+from lib.data import worker_count
+from lib.errors import PipelineError
 from lib.geometry import from_net
+from lib.inputs import read_image_bytes
 from lib.metrics import binarize
-from lib.predict import Ensemble, predict_batch
+from lib.plot import overlay
+from lib.progress import progress
+from lib.predict import Ensemble, TestImages, load_fold_models, predict_batch
+from lib.submission import read_tuning
+from params import Params
 
-COLOUR = np.array([255, 40, 200], np.float32)  # RGB magenta
-ALPHA = 0.45
+PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_THRESHOLD = 0.5
+MASKS_CSV = "masks.csv"
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB photo with (H, W) bool ``mask`` tinted and outlined."""
-    out = image.astype(np.float32)
-    out[mask] = (1 - ALPHA) * out[mask] + ALPHA * COLOUR
-    out = out.astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, (255, 255, 0), 2, cv2.LINE_AA)
+def photo_paths(sources: list[str]) -> list[Path]:
+    """Files, folders (their photos, sorted) and glob patterns -> photo paths in that order, each once."""
+    out: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_EXTS and p.is_file())
+        elif any(c in source for c in "*?[") and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(source, recursive=True)
+                           if Path(p).suffix.lower() in PHOTO_EXTS and Path(p).is_file())
+        elif path.is_file():
+            found = [path]
+        else:
+            raise PipelineError(f"{source}: no such file or folder (--images takes photos, folders and globs)")
+        if not found:
+            raise PipelineError(f"{source}: no photos ({', '.join(sorted(PHOTO_EXTS))}) in it")
+        out += [p for p in found if p not in out]
+    stems: dict[str, Path] = {}
+    for p in out:
+        if p.stem in stems:
+            raise PipelineError(f"{p} and {stems[p.stem]}: two photos named {p.stem}; their masks would have the "
+                                "same name: predict them in two runs with different --images-out")
+        stems[p.stem] = p
     return out
 
 
-def predict_image(ens: Ensemble, path: Path, mode: str, threshold: float, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``<stem>_mask.png`` (0/255, original size) and ``<stem>_overlay.jpg``; return both paths."""
+def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str]:
+    """(TTA mode, threshold, where they come from): --tta/--threshold when given, else a sound tuning.json of these
+    models, else hflip and 0.5."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    tuning, why = None, f"no {files.TUNING}"
+    if (run / files.TUNING).exists():
+        try:
+            tuning = read_tuning(run)
+            if tuning.get("models") != ens.fingerprints:
+                tuning, why = None, f"{files.TUNING} was made by other models"
+        except PipelineError as e:
+            why = f"unusable {files.TUNING} ({e})"
+    mode = p.tta if p.tta != "auto" else (tuning["tta"] if tuning else "hflip")
+    threshold = p.threshold or (tuning["threshold"] if tuning else DEFAULT_THRESHOLD)
+    source = "tuned" if tuning and not (p.tta != "auto" and p.threshold) else why
+    return mode, threshold, source
+
+
+def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, folds: list[int] | None = None
+                   ) -> Path:
+    """Write ``<stem>_mask.png`` (0/255 at the photo's size), ``<stem>_overlay.jpg`` and a masks.csv of
+    ``img,rle_mask`` rows (row-major RLE) for every photo; return the folder."""
+    paths = photo_paths(sources)
+    ens = load_fold_models(p, folds)
+    mode, threshold, source = choose_tta_threshold(p, ens)
+    out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(paths)} photo(s) with {len(ens.models)} fold model(s), TTA {mode}, threshold {threshold:.3f} "
+          f"({source}) -> {out}", flush=True)
     h, w = ens.size
-    image, (h0, w0) = load_net_image(Path(path), h, w)
-    prob = predict_batch(ens, torch.from_numpy(image).permute(2, 0, 1)[None], mode)[0]
-    mask = binarize(np.ascontiguousarray(from_net(prob, h0, w0)), threshold)
-    full, _ = load_net_image(Path(path), h0, w0)  # the photo as stored (EXIF orientation ignored, as for its mask)
-    stem = Path(path).stem
-    mask_path, overlay_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.jpg"
+    loader = DataLoader(TestImages(paths, h, w), batch_size=p.predict_batch_size, num_workers=worker_count(p.workers))
+    rows: dict[int, str] = {}
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max(2, p.workers)) as writer:
+        pending = []
+        for images, index, origs in progress(loader, "photos", leave=True):
+            probs = predict_batch(ens, images, mode)
+            pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out)
+                        for i, prob, orig in zip(index.tolist(), probs, origs)]
+            for f in [f for f in pending if f.done()]:
+                rows.update([f.result()])
+            pending = [f for f in pending if not f.done()]
+        for f in pending:
+            rows.update([f.result()])
+    lines = ["img,rle_mask"] + [f"{paths[i].name},{rows[i]}" for i in range(len(paths))]
+    files.write_text_atomic(out / MASKS_CSV, "\n".join(lines) + "\n")
+    print(f"wrote {len(paths)} masks, overlays and {out / MASKS_CSV} in {time.perf_counter() - start:.1f}s")
+    return out
+
+
+def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path
+                 ) -> tuple[int, str]:
+    mask = binarize(np.ascontiguousarray(from_net(prob, *orig)), threshold)
+    image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
+                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like the mask
     ok1, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-    ok2, jpg = cv2.imencode(".jpg", cv2.cvtColor(overlay(full, mask), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    files.write_bytes_atomic(mask_path, png.tobytes())
-    files.write_bytes_atomic(overlay_path, jpg.tobytes())
-    return mask_path, overlay_path
+    ok2, jpg = cv2.imencode(".jpg", overlay(image[..., ::-1], mask)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not (ok1 and ok2):
+        raise OSError(f"could not encode the mask or overlay of {path}")
+    files.write_bytes_atomic(out / f"{path.stem}_mask.png", png.tobytes())
+    files.write_bytes_atomic(out / f"{path.stem}_overlay.jpg", jpg.tobytes())
+    return i, rle.encode(mask)

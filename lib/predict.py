@@ -8,6 +8,7 @@ atomically, so a re-run skips finished images and an interrupted run resumes.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,17 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from lib import files, folds as folds_mod, tta
+from lib import files, folds as folds_mod, inputs, tta
 from lib.cache import load_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.inputs import image_header_size
 from lib.errors import PipelineError, restart_advice
 from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model, state_digest
+from lib.progress import progress
 from lib.oof import load_oof, oof_histograms, to_uint8
-from lib.runtime import Precision, loader_workers, pick_device
+from lib.submission import read_tuning
+from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, shard_of
+import params as params_mod
 from params import Params
 
 
@@ -63,13 +66,31 @@ def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0)
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
                             f"`python 02_train.py --fold all` (or --fold K) with --experiment {p.experiment} first, "
                             f"or ensemble the trained folds only: --folds {trained}")
-    device = pick_device(p.device, local_rank)
+    return _load_models(p, ks, pick_device(p.device, local_rank), split)
+
+
+def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
+    """The fold models found in output/<experiment>/fold*/model.pt (or the folds ``only``), without folds.csv: for
+    predicting photos, where no split is scored."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    found = sorted(int(d.name[4:]) for d in run.glob("fold*") if d.name[4:].isdigit() and (d / files.BEST).exists())
+    ks = found if only is None else sorted(set(only))
+    missing = [k for k in ks if k not in found]
+    if not ks or missing:
+        raise PipelineError(f"{run}: no model.pt for fold(s) {missing or 'any'}; train with "
+                            f"`python 02_train.py --fold K --experiment {p.experiment}` first, or give the "
+                            "--experiment (and --output) the models are in")
+    return _load_models(p, ks, pick_device(p.device), None)
+
+
+def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensemble:
+    set_threads(p.threads)
     models, sizes, first, prints = [], set(), None, []
     for k in ks:
         path = files.fold_dir(p.output_dir, p.experiment, k) / files.BEST
         advice = restart_advice(k)
         model, mp, ckpt = load_model(path, device, advice)
-        if ckpt.get("split") != folds_mod.fold_digest(split, k):
+        if split is not None and ckpt.get("split") != folds_mod.fold_digest(split, k):
             raise PipelineError(f"{path}: trained on another split of the images than {files.folds_csv(p.output_dir)} "
                                 f"(re-split since, or a checkpoint from elsewhere): its out-of-fold scores would be "
                                 f"wrong; {advice}")
@@ -152,7 +173,7 @@ def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarr
     loader = make_loader(TrainSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size,
                          loader_workers(p.workers, ens.device, cache.cached), ens.device.type == "cuda")
     out = [predict_batch(ens, images, mode, [model])
-           for images, _ in tqdm(loader, desc=f"oof fold {fold} {mode}", leave=False)]
+           for images, _ in progress(loader, f"oof fold {fold} {mode}")]
     return np.concatenate(out)
 
 
@@ -218,7 +239,7 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
         pending = []
-        for images, index, origs in tqdm(loader, desc=f"test {where}".rstrip(": "), dynamic_ncols=True):
+        for images, index, origs in progress(loader, f"test {where}".rstrip(": "), leave=True):
             probs = predict_batch(ens, images, mode)
             for f in [f for f in pending if f.done()]:
                 f.result()  # re-raise a failed write here
@@ -231,3 +252,95 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
             f.result()
     seconds = time.perf_counter() - start
     return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}
+
+
+# --- the stage ---
+def current_tuning(p: Params, ens: Ensemble) -> dict | None:
+    """tuning.json if it is sound and was made for these models and --tta, else None (then it is made again)."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    if not (run / files.TUNING).exists():
+        return None
+    try:
+        old = read_tuning(run)
+    except PipelineError as e:
+        print(f"note: tuning again: {e}")
+        return None
+    return old if old.get("models") == ens.fingerprints and old.get("tta_asked") == p.tta else None
+
+
+def tuning_for(p: Params, ens: Ensemble, retune: bool) -> dict:
+    path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
+    old = None if retune else current_tuning(p, ens)
+    if old is not None:
+        print(f"tuning: reusing {path}")
+        return old
+    tuning = tune(p, ens)
+    files.write_json(path, tuning)
+    for row in tuning["scores"]:
+        print(f"  {row['name']:<24} TTA {row['tta']:<6} threshold {row['threshold']:.3f}  OOF Dice {row['dice']:.5f}")
+    print(f"tuning: TTA {tuning['tta']}, threshold {tuning['threshold']:.3f}, out-of-fold Dice "
+          f"{tuning['oof_dice']:.5f} over {tuning['n_images']} images -> {path}")
+    return tuning
+
+
+def test_dir_for(p: Params, tuning: dict, replace: bool) -> Path:
+    """The test map folder; refuses (or with --replace clears) maps made by other models/settings."""
+    out = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
+    made_by = files.probs_made_by(tuning)
+    meta = out / files.PROBS_META
+    foreign = (files.read_json(meta, "03_predict.py") != made_by if meta.exists()
+               else out.is_dir() and any(out.glob("*.png")))  # maps without meta.json: not written here
+    if foreign:
+        if not replace:
+            raise PipelineError(f"{out}: holds maps from other models or settings; add --replace to delete them "
+                                "and predict again, or use another --experiment")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not meta.exists() or foreign:  # every shard may get here: the same content, written once
+        files.write_json(meta, made_by)
+    return out
+
+
+def run(p: Params, folds: list[int] | None = None, retune: bool = False, replace: bool = False,
+        tune_only: bool = False, shard_text: str | None = None) -> None:
+    """03_predict.py: tune on out-of-fold maps, then predict this process's shard of the test images (all of them in
+    one process; under torchrun rank 0 tunes while the others wait; separate --shard jobs need the tuning first)."""
+    dist = Dist.start(p.device)
+    try:
+        _run(p, folds, retune, replace, tune_only, shard_text, dist)
+    finally:
+        dist.close()
+
+
+def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_only: bool, shard_text: str | None,
+         dist: Dist) -> None:
+    shard = shard_of(shard_text, dist)
+    separate = shard_text is not None  # one of N separate jobs: tuning and map folder come from --tune-only
+    if (replace or retune) and (dist.active or separate):
+        raise PipelineError("--replace and --retune run in one process: use them without torchrun and --shard "
+                            "(e.g. with --tune-only before the shards)")
+    ens = load_ensemble(p, folds, dist.local_rank)
+    has_test = (p.input_dir / files.TEST).is_dir()
+    ids, paths = inputs.check_test(p.input_dir) if has_test else ([], {})  # refuse before writing anything
+    tuning = tuning_for(p, ens, retune) if dist.main and not separate else None
+    if dist.main and not separate:
+        params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
+    dist.barrier()  # the other ranks wait for rank 0's tuning
+    tuning = tuning or current_tuning(p, ens)
+    if tuning is None:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment) / files.TUNING}: missing or made for other "
+                            "models; run `python 03_predict.py --tune-only` with the same settings first")
+    if not has_test:
+        return print(f"note: no {p.input_dir / files.TEST} folder: tuned only, no test maps "
+                     "(04_submit.py can still compare with the baselines)")
+    out = test_dir_for(p, tuning, replace) if dist.main else None
+    dist.barrier()
+    out = out or test_dir_for(p, tuning, False)
+    if tune_only:
+        return print(f"tuned; test maps go to {out}: predict them with 03_predict.py, torchrun or --shard K/N")
+    stats = predict_test(p, ens, tuning["tta"], ids, paths, out, shard)
+    predicted, seconds = dist.sum(stats["predicted"], stats.get("seconds", 0.0))
+    if dist.main:
+        what = f"shard {shard[0]}/{shard[1]} done, {stats['maps']} of the {len(ids)}" if separate else f"{len(ids)}"
+        speed = f" ({int(predicted)} predicted, {predicted / seconds:.1f} images/s" if predicted else ""
+        print(f"test maps: {what} in {out}" + (speed + (" per process)" if dist.active else ")") if speed else ""))

@@ -64,6 +64,13 @@ class Precision:
         return str(self.dtype).split(".")[-1] if self.enabled else "float32"
 
 
+def set_threads(threads: int) -> None:
+    """--threads N: torch's CPU threads (0 keeps torch's default, one per core). Give it when processes share the
+    cores (shards side by side): more threads than cores make OpenMP's threads spin while they wait."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def loader_workers(workers: int, device: torch.device, cached: bool) -> int:
     """Loader processes: ``workers`` on GPU, or where items are decoded from JPEG; none on CPU reading the image
     cache, where the model needs every core and reading the memmap in the training process costs less than a

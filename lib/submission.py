@@ -39,6 +39,7 @@ from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.inputs import image_header_size, read_mask
 from lib.metrics import binarize, dice, level_of
+from lib.progress import progress
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
@@ -461,7 +462,8 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
                     tuple(p.weight for p in preds), thr, test_dir)
     start = time.perf_counter()
     with encoded_rles(job, ids, workers, chunksize) as codes:
-        rows = write_submission(path, ids, codes, orig_size, expected_ids=ids, validate_rle=False)
+        rows = write_submission(path, ids, progress(codes, f"encode {path.name}", total=len(ids)), orig_size,
+                                expected_ids=ids, validate_rle=False)
     seconds = time.perf_counter() - start
     ttas = sorted({p.tuning["tta"] for p in preds})
     fields = {

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 import params as params_mod
 from lib import files, folds as folds_mod
@@ -33,14 +32,15 @@ from lib.errors import PipelineError, restart_advice
 from lib.losses import BceDice
 from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, write_checkpoint
 from lib.oof import PngMaps, image_dices, save_oof, to_uint8
-from lib.plot import learning_curve
-from lib.runtime import Dist, Precision, loader_workers, pick_device, use_compile
+from lib.plot import learning_curve, overlay
+from lib.progress import progress
+from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, use_compile
 from params import Params
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s"]
 VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
 # settings a resumed run may change: where and how fast it runs, not what it learns
-RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "compile",
+RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "compile", "tensorboard",
                      "predict_batch_size", "tta", "threshold", "submission", "force", "demo"}
 PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
 
@@ -51,6 +51,19 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Schedule:
+    """The learning-rate factor by optimiser step (``lr_factor``): warm-up, then cosine to ``min_ratio`` at ``total``.
+    A callable object, so the scheduler's state_dict saves its fields, and a run extended with ``--resume --epochs N``
+    (N larger) stretches the cosine to its new end: from its next step on, it follows the curve of an N-epoch run."""
+    total: int
+    warmup: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.total, self.warmup, self.min_ratio)
 
 
 def make_optimizer(p: Params, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -98,13 +111,15 @@ class Run:
     precision: Precision
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: Schedule  # the scheduler's factor by step (checkpoints keep it: an extended run's is not the default)
     sampler: SeededShuffle
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     epoch: int = 0
     best: float = -1.0
     bad_epochs: int = 0
+    tb: object | None = None  # a TensorBoard SummaryWriter on rank 0 with --tensorboard
 
 
 def check_run_folder(folder: Path, fold: int, resume: bool, restart: bool) -> None:
@@ -132,10 +147,11 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool 
                             f"processes; use a multiple of {dist.world}")
     folder = files.fold_dir(p.output_dir, p.experiment, fold)
     files.check_unlocked(folder / files.LOCK, f"fold {fold} of {p.experiment}")  # a run in progress comes first
+    if p.tensorboard and dist.main:
+        tensorboard_writer_class()  # missing package: refused now, before anything is written
     check_run_folder(folder, fold, resume, restart)
     device = pick_device(p.device, dist.local_rank)
-    if p.threads:
-        torch.set_num_threads(p.threads)
+    set_threads(p.threads)
     cache = open_cache_once(p, list(split.id), dist)
     val_ids = sorted(split.id[split.fold == fold])
     train_rows = cache.rows(sorted(split.id[split.fold != fold]))
@@ -166,11 +182,12 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool 
                              p.predict_batch_size, workers, pin)
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, p.min_lr_ratio))
+    schedule = Schedule(total, warmup, p.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
                Precision.for_device(device, p.amp),
-               BceDice(p.bce_weight, p.dice_weight), optimizer, scheduler, sampler, train_loader, val_loader)
+               BceDice(p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader)
 
 
 def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
@@ -188,17 +205,30 @@ def restore(run: Run, ckpt: dict) -> None:
                             "e.g. by 01_prepare.py --force): its weights have seen images that are now this fold's "
                             f"validation images; {restart_advice(run.fold)}")
     saved = params_mod.from_dict(ckpt["params"]).to_dict()
+    extend = run.p.epochs > saved["epochs"]  # --resume --epochs N, N larger: the schedule is stretched
     changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in run.p.to_dict().items()
-               if k not in RESUMABLE_CHANGES and saved[k] != v]
+               if k not in RESUMABLE_CHANGES and saved[k] != v and not (k == "epochs" and extend)]
     if changed:
         raise PipelineError(f"{run.dir / files.LAST}: resume with the settings it was trained with (same --preset "
-                            f"and flags); changed: {', '.join(changed)}")
+                            f"and flags; --epochs may grow); changed: {', '.join(changed)}")
+    new_total = run.schedule.total
     run.net.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])  # also the saved Schedule's fields, into run.schedule
+    if extend:
+        run.schedule.total = new_total
     run.precision.scaler.load_state_dict(ckpt["scaler"])
     run.epoch, run.best, run.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
     set_rng_state(ckpt["rng"])
+
+
+def tensorboard_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise PipelineError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                            "(or leave --tensorboard out; log.csv and curve.png are always written)") from None
+    return SummaryWriter
 
 
 # --- one epoch, one evaluation ---
@@ -215,8 +245,7 @@ def train_epoch(run: Run) -> tuple[float, int]:
     run.model.train()
     run.sampler.set_epoch(run.epoch)
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"fold {run.fold} epoch {run.epoch}", leave=False, dynamic_ncols=True,
-               disable=not run.dist.main)
+    bar = progress(loader, f"fold {run.fold} epoch {run.epoch}", disable=not run.dist.main)
     run.optimizer.zero_grad(set_to_none=True)
     for i, (images, masks) in enumerate(bar):
         images, target = _to_device(run, images), _to_device(run, masks).float() / 255
@@ -239,6 +268,9 @@ def train_epoch(run: Run) -> tuple[float, int]:
             run.precision.scaler.update()
             run.optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
+            if run.tb is not None:
+                run.tb.add_scalar("loss/train_step", value, run.scheduler.last_epoch)
+                run.tb.add_scalar("lr", run.scheduler.get_last_lr()[0], run.scheduler.last_epoch)
         total += value * len(images)
         count += len(images)
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -251,14 +283,17 @@ class Evaluation:
     loss: float
     dice: float  # mean full-resolution Dice at VAL_THRESHOLD over the whole validation set
     probs: PngMaps | None  # the maps of every validation image in val_ids order, as PNG (rank 0 only)
+    examples: tuple[np.ndarray, np.ndarray] | None = None  # rank 0: a few (images (N, 3, H, W), maps (N, H, W))
 
 
 @torch.no_grad()
 def evaluate(run: Run) -> Evaluation:
     """This rank's chunk of the validation set, then sums over the ranks and every map gathered on rank 0."""
     run.model.eval()
-    losses, probs = 0.0, []
-    for images, masks in run.val_loader:
+    losses, probs, examples = 0.0, [], None
+    for images, masks in progress(run.val_loader, f"fold {run.fold} validation", disable=not run.dist.main):
+        if examples is None:
+            examples = images[:4].numpy()
         images, target = _to_device(run, images), _to_device(run, masks).float() / 255
         with run.precision.autocast(run.device):
             logits = run.forward(images)
@@ -270,7 +305,8 @@ def evaluate(run: Run) -> Evaluation:
     loss_sum, dice_sum, count = run.dist.sum(losses, float(dices.sum()), len(mine))
     gathered = run.dist.gather(PngMaps.encode(mine))  # compressed where made: ~20x less to send and to keep
     return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1),
-                      PngMaps.join(gathered) if gathered is not None else None)
+                      PngMaps.join(gathered) if gathered is not None else None,
+                      (examples, mine[:len(examples)]) if run.dist.main and examples is not None else None)
 
 
 # --- files (rank 0) ---
@@ -293,6 +329,9 @@ class RunWriter:
         self._lock = files.exclusive(run.dir / files.LOCK, f"fold {run.fold} of {run.p.experiment}")
         self._lock.__enter__()
         self.writer = files.OrderedWriter()
+        if run.p.tensorboard:
+            run.tb = tensorboard_writer_class()(str(files.run_dir(run.p.output_dir, run.p.experiment) / "tensorboard" /
+                                                    f"fold{run.fold}"))
 
     def start(self, resumed: bool, restart: bool) -> None:
         p, folder = self.p, self.run.dir
@@ -316,10 +355,25 @@ class RunWriter:
             w.submit(write_best, run.dir, checkpoint_state(run.net, self.p, epoch=run.epoch, val_dice=ev.dice,
                                                            split=run.split), run.val_ids, ev.probs)
         w.submit(self._append_log, row)
+        if run.tb is not None:
+            self._tensorboard(row, ev)
         w.submit(write_checkpoint, run.dir / files.LAST, checkpoint_state(
             run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
             scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split))
+
+    def _tensorboard(self, row: list, ev: Evaluation | None) -> None:
+        tb, epoch = self.run.tb, self.run.epoch
+        tb.add_scalar("loss/train", row[2], epoch)
+        tb.add_scalar("images_per_s", row[6], epoch)
+        if ev is not None:
+            tb.add_scalar("loss/val", ev.loss, epoch)
+            tb.add_scalar("dice/val", ev.dice, epoch)
+            if ev.examples is not None:
+                images, maps = ev.examples
+                pictures = [overlay(np.ascontiguousarray(im.transpose(1, 2, 0)), m > 127) for im, m in zip(images, maps)]
+                tb.add_images("val/overlays", np.stack(pictures), epoch, dataformats="NHWC")
+        tb.flush()
 
     def _log(self) -> pd.DataFrame:
         path = self.run.dir / files.LOG
@@ -338,6 +392,8 @@ class RunWriter:
             else:
                 self.writer.close()
         finally:
+            if self.run.tb is not None:
+                self.run.tb.close()
             self._lock.__exit__(None, None, None)
 
 

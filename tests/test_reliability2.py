@@ -179,7 +179,7 @@ def test_a_damaged_map_is_predicted_again_by_the_advised_re_run(trained, tmp_pat
 
 
 @pytest.mark.parametrize("threshold", [1.5, float("nan"), "0.5", None])
-def test_a_damaged_tuning_is_refused_by_04_and_images_and_made_again_by_03(trained, tmp_path, threshold):
+def test_a_damaged_tuning_is_refused_by_04_set_aside_by_images_and_made_again_by_03(trained, tmp_path, threshold):
     out = clone(trained, tmp_path)
     path = files.run_dir(out, EXPERIMENT) / files.TUNING
     tuning = json.loads(path.read_text())
@@ -188,12 +188,13 @@ def test_a_damaged_tuning_is_refused_by_04_and_images_and_made_again_by_03(train
     line = strict_error(run_script("04_submit.py", *args_for(trained, out), check=False))
     assert str(path) in line and "03_predict.py" in line
     image = trained.root / files.TEST / f"{trained.ids[0]}.jpg"
-    line = strict_error(run_script("03_predict.py", *args_for(trained, out), "--images", image, check=False))
-    assert str(path) in line and "03_predict.py" in line
+    photos = run_script("03_predict.py", *args_for(trained, out), "--images", image, "--images-out", tmp_path / "m")
+    assert "TTA none, threshold 0.500 (unusable tuning.json" in photos.stdout  # --tta none in FLAGS
     proc = run_script("03_predict.py", *args_for(trained, out))
     assert "tuning again" in proc.stdout
     run_script("04_submit.py", *args_for(trained, out))
-    run_script("03_predict.py", *args_for(trained, out), "--images", image)
+    photos = run_script("03_predict.py", *args_for(trained, out), "--images", image, "--images-out", tmp_path / "m")
+    assert "(tuned)" in photos.stdout
 
 
 # --- 10. a refused run writes nothing ---

@@ -90,7 +90,7 @@ def test_killed_run_resumes_to_the_same_result(prepared, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--fold", "5"], "outside the split"),
     (["--fold", "0", "--batch-size", "999"], "larger than the"),
-    (["--fold", "0", "--encoder", "resnet_nope"], "valid: "),
+    (["--fold", "0", "--encoder", "resnet_nope"], "Wrong encoder name `resnet_nope`, supported encoders: "),
     (["--fold", "0", "--device", "cuda"], "no CUDA GPU"),
     (["--fold", "0", "--lr", "1e30", "--grad-clip", "0", "--epochs", "3"], "loss is"),
 ])
@@ -207,3 +207,46 @@ def test_out_of_fold_maps_are_stored_as_png_and_read_back_exactly(tmp_path):
     oof = load_oof(tmp_path / "oof.npz")
     assert np.array_equal(oof.probs.array(), maps) and (oof.model, oof.split) == ("model", "split")
     assert np.array_equal(oof.probs[3], maps[3]) and len(oof.probs) == 5
+
+
+@pytest.mark.parametrize("arch, encoder", [("Unet", "tu-resnet18"), ("FPN", "resnet18"), ("unetplusplus", "resnet18")])
+def test_any_smp_architecture_and_encoder_builds_offline_without_weights(arch, encoder):
+    """smp.create_model: its own encoders and timm's (tu-...), any architecture name smp knows (any case)."""
+    import params
+    from lib.model import build_model
+    extra = {"decoder_channels": "64,32,16,16,8"} if arch.lower() != "fpn" else {}
+    p = params.make_params(arch=arch, encoder=encoder, encoder_weights="none", **extra)
+    net = build_model(p)
+    out = net(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
+    assert out.shape == (1, 1, 64, 96)
+
+
+@pytest.mark.parametrize("field, value, message", [("arch", "Nope", "Wrong architecture type `Nope`"),
+                                                   ("encoder_weights", "foo", "Wrong pretrained weights `foo`")])
+def test_names_smp_does_not_know_are_one_line_in_its_words(field, value, message):
+    import params
+    from lib.model import build_model
+    p = params.make_params(**{"encoder": "resnet18", field: value})
+    with pytest.raises(PipelineError, match=message) as e:
+        build_model(p)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 600
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(prepared):
+    """A finished 2-epoch run resumed with --epochs 5 continues on the cosine of a 5-epoch run: epochs 3-5 have the
+    learning rates a 5-epoch run has there, ending at lr * min_lr_ratio."""
+    root, out = prepared
+    base = train_args(root, out)
+    run_script("02_train.py", "--fold", "0", *base, "--epochs", "2", "--experiment", "grow")
+    fold = files.fold_dir(out, "grow", 0)
+    refused = run_script("02_train.py", "--fold", "0", *base, "--epochs", "1", "--experiment", "grow", "--resume",
+                         check=False)
+    assert refused.returncode == 1 and "--epochs 2 -> 1" in refused.stderr
+    proc = run_script("02_train.py", "--fold", "0", *base, "--epochs", "5", "--experiment", "grow", "--resume")
+    assert "resumed after epoch 2" in proc.stdout
+    run_script("02_train.py", "--fold", "0", *base, "--epochs", "5", "--experiment", "planned")
+    grown, planned = (pd.read_csv(files.fold_dir(out, e, 0) / files.LOG) for e in ("grow", "planned"))
+    assert grown.epoch.tolist() == [1, 2, 3, 4, 5]
+    assert grown.lr.tolist()[2:] == pytest.approx(planned.lr.tolist()[2:])
+    assert grown.lr.iloc[-1] == pytest.approx(3e-3 * 0.01) and grown.lr.iloc[2] > grown.lr.iloc[1]
+    assert read_checkpoint(fold / files.LAST)["epoch"] == 5
