@@ -47,7 +47,8 @@ def photo_paths(sources: list[str]) -> list[Path]:
         else:
             raise PipelineError(f"{source}: no such file or folder (--images takes photos, folders and globs)")
         if not found:
-            raise PipelineError(f"{source}: no photos ({', '.join(sorted(PHOTO_EXTS))}) in it")
+            where = "matches no photo" if not path.exists() else "holds no photo"
+            raise PipelineError(f"{source}: {where} ({', '.join(sorted(PHOTO_EXTS))})")
         out += [p for p in found if p not in out]
     stems: dict[str, Path] = {}
     for p in out:

@@ -1,7 +1,8 @@
 """Progress a person can read: a tqdm bar on a terminal; in a log file or CI, one plain line every so often.
 
 On a terminal tqdm redraws one line in place. Written to a file, each redraw would be one more line (``make demo >
-log`` once wrote thousands), so there the bar is drawn at most every ``LOG_EVERY_S`` seconds, as a line of its own.
+log`` once wrote thousands), so there the bar is drawn at most every ``LOG_EVERY_S`` seconds, as a line of its own,
+and not at all for a step shorter than that.
 """
 from __future__ import annotations
 
@@ -37,5 +38,6 @@ def progress(iterable: Iterable | None = None, desc: str = "", total: int | None
         return tqdm(iterable, desc=desc, total=total, disable=True, **kwargs)
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True, **kwargs)
+    # delay: nothing until the step has run LOG_EVERY_S (a quick step, or one that fails at once, writes no line)
     return tqdm(iterable, desc=desc, total=total, leave=leave, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S,
-                maxinterval=LOG_EVERY_S, ncols=100, ascii=True, **kwargs)
+                maxinterval=LOG_EVERY_S, delay=LOG_EVERY_S, ncols=100, ascii=True, **kwargs)

@@ -36,8 +36,8 @@ def prepared(tiny_demo, tiny_prepared, tmp_path):
 def test_help_lists_the_stage_own_arguments_first_then_its_settings_explained(script, own, shown, hidden):
     proc = run_script(script, "--help")
     text = proc.stdout
-    own_at = text.index(f"\n{script}:\n")
     settings_at = text.index(f"settings {script} uses (params.py):")
+    own_at = text.index(f"\n{script}:\n") if own else 0  # 01_prepare.py has no arguments of its own
     assert own_at < settings_at
     for flag in own:
         assert own_at < text.index(f"  {flag}") < settings_at, flag
@@ -104,7 +104,7 @@ def test_photos_in_a_folder_need_only_the_fold_models(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("sources, message", [(["nowhere.jpg"], "no such file or folder"),
-                                              (["*.nothing"], "no such file or folder")])
+                                              (["*.nothing"], "*.nothing: matches no photo")])
 def test_photos_that_are_not_there_are_one_line(prepared, sources, message):
     root, out = prepared
     proc = run_script("03_predict.py", "--output", out, "--preset", "demo", "--images", *sources, check=False)
@@ -117,6 +117,19 @@ def test_progress_written_to_a_file_is_a_few_plain_lines(prepared):
     proc = run_script("02_train.py", "--fold", "0", "--input", root, "--output", out, *TINY_FLAGS)  # stderr: a pipe
     assert "\r" not in proc.stderr and "\r" not in proc.stdout
     assert len(proc.stderr.splitlines()) < 20, proc.stderr
+
+
+def test_progress_off_a_terminal_is_silent_when_quick_and_a_line_every_so_often_when_slow(monkeypatch, capsys):
+    import time
+    from lib import progress as progress_mod
+    list(progress_mod.progress(range(50), "quick"))
+    assert capsys.readouterr().err == ""  # a step shorter than LOG_EVERY_S writes nothing (errors stay one line)
+    monkeypatch.setattr(progress_mod, "LOG_EVERY_S", 0.05)
+    for _ in progress_mod.progress(range(6), "slow", leave=True):
+        time.sleep(0.03)
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 6 and all(line.startswith("slow:") for line in lines) and "\r" not in "".join(lines)
+    assert "6/6" in lines[-1]
 
 
 # --- TensorBoard and the curve ---
