@@ -1,6 +1,7 @@
 """Check the input data, split car-grouped folds, and cache what training reads.
 
     python 01_prepare.py --demo                     # write the synthetic demo data into input/, then prepare
+    python 01_prepare.py --demo --demo-kind multiclass --input input/demo_multiclass   # aerial scenes, 5 classes
     python 01_prepare.py --input /data/carvana      # real Kaggle data
     python 01_prepare.py --preset cpu --input ../shared/carvana_sample --output out
 
@@ -17,27 +18,44 @@ from lib import cache, files, folds, inputs
 from lib.errors import PipelineError, run_main
 
 DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
+DEMO_TOP_FILES = ("train_masks.csv", "metadata.csv", "sample_submission.csv", "classes.csv")  # either kind's
+
+
+def demo_marker_text(kind: str) -> str:
+    """The marker's text: says which --demo-kind wrote the data (cars: the text it always had)."""
+    return "synthetic demo data written by 01_prepare.py --demo" + ("" if kind == "cars" else f" --demo-kind {kind}")
 
 
 def write_demo(p: params.Params) -> None:
-    """Generate the synthetic demo data into --input (never over data that is not the demo's)."""
+    """Generate the synthetic demo data of --demo-kind into --input (never over data that is not the demo's)."""
     root, marker = p.input_dir, p.input_dir / DEMO_MARKER
     has_data = (root / files.TRAIN).is_dir() and any((root / files.TRAIN).iterdir())
     if has_data and not marker.exists():
         raise PipelineError(f"{root}: holds data that is not the demo; give --demo another --input")
     if has_data and not p.force:
+        if marker.read_text().strip() != demo_marker_text(p.demo_kind):
+            raise PipelineError(f"{root}: holds demo data of another --demo-kind ({marker.read_text().strip()}); "
+                                "--force replaces it, or give another --input")
         print(f"demo data already in {root} (--force regenerates it)")
         return
-    if has_data:  # --force on earlier demo data: clear it so another seed or size starts clean
+    if has_data:  # --force on earlier demo data: clear it so another seed, size or kind starts clean
         marker.unlink()
         for name in (files.TRAIN, files.TRAIN_MASKS, files.TEST, files.TEST_MASKS):
             shutil.rmtree(root / name, ignore_errors=True)
-    from lib import demo
+        for name in DEMO_TOP_FILES:
+            (root / name).unlink(missing_ok=True)
     start = time.perf_counter()
-    demo.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
-    files.write_text_atomic(marker, "synthetic demo data written by 01_prepare.py --demo\n")
-    print(f"demo data: {p.demo_train_cars} train + {p.demo_test_cars} test cars at {p.demo_width}x"
-          f"{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
+    if p.demo_kind == "multiclass":
+        from lib import demo_scenes
+        demo_scenes.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed,
+                             p.workers)
+        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test scenes ({demo_scenes.TILES} tiles each)"
+    else:
+        from lib import demo
+        demo.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test cars"
+    files.write_text_atomic(marker, demo_marker_text(p.demo_kind) + "\n")
+    print(f"demo data: {what} at {p.demo_width}x{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
 
 
 def main(p: params.Params) -> None:

@@ -26,8 +26,9 @@ class Params:
 
     # --- 01_prepare ---
     demo: bool = False  # generate the synthetic demo dataset into --input first
-    demo_train_cars: int = 16  # demo: cars with masks (16 views each)
-    demo_test_cars: int = 4  # demo: cars in test/ (truth in test_masks/)
+    demo_kind: str = "cars"  # demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 classes)
+    demo_train_cars: int = 16  # demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 tiles each)
+    demo_test_cars: int = 4  # demo: cars (multiclass: scenes) in test/ (truth in test_masks/)
     demo_width: int = 1918  # demo image width
     demo_height: int = 1280  # demo image height
     n_folds: int = 5  # K of the car-grouped K-fold split
@@ -114,6 +115,7 @@ PRESET_DOCS = {"full": "the defaults, full resolution on a GPU", "demo": "the sy
                "cpu": "the real 32-car sample on a 2-core CPU"}
 
 _CHOICES = {
+    "demo_kind": ("cars", "multiclass"),
     "optimizer": ("adam", "adamw"),
     "tta": ("auto", "none", "hflip"),
     "cache": ("auto", "on", "off"),
@@ -257,6 +259,8 @@ def check(p: Params) -> None:
         v = getattr(p, name)
         if v <= 0 or v % 32:
             problems.append(f"--{name} {v} must be a positive multiple of 32")
+    problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(allowed)}"
+                 for name, allowed in _CHOICES.items() if getattr(p, name) not in allowed]
     if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
     if p.bce_weight == 0 and p.dice_weight == 0:

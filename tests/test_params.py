@@ -21,6 +21,8 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "hflip"
         if f.name in ("cache", "compile", "amp"):
             value = "off"
+        if f.name == "demo_kind":
+            value = "multiclass"
         if f.name in ("height", "width", "demo_width", "demo_height"):
             value = "64"
         if f.name == "encoder_weights":
@@ -44,7 +46,8 @@ def test_bool_flags_are_not_type_bool():
                                   ["--lr", "nan"], ["--lr", "-0.001"], ["--lr", "0"], ["--weight-decay", "-1"],
                                   ["--warmup-epochs", "nan"], ["--seed", "-1"], ["--patience", "-1"],
                                   ["--min-lr-ratio", "2"], ["--grad-clip", "inf"], ["--out", "x"],
-                                  ["--bce-weight", "0", "--dice-weight", "0"], ["--cache-budget-gb", "-1"]])
+                                  ["--bce-weight", "0", "--dice-weight", "0"], ["--cache-budget-gb", "-1"],
+                                  ["--demo-kind", "roads"]])
 def test_bad_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parse("t", argv)
@@ -62,6 +65,8 @@ def test_presets_are_valid_and_round_trip(tmp_path):
         make_params(not_a_field=1)
     with pytest.raises(ValueError, match="must be int"):
         make_params(epochs="3")
+    with pytest.raises(ValueError, match="--demo-kind 'roads' must be one of cars, multiclass"):
+        make_params(demo_kind="roads")
 
 
 def test_a_preset_value_that_does_not_apply_to_the_chosen_arch_is_dropped_not_blamed():
