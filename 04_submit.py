@@ -8,11 +8,11 @@
     python 04_submit.py --threshold 0.45 --submission fixed045 --workers 8
 
 The test images are those of sample_submission.csv, or without one every image in input/test/ (sorted by id, each
-row keyed by its file name). Every one must have its PNG in every prediction folder (else nothing is
-written); each mask is encoded at its image's own size, in --rle-order. The threshold is --threshold when given, else the tuned one (an ensemble: the weighted mean
-of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
+row keyed by its file name). Every one must have its PNG in every prediction folder (else nothing is written); each
+mask is encoded at its image's own size, in --rle-order. The threshold is --threshold when given, else the tuned one
+(an ensemble: the weighted mean of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
 <submission>.manifest.json, comparison.md (out-of-fold Dice of the baselines, each fold model and the
-fold ensemble; with --score also the local test Dice against input/test_masks, demo data only).
+fold ensemble; with --score also the local test Dice against input/test_masks, where there is one).
 """
 from __future__ import annotations
 
