@@ -5,8 +5,10 @@
     python 01_prepare.py --input /data/carvana      # real Kaggle data
     python 01_prepare.py --preset cpu --input ../shared/carvana_sample --output out
 
-Writes output/folds.csv (id, car, view, fold) and output/cache/<H>x<W>/ for the preset's size.
+Writes output/folds.csv (id, car (the group), view, fold) and output/cache/<H>x<W>/ for the preset's size.
 Every problem in the input is reported with its file name, then the script exits non-zero.
+Any names work (lib/layout.py): images train/<id>.<jpg|png|tif|bmp>, masks train_masks/<id>[_mask].<png|gif|tif|bmp>
+or instance folders train_masks/<id>/; --mask-suffix and --group-regex say how yours are named and grouped.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import shutil
 import time
 
 import params
-from lib import cache, files, folds, inputs
+from lib import cache, files, folds, inputs, layout
 from lib.errors import PipelineError, run_main
 
 DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
@@ -62,36 +64,44 @@ def main(p: params.Params) -> None:
     if p.demo:
         write_demo(p)
     start = time.perf_counter()
-    table, notes = inputs.check_train(p.input_dir, p.workers)
+    table, notes = inputs.check_train(p.input_dir, p.workers, p.mask_suffix, p.group_regex, p.rle_order)
     for note in notes:
         print(f"note: {note}")
-    print(f"checked {len(table)} training images of {table.car.nunique()} cars in {p.input_dir} "
-          f"({time.perf_counter() - start:.1f}s)")
+    groups = layout.groups_of(list(table.id), p.group_regex)
+    print(f"checked {len(table)} training images of {table.car.nunique()} {'cars' if groups.has_views else 'groups'} "
+          f"in {p.input_dir} ({time.perf_counter() - start:.1f}s)")
+    print(f"groups: {groups.rule}; {layout.group_summary(groups.groups)}"
+          + ("" if groups.has_views else "; no views, so the baselines are global only"))
     check_test_set(p)
     meta_path = p.input_dir / files.METADATA_CSV
     metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
     split = folds.split(table, p.n_folds, p.seed, metadata)
     ids = list(split.id)
     cache_images = cache.use_image_cache(p.cache, len(ids), p.height, p.width, p.cache_budget_gb)
-    orig = (int(table.height.iloc[0]), int(table.width.iloc[0]))
+    largest = table.loc[(table.height * table.width).idxmax()]  # every truth row takes the largest image's bytes
+    orig = (int(largest.height), int(largest.width))
     print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
-                                                                 cache_images)))  # refuses before any write
+                                                                 cache_images, p.mask_suffix)))  # before any write
     with files.exclusive(p.output_dir / files.LOCK, "this output folder's split and cache"):  # one 01 at a time
         written = folds.save(split, p.output_dir, p.force)
         per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
         print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
-              + ", ".join(f"fold {k} {r.cars} cars/{r.images} images" for k, r in per_fold.iterrows()))
+              + ", ".join(f"fold {k} {r.cars} {'cars' if groups.has_views else 'groups'}/{r.images} images"
+                          for k, r in per_fold.iterrows()))
         data = cache.open_for(p, ids)
         params.save(p, p.output_dir / files.PREPARE_PARAMS)
     report_cache(p, data, len(ids))
 
 
 def check_test_set(p: params.Params) -> None:
-    if (p.input_dir / files.SAMPLE_SUBMISSION).exists() and (p.input_dir / files.TEST).is_dir():
+    listed = (p.input_dir / files.SAMPLE_SUBMISSION).exists()
+    if (p.input_dir / files.TEST).is_dir():
         test_ids, _ = inputs.check_test(p.input_dir)
-        print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present")
+        print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present" if listed else
+              f"test: {len(test_ids)} images in {files.TEST}/ (no {files.SAMPLE_SUBMISSION}: the submission lists "
+              "every one, sorted by id, keyed by file name)")
     else:
-        print(f"note: no {files.TEST}/ with {files.SAMPLE_SUBMISSION} in {p.input_dir}; 03_predict.py needs them")
+        print(f"note: no {files.TEST}/ folder in {p.input_dir}; 03_predict.py needs one for test maps")
 
 
 def report_cache(p: params.Params, data: cache.Cache, n: int) -> None:

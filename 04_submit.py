@@ -7,11 +7,12 @@
                                                          # weighted ensemble of two runs (weights 2/3, 1/3)
     python 04_submit.py --threshold 0.45 --submission fixed045 --workers 8
 
-Every PNG listed by sample_submission.csv must exist in every prediction folder (else nothing is
-written). The threshold is --threshold when given, else the tuned one (an ensemble: the weighted mean
-of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
+The test images are those of sample_submission.csv, or without one every image in input/test/ (sorted by id, each
+row keyed by its file name). Every one must have its PNG in every prediction folder (else nothing is written); each
+mask is encoded at its image's own size, in --rle-order. The threshold is --threshold when given, else the tuned one
+(an ensemble: the weighted mean of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
 <submission>.manifest.json, comparison.md (out-of-fold Dice of the baselines, each fold model and the
-fold ensemble; with --score also the local test Dice against input/test_masks, demo data only).
+fold ensemble; with --score also the local test Dice against input/test_masks, where there is one).
 """
 from __future__ import annotations
 
@@ -36,12 +37,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="score every written submission against input/test_masks (demo data)")
 
 
-def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, ids: list[str]) -> dict:
+def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, ids: list[str], keys: list[str],
+                    common: tuple[int, int] | None) -> dict:
     """Baseline test submissions in the run folder; returns {file name: path}."""
     written = {}
+    sizes = inputs.test_sizes(p.input_dir, ids, inputs.test_files(p.input_dir), common)
     for name, result in results.items():
         path = submission.submission_path(files.run_dir(p.output_dir, p.experiment), f"baseline_{name}")
-        baseline.write_baseline_submission(path, total, result, ids, p.input_dir / files.SAMPLE_SUBMISSION)
+        baseline.write_baseline_submission(path, total, result, ids, p.input_dir / files.SAMPLE_SUBMISSION, sizes,
+                                           keys, p.rle_order)
         print(f"wrote {path} (threshold {result.threshold:.3f})")
         written[path.name] = path
     return written
@@ -52,10 +56,11 @@ def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Pred
     """Out-of-fold scores of the average-mask baselines, from the full-resolution training truth."""
     start = time.perf_counter()
     h, w = pred.size
-    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off")
-    if tuple(cache.orig_size) != pred.orig_size:
-        raise PipelineError(f"{p.output_dir / 'cache'}: training images are {cache.orig_size}, "
-                            f"the predictions {pred.orig_size}; prediction and training data differ")
+    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
+                                      mask_suffix=p.mask_suffix)
+    if cache.orig_size != pred.orig_size:
+        raise PipelineError(f"{p.output_dir / 'cache'}: training images are {cache.orig_size or 'of mixed sizes'}, "
+                            f"the predictions' {pred.orig_size or 'of mixed sizes'}; prediction and training data differ")
     results, total = baseline.oof_baselines(cache, split)
     print(f"baselines scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")
     return results, total
@@ -64,27 +69,30 @@ def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Pred
 def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, score: bool) -> None:
     run = files.run_dir(p.output_dir, p.experiment)
     preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
-    test_ids = inputs.read_sample_submission(p.input_dir)
+    test_ids, keys = inputs.test_rows(p.input_dir)
     split = folds.read(p.output_dir)
     if score:
-        submission.truth_paths(p.input_dir, test_ids)  # fail now, not after the work
+        submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
     out = submission.submission_path(run, p.submission)
     written, manifest = {}, None
-    if (p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds):
+    if test_ids and ((p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds)):
         test_dir = p.input_dir / files.TEST
         manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
-                                              p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None)
+                                              p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None,
+                                              keys=keys, test_names=inputs.test_files(p.input_dir),
+                                              rle_order=p.rle_order)
         print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
               f"({manifest['threshold_source']}), {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
         written[out.name] = out
     else:
-        print(f"note: no {p.input_dir / files.TEST} folder and no test maps: no model submission, "
+        print(f"note: no {p.input_dir / files.TEST} folder and no test maps (or no test images): no model submission, "
               "comparison and baselines only")
 
     results, total = score_baselines(p, split, preds[0])
-    if with_baselines:
-        written |= write_baselines(p, results, total, test_ids)
-    scores = submission.score_submissions(list(written.values()), p.input_dir) if score and written else {}
+    if with_baselines and test_ids:
+        written |= write_baselines(p, results, total, test_ids, keys, preds[0].orig_size)
+    scores = submission.score_submissions(list(written.values()), p.input_dir, p.mask_suffix,
+                                          p.rle_order) if score and written else {}
     test_dice = {path.name: dice for path, dice in scores.items()}
     table = baseline.comparison_table(results, preds, manifest, test_dice)
     files.write_text_atomic(run / files.COMPARISON, table)

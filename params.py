@@ -23,6 +23,8 @@ class Params:
     output: str = "output"  # results folder: folds.csv, cache/, one folder per experiment
     experiment: str = "unet_resnet34_1280"  # run folder name under output/
     seed: int = 42  # seeds the split, the demo data, training and augmentation
+    mask_suffix: str = ""  # mask of image <id>: train_masks/<id><suffix>.<png|gif|tif|bmp>, or a folder <id><suffix>/ of
+    #                        instance masks (merged); empty = auto: "_mask" (Carvana's), else no suffix
 
     # --- 01_prepare ---
     demo: bool = False  # generate the synthetic demo dataset into --input first
@@ -32,6 +34,8 @@ class Params:
     demo_width: int = 1918  # demo image width
     demo_height: int = 1280  # demo image height
     n_folds: int = 5  # K of the car-grouped K-fold split
+    group_regex: str = ""  # folds keep together the ids sharing this regex's first capture group (e.g. "^(patient\d+)_");
+    #                        empty = Carvana's <car>_<NN> when every id has that form, else one group per image
     force: bool = False  # 01: replace an existing different split / demo data
     workers: int = 8  # worker processes for data loading, caching and RLE, at most the CPU count (8 decode 116 full-size
     #                   training images/s on an H200 machine's CPUs, enough for the compiled model's 87: results/gpu.md)
@@ -81,6 +85,8 @@ class Params:
     threshold: float = 0.0  # 0 = use the tuned threshold; else a fixed one in (0, 1)
     predict_batch_size: int = 8  # images per inference batch
     submission: str = "submission"  # file name (without .csv.gz) under the experiment folder
+    rle_order: str = "row"  # pixel order of run-length codes in submissions and train_masks.csv: row (Carvana: left to
+    #                         right, then down) | column (top to bottom, then right)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,6 +127,7 @@ _CHOICES = {
     "cache": ("auto", "on", "off"),
     "compile": ("auto", "on", "off"),
     "amp": ("auto", "bf16", "fp16", "off"),
+    "rle_order": ("row", "column"),
 }
 
 
@@ -139,7 +146,8 @@ def _flag_type(f: dataclasses.Field):
 SECTION_STAGES = {"where things are": "01 02 03 04", "01_prepare": "01", "model": "02", "input size": "01 02",
                   "training": "02", "hardware": "02 03", "03_predict / 04_submit": "03 04"}
 FIELD_STAGES = {"seed": "01 02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
-                "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04"}
+                "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04",
+                "rle_order": "01 03 04"}
 
 
 def field_docs() -> dict[str, tuple[str, str]]:
@@ -163,7 +171,7 @@ def stages_of(name: str, docs: dict[str, tuple[str, str]]) -> set[str]:
 
 
 def _help_text(f: dataclasses.Field, doc: str) -> str:
-    shown = "on" if f.default is True else "off" if f.default is False else f.default
+    shown = "on" if f.default is True else "off" if f.default is False else "empty" if f.default == "" else f.default
     extras = [f"default {shown}"]
     presets = [f"{name} {v}" for name, values in PRESETS.items() if (v := values.get(f.name)) is not None]
     if presets:
@@ -273,6 +281,16 @@ def check(p: Params) -> None:
             raise ValueError
     except ValueError:
         problems.append(f"--decoder-channels {p.decoder_channels!r} must be 5 positive integers, e.g. 256,128,64,32,16")
+    if any(c in p.mask_suffix for c in "/\\\0"):
+        problems.append(f"--mask-suffix {p.mask_suffix!r} must be part of a file name (no / or \\)")
+    if p.group_regex:
+        import re
+        try:
+            if re.compile(p.group_regex).groups < 1:
+                problems.append(f"--group-regex {p.group_regex!r} needs a capture group: the group id is its first "
+                                "one, e.g. '^(patient\\d+)_'")
+        except re.error as e:
+            problems.append(f"--group-regex {p.group_regex!r} is not a regular expression ({e})")
     if problems:
         raise ValueError("; ".join(problems))
 

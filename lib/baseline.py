@@ -10,6 +10,11 @@ at full resolution, and one threshold is tuned on all out-of-fold images with ``
 For the test set the averages come from all training masks, thresholded at that tuned threshold;
 every test image of a view gets the same mask, so each view's RLE is encoded once and reused.
 
+Views exist only for Carvana-named data (lib/layout.py); other data has the global baseline only. When the training
+images differ in size, the masks are summed in one frame (the network size: each mask brought there as an image is)
+and each average is brought back to every image's own size to be scored or encoded; when they share one size, the
+frame is that size and nothing is resized.
+
 Memory: per-view sums at full resolution, (16, 1280, 1918) int32 = 157 MB, twice (all folds and the
 current fold), plus the (16, 1280, 1918) uint8 averages; never all masks at once.
 """
@@ -24,7 +29,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from lib import files, rle
+import cv2
+
+from lib import layout, rle
+from lib.geometry import from_net, to_net
 from lib.progress import progress
 from lib.errors import PipelineError
 from lib.metrics import best_threshold, binarize, dice_histograms, level_of
@@ -36,15 +44,19 @@ TITLES = {"global": "average mask, global", "view": "average mask, per view"}
 
 @dataclass(frozen=True)
 class MaskSums:
-    """Training masks added up per view at full resolution."""
-    views: tuple[int, ...]  # view numbers (1..16), ascending; index i of sums/counts is views[i]
+    """Training masks added up per view in one frame (the images' size when they share one)."""
+    views: tuple[int, ...]  # view numbers (1..16), ascending; index i of sums/counts is views[i]; (0,): no views
     sums: NDArray[np.int32]  # (V, H0, W0): how many masks of the view cover each pixel
     counts: NDArray[np.int64]  # (V,): masks added per view
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(H0, W0)."""
+        """(H0, W0) of the frame."""
         return int(self.sums.shape[1]), int(self.sums.shape[2])
+
+    @property
+    def has_views(self) -> bool:
+        return min(self.views) > 0
 
 
 @dataclass(frozen=True)
@@ -77,31 +89,48 @@ def view_averages(s: MaskSums) -> NDArray[np.uint8]:
     return np.stack([average_u8(s.sums[i], int(n)) for i, n in enumerate(s.counts)])
 
 
+def frame_of(cache) -> tuple[int, int]:
+    """(H, W) the masks are summed in: the images' own size when they share one, else the network size."""
+    return tuple(cache.orig_size) if cache.orig_size is not None else tuple(cache.size)
+
+
+def to_frame(mask: NDArray[np.bool_], frame: tuple[int, int]) -> NDArray:
+    """(H0, W0) bool mask -> the frame's (H, W), 0/1 (nearest); as is when it has the frame's size."""
+    if mask.shape == tuple(frame):
+        return mask
+    return to_net(mask.view(np.uint8), *frame, interpolation=cv2.INTER_NEAREST)
+
+
 def sum_masks(cache, rows: Sequence[int], view_index: Sequence[int], views: tuple[int, ...],
               desc: str = "sum masks") -> MaskSums:
-    """Add up the full-resolution truth of cache rows ``rows``; ``view_index[j]`` is row j's index in ``views``."""
-    h0, w0 = cache.orig_size
+    """Add up the full-resolution truth of cache rows ``rows`` in ``frame_of(cache)``; ``view_index[j]`` is row j's
+    index in ``views``."""
+    h0, w0 = frame_of(cache)
     sums = np.zeros((len(views), h0, w0), np.int32)
     counts = np.zeros(len(views), np.int64)
     for r, v in progress(zip(rows, view_index), desc, total=len(rows)):
-        sums[v] += cache.full_mask(int(r))
+        sums[v] += to_frame(cache.full_mask(int(r)), (h0, w0))
         counts[v] += 1
     return MaskSums(views, sums, counts)
 
 
 def oof_baselines(cache, split: pd.DataFrame) -> tuple[dict[str, Baseline], MaskSums]:
-    """Score both baselines out-of-fold on every image of ``split`` (folds.csv rows; ids in ``cache``).
+    """Score the baselines out-of-fold on every image of ``split`` (folds.csv rows; ids in ``cache``): both when the
+    split has views (every ``view`` > 0), else the global one.
 
-    Returns ({"global": Baseline, "view": Baseline}, the per-view sums of all training masks).
+    Returns ({"global": Baseline[, "view": Baseline]}, the per-view sums of all training masks).
     """
     ids = list(split.id)
     rows = cache.rows(ids)
-    view_of = np.array([files.view_of(i) for i in ids])
+    view_of = split.view.to_numpy().astype(np.int64)
+    if view_of.min() <= 0:  # no views: every image in one pseudo-view 0
+        view_of = np.zeros(len(ids), np.int64)
     views = tuple(int(v) for v in np.unique(view_of))
     view_index = np.searchsorted(views, view_of)
     fold = split.fold.to_numpy()
     total = sum_masks(cache, rows, view_index, views, "baseline: sum all masks")
-    hists = {name: np.zeros((len(ids), 2, 256), np.int64) for name in NAMES}
+    names = NAMES if total.has_views else ("global",)
+    hists = {name: np.zeros((len(ids), 2, 256), np.int64) for name in names}
     for k in np.unique(fold):
         members = np.flatnonzero(fold == k)
         part = sum_masks(cache, rows[members], view_index[members], views, f"baseline: sum fold {k}")
@@ -109,50 +138,69 @@ def oof_baselines(cache, split: pd.DataFrame) -> tuple[dict[str, Baseline], Mask
         others = MaskSums(views, part.sums, total.counts - part.counts)
         if others.counts.sum() == 0:
             raise PipelineError(f"fold {k} holds every training image; the baselines need at least two folds")
-        g, per_view = global_average(others), view_averages(others)
+        g = global_average(others)
+        per_view = view_averages(others) if total.has_views else None
         for j in progress(members, f"baseline: score fold {k}"):
             truth = cache.full_mask(int(rows[j]))
-            hists["global"][j] = dice_histograms(g, truth)
-            hists["view"][j] = dice_histograms(per_view[view_index[j]], truth)
+            hists["global"][j] = dice_histograms(from_net(g, *truth.shape), truth)
+            if per_view is not None:
+                hists["view"][j] = dice_histograms(from_net(per_view[view_index[j]], *truth.shape), truth)
     results = {}
-    for name in NAMES:
+    for name in names:
         threshold, score, _ = best_threshold(hists[name])
         results[name] = Baseline(name, threshold, score, len(ids))
     return results, total
 
 
-def baseline_rles(total: MaskSums, name: str, threshold: float) -> dict[int, str]:
-    """View number -> validated RLE of the baseline test mask (the same string for every view for 'global')."""
+def baseline_rles(total: MaskSums, name: str, threshold: float, size: tuple[int, int] | None = None,
+                  rle_order: str = "row") -> dict[int, str]:
+    """View number -> validated RLE of the baseline test mask at ``size`` (default the frame's; the same string for
+    every view for 'global')."""
+    size = tuple(size or total.shape)
     if name == "global":
-        code = rle.encode(binarize(global_average(total), threshold))
+        code = rle.encode(binarize(from_net(global_average(total), *size), threshold), rle_order)
         codes = {v: code for v in total.views}
     elif name == "view":
-        codes = {v: rle.encode(binarize(avg, threshold)) for v, avg in zip(total.views, view_averages(total))}
+        codes = {v: rle.encode(binarize(from_net(avg, *size), threshold), rle_order)
+                 for v, avg in zip(total.views, view_averages(total))}
     else:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(NAMES)}")
     for code in set(codes.values()):
-        rle.validate(code, total.shape)
+        rle.validate(code, size)
     return codes
 
 
 def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids: Sequence[str],
-                              sample_submission: Path) -> dict:
-    """Submission of one baseline for the test ids (sample_submission order) with its manifest; returns it."""
+                              sample_submission: Path, sizes: Sequence[tuple[int, int]] | None = None,
+                              keys: Sequence[str] | None = None, rle_order: str = "row") -> dict:
+    """Submission of one baseline for the test ids (submission order) with its manifest; returns it.
+
+    sizes: (H0, W0) of each test image (default: every one the frame's size); each distinct size and view is
+    encoded once and reused. keys: the rows' ``img`` (default ``<id>.jpg``)."""
     start = time.perf_counter()
-    codes = baseline_rles(total, result.name, result.threshold)
-    unknown = [i for i in ids if files.view_of(i) not in codes]
-    if unknown:
-        raise PipelineError(f"{sample_submission}: {len(unknown)} test image(s) of views with no training mask: "
-                            f"{', '.join(unknown[:10])}")
-    rows = write_submission(path, ids, (codes[files.view_of(i)] for i in ids), total.shape,
-                            expected_ids=ids, validate_rle=False)  # each view's string validated above
+    sizes = [tuple(total.shape)] * len(ids) if sizes is None else [tuple(s) for s in sizes]
+    views = [0] * len(ids)
+    if result.name == "view":
+        matches = [layout.CARVANA_ID.fullmatch(i) for i in ids]
+        views = [int(m.group("view")) if m else -1 for m in matches]
+        unknown = [i for i, v in zip(ids, views) if v not in total.views]
+        if unknown:
+            raise PipelineError(f"{sample_submission}: {len(unknown)} test image(s) of views with no training mask: "
+                                f"{', '.join(unknown[:10])}")
+    by_size: dict[tuple[int, int], dict[int, str]] = {}
+    for size in dict.fromkeys(sizes):
+        by_size[size] = baseline_rles(total, result.name, result.threshold, size, rle_order)
+    codes = (by_size[size][v if result.name == "view" else total.views[0]] for size, v in zip(sizes, views))
+    rows = write_submission(path, ids, codes, None, expected_ids=ids, validate_rle=False,
+                            keys=keys)  # each size's and view's string validated above
     fields = {"inputs": [{"baseline": TITLES[result.name], "training_masks": int(total.counts.sum()),
                           "masks_per_view": dict(zip(map(str, total.views), total.counts.tolist()))}],
               "threshold": result.threshold, "level": level_of(result.threshold),
               "threshold_source": "tuned out-of-fold on the fold-wise average masks",
               "tta": "none", "oof_dice": result.oof_dice,
               "oof_dice_note": "out-of-fold full-resolution Dice of the average masks of the other folds",
-              "orig_size": list(total.shape)}
+              "orig_size": list(total.shape) if len(set(sizes)) <= 1 and sizes[:1] == [tuple(total.shape)] else None,
+              "rle_order": rle_order}
     return write_manifest(path, fields, rows, time.perf_counter() - start, sample_submission)
 
 

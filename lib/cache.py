@@ -1,8 +1,10 @@
 """What training reads: full-resolution truth (always) and, where it pays, images at the network size (no torch here).
 
 ``output/cache/truth/`` (every network size shares it), for the training ids in sorted order:
-    truth.npy   (N, B) uint8 full-resolution masks, np.packbits of the flattened (H0, W0) mask
-    meta.json   ids, original size (written last: arrays without it are never trusted)
+    truth.npy   (N, B) uint8 full-resolution masks, np.packbits of the flattened (H0, W0) mask of each image, at its
+                own size (B: the largest image's bytes; smaller images leave the rest of their row 0)
+    meta.json   ids, each image's size, the common size (null when sizes differ), --mask-suffix
+                (written last: arrays without it are never trusted)
 ``output/cache/<H>x<W>/``, only when the image cache is on (``--cache``):
     images.npy  (N, H, W, 3) uint8 RGB at the network size
     masks.npy   (N, H, W)    uint8 soft masks (fraction of car pixels x 255, area-downscaled)
@@ -29,9 +31,9 @@ import numpy as np
 from lib import files
 from lib.errors import PipelineError
 from lib.geometry import padded_size, to_net
-from lib.inputs import image_size, read_image_bytes, read_mask
+from lib.inputs import image_header_size, image_size, read_image_bytes, read_mask, train_pairs
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: per-image sizes and the mask suffix in meta.json
 CACHE_MODES = ("auto", "on", "off")
 DISK_MARGIN = 1.05  # 01_prepare.py refuses unless free space covers what it writes plus this fraction
 GB = 1e9
@@ -66,14 +68,6 @@ def net_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return to_net(mask.astype(np.uint8) * 255, height, width, interpolation=cv2.INTER_AREA)
 
 
-def image_path(root: Path, image_id: str) -> Path:
-    return root / files.TRAIN / f"{image_id}.jpg"
-
-
-def mask_path(root: Path, image_id: str) -> Path:
-    return root / files.TRAIN_MASKS / files.mask_name(image_id)
-
-
 # --- what training reads ---
 @dataclass
 class Cache:
@@ -82,19 +76,34 @@ class Cache:
     root: Path  # the input folder (train/, train_masks/)
     ids: list[str]
     truth: np.ndarray  # (N, B) uint8 packed bits
-    orig_size: tuple[int, int]  # (H0, W0)
+    orig_size: tuple[int, int] | None  # (H0, W0) of every image; None when the sizes differ (see sizes)
     size: tuple[int, int]  # network (H, W)
     images: np.ndarray | None = None  # (N, H, W, 3) uint8 when cached
     masks: np.ndarray | None = None  # (N, H, W) uint8 when cached
+    sizes: np.ndarray | None = None  # (N, 2) int (H0, W0) of each row; None: every row is orig_size
+    mask_suffix: str = ""  # --mask-suffix: how item() finds a row's mask when decoding
+    paths: list[tuple[Path, Path]] | None = None  # (image, mask) of each row, found on first use
 
     @property
     def cached(self) -> bool:
         return self.images is not None
 
+    def size_of(self, i: int) -> tuple[int, int]:
+        """(H0, W0) of row i's image."""
+        if self.sizes is None:
+            return self.orig_size
+        return int(self.sizes[i][0]), int(self.sizes[i][1])
+
     def full_mask(self, i: int) -> np.ndarray:
-        """(H0, W0) bool full-resolution truth of row i."""
-        h0, w0 = self.orig_size
+        """(H0, W0) bool full-resolution truth of row i, at its image's own size."""
+        h0, w0 = self.size_of(i)
         return np.unpackbits(self.truth[i], count=h0 * w0).reshape(h0, w0).astype(bool)
+
+    def pair(self, i: int) -> tuple[Path, Path]:
+        """(image file, mask file or instance folder) of row i."""
+        if self.paths is None:
+            self.paths = pair_paths(self.root, self.ids, self.mask_suffix)
+        return self.paths[i]
 
     def rows(self, ids: list[str]) -> np.ndarray:
         index = {k: i for i, k in enumerate(self.ids)}
@@ -104,14 +113,27 @@ class Cache:
         """((H, W, 3) uint8 RGB image, (H, W) uint8 soft mask) of row ``row`` at the network size."""
         if self.cached:
             return np.array(self.images[row]), np.array(self.masks[row])  # copies out of the memmaps
-        image_id = self.ids[row]
-        image, orig = load_net_image(image_path(self.root, image_id), *self.size)
-        mask = read_mask(mask_path(self.root, image_id))
-        if orig != self.orig_size or mask.shape != orig:
-            raise PipelineError(f"{image_path(self.root, image_id)}: image {orig[1]}x{orig[0]} and mask "
+        image_file, mask_file = self.pair(row)
+        image, orig = load_net_image(image_file, *self.size)
+        mask = read_mask(mask_file)
+        expected = self.size_of(row)
+        if orig != expected or mask.shape != orig:
+            raise PipelineError(f"{image_file}: image {orig[1]}x{orig[0]} and mask "
                                 f"{mask.shape[1]}x{mask.shape[0]}, but the prepared data is "
-                                f"{self.orig_size[1]}x{self.orig_size[0]}; re-run 01_prepare.py --force")
+                                f"{expected[1]}x{expected[0]}; re-run 01_prepare.py --force")
         return image, net_mask(mask, *self.size)
+
+
+def pair_paths(root: Path, ids: list[str], mask_suffix: str = "") -> list[tuple[Path, Path]]:
+    """(image, mask) of each id in ``root``'s train/ and train_masks/ (lib/layout.py); PipelineError for a missing
+    one, naming it."""
+    pairs, problems = train_pairs(Path(root), mask_suffix)
+    missing = [i for i in ids if i not in pairs]
+    if missing:
+        raise PipelineError((problems[0] if problems else f"{root / files.TRAIN}: no image and mask for "
+                             f"{missing[0]!r} ({len(missing)} id(s) of the split)") +
+                            "; re-run 01_prepare.py --force (with your --input, --mask-suffix)")
+    return [pairs[i] for i in ids]
 
 
 def projected_bytes(n: int, height: int, width: int) -> int:
@@ -131,12 +153,13 @@ def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float
 
 
 def disk_needed(output: Path, ids: list[str], orig_size: tuple[int, int], height: int, width: int,
-                cache_images: bool) -> dict[str, int]:
-    """Bytes the truth and image caches will add under ``output`` (0 for a part already there and current)."""
+                cache_images: bool, mask_suffix: str = "") -> dict[str, int]:
+    """Bytes the truth and image caches will add under ``output`` (0 for a part already there and current);
+    ``orig_size``: the size of the largest image (every truth row takes its bytes)."""
     ids = sorted(ids)
-    need = {"truth": 0 if _current(_truth_dir(output), ids) else truth_bytes(len(ids), orig_size),
+    need = {"truth": 0 if _current(_truth_dir(output), ids, mask_suffix) else truth_bytes(len(ids), orig_size),
             "images": 0}
-    if cache_images and not _current(files.cache_dir(output, height, width), ids):
+    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix):
         need["images"] = projected_bytes(len(ids), height, width)
     return need
 
@@ -160,30 +183,48 @@ def _truth_dir(output: Path) -> Path:
     return output / "cache" / "truth"
 
 
-def _current(folder: Path, ids: list[str]) -> dict | None:
-    """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted), else None."""
+def _current(folder: Path, ids: list[str], mask_suffix: str = "") -> dict | None:
+    """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
+    ``mask_suffix``, else None."""
     path = folder / "meta.json"
     try:
         meta = json.loads(path.read_text()) if path.exists() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return meta if meta and meta.get("version") == CACHE_VERSION and meta.get("ids") == ids else None
+    return meta if meta and meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and \
+        meta.get("mask_suffix") == mask_suffix else None
 
 
-def _item(job: tuple[Path, str, int, int, bool]) -> tuple:
-    root, image_id, height, width, with_images = job
-    mask = read_mask(mask_path(root, image_id))
+def _item(job: tuple[Path, Path, int, int, bool]) -> tuple:
+    image_file, mask_file, height, width, with_images = job
+    mask = read_mask(mask_file)
     if not with_images:
         return np.packbits(mask.ravel()), mask.shape
-    image, orig = load_net_image(image_path(root, image_id), height, width)
+    image, orig = load_net_image(image_file, height, width)
     if mask.shape != orig:
-        raise PipelineError(f"{mask_path(root, image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+        raise PipelineError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                             f"{orig[1]}x{orig[0]}; re-run 01_prepare.py")
     return np.packbits(mask.ravel()), orig, image, net_mask(mask, height, width)
 
 
+def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
+    """(H0, W0) of each image from its header; PipelineError naming an unreadable one."""
+    sizes = []
+    for path in paths:
+        size = image_header_size(path)
+        if size is None:
+            raise PipelineError(f"{path}: not a readable image; re-run 01_prepare.py (it checks every image)")
+        sizes.append(size)
+    return sizes
+
+
+def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The size every image has, or None when they differ."""
+    return tuple(sizes[0]) if sizes and all(tuple(s) == tuple(sizes[0]) for s in sizes) else None
+
+
 def build_cache(root: Path, ids: list[str], output: Path, height: int, width: int, workers: int = 2,
-                truth: bool = True, images: bool = True) -> None:
+                truth: bool = True, images: bool = True, mask_suffix: str = "") -> None:
     """Decode every training mask (and, with ``images``, image) once into the truth and image caches.
 
     Each folder's arrays are written under temporary names and renamed, then its meta.json last."""
@@ -191,12 +232,13 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
     ids = sorted(ids)
     folders = {"truth": _truth_dir(output) if truth else None,
                "images": files.cache_dir(output, height, width) if images else None}
-    jobs = [(root, i, height, width, images) for i in ids]
-    first = _item(jobs[0])
-    n, h0w0 = len(ids), tuple(first[1])
+    paths = pair_paths(root, ids, mask_suffix)
+    sizes = image_sizes([image for image, _ in paths])
+    jobs = [(image, mask, height, width, images) for image, mask in paths]
+    n = len(ids)
     arrays = {}
     if truth:
-        arrays["truth"] = (folders["truth"], (n, first[0].size), 0)
+        arrays["truth"] = (folders["truth"], (n, -(-max(h * w for h, w in sizes) // 8)), 0)
     if images:
         arrays |= {"images": (folders["images"], (n, height, width, 3), 2),
                    "masks": (folders["images"], (n, height, width), 3)}
@@ -210,15 +252,20 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
         try:
             desc = "cache " + " and ".join(name for name, on in (("truth", truth), ("images", images)) if on)
             for k, item in enumerate(progress(results, desc, total=n)):
-                if tuple(item[1]) != h0w0:
-                    raise PipelineError(f"{image_path(root, ids[k])}: size {tuple(item[1])} differs from {h0w0}; "
-                                        "re-run 01_prepare.py")
+                if tuple(item[1]) != tuple(sizes[k]):
+                    raise PipelineError(f"{paths[k][1]}: mask is {item[1][1]}x{item[1][0]} but its image "
+                                        f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; re-run 01_prepare.py")
                 for name, (_, _, slot) in arrays.items():
-                    out[name][k] = item[slot]
+                    if name == "truth":
+                        out[name][k, :item[0].size] = item[0]
+                    else:
+                        out[name][k] = item[slot]
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
-    meta = {"version": CACHE_VERSION, "ids": ids, "orig_size": list(h0w0)}
+    common = common_size(sizes)
+    meta = {"version": CACHE_VERSION, "ids": ids, "orig_size": list(common) if common else None,
+            "sizes": [list(hw) for hw in sizes], "mask_suffix": mask_suffix}
     if truth:
         files.write_text_atomic(folders["truth"] / "meta.json", json.dumps(meta))
     if images:
@@ -249,19 +296,21 @@ class _atomic_arrays:
 
 
 def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int = 2,
-               mode: str = "auto", budget_gb: float = 2.0) -> Cache:
+               mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "") -> Cache:
     """The training data for these ids at this size, building the truth (and the image cache, when ``mode``
     selects it) first where missing or stale."""
     ids = sorted(ids)
     cache_images = use_image_cache(mode, len(ids), height, width, budget_gb)
-    if _current(_truth_dir(output), ids) is None or (
-            cache_images and _current(files.cache_dir(output, height, width), ids) is None):
+    if _current(_truth_dir(output), ids, mask_suffix) is None or (
+            cache_images and _current(files.cache_dir(output, height, width), ids, mask_suffix) is None):
         # another process (a fold trained side by side) may be building it: wait for it, then look again
         with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=True):
-            _build_missing(root, output, ids, height, width, workers, cache_images)
-    truth_meta = _current(_truth_dir(output), ids)
+            _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix)
+    truth_meta = _current(_truth_dir(output), ids, mask_suffix)
+    common = truth_meta["orig_size"]
     cache = Cache(Path(root), ids, np.load(_truth_dir(output) / "truth.npy", mmap_mode="r"),
-                  tuple(truth_meta["orig_size"]), (height, width))
+                  tuple(common) if common else None, (height, width),
+                  sizes=None if common else np.array(truth_meta["sizes"], np.int64), mask_suffix=mask_suffix)
     if cache_images:
         folder = files.cache_dir(output, height, width)
         cache.images = np.load(folder / "images.npy", mmap_mode="r")
@@ -270,20 +319,20 @@ def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int
 
 
 def _build_missing(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int,
-                   cache_images: bool) -> None:
-    truth_meta = _current(_truth_dir(output), ids)
-    image_meta = _current(files.cache_dir(output, height, width), ids) if cache_images else None
+                   cache_images: bool, mask_suffix: str) -> None:
+    truth_meta = _current(_truth_dir(output), ids, mask_suffix)
+    image_meta = _current(files.cache_dir(output, height, width), ids, mask_suffix) if cache_images else None
     if truth_meta is None or (cache_images and image_meta is None):
         what = "truth and images" if cache_images else "truth"
         print(f"caching the {what} of {len(ids)} training images"
               + (f" at {height}x{width} in {files.cache_dir(output, height, width)}" if cache_images
                  else f" in {_truth_dir(output)}"), flush=True)
         build_cache(root, ids, output, height, width, workers, truth=truth_meta is None,
-                    images=cache_images and image_meta is None)
+                    images=cache_images and image_meta is None, mask_suffix=mask_suffix)
 
 
 def open_for(p, ids: list[str], height: int | None = None, width: int | None = None) -> Cache:
-    """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb), at
-    ``height`` x ``width`` (default the run's size)."""
+    """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb,
+    --mask-suffix), at ``height`` x ``width`` (default the run's size)."""
     return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, p.cache,
-                      p.cache_budget_gb)
+                      p.cache_budget_gb, p.mask_suffix)

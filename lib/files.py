@@ -3,7 +3,8 @@
 Every file a later stage trusts is written to a temporary name in the same folder and then
 renamed, so an interrupted run never leaves a half-written file under the final name.
 
-    input/   train/ train_masks/ test/ [test_masks/] sample_submission.csv [train_masks.csv metadata.csv]
+    input/   train/ train_masks/ test/ [test_masks/] [sample_submission.csv train_masks.csv metadata.csv]
+             (how images and masks may be named: lib/layout.py)
     output/  folds.csv  cache/<H>x<W>/  <experiment>/params.json
              <experiment>/fold<k>/{model.pt,last.pt,log.csv,curve.png,oof.npz,params.json}
              <experiment>/tuning.json  <experiment>/test_probs/{<id>.png,meta.json}
@@ -27,10 +28,16 @@ def mask_name(image_id: str) -> str:
     return f"{image_id}_mask.gif"
 
 
+IMAGE_NAME_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif")  # what image_id strips (any case)
+
+
 def image_id(name: str) -> str:
-    """'00087a6bd4dc_01.jpg' or '.../00087a6bd4dc_01_mask.gif' -> '00087a6bd4dc_01'."""
-    stem = Path(name).name.split(".")[0]
-    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
+    """The id a file name (or a submission row's ``img``) gives: the name without its image extension.
+
+    '00087a6bd4dc_01.jpg' -> '00087a6bd4dc_01'; 'a.b c_é.PNG' -> 'a.b c_é' (ids may hold dots); 'x' -> 'x'."""
+    base = Path(name).name
+    stem, ext = os.path.splitext(base)
+    return stem if stem and ext.lower() in IMAGE_NAME_EXTS else base
 
 
 def car_of(image_id_: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lib import files, rle
+from lib import files, layout, rle
 from lib.errors import PipelineError
 
-IMAGE_EXT, MASK_SUFFIX = ".jpg", "_mask.gif"
-CAR_VIEW = re.compile(r"(?P<car>.+)_(?P<view>\d+)")  # Carvana ids: <car>_<view>, e.g. 00087a6bd4dc_01
-IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
+IMAGE_EXT = ".jpg"  # Carvana's images (other extensions: lib/layout.py)
 JPEG_EOI = b"\xff\xd9"
 MAX_LISTED = 20  # problems printed before "... and N more"
 
@@ -81,10 +78,13 @@ def check_image(path: Path) -> tuple[int, int]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """(H, W) bool from a GIF/PNG mask with values {0,1} or {0,255}; PipelineError otherwise.
+    """(H, W) bool from a GIF/PNG/TIF/BMP mask with values {0,1} or {0,255}, or from an instance folder (the union
+    of the binary masks in it, one per object); PipelineError naming the file otherwise.
 
     A palette image is read through its palette: the mask is what it shows (a palette mapping index 0 to white
     makes index 0 the object), not its palette indices."""
+    if path.is_dir():
+        return read_instances(path)
     _read_bytes(path)  # empty-file check with a clear message
     try:
         with Image.open(path) as im:
@@ -94,7 +94,8 @@ def read_mask(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise PipelineError(f"{path}: not a readable mask image ({e})") from None
     if arr.ndim == 3:
-        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+        arr = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]  # an alpha channel is not the mask
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, arr.shape[2])):
             raise PipelineError(f"{path}: colour mask (mode {mode}); masks must be single-channel binary")
         arr = arr[..., 0]
     # bincount: one pass over the pixels instead of np.unique's sort (this runs on every training mask)
@@ -104,10 +105,25 @@ def read_mask(path: Path) -> np.ndarray:
         values = np.unique(grey[values])
     if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         shown = ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
-        raise PipelineError(f"{path}: mask is not binary (values {shown}); expected {{0,1}} or {{0,255}}")
+        raise PipelineError(f"{path}: mask is not binary (values {shown}); expected {{0,1}} or {{0,255}}: save it "
+                            "as a 0/255 (or 0/1) single-channel PNG")
     if palette is not None:
         return cv2.LUT(arr, (grey[:256] > 0).astype(np.uint8)).view(bool)
     return arr > 0
+
+
+def read_instances(folder: Path) -> np.ndarray:
+    """(H, W) bool union of the binary instance masks in ``folder`` (one file per object), all of one size."""
+    paths = layout.instance_files(folder)
+    union = read_mask(paths[0]).copy()
+    for path in paths[1:]:
+        mask = read_mask(path)
+        if mask.shape != union.shape:
+            raise PipelineError(f"{path}: instance mask is {mask.shape[1]}x{mask.shape[0]} but {paths[0].name} in "
+                                f"the same folder is {union.shape[1]}x{union.shape[0]}; instances of one image share "
+                                "its size")
+        union |= mask
+    return union
 
 
 def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -133,39 +149,8 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def list_images(folder: Path, suffix: str, notes: list[str]) -> dict[str, Path]:
-    """Map image id -> path for the files in ``folder`` ending with ``suffix``.
-
-    Other files are skipped with a note; two files giving the same id are an error.
-    """
-    if not folder.is_dir():
-        raise PipelineError(f"{folder}: folder missing (expected the Kaggle layout: see README)")
-    found: dict[str, Path] = {}
-    duplicates, skipped = [], []
-    for path in sorted(folder.iterdir()):
-        if path.name.lower() in IGNORED or path.name.startswith("."):
-            continue
-        if not path.is_file() or not path.name.lower().endswith(suffix):
-            skipped.append(path.name)
-            continue
-        key = files.image_id(path.name)
-        if key in found:
-            duplicates.append(f"{found[key].name} and {path.name}")
-        found[key] = path
-    if duplicates:
-        raise PipelineError(f"{folder}: duplicate image ids: {_listing(duplicates)}")
-    if skipped:
-        notes.append(f"{folder}: skipped {len(skipped)} file(s) that are not *{suffix}: {_listing(skipped)}")
-    if not found:
-        others = sorted({Path(n).suffix.lower() for n in skipped if Path(n).suffix})
-        held = f"; it holds {len(skipped)} other file(s) ({', '.join(others) or 'no extension'})" if skipped else \
-            " (empty folder?)"
-        raise PipelineError(f"{folder}: no *{suffix} files{held}; the names must end with {suffix}")
-    return found
-
-
-def _check_pair(args: tuple[str, Path, Path]) -> Checked:
-    image_id_, image_path, mask_path = args
+def _check_pair(args: tuple[str, Path, Path, str]) -> Checked:
+    image_id_, image_path, mask_path, rle_order = args
     try:
         height, width = check_image(image_path)
         mask = read_mask(mask_path)
@@ -174,30 +159,42 @@ def _check_pair(args: tuple[str, Path, Path]) -> Checked:
     if (height, width) != mask.shape:
         return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                                          f"{image_path.name} is {width}x{height}")
-    return Checked(image_id_, height, width, int(mask.sum()), rle.encode(mask))
+    return Checked(image_id_, height, width, int(mask.sum()), rle.encode(mask, rle_order))
 
 
-def check_train(root: Path, workers: int = 2) -> tuple[pd.DataFrame, list[str]]:
-    """Check ``root/train`` against ``root/train_masks`` (and ``train_masks.csv`` where present).
+def train_pairs(root: Path, mask_suffix: str = "", notes: list[str] | None = None
+                ) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
+    """id -> (image, mask file or instance folder) for the training images that have a mask, and the problems
+    (images without a mask, masks without an image, ambiguous masks), one line each naming the file."""
+    notes = [] if notes is None else notes
+    images = layout.list_images(root / files.TRAIN, notes)
+    masks, ambiguous, strays = layout.match_masks(sorted(images), root / files.TRAIN_MASKS, mask_suffix, notes)
+    if not masks and not ambiguous:
+        held = f"; it holds {len(strays)} other mask(s) such as {strays[0].name} (give --mask-suffix)" if strays else ""
+        raise PipelineError(f"{root / files.TRAIN_MASKS}: no mask for any of the {len(images)} images in "
+                            f"{root / files.TRAIN}; expected e.g. {layout.mask_hint(min(images), mask_suffix)}{held}")
+    problems = ambiguous + [layout.stray_line(path, mask_suffix, root / files.TRAIN) for path in strays]
+    problems = [f"{images[i]}: image has no mask {layout.mask_hint(i, mask_suffix)} in {root / files.TRAIN_MASKS}"
+                for i in sorted(set(images) - set(masks))] + problems
+    return {i: (images[i], masks[i]) for i in sorted(masks)}, problems
 
-    Returns (table with columns id, car, view, height, width, mask_area; notes worth printing).
-    Raises PipelineError listing every problem found.
+
+def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex: str = "",
+                rle_order: str = "row") -> tuple[pd.DataFrame, list[str]]:
+    """Check ``root/train`` against ``root/train_masks`` (and ``train_masks.csv`` where present, read in
+    ``rle_order``), and group the ids for the folds (``lib.layout.groups_of``).
+
+    Returns (table with columns id, car (the group), view (0 without views), height, width, mask_area; notes worth
+    printing). Raises PipelineError listing every problem found.
     """
     notes: list[str] = []
     if not root.is_dir():
         raise PipelineError(f"{root}: input folder missing; run `python 01_prepare.py --demo` for demo "
                             "data or put the Kaggle files there (see README)")
-    images = list_images(root / files.TRAIN, IMAGE_EXT, notes)
-    masks = list_images(root / files.TRAIN_MASKS, MASK_SUFFIX, notes)
-    problems = [f"{images[i]}: image has no mask {files.mask_name(i)} in {root / files.TRAIN_MASKS}"
-                for i in sorted(set(images) - set(masks))]
-    problems += [f"{masks[i]}: mask has no image {i}{IMAGE_EXT} in {root / files.TRAIN}"
-                 for i in sorted(set(masks) - set(images))]
-    unnamed = [i for i in sorted(set(images) | set(masks)) if not CAR_VIEW.fullmatch(i)]
-    problems += [f"{images.get(i) or masks.get(i)}: name is not <car>_<view> (like 00087a6bd4dc_01.jpg), which the "
-                 "car-grouped folds need; rename the file (and its mask)" for i in unnamed]
-    ids = sorted((set(images) & set(masks)) - set(unnamed))
-    jobs = [(i, images[i], masks[i]) for i in ids]
+    pairs, problems = train_pairs(root, mask_suffix, notes)
+    ids = sorted(pairs)
+    groups = layout.groups_of(ids, group_regex)  # a bad --group-regex is refused before any image is read
+    jobs = [(i, *pairs[i], rle_order) for i in ids]
     from lib.progress import progress
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
@@ -205,27 +202,30 @@ def check_train(root: Path, workers: int = 2) -> tuple[pd.DataFrame, list[str]]:
     else:
         checked = [_check_pair(j) for j in progress(jobs, "check training pairs")]
     problems += [c.problem for c in checked if c.problem]
+    group_of = dict(zip(ids, zip(groups.groups, groups.views)))
     good = [c for c in checked if not c.problem]
-    table = pd.DataFrame([(c.image_id, files.car_of(c.image_id), files.view_of(c.image_id), c.height, c.width,
-                           c.mask_area) for c in good],
+    table = pd.DataFrame([(c.image_id, *group_of[c.image_id], c.height, c.width, c.mask_area) for c in good],
                          columns=["id", "car", "view", "height", "width", "mask_area"])
-    sizes = table.groupby(["height", "width"]).size()
+    sizes = table.groupby(["height", "width"]).size().sort_values(ascending=False)
     if len(sizes) > 1:
-        common = sizes.idxmax()
-        odd = table[(table.height != common[0]) | (table.width != common[1])]
-        problems += [f"{images[r.id]}: size {r.width}x{r.height} differs from the others' {common[1]}x{common[0]}"
-                     for r in odd.itertuples()]
+        notes.append(f"image sizes differ ({len(sizes)} sizes; most common {sizes.index[0][1]}x{sizes.index[0][0]} "
+                     f"for {sizes.iloc[0]} images): each is brought to the network size and its prediction back")
+    instances = [i for i in ids if pairs[i][1].is_dir()]
+    if instances:
+        notes.append(f"{len(instances)} image(s) take their mask from an instance folder (the union of its masks): "
+                     f"{_listing(instances)}")
     empty = table[table.mask_area == 0]
     if len(empty):
-        notes.append(f"{len(empty)} mask(s) are empty (no car): {_listing(list(empty.id))}")
+        notes.append(f"{len(empty)} mask(s) are empty (no object): {_listing(list(empty.id))}")
     csv_path = root / files.TRAIN_MASKS_CSV
     if csv_path.exists() and not problems:
-        problems += _check_train_masks_csv(csv_path, masks, {c.image_id: c.rle for c in good})
+        problems += _check_train_masks_csv(csv_path, {i: m for i, (_, m) in pairs.items()},
+                                           {c.image_id: c.rle for c in good})
     if problems:
         raise PipelineError(f"{len(problems)} problem(s) in {root}:\n  " + "\n  ".join(
             problems[:MAX_LISTED]) + (f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""))
     per_car = table.groupby("car").size()
-    if per_car.nunique() > 1 or (len(per_car) and per_car.iloc[0] != 16):
+    if groups.has_views and (per_car.nunique() > 1 or (len(per_car) and per_car.iloc[0] != 16)):
         short = per_car[per_car != per_car.max()]
         notes.append(f"{len(short)} car(s) have fewer views than the others ({per_car.max()}): "
                      f"{_listing([f'{c} ({n})' for c, n in short.items()])}")
@@ -278,6 +278,11 @@ def read_metadata(path: Path) -> pd.DataFrame:
 
 def read_sample_submission(root: Path) -> list[str]:
     """Test image ids in submission order, from ``root/sample_submission.csv``."""
+    return sample_submission_rows(root)[0]
+
+
+def sample_submission_rows(root: Path) -> tuple[list[str], list[str]]:
+    """(test image ids, the ``img`` value of each row) in submission order, from ``root/sample_submission.csv``."""
     path = root / files.SAMPLE_SUBMISSION
     if not path.exists():
         raise PipelineError(f"{path}: missing; it lists the test images (download it from Kaggle)")
@@ -287,14 +292,31 @@ def read_sample_submission(root: Path) -> list[str]:
         raise PipelineError(f"{path}: duplicate ids: {_listing(sorted(set(ids[ids.duplicated()])))}")
     if not len(ids):
         raise PipelineError(f"{path}: no rows")
-    return list(ids)
+    return list(ids), list(df.img)
+
+
+def test_rows(root: Path) -> tuple[list[str], list[str]]:
+    """(test ids, the submission row key of each) in submission order: sample_submission.csv's rows when there is
+    one, else every image in ``test/`` sorted by id, keyed by its file name (``img,rle_mask`` rows as Carvana's).
+    ([], []) when there is neither."""
+    if (root / files.SAMPLE_SUBMISSION).exists():
+        return sample_submission_rows(root)
+    if not (root / files.TEST).is_dir():
+        return [], []
+    on_disk = layout.list_images(root / files.TEST, [])
+    ids = sorted(on_disk)
+    return ids, [on_disk[i].name for i in ids]
 
 
 def check_test(root: Path) -> tuple[list[str], dict[str, Path]]:
-    """Test ids from sample_submission.csv and their files in test/; every id must be on disk."""
-    ids = read_sample_submission(root)
+    """Test ids in submission order and their files in test/: the ids of sample_submission.csv (every one must be on
+    disk), or without one every image in test/, sorted by id."""
     notes: list[str] = []
-    on_disk = list_images(root / files.TEST, IMAGE_EXT, notes)
+    on_disk = layout.list_images(root / files.TEST, notes)
+    if not (root / files.SAMPLE_SUBMISSION).exists():
+        ids = sorted(on_disk)
+        return ids, {i: on_disk[i] for i in ids}
+    ids = read_sample_submission(root)
     missing = [i for i in ids if i not in on_disk]
     if missing:
         raise PipelineError(f"{root / files.TEST}: {len(missing)} of the {len(ids)} images listed in "
@@ -304,3 +326,25 @@ def check_test(root: Path) -> tuple[list[str], dict[str, Path]]:
 
 def _listing(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
+
+
+def test_files(root: Path) -> dict[str, str]:
+    """Test id -> its file name in ``root/test`` ({} without the folder)."""
+    if not (root / files.TEST).is_dir():
+        return {}
+    return {i: path.name for i, path in layout.list_images(root / files.TEST, []).items()}
+
+
+def test_sizes(root: Path, ids: list[str], names: dict[str, str], common: tuple[int, int] | None
+               ) -> list[tuple[int, int]]:
+    """(H0, W0) of each test image from its header (``names``: id -> file name in test/); an image not on disk is
+    taken to have the training images' ``common`` size, and without one that is a PipelineError naming it."""
+    sizes = []
+    for i in ids:
+        size = image_header_size(root / files.TEST / names[i]) if i in names else common
+        if size is None:
+            where = root / files.TEST / names.get(i, i)
+            raise PipelineError(f"{where}: missing or unreadable, and the training images differ in size, so the size "
+                                f"of its baseline mask is unknown; put the test images in {root / files.TEST}")
+        sizes.append(size)
+    return sizes

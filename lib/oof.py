@@ -79,10 +79,10 @@ class PngMaps(Sequence):
 
 
 def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float) -> np.ndarray:
-    """(N,) full-resolution Dice of each map at ``threshold`` against row ``rows[i]`` of ``cache``."""
-    h0, w0 = cache.orig_size
-    return np.array([dice(binarize(np.ascontiguousarray(from_net(pr, h0, w0)), threshold), cache.full_mask(r))
-                     for pr, r in zip(probs_u8, rows)], dtype=np.float64)
+    """(N,) full-resolution Dice of each map at ``threshold`` against row ``rows[i]`` of ``cache``, each at its
+    image's own size."""
+    return np.array([dice(binarize(np.ascontiguousarray(from_net(pr, *cache.size_of(r))), threshold),
+                          cache.full_mask(r)) for pr, r in zip(probs_u8, rows)], dtype=np.float64)
 
 
 def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float) -> float:
@@ -91,9 +91,9 @@ def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thres
 
 
 def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray) -> np.ndarray:
-    """(N, 2, 256) Dice histograms of network-size maps brought back to the original size."""
-    h0, w0 = cache.orig_size
-    return np.stack([dice_histograms(from_net(pr, h0, w0), cache.full_mask(r)) for pr, r in zip(probs_u8, rows)])
+    """(N, 2, 256) Dice histograms of network-size maps brought back to each image's own size."""
+    return np.stack([dice_histograms(from_net(pr, *cache.size_of(r)), cache.full_mask(r))
+                     for pr, r in zip(probs_u8, rows)])
 
 
 @dataclass

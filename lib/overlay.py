@@ -80,7 +80,7 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str]:
 def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, folds: list[int] | None = None
                    ) -> Path:
     """Write ``<stem>_mask.png`` (0/255 at the photo's size), ``<stem>_overlay.jpg`` and a masks.csv of
-    ``img,rle_mask`` rows (row-major RLE) for every photo; return the folder."""
+    ``img,rle_mask`` rows (RLE in --rle-order) for every photo; return the folder."""
     paths = photo_paths(sources)
     ens = load_fold_models(p, folds)
     mode, threshold, source = choose_tta_threshold(p, ens)
@@ -96,7 +96,8 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
         pending = []
         for images, index, origs in progress(loader, "photos", leave=True):
             probs = predict_batch(ens, images, mode)
-            pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out)
+            pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
+                                      p.rle_order)
                         for i, prob, orig in zip(index.tolist(), probs, origs)]
             for f in [f for f in pending if f.done()]:
                 rows.update([f.result()])
@@ -109,8 +110,8 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     return out
 
 
-def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path
-                 ) -> tuple[int, str]:
+def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,
+                 rle_order: str = "row") -> tuple[int, str]:
     mask = binarize(np.ascontiguousarray(from_net(prob, *orig)), threshold)
     image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like the mask
@@ -120,4 +121,4 @@ def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], th
         raise OSError(f"could not encode the mask or overlay of {path}")
     files.write_bytes_atomic(out / f"{path.stem}_mask.png", png.tobytes())
     files.write_bytes_atomic(out / f"{path.stem}_overlay.jpg", jpg.tobytes())
-    return i, rle.encode(mask)
+    return i, rle.encode(mask, rle_order)

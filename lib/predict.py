@@ -153,7 +153,8 @@ def tune(p: Params, ens: Ensemble) -> dict:
     mode = max(modes, key=lambda m: best[m][0])
     dice, threshold = best[mode]
     return {"experiment": p.experiment, "folds": ens.folds, "tta": mode, "threshold": threshold,
-            "level": level_of(threshold), "oof_dice": dice, "size": [h, w], "orig_size": list(cache.orig_size),
+            "level": level_of(threshold), "oof_dice": dice, "size": [h, w],
+            "orig_size": list(cache.orig_size) if cache.orig_size else [],  # []: the images differ in size
             "n_images": int(sum(len(x) for x in hists[mode])), "tta_asked": p.tta, "models": ens.fingerprints,
             "scores": scores}
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from lib import files, rle
+from lib import files, layout, rle
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.inputs import image_header_size, read_mask
@@ -88,7 +88,10 @@ class Prediction:
         return int(self.tuning["size"][0]), int(self.tuning["size"][1])
 
     @property
-    def orig_size(self) -> tuple[int, int]:
+    def orig_size(self) -> tuple[int, int] | None:
+        """(H0, W0) of every training image, or None when their sizes differ (each map records its own)."""
+        if not self.tuning["orig_size"]:
+            return None
         return int(self.tuning["orig_size"][0]), int(self.tuning["orig_size"][1])
 
     @property
@@ -131,6 +134,8 @@ def read_tuning(folder: Path) -> dict:
         if not isinstance(value, kind):
             raise PipelineError(f"{path}: field {key!r} missing or not {kind.__name__}; re-run {PREDICT_STAGE}")
     for key in ("size", "orig_size"):
+        if key == "orig_size" and tuning[key] == []:  # images of several sizes
+            continue
         if len(tuning[key]) != 2 or not all(isinstance(v, int) and v > 0 for v in tuning[key]):
             raise PipelineError(f"{path}: {key} {tuning[key]} is not [height, width]; re-run {PREDICT_STAGE}")
     try:
@@ -155,7 +160,8 @@ def load_predictions(specs: Sequence[tuple[Path, float]]) -> list[Prediction]:
     sizes = {p.orig_size for p in preds}
     if len(sizes) > 1:
         raise PipelineError("prediction folders disagree on the original image size: " + ", ".join(
-            f"{p.folder} {p.orig_size[1]}x{p.orig_size[0]}" for p in preds) + "; ensemble runs of the same data")
+            f"{p.folder} {'x'.join(map(str, p.orig_size[::-1])) if p.orig_size else 'mixed sizes'}" for p in preds)
+            + "; ensemble runs of the same data")
     return preds
 
 
@@ -237,6 +243,8 @@ class EncodeJob:
     weights: tuple[float, ...]
     threshold: float
     test_dir: Path | None = None  # input/test: each map's recorded image size is checked against its image
+    test_names: dict[str, str] | None = None  # id -> its file name in test_dir, where not <id>.jpg
+    rle_order: str = "row"  # --rle-order
 
 
 _JOB: EncodeJob | None = None  # set in each worker by _init_worker
@@ -269,13 +277,13 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
                             f"{sorted(origs)}; ensemble folders predicted from the same test images")
     orig = origs.pop()
     if job.test_dir is not None:
-        image = job.test_dir / f"{image_id}.jpg"
+        image = job.test_dir / (job.test_names or {}).get(image_id, f"{image_id}.jpg")
         now = image_header_size(image)
         if now != orig:
             raise PipelineError(f"{image}: is {'unreadable' if now is None else f'{now[1]}x{now[0]}'} but its map "
                                 f"was made from a {orig[1]}x{orig[0]} image; run {PREDICT_STAGE} again: it predicts "
                                 "the maps of changed images again")
-    code = rle.encode(ensemble_mask(maps, job.weights, orig, job.threshold))
+    code = rle.encode(ensemble_mask(maps, job.weights, orig, job.threshold), job.rle_order)
     try:
         rle.validate(code, orig)
     except ValueError as e:
@@ -346,21 +354,28 @@ def _checked(image_id: str, item: tuple[str, str]) -> str:
 
 
 # --- the file ---
-def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], shape: tuple[int, int],
-                     expected_ids: Sequence[str] | None = None, validate_rle: bool = True) -> int:
-    """Stream ``img,rle_mask`` rows (``<id>.jpg``, RLE) into ``path`` (``.csv.gz``) atomically; return the row count.
+def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], shape: tuple[int, int] | None,
+                     expected_ids: Sequence[str] | None = None, validate_rle: bool = True,
+                     keys: Sequence[str] | None = None) -> int:
+    """Stream ``img,rle_mask`` rows (row key, RLE) into ``path`` (``.csv.gz``) atomically; return the row count.
 
     ids: the image ids in row order; masks_rle: one RLE string per id, same order, consumed lazily.
+    keys: the ``img`` of each row (sample_submission.csv's, or the test file names); default ``<id>.jpg``.
     expected_ids: the ids of sample_submission.csv; ``ids`` must equal them, order included.
     shape: (H0, W0) every RLE must fit. validate_rle=False skips ``rle.validate`` per row, for callers
-    whose strings were validated at the source (the encoding workers; one string per view for baselines).
+    whose strings were validated at the source (the encoding workers, at each image's size; baselines).
     Nothing is written under ``path`` unless every row passed; an earlier file there is left intact.
     """
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         raise ValueError(f"{path}: a submission file name must end with {SUFFIX}")
+    if validate_rle and shape is None:
+        raise ValueError("write_submission: validate_rle needs the shape")
     ids = list(ids)
-    _check_ids(path, ids, expected_ids)
+    keys = [f"{i}.jpg" for i in ids] if keys is None else list(keys)
+    if len(keys) != len(ids):
+        raise ValueError(f"write_submission: {len(keys)} row keys for {len(ids)} ids")
+    _check_ids(path, ids, expected_ids, keys)
     refused = f"{path}: not written:"
     files.remove_stale_temps(path.parent, path.name)  # a killed run's partial file (never under the final name)
     with files.atomic_path(path) as tmp:
@@ -368,7 +383,7 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
             with gzip.GzipFile(path.name[:-3], "wb", GZIP_LEVEL, raw, mtime=0) as gz:
                 gz.write((",".join(HEADER) + "\n").encode())
                 rows, batch, codes = 0, [], iter(masks_rle)
-                for image_id in ids:
+                for image_id, key in zip(ids, keys):
                     code = next(codes, None)
                     if code is None:
                         raise PipelineError(f"{refused} only {rows} masks for the {len(ids)} ids")
@@ -380,7 +395,7 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
                             rle.validate(code, shape)
                         except ValueError as e:
                             raise PipelineError(f"{refused} bad RLE for {image_id} (row {rows + 1}): {e}") from None
-                    batch.append(f"{image_id}.jpg,{code}\n")
+                    batch.append(f"{key},{code}\n")
                     rows += 1
                     if len(batch) == WRITE_BATCH:
                         gz.write("".join(batch).encode())
@@ -393,10 +408,11 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
     return rows
 
 
-def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None) -> None:
-    bad = [i for i in ids if not _SAFE_ID.fullmatch(i)]
+def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None, keys: Sequence[str]) -> None:
+    bad = [k for k in keys if not _SAFE_ID.fullmatch(k)]
     if bad:
-        raise PipelineError(f"{path}: not written: ids with a comma, quote or line break: {_listing(bad)}")
+        raise PipelineError(f"{path}: not written: row keys (file names) with a comma, quote or line break: "
+                            f"{_listing(bad)}; rename those test images")
     if expected is None:
         return
     expected = list(expected)
@@ -449,21 +465,26 @@ def write_manifest(path: Path, fields: dict, rows: int, seconds: float, sample_s
 # --- the whole model submission ---
 def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str], sample_submission: Path,
                     threshold: float = 0.0, workers: int = 2, chunksize: int = CHUNKSIZE,
-                    test_dir: Path | None = None) -> dict:
+                    test_dir: Path | None = None, keys: Sequence[str] | None = None,
+                    test_names: dict[str, str] | None = None, rle_order: str = "row") -> dict:
     """Check every map exists, stream the ensemble's masks into ``path`` with workers, write the manifest.
 
-    ids: test ids in sample_submission.csv order. threshold: 0 = the tuned one(s). test_dir: the test images,
-    whose sizes each map's recorded size must still match (None: not checked). Returns the manifest.
+    ids: test ids in submission order; keys: their rows' ``img`` (default ``<id>.jpg``). threshold: 0 = the tuned
+    one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), whose sizes each map's
+    recorded size must still match (None: not checked). Each mask is encoded at its image's own size, in
+    ``rle_order``. Returns the manifest.
     """
     check_maps(preds, ids)
     thr, source = ensemble_threshold(preds, threshold)
     orig_size = preds[0].orig_size
+    if test_names is not None:  # only what the workers need; nothing when every name is Carvana's <id>.jpg
+        test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.size for p in preds),
-                    tuple(p.weight for p in preds), thr, test_dir)
+                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order)
     start = time.perf_counter()
     with encoded_rles(job, ids, workers, chunksize) as codes:
         rows = write_submission(path, ids, progress(codes, f"encode {path.name}", total=len(ids)), orig_size,
-                                expected_ids=ids, validate_rle=False)
+                                expected_ids=ids, validate_rle=False, keys=keys)
     seconds = time.perf_counter() - start
     ttas = sorted({p.tuning["tta"] for p in preds})
     fields = {
@@ -476,31 +497,38 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
         "oof_dice_note": ("out-of-fold full-resolution Dice of the fold ensemble at this threshold (tuning.json)"
                           if len(preds) == 1 and not threshold else
                           "not measured: the ensemble / fixed threshold was not scored out-of-fold"),
-        "orig_size": list(orig_size), "workers": workers,
+        "orig_size": list(orig_size) if orig_size else None, "rle_order": rle_order, "workers": workers,
     }
     return write_manifest(path, fields, rows, seconds, sample_submission)
 
 
 # --- local scoring (demo data has test truth) ---
-def truth_paths(root: Path, ids: Sequence[str]) -> list[Path]:
-    """``root/test_masks/<id>_mask.gif`` for each id; PipelineError naming the missing ones."""
+def truth_paths(root: Path, ids: Sequence[str], mask_suffix: str = "") -> list[Path]:
+    """The mask of each id in ``root/test_masks`` (named as training masks are: lib/layout.py); PipelineError naming
+    the missing ones."""
     folder = root / files.TEST_MASKS
     if not folder.is_dir():
         raise PipelineError(f"{folder}: no test truth to score against (only the demo data has it: "
                             "01_prepare.py --demo); drop --score for Kaggle data")
-    present = {e.name for e in os.scandir(folder)}
-    missing = [files.mask_name(i) for i in ids if files.mask_name(i) not in present]
+    found, ambiguous, _ = layout.match_masks(ids, folder, mask_suffix, [])  # others: not scored
+    if ambiguous:
+        raise PipelineError(ambiguous[0])
+    missing = [i for i in ids if i not in found]
     if missing:
-        raise PipelineError(f"{folder}: {len(missing)} of {len(ids)} truth masks missing: {_listing(missing)}")
-    return [folder / files.mask_name(i) for i in ids]
+        like = next(iter(found.items()), None)  # name the missing masks as the others are named
+        rest = like[1].name[len(like[0]):] if like and like[1].is_file() else "_mask.gif"
+        raise PipelineError(f"{folder}: {len(missing)} of {len(ids)} truth masks missing: "
+                            f"{_listing([i + rest for i in missing])}")
+    return [found[i] for i in ids]
 
 
-def score_submission(path: Path, root: Path) -> float:
-    """Mean Dice over the submission's rows against ``root/test_masks`` GIFs, at full size, the Kaggle way."""
-    return score_submissions([path], root)[path]
+def score_submission(path: Path, root: Path, mask_suffix: str = "", rle_order: str = "row") -> float:
+    """Mean Dice over the submission's rows against ``root/test_masks``, each at its own full size, the Kaggle way."""
+    return score_submissions([path], root, mask_suffix, rle_order)[path]
 
 
-def score_submissions(paths: Sequence[Path], root: Path) -> dict[Path, float]:
+def score_submissions(paths: Sequence[Path], root: Path, mask_suffix: str = "", rle_order: str = "row"
+                      ) -> dict[Path, float]:
     """``score_submission`` of several submissions, decoding each truth mask once for all of them."""
     rows = {}
     for path in paths:
@@ -508,7 +536,7 @@ def score_submissions(paths: Sequence[Path], root: Path) -> dict[Path, float]:
         if not rows[path]:
             raise PipelineError(f"{path}: no rows to score")
     ids = list(dict.fromkeys(i for path_rows in rows.values() for i, _ in path_rows))
-    truths = dict(zip(ids, truth_paths(root, ids)))
+    truths = dict(zip(ids, truth_paths(root, ids, mask_suffix)))
     codes: dict[str, list[tuple[Path, str]]] = {i: [] for i in ids}
     for path, path_rows in rows.items():
         for image_id, code in path_rows:
@@ -518,7 +546,7 @@ def score_submissions(paths: Sequence[Path], root: Path) -> dict[Path, float]:
         truth = read_mask(truths[image_id])
         for path, code in image_codes:
             try:
-                pred = rle.decode(code, truth.shape)
+                pred = rle.decode(code, truth.shape, rle_order)
             except ValueError as e:
                 raise PipelineError(f"{path}: bad RLE for {image_id}: {e}") from None
             scores[path].append(dice(pred, truth))

@@ -231,26 +231,25 @@ def test_a_run_that_fails_in_its_first_epoch_leaves_no_log(trained, tmp_path):
     run_script("02_train.py", "--fold", "0", *args_for(trained, out), "--experiment", "nan")  # starts cleanly
 
 
-# --- 11. names ---
+# --- 11. names (any names work since issue 13: tests/test_layouts.py) ---
 @pytest.mark.parametrize("name", ["extra.jpg", "voiture_ü x_front.jpg"])
-def test_names_outside_the_car_view_pattern_are_one_line(trained, tmp_path, name):
+def test_an_image_without_a_mask_is_one_line_whatever_its_name(trained, tmp_path, name):
     root = own_input(trained, tmp_path)
     src = next((root / files.TRAIN).glob("*.jpg"))
     shutil.copy(src, root / files.TRAIN / name)
     proc = run_script("01_prepare.py", "--input", root, "--output", tmp_path / "out", *FLAGS, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"{root / files.TRAIN / name}: name is not <car>_<view>" in proc.stderr
+    assert f"{root / files.TRAIN / name}: image has no mask" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_png_masks_are_named_in_the_message(trained, tmp_path):
+def test_png_masks_are_read_like_the_gifs(trained, tmp_path):
     root = own_input(trained, tmp_path)
     for gif in (root / files.TRAIN_MASKS).glob("*.gif"):
         Image.open(gif).save(gif.with_suffix(".png"))
         gif.unlink()
-    line = strict_error(run_script("01_prepare.py", "--input", root, "--output", tmp_path / "out", *FLAGS,
-                                   check=False))
-    assert "no *_mask.gif files; it holds 64 other file(s) (.png)" in line
+    proc = run_script("01_prepare.py", "--input", root, "--output", tmp_path / "out", *FLAGS)
+    assert "checked 64 training images of 4 cars" in proc.stdout and "one group per car" in proc.stdout
 
 
 # --- 13. damaged stage files ---
