@@ -18,6 +18,7 @@ import time
 import params
 from lib import cache, files, folds, inputs, layout
 from lib.errors import PipelineError, run_main
+from lib.task import task_of
 
 DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
 DEMO_TOP_FILES = ("train_masks.csv", "metadata.csv", "sample_submission.csv", "classes.csv")  # either kind's
@@ -64,10 +65,12 @@ def main(p: params.Params) -> None:
     if p.demo:
         write_demo(p)
     start = time.perf_counter()
-    table, notes = inputs.check_train(p.input_dir, p.workers, p.mask_suffix, p.group_regex, p.rle_order)
+    task = task_of(p)
+    table, notes = inputs.check_train(p.input_dir, p.workers, p.mask_suffix, p.group_regex, p.rle_order, task)
     for note in notes:
         print(f"note: {note}")
     groups = layout.groups_of(list(table.id), p.group_regex)
+    print(f"task: {task.describe()}")
     print(f"checked {len(table)} training images of {table.car.nunique()} {'cars' if groups.has_views else 'groups'} "
           f"in {p.input_dir} ({time.perf_counter() - start:.1f}s)")
     print(f"groups: {groups.rule}; {layout.group_summary(groups.groups)}"
@@ -81,7 +84,7 @@ def main(p: params.Params) -> None:
     largest = table.loc[(table.height * table.width).idxmax()]  # every truth row takes the largest image's bytes
     orig = (int(largest.height), int(largest.width))
     print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
-                                                                 cache_images, p.mask_suffix)))  # before any write
+                                                                 cache_images, p.mask_suffix, task)))  # before any write
     with files.exclusive(p.output_dir / files.LOCK, "this output folder's split and cache"):  # one 01 at a time
         written = folds.save(split, p.output_dir, p.force)
         per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
@@ -96,7 +99,7 @@ def main(p: params.Params) -> None:
 def check_test_set(p: params.Params) -> None:
     listed = (p.input_dir / files.SAMPLE_SUBMISSION).exists()
     if (p.input_dir / files.TEST).is_dir():
-        test_ids, _ = inputs.check_test(p.input_dir)
+        test_ids, _ = inputs.check_test(p.input_dir, task_of(p))
         print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present" if listed else
               f"test: {len(test_ids)} images in {files.TEST}/ (no {files.SAMPLE_SUBMISSION}: the submission lists "
               "every one, sorted by id, keyed by file name)")

@@ -69,6 +69,8 @@ def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Pred
 def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, score: bool) -> None:
     run = files.run_dir(p.output_dir, p.experiment)
     preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
+    if not preds[0].task.binary:
+        return main_classes(p, run, preds, with_baselines, score)
     test_ids, keys = inputs.test_rows(p.input_dir)
     split = folds.read(p.output_dir)
     if score:
@@ -97,6 +99,51 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     table = baseline.comparison_table(results, preds, manifest, test_dice)
     files.write_text_atomic(run / files.COMPARISON, table)
     params.save(p, run / files.SUBMIT_PARAMS)  # what made the files above (a refused run writes nothing)
+    print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
+
+
+def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score: bool) -> None:
+    """04 for a multi-class task: one row per test image and class 1..C-1, the majority-class baseline, Dice per
+    class."""
+    task = preds[0].task
+    test_ids, keys, class_rows = inputs.test_class_rows(p.input_dir, task)
+    split = folds.read(p.output_dir)
+    if score:
+        submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
+    out = submission.submission_path(run, p.submission)
+    written, manifest = {}, None
+    if test_ids:
+        test_dir = p.input_dir / files.TEST
+        manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION, 0.0,
+                                              p.workers, test_dir=test_dir if test_dir.is_dir() else None,
+                                              keys=keys, test_names=inputs.test_files(p.input_dir),
+                                              rle_order=p.rle_order, class_rows=class_rows)
+        print(f"wrote {out}: {manifest['rows']} rows ({len(test_ids)} images x {len(task.scored)} classes), "
+              f"{manifest['seconds']:.1f}s")
+        written[out.name] = out
+    h, w = preds[0].size
+    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
+                                      mask_suffix=p.mask_suffix, task=task)
+    start = time.perf_counter()
+    result, counts = baseline.oof_majority(cache, split, task)
+    print(f"baseline scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")
+    if with_baselines and test_ids:
+        path = submission.submission_path(run, "baseline_majority")
+        sizes = dict(zip(test_ids, inputs.test_sizes(p.input_dir, test_ids, inputs.test_files(p.input_dir),
+                                                      cache.orig_size)))
+        baseline.write_majority_submission(path, counts, result, task, keys, class_rows, sizes,
+                                           p.input_dir / files.SAMPLE_SUBMISSION, p.rle_order)
+        print(f"wrote {path}")
+        written[path.name] = path
+    scores = submission.score_class_submissions(list(written.values()), p.input_dir, task,
+                                                dict(zip(keys, class_rows)), p.mask_suffix,
+                                                p.rle_order) if score and written else {}
+    for path, (dice, per_class) in scores.items():
+        print(f"test Dice of {path.name}: {dice:.5f} (" + ", ".join(f"{c} {d:.4f}" for c, d in per_class.items()) + ")")
+    table = baseline.comparison_table({"majority": result}, preds, manifest,
+                                      {path.name: d for path, (d, _) in scores.items()})
+    files.write_text_atomic(run / files.COMPARISON, table)
+    params.save(p, run / files.SUBMIT_PARAMS)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
 
 

@@ -1,11 +1,14 @@
 # make demo   set up .venv, then run all stages on the built-in synthetic demo data (CPU, minutes)
+# make demo-multiclass   the same on a synthetic multi-class set (5 classes)
 # make test   set up .venv, then run the test suite (CPU)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := --preset demo --input input/demo --output output/demo
+DEMO_MC := --preset demo --input input/demo_multiclass --output output/demo_multiclass --classes 5 \
+	--class-colors input/demo_multiclass/classes.csv
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo demo-multiclass test bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -21,8 +24,15 @@ demo: setup
 	$(PY) 03_predict.py $(DEMO)
 	$(PY) 04_submit.py --baselines --score $(DEMO)
 
+# the multi-class demo: synthetic aerial scenes, 5 classes (labels in PNGs), per-class submission rows
+demo-multiclass: setup
+	$(PY) 01_prepare.py --demo --demo-kind multiclass --demo-width 480 --demo-height 320 $(DEMO_MC)
+	$(PY) 02_train.py --fold all --resume $(DEMO_MC)
+	$(PY) 03_predict.py $(DEMO_MC)
+	$(PY) 04_submit.py --baselines --score $(DEMO_MC)
+
 test: setup
 	$(PY) -m pytest -q tests
 
 clean-demo:
-	rm -rf input/demo output/demo
+	rm -rf input/demo output/demo input/demo_multiclass output/demo_multiclass

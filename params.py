@@ -26,6 +26,11 @@ class Params:
     mask_suffix: str = ""  # mask of image <id>: train_masks/<id><suffix>.<png|gif|tif|bmp>, or a folder <id><suffix>/ of
     #                        instance masks (merged); empty = auto: "_mask" (Carvana's), else no suffix
 
+    # --- the task ---
+    classes: int = 1  # 1: binary masks (Carvana); C >= 2: a label 0..C-1 per pixel, class 0 the background
+    class_colors: str = ""  # multi-class: CSV of name,r,g,b per class in class order (names; RGB colour masks map through it)
+    class_names: str = ""  # multi-class without --class-colors: names of the C classes, comma-separated (default class0, ...)
+
     # --- 01_prepare ---
     demo: bool = False  # generate the synthetic demo dataset into --input first
     demo_kind: str = "cars"  # demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 classes)
@@ -143,7 +148,7 @@ def _flag_type(f: dataclasses.Field):
 # The stages that use each section of Params (its "# --- name ---" line), and the fields used elsewhere than their
 # section says. Every script accepts every setting, so that one set of flags serves all four stages; its --help
 # shows the ones it uses and says that the others are accepted.
-SECTION_STAGES = {"where things are": "01 02 03 04", "01_prepare": "01", "model": "02", "input size": "01 02",
+SECTION_STAGES = {"where things are": "01 02 03 04", "the task": "01 02 03 04", "01_prepare": "01", "model": "02", "input size": "01 02",
                   "training": "02", "hardware": "02 03", "03_predict / 04_submit": "03 04"}
 FIELD_STAGES = {"seed": "01 02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
                 "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04",
@@ -236,7 +241,7 @@ def make_params(**overrides) -> Params:
 # numeric settings and their ranges: (low, high, low included, high included); None = no bound
 _RANGES: dict[str, tuple] = {
     "seed": (0, 2**32 - 1, True, True), "demo_train_cars": (2, None, True, True), "demo_test_cars": (0, None, True, True),
-    "demo_width": (32, None, True, True), "demo_height": (32, None, True, True), "n_folds": (2, None, True, True),
+    "classes": (1, 255, True, True), "demo_width": (32, None, True, True), "demo_height": (32, None, True, True), "n_folds": (2, None, True, True),
     "workers": (0, None, True, True), "cache_budget_gb": (0, None, True, True),
     "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "accum_steps": (1, None, True, True),
     "lr": (0, None, False, True), "weight_decay": (0, None, True, True), "warmup_epochs": (0, None, True, True),

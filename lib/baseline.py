@@ -39,7 +39,7 @@ from lib.metrics import best_threshold, binarize, dice_histograms, level_of
 from lib.submission import Prediction, write_manifest, write_submission
 
 NAMES = ("global", "view")
-TITLES = {"global": "average mask, global", "view": "average mask, per view"}
+TITLES = {"global": "average mask, global", "view": "average mask, per view", "majority": "majority class per pixel"}
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,11 @@ class MaskSums:
 @dataclass(frozen=True)
 class Baseline:
     """Out-of-fold score of one baseline at its tuned threshold."""
-    name: str  # "global" | "view"
+    name: str  # "global" | "view" | "majority" (multi-class)
     threshold: float
     oof_dice: float
     n_images: int
+    class_dice: dict | None = None  # multi-class: {class name: out-of-fold Dice}
 
 
 def average_u8(sums: NDArray, count: int) -> NDArray[np.uint8]:
@@ -207,30 +208,100 @@ def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids
 # --- the comparison table ---
 def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction], manifest: dict | None,
                      test_dice: dict[str, float] | None = None) -> str:
-    """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored.
+    """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored, and a
+    column per class (out-of-fold Dice) for a multi-class task.
 
     test_dice: submission file name -> local test Dice (``score_submission``); keys 'baseline_<name>.csv.gz'
     for the baselines and ``manifest['submission']`` for the model.
     """
     test_dice = test_dice or {}
-    rows = [(TITLES[b.name], "none", b.threshold, b.oof_dice, test_dice.get(f"baseline_{b.name}.csv.gz"))
-            for b in baselines.values()]
+    rows = [(TITLES[b.name], "none", b.threshold, b.oof_dice, test_dice.get(f"baseline_{b.name}.csv.gz"),
+             b.class_dice or {}) for b in baselines.values()]
     for p in preds:
         prefix = f"{p.tuning['experiment']}: " if len(preds) > 1 else ""
-        rows += [(prefix + s["name"], s["tta"], s["threshold"], s["dice"], None) for s in p.tuning["scores"]]
+        rows += [(prefix + s["name"], s["tta"], s["threshold"], s["dice"], None, s.get("class_dice") or {})
+                 for s in p.tuning["scores"]]
     if manifest is not None:
         rows.append((f"submission {manifest['submission']}", manifest["tta"], manifest["threshold"],
-                     manifest["oof_dice"], test_dice.get(manifest["submission"])))
+                     manifest["oof_dice"], test_dice.get(manifest["submission"]),
+                     (preds[0].tuning.get("class_dice") or {}) if manifest["oof_dice"] is not None else {}))
+    classes = list(dict.fromkeys(name for row in rows for name in row[5]))
     scored = bool(test_dice)
     n = next(iter(baselines.values())).n_images if baselines else 0
-    lines = [f"Full-resolution Dice, mean over images; out-of-fold on {n} training images"
+    what = "mean over images of the mean Dice of the classes" if classes else "mean over images"
+    lines = [f"Full-resolution Dice, {what}; out-of-fold on {n} training images"
              + ("; test on input/test_masks" if scored else "") + ".", "",
-             "| system | TTA | threshold | OOF Dice |" + (" test Dice |" if scored else ""),
-             "|---|---|---:|---:|" + ("---:|" if scored else "")]
-    for name, tta, threshold, oof, test in rows:
-        cells = [name, tta, f"{threshold:.3f}", _fmt(oof)] + ([_fmt(test)] if scored else [])
+             "| system | TTA | threshold | OOF Dice |" + (" test Dice |" if scored else "")
+             + "".join(f" {c} |" for c in classes),
+             "|---|---|---:|---:|" + ("---:|" if scored else "") + "---:|" * len(classes)]
+    for name, tta, threshold, oof, test, per_class in rows:
+        cells = [name, tta, "argmax" if classes else f"{threshold:.3f}", _fmt(oof)] + ([_fmt(test)] if scored else [])
+        cells += [_fmt(per_class.get(c)) for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --- multi-class: the majority class of each pixel ---
+def class_counts(cache, rows: Sequence[int], frame: tuple[int, int], classes: int, desc: str) -> NDArray[np.int32]:
+    """(C, H, W) how many training masks give each pixel of the frame each class (labels brought to the frame,
+    nearest)."""
+    h, w = frame
+    counts = np.zeros((classes, h, w), np.int32)
+    for r in progress(rows, desc):
+        labels = cache.full_mask(int(r))
+        if labels.shape != frame:
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        for c in range(classes):
+            counts[c] += labels == c
+    return counts
+
+
+def majority_labels(counts: NDArray[np.int32], size: tuple[int, int] | None = None) -> NDArray[np.uint8]:
+    """(H, W) uint8: each pixel's most frequent class, at ``size`` (nearest) when given."""
+    labels = counts.argmax(0).astype(np.uint8)
+    if size is not None and labels.shape != tuple(size):
+        labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return labels
+
+
+def oof_majority(cache, split: pd.DataFrame, task) -> tuple[Baseline, NDArray[np.int32]]:
+    """The majority-class baseline scored out-of-fold (fold k's images against the other folds' majority), and the
+    class counts of all training masks (for the test submission)."""
+    ids = list(split.id)
+    rows = cache.rows(ids)
+    frame = cache.orig_size or cache.size
+    fold = split.fold.to_numpy()
+    total = class_counts(cache, rows, frame, task.classes, "baseline: count all classes")
+    dices = np.zeros((len(ids), len(task.scored)))
+    for k in np.unique(fold):
+        members = np.flatnonzero(fold == k)
+        others = total - class_counts(cache, rows[members], frame, task.classes, f"baseline: count fold {k}")
+        for j in members:
+            truth = cache.full_mask(int(rows[j]))
+            dices[j] = task.class_dices(majority_labels(others, truth.shape), truth)
+    per_class = dices.mean(0)
+    return Baseline("majority", 0.5, float(dices.mean()), len(ids),
+                    {task.names[c]: float(d) for c, d in zip(task.scored, per_class)}), total
+
+
+def write_majority_submission(path: Path, counts: NDArray[np.int32], result: Baseline, task, keys: Sequence[str],
+                              class_rows: Sequence[tuple[str, int]], sizes: dict[str, tuple[int, int]],
+                              sample_submission: Path, rle_order: str = "row") -> dict:
+    """The majority-class baseline as a multi-class submission (rows ``keys``, each (image, class) of
+    ``class_rows``, each image at its size in ``sizes``) with its manifest."""
+    start = time.perf_counter()
+    by_size: dict[tuple[int, int], dict[int, str]] = {}
+    for size in dict.fromkeys(tuple(s) for s in sizes.values()):
+        labels = majority_labels(counts, size)
+        by_size[size] = {c: rle.encode(labels == c, rle_order) for c in task.scored}
+    codes = (by_size[tuple(sizes[i])][c] for i, c in class_rows)
+    rows = write_submission(path, list(keys), codes, None, validate_rle=False, keys=keys)
+    fields = {"inputs": [{"baseline": TITLES["majority"], "training_masks": int(counts[:, 0, 0].sum())}],
+              "threshold": 0.5, "level": level_of(0.5), "threshold_source": "none: the majority class decides",
+              "tta": "none", "oof_dice": result.oof_dice, "class_dice": result.class_dice,
+              "oof_dice_note": "out-of-fold mean class Dice of the other folds' majority classes",
+              "rle_order": rle_order, "task": task.record()}
+    return write_manifest(path, fields, rows, time.perf_counter() - start, sample_submission)
 
 
 def _fmt(x: float | None) -> str:

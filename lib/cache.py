@@ -1,13 +1,14 @@
 """What training reads: full-resolution truth (always) and, where it pays, images at the network size (no torch here).
 
 ``output/cache/truth/`` (every network size shares it), for the training ids in sorted order:
-    truth.npy   (N, B) uint8 full-resolution masks, np.packbits of the flattened (H0, W0) mask of each image, at its
+    truth.npy   (N, B) uint8 full-resolution masks, np.packbits of the flattened (H0, W0) mask of each image (of a
+                multi-class set: the bit planes of its labels, ``pack_truth``), at its
                 own size (B: the largest image's bytes; smaller images leave the rest of their row 0)
     meta.json   ids, each image's size, the common size (null when sizes differ), --mask-suffix
                 (written last: arrays without it are never trusted)
 ``output/cache/<H>x<W>/``, only when the image cache is on (``--cache``):
     images.npy  (N, H, W, 3) uint8 RGB at the network size
-    masks.npy   (N, H, W)    uint8 soft masks (fraction of car pixels x 255, area-downscaled)
+    masks.npy   (N, H, W)    uint8 soft masks (fraction of car pixels x 255, area-downscaled), or labels (nearest)
     meta.json   ids, original size, network size
 
 ``--cache auto`` keeps the image cache when it would take at most ``--cache-budget-gb``: at small sizes
@@ -31,7 +32,8 @@ import numpy as np
 from lib import files
 from lib.errors import PipelineError
 from lib.geometry import padded_size, to_net
-from lib.inputs import image_header_size, image_size, read_image_bytes, read_mask, train_pairs
+from lib.inputs import image_header_size, image_size, read_image_bytes, read_truth, train_pairs
+from lib.task import BINARY, Task, task_of
 
 CACHE_VERSION = 3  # 3: per-image sizes and the mask suffix in meta.json
 CACHE_MODES = ("auto", "on", "off")
@@ -83,6 +85,7 @@ class Cache:
     sizes: np.ndarray | None = None  # (N, 2) int (H0, W0) of each row; None: every row is orig_size
     mask_suffix: str = ""  # --mask-suffix: how item() finds a row's mask when decoding
     paths: list[tuple[Path, Path]] | None = None  # (image, mask) of each row, found on first use
+    task: Task = BINARY  # binary masks or class labels (how masks are read, stored and resized)
 
     @property
     def cached(self) -> bool:
@@ -95,9 +98,8 @@ class Cache:
         return int(self.sizes[i][0]), int(self.sizes[i][1])
 
     def full_mask(self, i: int) -> np.ndarray:
-        """(H0, W0) bool full-resolution truth of row i, at its image's own size."""
-        h0, w0 = self.size_of(i)
-        return np.unpackbits(self.truth[i], count=h0 * w0).reshape(h0, w0).astype(bool)
+        """(H0, W0) full-resolution truth of row i at its image's own size: bool (binary) or uint8 labels."""
+        return unpack_truth(self.truth[i], self.size_of(i), self.task)
 
     def pair(self, i: int) -> tuple[Path, Path]:
         """(image file, mask file or instance folder) of row i."""
@@ -115,13 +117,40 @@ class Cache:
             return np.array(self.images[row]), np.array(self.masks[row])  # copies out of the memmaps
         image_file, mask_file = self.pair(row)
         image, orig = load_net_image(image_file, *self.size)
-        mask = read_mask(mask_file)
+        mask = read_truth(mask_file, self.task)
         expected = self.size_of(row)
         if orig != expected or mask.shape != orig:
             raise PipelineError(f"{image_file}: image {orig[1]}x{orig[0]} and mask "
                                 f"{mask.shape[1]}x{mask.shape[0]}, but the prepared data is "
                                 f"{expected[1]}x{expected[0]}; re-run 01_prepare.py --force")
-        return image, net_mask(mask, *self.size)
+        return image, net_target(mask, *self.size, self.task)
+
+
+def pack_truth(mask: np.ndarray, task: Task = BINARY) -> np.ndarray:
+    """(H0, W0) bool mask or uint8 labels -> packed bits: the mask's bits (binary), or the labels' ``task.truth_bits``
+    bit planes one after another (bit 0 first)."""
+    if task.binary:
+        return np.packbits(mask.ravel())
+    return np.packbits(np.stack([(mask >> b) & 1 for b in range(task.truth_bits)]).ravel())
+
+
+def unpack_truth(row: np.ndarray, size: tuple[int, int], task: Task = BINARY) -> np.ndarray:
+    """The inverse of ``pack_truth`` for an image of ``size`` (H0, W0)."""
+    h0, w0 = size
+    if task.binary:
+        return np.unpackbits(row, count=h0 * w0).reshape(h0, w0).astype(bool)
+    planes = np.unpackbits(row, count=task.truth_bits * h0 * w0).reshape(task.truth_bits, h0, w0)
+    labels = np.zeros((h0, w0), np.uint8)
+    for b in range(task.truth_bits):
+        labels |= planes[b] << b
+    return labels
+
+
+def net_target(mask: np.ndarray, height: int, width: int, task: Task = BINARY) -> np.ndarray:
+    """Full-size truth -> (height, width) uint8 at the network size: a soft mask (binary) or labels (nearest)."""
+    if task.binary:
+        return net_mask(mask, height, width)
+    return to_net(mask, height, width, interpolation=cv2.INTER_NEAREST)
 
 
 def pair_paths(root: Path, ids: list[str], mask_suffix: str = "") -> list[tuple[Path, Path]]:
@@ -141,8 +170,8 @@ def projected_bytes(n: int, height: int, width: int) -> int:
     return n * height * width * 4
 
 
-def truth_bytes(n: int, orig_size: tuple[int, int]) -> int:
-    return n * -(-orig_size[0] * orig_size[1] // 8)
+def truth_bytes(n: int, orig_size: tuple[int, int], task: Task = BINARY) -> int:
+    return n * -(-orig_size[0] * orig_size[1] * task.truth_bits // 8)
 
 
 def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float) -> bool:
@@ -153,13 +182,14 @@ def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float
 
 
 def disk_needed(output: Path, ids: list[str], orig_size: tuple[int, int], height: int, width: int,
-                cache_images: bool, mask_suffix: str = "") -> dict[str, int]:
+                cache_images: bool, mask_suffix: str = "", task: Task = BINARY) -> dict[str, int]:
     """Bytes the truth and image caches will add under ``output`` (0 for a part already there and current);
     ``orig_size``: the size of the largest image (every truth row takes its bytes)."""
     ids = sorted(ids)
-    need = {"truth": 0 if _current(_truth_dir(output), ids, mask_suffix) else truth_bytes(len(ids), orig_size),
+    need = {"truth": 0 if _current(_truth_dir(output), ids, mask_suffix, task)
+            else truth_bytes(len(ids), orig_size, task),
             "images": 0}
-    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix):
+    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix, task):
         need["images"] = projected_bytes(len(ids), height, width)
     return need
 
@@ -183,7 +213,7 @@ def _truth_dir(output: Path) -> Path:
     return output / "cache" / "truth"
 
 
-def _current(folder: Path, ids: list[str], mask_suffix: str = "") -> dict | None:
+def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY) -> dict | None:
     """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
     ``mask_suffix``, else None."""
     path = folder / "meta.json"
@@ -192,19 +222,19 @@ def _current(folder: Path, ids: list[str], mask_suffix: str = "") -> dict | None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return meta if meta and meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and \
-        meta.get("mask_suffix") == mask_suffix else None
+        meta.get("mask_suffix") == mask_suffix and meta.get("task", BINARY.record()) == task.record() else None
 
 
-def _item(job: tuple[Path, Path, int, int, bool]) -> tuple:
-    image_file, mask_file, height, width, with_images = job
-    mask = read_mask(mask_file)
+def _item(job: tuple[Path, Path, int, int, bool, Task]) -> tuple:
+    image_file, mask_file, height, width, with_images, task = job
+    mask = read_truth(mask_file, task)
     if not with_images:
-        return np.packbits(mask.ravel()), mask.shape
+        return pack_truth(mask, task), mask.shape
     image, orig = load_net_image(image_file, height, width)
     if mask.shape != orig:
         raise PipelineError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                             f"{orig[1]}x{orig[0]}; re-run 01_prepare.py")
-    return np.packbits(mask.ravel()), orig, image, net_mask(mask, height, width)
+    return pack_truth(mask, task), orig, image, net_target(mask, height, width, task)
 
 
 def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
@@ -224,7 +254,7 @@ def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
 
 
 def build_cache(root: Path, ids: list[str], output: Path, height: int, width: int, workers: int = 2,
-                truth: bool = True, images: bool = True, mask_suffix: str = "") -> None:
+                truth: bool = True, images: bool = True, mask_suffix: str = "", task: Task = BINARY) -> None:
     """Decode every training mask (and, with ``images``, image) once into the truth and image caches.
 
     Each folder's arrays are written under temporary names and renamed, then its meta.json last."""
@@ -234,11 +264,11 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
                "images": files.cache_dir(output, height, width) if images else None}
     paths = pair_paths(root, ids, mask_suffix)
     sizes = image_sizes([image for image, _ in paths])
-    jobs = [(image, mask, height, width, images) for image, mask in paths]
+    jobs = [(image, mask, height, width, images, task) for image, mask in paths]
     n = len(ids)
     arrays = {}
     if truth:
-        arrays["truth"] = (folders["truth"], (n, -(-max(h * w for h, w in sizes) // 8)), 0)
+        arrays["truth"] = (folders["truth"], (n, -(-max(h * w for h, w in sizes) * task.truth_bits // 8)), 0)
     if images:
         arrays |= {"images": (folders["images"], (n, height, width, 3), 2),
                    "masks": (folders["images"], (n, height, width), 3)}
@@ -265,7 +295,7 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
                 pool.shutdown(cancel_futures=True)
     common = common_size(sizes)
     meta = {"version": CACHE_VERSION, "ids": ids, "orig_size": list(common) if common else None,
-            "sizes": [list(hw) for hw in sizes], "mask_suffix": mask_suffix}
+            "sizes": [list(hw) for hw in sizes], "mask_suffix": mask_suffix, "task": task.record()}
     if truth:
         files.write_text_atomic(folders["truth"] / "meta.json", json.dumps(meta))
     if images:
@@ -296,21 +326,22 @@ class _atomic_arrays:
 
 
 def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int = 2,
-               mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "") -> Cache:
+               mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "", task: Task = BINARY) -> Cache:
     """The training data for these ids at this size, building the truth (and the image cache, when ``mode``
     selects it) first where missing or stale."""
     ids = sorted(ids)
     cache_images = use_image_cache(mode, len(ids), height, width, budget_gb)
-    if _current(_truth_dir(output), ids, mask_suffix) is None or (
-            cache_images and _current(files.cache_dir(output, height, width), ids, mask_suffix) is None):
+    if _current(_truth_dir(output), ids, mask_suffix, task) is None or (
+            cache_images and _current(files.cache_dir(output, height, width), ids, mask_suffix, task) is None):
         # another process (a fold trained side by side) may be building it: wait for it, then look again
         with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=True):
-            _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix)
-    truth_meta = _current(_truth_dir(output), ids, mask_suffix)
+            _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix, task)
+    truth_meta = _current(_truth_dir(output), ids, mask_suffix, task)
     common = truth_meta["orig_size"]
     cache = Cache(Path(root), ids, np.load(_truth_dir(output) / "truth.npy", mmap_mode="r"),
                   tuple(common) if common else None, (height, width),
-                  sizes=None if common else np.array(truth_meta["sizes"], np.int64), mask_suffix=mask_suffix)
+                  sizes=None if common else np.array(truth_meta["sizes"], np.int64), mask_suffix=mask_suffix,
+                  task=task)
     if cache_images:
         folder = files.cache_dir(output, height, width)
         cache.images = np.load(folder / "images.npy", mmap_mode="r")
@@ -319,20 +350,20 @@ def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int
 
 
 def _build_missing(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int,
-                   cache_images: bool, mask_suffix: str) -> None:
-    truth_meta = _current(_truth_dir(output), ids, mask_suffix)
-    image_meta = _current(files.cache_dir(output, height, width), ids, mask_suffix) if cache_images else None
+                   cache_images: bool, mask_suffix: str, task: Task) -> None:
+    truth_meta = _current(_truth_dir(output), ids, mask_suffix, task)
+    image_meta = _current(files.cache_dir(output, height, width), ids, mask_suffix, task) if cache_images else None
     if truth_meta is None or (cache_images and image_meta is None):
         what = "truth and images" if cache_images else "truth"
         print(f"caching the {what} of {len(ids)} training images"
               + (f" at {height}x{width} in {files.cache_dir(output, height, width)}" if cache_images
                  else f" in {_truth_dir(output)}"), flush=True)
         build_cache(root, ids, output, height, width, workers, truth=truth_meta is None,
-                    images=cache_images and image_meta is None, mask_suffix=mask_suffix)
+                    images=cache_images and image_meta is None, mask_suffix=mask_suffix, task=task)
 
 
 def open_for(p, ids: list[str], height: int | None = None, width: int | None = None) -> Cache:
     """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb,
     --mask-suffix), at ``height`` x ``width`` (default the run's size)."""
     return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, p.cache,
-                      p.cache_budget_gb, p.mask_suffix)
+                      p.cache_budget_gb, p.mask_suffix, task_of(p))

@@ -12,13 +12,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lib.cache import Cache
 
 
-def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float):
-    """Joint image/mask augmentation (what worked for the Carvana top teams): flip, small affine, colour."""
+def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float,
+                    mask_interpolation: int = cv2.INTER_LINEAR):
+    """Joint image/mask augmentation (what worked for the Carvana top teams): flip, small affine, colour.
+    ``mask_interpolation``: linear for soft binary masks, nearest for label maps (lib/task.py)."""
     import albumentations as A
     return A.Compose([
         A.HorizontalFlip(p=hflip_p),
         A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-4, 4),
-                 border_mode=cv2.BORDER_REFLECT_101, mask_interpolation=cv2.INTER_LINEAR, p=shift_scale_rotate_p),
+                 border_mode=cv2.BORDER_REFLECT_101, mask_interpolation=mask_interpolation,
+                 p=shift_scale_rotate_p),
         A.OneOf([A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10),
                  A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1)], p=color_p),
     ])

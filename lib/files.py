@@ -76,7 +76,7 @@ PREPARE_PARAMS, PREDICT_PARAMS, SUBMIT_PARAMS = "prepare_params.json", "predict_
 
 def probs_made_by(tuning: dict) -> dict:
     """What test_probs/meta.json records of a tuning.json: the maps of one folder share it."""
-    return {k: tuning.get(k) for k in ("models", "tta", "size")}
+    return {k: tuning.get(k) for k in ("models", "tta", "size", "task")}
 
 
 # --- atomic writing ---

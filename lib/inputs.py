@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Checked:
     width: int = 0
     mask_area: int = 0
     rle: str = ""  # the mask's run-length encoding, to compare with train_masks.csv without decoding it again
+    class_pixels: tuple[int, ...] = ()  # multi-class: pixels of each class
     problem: str = ""
 
 
@@ -126,6 +128,84 @@ def read_instances(folder: Path) -> np.ndarray:
     return union
 
 
+def read_labels(path: Path, classes: int, colors: tuple = ()) -> np.ndarray:
+    """(H, W) uint8 class labels 0..classes-1 of a multi-class mask; PipelineError naming the file otherwise.
+
+    - a single-channel image (8 or 16 bit): its values are the classes;
+    - a palette image: its index is the class (the VOC convention), whatever colours the palette shows;
+    - an RGB(A) image: each colour is looked up in ``colors`` (--class-colors: the RGB of each class in order);
+    - an instance folder: files ``<anything>__<class name>.<ext>`` (``classes`` of them named by ``colors``' names,
+      see ``read_class_instances``) -- handled by the caller, which knows the names.
+    """
+    _read_bytes(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise PipelineError(f"{path}: not a readable mask image ({e})") from None
+    if arr.ndim == 3:
+        rgb = arr[..., :3]
+        if all(np.array_equal(rgb[..., 0], rgb[..., c]) for c in (1, 2)):
+            arr = rgb[..., 0]  # grey stored as RGB
+        elif not colors:
+            raise PipelineError(f"{path}: colour mask (mode {mode}) and no --class-colors to map its colours to "
+                                "classes; give --class-colors FILE (name,r,g,b per class)")
+        else:
+            return _labels_of_colours(path, rgb, colors)
+    values = np.flatnonzero(np.bincount(arr.ravel().astype(np.int64), minlength=1))
+    if len(values) and values.max() >= classes:
+        bad = values[values >= classes]
+        raise PipelineError(f"{path}: label values {', '.join(map(str, bad[:6]))} outside 0..{classes - 1} "
+                            f"(--classes {classes}); give the right --classes, or save the mask with class indices")
+    return arr.astype(np.uint8)
+
+
+def _labels_of_colours(path: Path, rgb: np.ndarray, colors: tuple) -> np.ndarray:
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in colors], np.int32)
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
+    labels = order[pos].astype(np.uint8)
+    unknown = keys[labels] != code
+    if unknown.any():
+        y, x = np.argwhere(unknown)[0]
+        raise PipelineError(f"{path}: {int(unknown.sum())} pixels of colours that --class-colors does not list, "
+                            f"e.g. {tuple(int(v) for v in rgb[y, x])} at x={x}, y={y}; add the colour to the file "
+                            "or repaint those pixels")
+    return labels
+
+
+def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
+    """(H, W) uint8 labels from an instance folder of a multi-class set: each file ``<anything>__<class name>.<ext>``
+    is a binary mask of one object of that class; later files (in name order) paint over earlier ones."""
+    paths = layout.instance_files(folder)
+    labels = None
+    for path in paths:
+        stem = path.name.rsplit(".", 1)[0]
+        name = stem.rpartition("__")[2] if "__" in stem else None
+        if name not in names or names.index(name) == 0:
+            raise PipelineError(f"{path}: an instance file of a multi-class set is named <anything>__<class>.<ext> "
+                                f"with a class of {', '.join(names[1:])}; rename it")
+        mask = read_mask(path)
+        if labels is None:
+            labels = np.zeros(mask.shape, np.uint8)
+        elif mask.shape != labels.shape:
+            raise PipelineError(f"{path}: instance mask is {mask.shape[1]}x{mask.shape[0]} but {paths[0].name} in "
+                                f"the same folder is {labels.shape[1]}x{labels.shape[0]}")
+        labels[mask] = names.index(name)
+    return labels
+
+
+def read_truth(path: Path, task) -> np.ndarray:
+    """The truth of one image as ``task`` reads it: (H, W) bool (binary, ``read_mask``) or uint8 labels."""
+    if task.binary:
+        return read_mask(path)
+    if path.is_dir():
+        return read_class_instances(path, list(task.names))
+    return read_labels(path, task.classes, task.colors)
+
+
 def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """(256,) uint8: the grey value the palette gives each used index; PipelineError for colours that are not grey."""
     if used.max() >= len(palette):
@@ -149,16 +229,19 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _check_pair(args: tuple[str, Path, Path, str]) -> Checked:
-    image_id_, image_path, mask_path, rle_order = args
+def _check_pair(args: tuple) -> Checked:
+    image_id_, image_path, mask_path, rle_order, task = args
     try:
         height, width = check_image(image_path)
-        mask = read_mask(mask_path)
+        mask = read_truth(mask_path, task)
     except PipelineError as e:
         return Checked(image_id_, problem=str(e))
     if (height, width) != mask.shape:
         return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                                          f"{image_path.name} is {width}x{height}")
+    if not task.binary:
+        counts = np.bincount(mask.ravel(), minlength=task.classes)
+        return Checked(image_id_, height, width, int(counts[1:].sum()), class_pixels=tuple(int(c) for c in counts))
     return Checked(image_id_, height, width, int(mask.sum()), rle.encode(mask, rle_order))
 
 
@@ -180,7 +263,7 @@ def train_pairs(root: Path, mask_suffix: str = "", notes: list[str] | None = Non
 
 
 def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex: str = "",
-                rle_order: str = "row") -> tuple[pd.DataFrame, list[str]]:
+                rle_order: str = "row", task=None) -> tuple[pd.DataFrame, list[str]]:
     """Check ``root/train`` against ``root/train_masks`` (and ``train_masks.csv`` where present, read in
     ``rle_order``), and group the ids for the folds (``lib.layout.groups_of``).
 
@@ -194,7 +277,9 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     pairs, problems = train_pairs(root, mask_suffix, notes)
     ids = sorted(pairs)
     groups = layout.groups_of(ids, group_regex)  # a bad --group-regex is refused before any image is read
-    jobs = [(i, *pairs[i], rle_order) for i in ids]
+    from lib.task import BINARY
+    task = task or BINARY
+    jobs = [(i, *pairs[i], rle_order, task) for i in ids]
     from lib.progress import progress
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
@@ -214,11 +299,19 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     if instances:
         notes.append(f"{len(instances)} image(s) take their mask from an instance folder (the union of its masks): "
                      f"{_listing(instances)}")
+    if not task.binary and good:
+        total = np.sum([c.class_pixels for c in good], axis=0)
+        present = np.sum([np.array(c.class_pixels) > 0 for c in good], axis=0)
+        notes.append("classes (share of pixels, images holding it): " + ", ".join(
+            f"{name} {t / total.sum():.1%} {n}" for name, t, n in zip(task.names, total, present)))
+        absent = [name for name, n in zip(task.names, present) if n == 0]
+        if absent:
+            notes.append(f"class(es) {', '.join(absent)} in no training mask: the model cannot learn them")
     empty = table[table.mask_area == 0]
     if len(empty):
         notes.append(f"{len(empty)} mask(s) are empty (no object): {_listing(list(empty.id))}")
     csv_path = root / files.TRAIN_MASKS_CSV
-    if csv_path.exists() and not problems:
+    if csv_path.exists() and not problems and task.binary:
         problems += _check_train_masks_csv(csv_path, {i: m for i, (_, m) in pairs.items()},
                                            {c.image_id: c.rle for c in good})
     if problems:
@@ -308,15 +401,16 @@ def test_rows(root: Path) -> tuple[list[str], list[str]]:
     return ids, [on_disk[i].name for i in ids]
 
 
-def check_test(root: Path) -> tuple[list[str], dict[str, Path]]:
+def check_test(root: Path, task=None) -> tuple[list[str], dict[str, Path]]:
     """Test ids in submission order and their files in test/: the ids of sample_submission.csv (every one must be on
-    disk), or without one every image in test/, sorted by id."""
+    disk; for a multi-class ``task`` the images of its ``<image id>_<class>`` rows), or without one every image in
+    test/, sorted by id."""
     notes: list[str] = []
     on_disk = layout.list_images(root / files.TEST, notes)
     if not (root / files.SAMPLE_SUBMISSION).exists():
         ids = sorted(on_disk)
         return ids, {i: on_disk[i] for i in ids}
-    ids = read_sample_submission(root)
+    ids = read_sample_submission(root) if task is None or task.binary else test_class_rows(root, task)[0]
     missing = [i for i in ids if i not in on_disk]
     if missing:
         raise PipelineError(f"{root / files.TEST}: {len(missing)} of the {len(ids)} images listed in "
@@ -348,3 +442,31 @@ def test_sizes(root: Path, ids: list[str], names: dict[str, str], common: tuple[
                                 f"of its baseline mask is unknown; put the test images in {root / files.TEST}")
         sizes.append(size)
     return sizes
+
+
+def test_class_rows(root: Path, task) -> tuple[list[str], list[str], list[tuple[str, int]]]:
+    """Multi-class submission rows: (test image ids in first-row order, row ids, (image id, class) of each row).
+
+    With sample_submission.csv its rows, each ``<image id>_<class name>`` of a class 1..C-1 (the longest class name
+    that ends the row id wins); without one every test image sorted by id, each with a row per class in class order.
+    """
+    path = root / files.SAMPLE_SUBMISSION
+    if not path.exists():
+        ids, _ = test_rows(root)
+        keys = [key for i in ids for key in task.row_ids("", i)]
+        return ids, keys, [(i, c) for i in ids for c in task.scored]
+    keys = list(read_csv(path, ["img", "rle_mask"]).img)
+    names = sorted(((task.names[c], c) for c in task.scored), key=lambda x: -len(x[0]))
+    pairs, bad = [], []
+    for key in keys:
+        hit = next(((key[:-len(n) - 1], c) for n, c in names if key.endswith("_" + n) and len(key) > len(n) + 1), None)
+        if hit is None:
+            bad.append(key)
+        else:
+            pairs.append(hit)
+    if bad:
+        raise PipelineError(f"{path}: rows {_listing(bad)} are not <image id>_<class name> with a class of "
+                            f"{', '.join(task.names[c] for c in task.scored)} (--classes, --class-colors/--class-names)")
+    if len(set(keys)) != len(keys):
+        raise PipelineError(f"{path}: duplicate row ids")
+    return list(dict.fromkeys(i for i, _ in pairs)), keys, pairs

@@ -17,6 +17,7 @@ from torch import nn
 import params as params_mod
 from lib import files
 from lib.errors import PipelineError
+from lib.task import Task
 from params import Params
 
 # ImageNet statistics, applied on the device so loaders move uint8 (4x less data)
@@ -25,7 +26,7 @@ STD = (0.229, 0.224, 0.225)
 
 
 def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
-    """The smp network for ``p`` (one output channel, logits), made by ``smp.create_model``: any architecture, any
+    """The smp network for ``p`` (logits: one output channel for binary masks, C for C classes), made by ``smp.create_model``: any architecture, any
     encoder smp knows (its own and timm's ``tu-...``), any weights name smp accepts for it. ``pretrained=False``
     builds it without weights whatever ``p.encoder_weights`` says (a checkpoint will fill them)."""
     import segmentation_models_pytorch as smp
@@ -36,7 +37,8 @@ def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
     elif p.decoder_channels != Params.decoder_channels:
         raise PipelineError(f"--decoder-channels applies to {' and '.join(params_mod.DECODER_ARCHS)}, not {p.arch}")
     try:
-        net = smp.create_model(p.arch, encoder_name=p.encoder, encoder_weights=weights, in_channels=3, classes=1,
+        net = smp.create_model(p.arch, encoder_name=p.encoder, encoder_weights=weights, in_channels=3,
+                               classes=Task(p.classes).channels,
                                **kwargs)
     except KeyError as e:  # smp's own words for an unknown architecture, encoder or weights name
         text = str(e.args[0]) if e.args else str(e)
@@ -53,7 +55,7 @@ def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
 
 
 class Segmenter(nn.Module):
-    """smp network taking uint8 (N, 3, H, W) RGB or float; normalises on the device, returns logits (N, 1, H, W)."""
+    """smp network taking uint8 (N, 3, H, W) RGB or float; normalises on the device, returns logits (N, channels, H, W)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()

@@ -14,19 +14,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from lib import files
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.metrics import binarize, dice, dice_histograms
+from lib.task import BINARY, Task
 
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]  # as test maps
-
-
-def to_uint8(prob: torch.Tensor) -> np.ndarray:
-    """(N, 1, H, W) probabilities in [0, 1] -> (N, H, W) uint8 levels (rounded)."""
-    return (prob[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
 
 
 class PngMaps(Sequence):
@@ -78,20 +73,38 @@ class PngMaps(Sequence):
         return np.stack(list(self))
 
 
-def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float) -> np.ndarray:
-    """(N,) full-resolution Dice of each map at ``threshold`` against row ``rows[i]`` of ``cache``, each at its
-    image's own size."""
-    return np.array([dice(binarize(np.ascontiguousarray(from_net(pr, *cache.size_of(r))), threshold),
-                          cache.full_mask(r)) for pr, r in zip(probs_u8, rows)], dtype=np.float64)
+def at_size(m: np.ndarray, task: Task, height: int, width: int) -> np.ndarray:
+    """A stored network-size map (channels * h, w) uint8 -> (channels, height, width) at an image's own size."""
+    return np.stack([from_net(c, height, width) for c in task.split_map(m)])
 
 
-def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float) -> float:
+def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
+                task: Task = BINARY) -> np.ndarray:
+    """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
+    image's own size, for each scored class
+    (S = 1 binary, at ``threshold``; S = C - 1 multi-class, of the argmax)."""
+    if task.binary:
+        return np.array([[dice(binarize(np.ascontiguousarray(from_net(pr, *cache.size_of(r))), threshold),
+                               cache.full_mask(r))] for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, 1)
+    return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), 0), cache.full_mask(r))
+                     for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, len(task.scored))
+
+
+def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
+                task: Task = BINARY) -> np.ndarray:
+    """(N,) full-resolution score of each map: Dice at ``threshold`` (binary) or the mean Dice of the classes of
+    the argmax (multi-class)."""
+    return class_dices(probs_u8, cache, rows, threshold, task).mean(axis=1)
+
+
+def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
+                  task: Task = BINARY) -> float:
     """Mean Dice as Kaggle measures it: maps resized to the original size, thresholded, per image."""
-    return float(np.mean(image_dices(probs_u8, cache, rows, threshold)))
+    return float(np.mean(image_dices(probs_u8, cache, rows, threshold, task)))
 
 
 def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray) -> np.ndarray:
-    """(N, 2, 256) Dice histograms of network-size maps brought back to each image's own size."""
+    """(N, 2, 256) Dice histograms of network-size binary maps brought back to each image's own size."""
     return np.stack([dice_histograms(from_net(pr, *cache.size_of(r)), cache.full_mask(r))
                      for pr, r in zip(probs_u8, rows)])
 

@@ -21,10 +21,12 @@ from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.inputs import read_image_bytes
 from lib.metrics import binarize
-from lib.plot import overlay
+from lib.oof import at_size
+from lib.plot import overlay, overlay_labels
 from lib.progress import progress
 from lib.predict import Ensemble, TestImages, load_fold_models, predict_batch
 from lib.submission import read_tuning
+from lib.task import BINARY, Task
 from params import Params
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -86,8 +88,8 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     mode, threshold, source = choose_tta_threshold(p, ens)
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{len(paths)} photo(s) with {len(ens.models)} fold model(s), TTA {mode}, threshold {threshold:.3f} "
-          f"({source}) -> {out}", flush=True)
+    decided = f"threshold {threshold:.3f} ({source})" if ens.task.binary else f"argmax over {ens.task.describe()}"
+    print(f"{len(paths)} photo(s) with {len(ens.models)} fold model(s), TTA {mode}, {decided} -> {out}", flush=True)
     h, w = ens.size
     loader = DataLoader(TestImages(paths, h, w), batch_size=p.predict_batch_size, num_workers=worker_count(p.workers))
     rows: dict[int, str] = {}
@@ -97,28 +99,36 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
         for images, index, origs in progress(loader, "photos", leave=True):
             probs = predict_batch(ens, images, mode)
             pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
-                                      p.rle_order)
+                                      p.rle_order, ens.task)
                         for i, prob, orig in zip(index.tolist(), probs, origs)]
             for f in [f for f in pending if f.done()]:
                 rows.update([f.result()])
             pending = [f for f in pending if not f.done()]
         for f in pending:
             rows.update([f.result()])
-    lines = ["img,rle_mask"] + [f"{paths[i].name},{rows[i]}" for i in range(len(paths))]
+    keys = [ens.task.row_ids(paths[i].name, paths[i].stem) for i in range(len(paths))]  # multi-class: a row a class
+    lines = ["img,rle_mask"] + [f"{k},{code}" for i in range(len(paths)) for k, code in zip(keys[i], rows[i])]
     files.write_text_atomic(out / MASKS_CSV, "\n".join(lines) + "\n")
     print(f"wrote {len(paths)} masks, overlays and {out / MASKS_CSV} in {time.perf_counter() - start:.1f}s")
     return out
 
 
 def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,
-                 rle_order: str = "row") -> tuple[int, str]:
-    mask = binarize(np.ascontiguousarray(from_net(prob, *orig)), threshold)
+                 rle_order: str = "row", task: Task = BINARY) -> tuple[int, list[str]]:
+    """Mask PNG (0/255, or the class index of each pixel), overlay and RLE(s) of one photo at its own size."""
     image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like the mask
-    ok1, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-    ok2, jpg = cv2.imencode(".jpg", overlay(image[..., ::-1], mask)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if task.binary:
+        mask = binarize(np.ascontiguousarray(from_net(prob, *orig)), threshold)
+        png_values, shown, masks = mask.astype(np.uint8) * 255, overlay(image[..., ::-1], mask), [mask]
+    else:
+        labels = task.decide(at_size(prob, task, *orig), 0)
+        png_values, shown = labels, overlay_labels(image[..., ::-1], labels, task)
+        masks = [labels == c for c in task.scored]
+    ok1, png = cv2.imencode(".png", png_values)
+    ok2, jpg = cv2.imencode(".jpg", shown[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not (ok1 and ok2):
         raise OSError(f"could not encode the mask or overlay of {path}")
     files.write_bytes_atomic(out / f"{path.stem}_mask.png", png.tobytes())
     files.write_bytes_atomic(out / f"{path.stem}_overlay.jpg", jpg.tobytes())
-    return i, rle.encode(mask, rle_order)
+    return i, [rle.encode(m, rle_order) for m in masks]

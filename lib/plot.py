@@ -56,3 +56,29 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, (255, 255, 0), 2, cv2.LINE_AA)
     return out
+
+
+def class_colors(task) -> np.ndarray:
+    """(C, 3) uint8 RGB of each class: --class-colors when given, else a fixed palette (background black)."""
+    if task.colors:
+        return np.array(task.colors, np.uint8)
+    rng = np.random.default_rng(7)
+    palette = rng.integers(40, 256, (max(task.classes, 2), 3)).astype(np.uint8)
+    palette[0] = 0
+    return palette[:task.classes]
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, task) -> np.ndarray:
+    """(H, W, 3) uint8 RGB photo with each class 1..C-1 of the (H, W) uint8 ``labels`` tinted in its colour."""
+    colours = class_colors(task).astype(np.float32)
+    out = image.astype(np.float32)
+    painted = labels > 0
+    out[painted] = (1 - ALPHA) * out[painted] + ALPHA * colours[labels[painted]]
+    return out.astype(np.uint8)
+
+
+def overlay_map(image: np.ndarray, prob_map: np.ndarray, task) -> np.ndarray:
+    """A network-size image and its stored map (lib/task.py) -> the overlay of what the map decides."""
+    if task.binary:
+        return overlay(image, prob_map > 127)
+    return overlay_labels(image, task.decide(task.split_map(prob_map), 0), task)

@@ -27,7 +27,8 @@ from lib.errors import PipelineError, restart_advice
 from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model, state_digest
 from lib.progress import progress
-from lib.oof import load_oof, oof_histograms, to_uint8
+from lib.oof import class_dices, load_oof, oof_histograms
+from lib.task import Task, task_of_checkpoint
 from lib.submission import read_tuning
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, shard_of
 import params as params_mod
@@ -43,6 +44,7 @@ class Ensemble:
     params: Params  # the first checkpoint's settings (size, encoder, ...)
     device: torch.device
     precision: Precision
+    task: Task
     channels_last: bool = True  # models and inputs in NHWC memory format
 
     @property
@@ -85,7 +87,7 @@ def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
 
 def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensemble:
     set_threads(p.threads)
-    models, sizes, first, prints = [], set(), None, []
+    models, sizes, tasks, first, prints = [], set(), set(), None, []
     for k in ks:
         path = files.fold_dir(p.output_dir, p.experiment, k) / files.BEST
         advice = restart_advice(k)
@@ -98,6 +100,7 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         sizes.add((mp.height, mp.width))
+        tasks.add(task_of_checkpoint(ckpt, mp))
         prints.append({"fold": k, "epoch": int(ckpt.get("epoch", -1)), "val_dice": float(ckpt.get("val_dice", -1)),
                        "arch": mp.arch, "encoder": mp.encoder,
                        "digest": ckpt.get("digest") or state_digest(ckpt["model"])})
@@ -105,14 +108,18 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
     if len(sizes) > 1:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained at different "
                             f"sizes {sorted(sizes)}; an ensemble needs one size")
-    return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp),
+    if len(tasks) > 1:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained for different "
+                            f"tasks ({'; '.join(sorted(t.describe() for t in tasks))}); an ensemble needs one")
+    return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp), tasks.pop(),
                     p.channels_last)
 
 
 @torch.no_grad()
 def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[nn.Module] | None = None
                   ) -> np.ndarray:
-    """(N, 3, H, W) uint8 -> (N, H, W) uint8 mean probability of ``models`` (default all) with TTA ``mode``."""
+    """(N, 3, H, W) uint8 -> N maps (``Task.to_maps``: (N, H, W) binary, (N, C * H, W) multi-class) of the mean
+    probability of ``models`` (default all) with TTA ``mode``."""
     x = images.to(ens.device, non_blocking=True)
     if ens.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -120,42 +127,53 @@ def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[n
     total = None
     with ens.precision.autocast(ens.device):
         for model in models:
-            prob = tta.predict_proba(model, x, mode)
+            prob = tta.predict_proba(model, x, mode, ens.task)
             total = prob if total is None else total + prob
-    return to_uint8(total / len(models))
+    return ens.task.to_maps(total / len(models))
 
 
 # --- tuning on out-of-fold predictions ---
 def tune(p: Params, ens: Ensemble) -> dict:
-    """Pick TTA mode and threshold on the pooled out-of-fold images; return the tuning record."""
+    """Pick TTA mode (and for binary masks the threshold) on the pooled out-of-fold images; return the tuning
+    record. Binary: per-image Dice histograms score every threshold in one pass. Multi-class: the argmax decides,
+    scored by the mean Dice of the classes."""
     split = folds_mod.read(p.output_dir)
     h, w = ens.size
     cache = open_for(p, list(split.id), h, w)
+    task = ens.task
     modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
-    hists: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+    stats: dict[str, list[np.ndarray]] = {m: [] for m in modes}  # per fold: histograms or (N, S) class Dice
     for k, model in zip(ens.folds, ens.models):
         val_ids = sorted(split.id[split.fold == k])
         rows = cache.rows(val_ids)
         for mode in modes:
             probs = _oof_probs(p, ens, model, cache, rows, val_ids, k, mode)
-            hists[mode].append(oof_histograms(probs, cache, rows))
-    scores, best = [], {}
+            stats[mode].append(oof_histograms(probs, cache, rows) if task.binary
+                               else class_dices(probs, cache, rows, 0.5, task))
+    scores, best, per_class = [], {}, {}
     for mode in modes:
-        pooled = np.concatenate(hists[mode])
-        threshold, dice, _ = best_threshold(pooled)
+        pooled = np.concatenate(stats[mode])
+        if task.binary:
+            threshold, dice, _ = best_threshold(pooled)
+            level = level_of(threshold)
+            fold_dice = [float(dice_by_level(h_)[:, level].mean()) for h_ in stats[mode]]
+            per_class[mode] = {}
+        else:
+            threshold, dice = 0.5, float(pooled.mean())
+            fold_dice = [float(d.mean()) for d in stats[mode]]
+            per_class[mode] = {task.names[c]: float(v) for c, v in zip(task.scored, pooled.mean(axis=0))}
         best[mode] = (dice, threshold)
-        level = level_of(threshold)
-        for k, fold_hists in zip(ens.folds, hists[mode]):
-            scores.append({"name": f"fold {k} model", "tta": mode, "threshold": threshold,
-                           "dice": float(dice_by_level(fold_hists)[:, level].mean())})
+        for k, d in zip(ens.folds, fold_dice):
+            scores.append({"name": f"fold {k} model", "tta": mode, "threshold": threshold, "dice": d})
         scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "threshold": threshold,
-                       "dice": float(dice)})
+                       "dice": float(dice), **({"class_dice": per_class[mode]} if per_class[mode] else {})})
     mode = max(modes, key=lambda m: best[m][0])
     dice, threshold = best[mode]
     return {"experiment": p.experiment, "folds": ens.folds, "tta": mode, "threshold": threshold,
             "level": level_of(threshold), "oof_dice": dice, "size": [h, w],
             "orig_size": list(cache.orig_size) if cache.orig_size else [],  # []: the images differ in size
-            "n_images": int(sum(len(x) for x in hists[mode])), "tta_asked": p.tta, "models": ens.fingerprints,
+            "n_images": int(sum(len(x) for x in stats[mode])), "tta_asked": p.tta, "models": ens.fingerprints,
+            "task": task.record(), **({"class_dice": per_class[mode]} if per_class[mode] else {}),
             "scores": scores}
 
 
@@ -194,7 +212,7 @@ class TestImages(Dataset):
 
 def finished_maps(out_dir: Path, ids: list[str], paths: dict[str, Path], size: tuple[int, int]) -> set[str]:
     """Names ``<id>.png`` of the maps in ``out_dir`` that are complete and current: readable 8-bit maps of the
-    network size that record the size their image has now. The others (damaged, empty, of an older image, or
+    map size ``size`` (``Task.map_size`` of the network size) that record the size their image has now. The others (damaged, empty, of an older image, or
     from a version that did not record the size) are predicted again."""
     present = {e.name for e in os.scandir(out_dir)}
     done = set()
@@ -225,7 +243,7 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     """
     files.remove_stale_temps(out_dir)  # half-written maps of a killed run (never under a final name)
     batches = shard_batches(ids, p.predict_batch_size, shard)
-    done = finished_maps(out_dir, [i for b in batches for i in b], paths, ens.size)
+    done = finished_maps(out_dir, [i for b in batches for i in b], paths, ens.task.map_size(*ens.size))
     todo = [i for batch in batches if any(f"{j}.png" not in done for j in batch) for i in batch]
     mine = sum(len(b) for b in batches)
     missing = sum(f"{i}.png" not in done for batch in batches for i in batch)
@@ -279,8 +297,11 @@ def tuning_for(p: Params, ens: Ensemble, retune: bool) -> dict:
     files.write_json(path, tuning)
     for row in tuning["scores"]:
         print(f"  {row['name']:<24} TTA {row['tta']:<6} threshold {row['threshold']:.3f}  OOF Dice {row['dice']:.5f}")
-    print(f"tuning: TTA {tuning['tta']}, threshold {tuning['threshold']:.3f}, out-of-fold Dice "
+    decided = "argmax" if tuning.get("class_dice") else f"threshold {tuning['threshold']:.3f}"
+    print(f"tuning: TTA {tuning['tta']}, {decided}, out-of-fold Dice "
           f"{tuning['oof_dice']:.5f} over {tuning['n_images']} images -> {path}")
+    if tuning.get("class_dice"):
+        print("  per class: " + ", ".join(f"{name} {d:.4f}" for name, d in tuning["class_dice"].items()))
     return tuning
 
 
@@ -322,7 +343,7 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
                             "(e.g. with --tune-only before the shards)")
     ens = load_ensemble(p, folds, dist.local_rank)
     has_test = (p.input_dir / files.TEST).is_dir()
-    ids, paths = inputs.check_test(p.input_dir) if has_test else ([], {})  # refuse before writing anything
+    ids, paths = inputs.check_test(p.input_dir, ens.task) if has_test else ([], {})  # refuse before writing anything
     tuning = tuning_for(p, ens, retune) if dist.main and not separate else None
     if dist.main and not separate:
         params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)

@@ -37,9 +37,11 @@ from numpy.typing import NDArray
 from lib import files, layout, rle
 from lib.errors import PipelineError
 from lib.geometry import from_net
-from lib.inputs import image_header_size, read_mask
+from lib.inputs import image_header_size, read_mask, read_truth
 from lib.metrics import binarize, dice, level_of
+from lib.oof import at_size
 from lib.progress import progress
+from lib.task import BINARY, Task
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
@@ -97,6 +99,17 @@ class Prediction:
     @property
     def probs_dir(self) -> Path:
         return self.folder / files.TEST_PROBS
+
+    @property
+    def task(self) -> Task:
+        """The task its models were trained for (tuning.json; binary when it does not say)."""
+        record = self.tuning.get("task") or {}
+        return Task(int(record.get("classes", 1)), tuple(record.get("names") or ()))
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        """(rows, cols) of the folder's test_probs PNGs: the network size, times the classes for multi-class."""
+        return self.task.map_size(*self.size)
 
     def map_path(self, image_id: str) -> Path:
         return self.probs_dir / f"{image_id}.png"
@@ -157,6 +170,10 @@ def load_predictions(specs: Sequence[tuple[Path, float]]) -> list[Prediction]:
         raise PipelineError(f"--preds names a folder twice: {', '.join(str(f) for f, _ in specs)}")
     total = sum(w for _, w in specs)
     preds = [Prediction(Path(f), w / total, w, read_tuning(Path(f))) for f, w in specs]
+    tasks = {p.task for p in preds}
+    if len(tasks) > 1:
+        raise PipelineError("prediction folders were made for different tasks: " + ", ".join(
+            f"{p.folder} {p.task.describe()}" for p in preds) + "; ensemble runs of the same task")
     sizes = {p.orig_size for p in preds}
     if len(sizes) > 1:
         raise PipelineError("prediction folders disagree on the original image size: " + ", ".join(
@@ -204,9 +221,10 @@ def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
                             "with separate --shard K/N jobs, re-run the shards that did not finish)")
     for p in preds:
         first = files.read_prob_png(p.map_path(ids[0]))
-        if first.shape != p.size:
+        if first.shape != p.map_size:
             raise PipelineError(f"{p.map_path(ids[0])}: map is {first.shape[1]}x{first.shape[0]} but "
-                                f"{p.folder / files.TUNING} says {p.size[1]}x{p.size[0]}; re-run {PREDICT_STAGE}")
+                                f"{p.folder / files.TUNING} says {p.map_size[1]}x{p.map_size[0]}; re-run "
+                                f"{PREDICT_STAGE}")
 
 
 # --- one image: the pure part ---
@@ -234,6 +252,16 @@ def ensemble_mask(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], o
     return binarize(blend([from_net(m, h0, w0) for m in maps], weights), threshold)
 
 
+def ensemble_labels(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
+                    task: Task) -> NDArray[np.uint8]:
+    """Multi-class network-size maps (each (C * h_i, w_i) uint8) -> (H0, W0) uint8 labels: each class map brought
+    to the image's size, blended over the folders, argmax."""
+    h0, w0 = orig_size
+    per_folder = [at_size(m, task, h0, w0) for m in maps]  # each (C, H0, W0)
+    blended = np.stack([blend([f[c] for f in per_folder], weights) for c in range(task.classes)])
+    return task.decide(blended, 0)
+
+
 # --- many images: worker processes ---
 @dataclass(frozen=True)
 class EncodeJob:
@@ -245,6 +273,7 @@ class EncodeJob:
     test_dir: Path | None = None  # input/test: each map's recorded image size is checked against its image
     test_names: dict[str, str] | None = None  # id -> its file name in test_dir, where not <id>.jpg
     rle_order: str = "row"  # --rle-order
+    task: Task = BINARY  # multi-class: every scored class's RLE, of the argmax of the blended class maps
 
 
 _JOB: EncodeJob | None = None  # set in each worker by _init_worker
@@ -257,8 +286,9 @@ def _init_worker(job: EncodeJob) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the pool
 
 
-def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
-    """(image_id, validated RLE of its ensemble mask at its image's own size)."""
+def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | tuple[str, ...]]:
+    """(image_id, validated RLE of its ensemble mask at its image's own size), or for a multi-class task
+    (image_id, one RLE per class 1..C-1)."""
     job = job or _JOB
     maps, origs = [], set()
     for folder, size in zip(job.folders, job.sizes):
@@ -283,12 +313,18 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str]:
             raise PipelineError(f"{image}: is {'unreadable' if now is None else f'{now[1]}x{now[0]}'} but its map "
                                 f"was made from a {orig[1]}x{orig[0]} image; run {PREDICT_STAGE} again: it predicts "
                                 "the maps of changed images again")
-    code = rle.encode(ensemble_mask(maps, job.weights, orig, job.threshold), job.rle_order)
+    if job.task.binary:
+        masks = [ensemble_mask(maps, job.weights, orig, job.threshold)]
+    else:
+        labels = ensemble_labels(maps, job.weights, orig, job.task)
+        masks = [labels == c for c in job.task.scored]
+    codes = tuple(rle.encode(m, job.rle_order) for m in masks)
     try:
-        rle.validate(code, orig)
+        for code in codes:
+            rle.validate(code, orig)
     except ValueError as e:
         raise PipelineError(f"{image_id}: the encoder produced an invalid RLE ({e}); a bug in lib/rle.py") from None
-    return image_id, code
+    return image_id, codes[0] if job.task.binary else codes
 
 
 def encode_chunk(image_ids: list[str]) -> list[tuple[str, str]]:
@@ -425,7 +461,7 @@ def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None, keys:
                         f"{expected[k]} there (rows must follow its order)")
 
 
-def read_submission(path: Path) -> Iterator[tuple[str, str]]:
+def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[str, str]]:
     """Stream (image id, RLE) rows of a submission ``.csv.gz`` (or ``.csv``), checking the header."""
     if not path.exists():
         raise PipelineError(f"{path}: missing; write it with 04_submit.py")
@@ -439,7 +475,7 @@ def read_submission(path: Path) -> Iterator[tuple[str, str]]:
             for n, row in enumerate(reader, start=2):
                 if len(row) != 2:
                     raise PipelineError(f"{path}: line {n} has {len(row)} fields, expected 2")
-                yield files.image_id(row[0]), row[1]
+                yield (files.image_id(row[0]) if strip_extension else row[0]), row[1]
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: unreadable ({e}); write it again with 04_submit.py") from None
 
@@ -466,8 +502,12 @@ def write_manifest(path: Path, fields: dict, rows: int, seconds: float, sample_s
 def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str], sample_submission: Path,
                     threshold: float = 0.0, workers: int = 2, chunksize: int = CHUNKSIZE,
                     test_dir: Path | None = None, keys: Sequence[str] | None = None,
-                    test_names: dict[str, str] | None = None, rle_order: str = "row") -> dict:
+                    test_names: dict[str, str] | None = None, rle_order: str = "row",
+                    class_rows: Sequence[tuple[str, int]] | None = None) -> dict:
     """Check every map exists, stream the ensemble's masks into ``path`` with workers, write the manifest.
+
+    Multi-class (the folders' task): ``keys`` are the rows' ids and ``class_rows`` the (image id, class) of each
+    row; every image is encoded once (all its classes), and the rows are written in ``keys`` order.
 
     ids: test ids in submission order; keys: their rows' ``img`` (default ``<id>.jpg``). threshold: 0 = the tuned
     one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), whose sizes each map's
@@ -479,12 +519,20 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
     orig_size = preds[0].orig_size
     if test_names is not None:  # only what the workers need; nothing when every name is Carvana's <id>.jpg
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
-    job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.size for p in preds),
-                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order)
+    task = preds[0].task
+    job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
+                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task)
     start = time.perf_counter()
     with encoded_rles(job, ids, workers, chunksize) as codes:
-        rows = write_submission(path, ids, progress(codes, f"encode {path.name}", total=len(ids)), orig_size,
-                                expected_ids=ids, validate_rle=False, keys=keys)
+        encoded = progress(codes, f"encode {path.name}", total=len(ids))
+        if task.binary:
+            rows = write_submission(path, ids, encoded, orig_size, expected_ids=ids, validate_rle=False, keys=keys)
+        else:
+            if class_rows is None or keys is None:
+                raise ValueError("make_submission: a multi-class submission needs keys and class_rows")
+            per_image, slot = dict(zip(ids, encoded)), {c: k for k, c in enumerate(task.scored)}
+            rows = write_submission(path, list(keys), (per_image[i][slot[c]] for i, c in class_rows), orig_size,
+                                    validate_rle=False, keys=keys)
     seconds = time.perf_counter() - start
     ttas = sorted({p.tuning["tta"] for p in preds})
     fields = {
@@ -498,6 +546,7 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
                           if len(preds) == 1 and not threshold else
                           "not measured: the ensemble / fixed threshold was not scored out-of-fold"),
         "orig_size": list(orig_size) if orig_size else None, "rle_order": rle_order, "workers": workers,
+        "task": task.record(),
     }
     return write_manifest(path, fields, rows, seconds, sample_submission)
 
@@ -551,3 +600,36 @@ def score_submissions(paths: Sequence[Path], root: Path, mask_suffix: str = "", 
                 raise PipelineError(f"{path}: bad RLE for {image_id}: {e}") from None
             scores[path].append(dice(pred, truth))
     return {path: float(np.mean(s)) for path, s in scores.items()}
+
+
+def score_class_submissions(paths: Sequence[Path], root: Path, task: Task, class_rows: dict[str, tuple[str, int]],
+                            mask_suffix: str = "", rle_order: str = "row") -> dict[Path, tuple[float, dict]]:
+    """Multi-class submissions against ``root/test_masks`` label masks: {path: (mean over images of the mean Dice
+    of the classes 1..C-1, {class name: its mean Dice})}. class_rows: row id -> (image id, class)."""
+    rows = {path: list(read_submission(path, strip_extension=False)) for path in paths}
+    images = list(dict.fromkeys(class_rows[k][0] for path_rows in rows.values() for k, _ in path_rows
+                                if k in class_rows))
+    truths = dict(zip(images, truth_paths(root, images, mask_suffix)))
+    slot = {c: k for k, c in enumerate(task.scored)}
+    out = {}
+    for path, path_rows in rows.items():
+        unknown = [k for k, _ in path_rows if k not in class_rows]
+        if unknown:
+            raise PipelineError(f"{path}: rows {', '.join(unknown[:5])} are not <image id>_<class name> of this task")
+        by_image: dict[str, dict[int, str]] = {}
+        for key, code in path_rows:
+            image_id, c = class_rows[key]
+            by_image.setdefault(image_id, {})[c] = code
+        dices = []
+        for image_id, codes in by_image.items():
+            truth = read_truth(truths[image_id], task)
+            pred = np.zeros(truth.shape, np.uint8)
+            for c in task.scored:
+                try:
+                    pred[rle.decode(codes.get(c, ""), truth.shape, rle_order)] = c
+                except ValueError as e:
+                    raise PipelineError(f"{path}: bad RLE for {image_id} class {task.names[c]}: {e}") from None
+            dices.append(task.class_dices(pred, truth))
+        per_class = np.mean(dices, axis=0)
+        out[path] = (float(per_class.mean()), {task.names[c]: float(per_class[slot[c]]) for c in task.scored})
+    return out

@@ -29,11 +29,11 @@ from lib import files, folds as folds_mod
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, train_transform
 from lib.errors import PipelineError, restart_advice
-from lib.losses import BceDice
 from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, write_checkpoint
-from lib.oof import PngMaps, image_dices, save_oof, to_uint8
-from lib.plot import learning_curve, overlay
+from lib.oof import PngMaps, class_dices, save_oof
+from lib.plot import learning_curve, overlay_map
 from lib.progress import progress
+from lib.task import Task, task_of
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, use_compile
 from params import Params
 
@@ -109,6 +109,7 @@ class Run:
     model: torch.nn.Module  # net, or DistributedDataParallel(net)
     forward: torch.nn.Module  # model, or torch.compile(model)
     precision: Precision
+    task: Task
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -174,7 +175,9 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool 
     optimizer = make_optimizer(p, net, device)
 
     pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached)
-    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p) if p.augment else None
+    task = task_of(p)
+    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p, task.mask_interpolation) \
+        if p.augment else None
     sampler = SeededShuffle(train_rows, p.seed * 1000 + fold, rank=dist.rank, world=dist.world, batch=p.batch_size)
     train_loader = make_loader(TrainSet(cache, transform), sampler, p.batch_size // dist.world, workers, pin,
                                drop_last=True)
@@ -186,8 +189,8 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
-               Precision.for_device(device, p.amp),
-               BceDice(p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader)
+               Precision.for_device(device, p.amp), task,
+               task.loss(p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader)
 
 
 def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
@@ -248,7 +251,7 @@ def train_epoch(run: Run) -> tuple[float, int]:
     bar = progress(loader, f"fold {run.fold} epoch {run.epoch}", disable=not run.dist.main)
     run.optimizer.zero_grad(set_to_none=True)
     for i, (images, masks) in enumerate(bar):
-        images, target = _to_device(run, images), _to_device(run, masks).float() / 255
+        images, target = _to_device(run, images), run.task.target(_to_device(run, masks))
         stepping = (i + 1) % p.accum_steps == 0 or i + 1 == len(loader)
         sync = contextlib.nullcontext() if stepping or not run.dist.active else run.model.no_sync()
         with sync:
@@ -273,7 +276,7 @@ def train_epoch(run: Run) -> tuple[float, int]:
                 run.tb.add_scalar("lr", run.scheduler.get_last_lr()[0], run.scheduler.last_epoch)
         total += value * len(images)
         count += len(images)
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)  # drawn with the bar, not once more
     total, count = run.dist.sum(total, count)
     return total / max(count, 1), int(count)
 
@@ -284,6 +287,7 @@ class Evaluation:
     dice: float  # mean full-resolution Dice at VAL_THRESHOLD over the whole validation set
     probs: PngMaps | None  # the maps of every validation image in val_ids order, as PNG (rank 0 only)
     examples: tuple[np.ndarray, np.ndarray] | None = None  # rank 0: a few (images (N, 3, H, W), maps (N, H, W))
+    class_dice: dict | None = None  # multi-class: {class name: mean Dice over the validation set}
 
 
 @torch.no_grad()
@@ -294,19 +298,21 @@ def evaluate(run: Run) -> Evaluation:
     for images, masks in progress(run.val_loader, f"fold {run.fold} validation", disable=not run.dist.main):
         if examples is None:
             examples = images[:4].numpy()
-        images, target = _to_device(run, images), _to_device(run, masks).float() / 255
+        images, target = _to_device(run, images), run.task.target(_to_device(run, masks))
         with run.precision.autocast(run.device):
             logits = run.forward(images)
         losses += run.loss_fn(logits, target).item() * len(images)
-        probs.append(to_uint8(torch.sigmoid(logits.float())))
-    h, w = run.cache.size
-    mine = np.concatenate(probs) if probs else np.zeros((0, h, w), np.uint8)
-    dices = image_dices(mine, run.cache, run.val_rows, VAL_THRESHOLD)
-    loss_sum, dice_sum, count = run.dist.sum(losses, float(dices.sum()), len(mine))
+        probs.append(run.task.to_maps(run.task.probabilities(logits)))
+    mine = np.concatenate(probs) if probs else np.zeros((0, *run.task.map_size(*run.cache.size)), np.uint8)
+    per_class = class_dices(mine, run.cache, run.val_rows, VAL_THRESHOLD, run.task)  # (N, S)
+    loss_sum, dice_sum, count, *class_sums = run.dist.sum(losses, float(per_class.mean(1).sum()), len(mine),
+                                                          *per_class.sum(0).tolist())
+    names = [run.task.names[c] for c in run.task.scored]
     gathered = run.dist.gather(PngMaps.encode(mine))  # compressed where made: ~20x less to send and to keep
     return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1),
                       PngMaps.join(gathered) if gathered is not None else None,
-                      (examples, mine[:len(examples)]) if run.dist.main and examples is not None else None)
+                      (examples, mine[:len(examples)]) if run.dist.main and examples is not None else None,
+                      None if run.task.binary else {n: s / max(count, 1) for n, s in zip(names, class_sums)})
 
 
 # --- files (rank 0) ---
@@ -353,14 +359,15 @@ class RunWriter:
         w.flush()
         if improved:
             w.submit(write_best, run.dir, checkpoint_state(run.net, self.p, epoch=run.epoch, val_dice=ev.dice,
-                                                           split=run.split), run.val_ids, ev.probs)
+                                                           split=run.split, task=run.task.record()), run.val_ids, ev.probs)
         w.submit(self._append_log, row)
         if run.tb is not None:
             self._tensorboard(row, ev)
         w.submit(write_checkpoint, run.dir / files.LAST, checkpoint_state(
             run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-            scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split))
+            scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split,
+            task=run.task.record()))
 
     def _tensorboard(self, row: list, ev: Evaluation | None) -> None:
         tb, epoch = self.run.tb, self.run.epoch
@@ -369,9 +376,12 @@ class RunWriter:
         if ev is not None:
             tb.add_scalar("loss/val", ev.loss, epoch)
             tb.add_scalar("dice/val", ev.dice, epoch)
+            for name, d in (ev.class_dice or {}).items():
+                tb.add_scalar(f"dice/val_{name}", d, epoch)
             if ev.examples is not None:
                 images, maps = ev.examples
-                pictures = [overlay(np.ascontiguousarray(im.transpose(1, 2, 0)), m > 127) for im, m in zip(images, maps)]
+                pictures = [overlay_map(np.ascontiguousarray(im.transpose(1, 2, 0)), m, self.run.task)
+                            for im, m in zip(images, maps)]
                 tb.add_images("val/overlays", np.stack(pictures), epoch, dataformats="NHWC")
         tb.flush()
 
@@ -460,6 +470,9 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
                time.perf_counter() - start, n_images / train_seconds]
         if writer:
             writer.epoch_end(row, ev, improved)
+        validated = (f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {run.best:.5f})" if ev else
+                     f"not validated (--val-every {p.val_every})")
+        if ev and ev.class_dice:
+            validated += " [" + ", ".join(f"{n} {d:.4f}" for n, d in ev.class_dice.items()) + "]"
         _say(run, f"fold {run.fold} epoch {run.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "
-                  f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {run.best:.5f}) "
-                  f"{row[5]:.0f}s {row[6]:.1f} img/s")
+                  f"{validated} {row[5]:.0f}s {row[6]:.1f} img/s")

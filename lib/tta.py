@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from lib.task import BINARY, Task
+
 Pair = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -27,11 +29,13 @@ MODES: dict[str, list[Pair]] = {
 }
 
 
-def predict_proba(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> torch.Tensor:
-    """Mean sigmoid probability (N, 1, H, W) float32 over the mode's augmentations."""
+def predict_proba(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str,
+                  task: Task = BINARY) -> torch.Tensor:
+    """Mean probability (N, channels, H, W) float32 over the mode's augmentations (sigmoid for binary masks,
+    softmax over the classes for labels: ``task.probabilities``)."""
     pairs = MODES[mode]
     total = None
     for augment, deaugment in pairs:
-        prob = deaugment(torch.sigmoid(model(augment(images)).float()))
+        prob = deaugment(task.probabilities(model(augment(images))))
         total = prob if total is None else total + prob
     return total / len(pairs)

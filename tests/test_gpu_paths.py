@@ -12,7 +12,7 @@ import params
 from conftest import TINY_FLAGS, run_script
 from lib import files, tta
 from lib.model import read_checkpoint
-from lib.oof import to_uint8
+from lib.task import BINARY
 from lib.runtime import Dist, Precision, use_compile
 from lib.train import evaluate, setup, train_epoch
 
@@ -117,5 +117,5 @@ def test_default_full_size_recipe_takes_a_training_step_and_predicts(prepared):
     image = next(iter(run.val_loader))[0][:1].contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), run.precision.autocast(run.device):
         prob = tta.predict_proba(run.net, image, "hflip")
-    maps = to_uint8(prob)
+    maps = BINARY.to_maps(prob)
     assert maps.shape == (1, 1280, 1920) and maps.dtype == np.uint8

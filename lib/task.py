@@ -1,0 +1,197 @@
+"""What depends on the task, in one place: binary masks (``--classes 1``, Carvana) or C classes, one label per pixel.
+
+The stages ask the task object rather than branching on the number of classes themselves:
+
+| fact | binary (C = 1) | multi-class (C >= 2) |
+|---|---|---|
+| network output | 1 channel of logits | C channels of logits |
+| probabilities | sigmoid | softmax over the channels |
+| loss | BCE + soft Dice (binary) | cross-entropy + soft Dice (multiclass), smp's losses |
+| training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest |
+| map (stored probabilities) | (H, W) uint8 | (C * H, W) uint8: the C class maps stacked down |
+| decision at the image's size | map > threshold | argmax over the classes |
+| score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean |
+| submission rows of an image | ``<file name>`` | ``<image id>_<class name>`` for class 1..C-1 |
+
+Class 0 is the background in both: it is never a submission row and never scored on its own.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lib.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Task:
+    classes: int = 1  # 1: binary masks; C >= 2: labels 0..C-1 per pixel
+    names: tuple[str, ...] = ()  # class names in index order (multi-class); "" for binary
+    colors: tuple[tuple[int, int, int], ...] = ()  # RGB of each class in colour masks (--class-colors), if given
+
+    def __post_init__(self):
+        if self.classes < 1:
+            raise ValueError(f"classes must be >= 1, got {self.classes}")
+        if not self.binary and len(self.names) != self.classes:
+            object.__setattr__(self, "names", tuple(f"class{k}" for k in range(self.classes)))
+
+    @property
+    def binary(self) -> bool:
+        return self.classes == 1
+
+    @property
+    def channels(self) -> int:
+        """Output channels of the network."""
+        return 1 if self.binary else self.classes
+
+    @property
+    def scored(self) -> list[int]:
+        """The classes a score and a submission are about: [1] (the object) or 1..C-1."""
+        return [1] if self.binary else list(range(1, self.classes))
+
+    @property
+    def truth_bits(self) -> int:
+        """Bit planes that hold one pixel's truth at full resolution: 1 (binary) or ceil(log2 C)."""
+        return 1 if self.binary else max(1, math.ceil(math.log2(self.classes)))
+
+    def describe(self) -> str:
+        return "binary masks" if self.binary else f"{self.classes} classes ({', '.join(self.names)})"
+
+    # --- training ---
+    def loss(self, bce_weight: float, dice_weight: float):
+        from lib.losses import BceDice, CeDice
+        return BceDice(bce_weight, dice_weight) if self.binary else CeDice(bce_weight, dice_weight)
+
+    def target(self, masks):
+        """A batch of network-size masks from the loader, (N, 1, H, W) uint8 -> what the loss takes:
+        (N, 1, H, W) float in [0, 1] (binary, soft) or (N, H, W) int64 labels."""
+        return masks.float() / 255 if self.binary else masks[:, 0].long()
+
+    @property
+    def mask_interpolation(self) -> int:
+        """How network-size masks are resized and warped: soft (area, linear) for binary, nearest for labels."""
+        import cv2
+        return cv2.INTER_LINEAR if self.binary else cv2.INTER_NEAREST
+
+    def probabilities(self, logits):
+        """(N, channels, H, W) logits -> float32 probabilities of the same shape."""
+        import torch
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
+
+    def to_maps(self, prob) -> NDArray[np.uint8]:
+        """(N, channels, H, W) probabilities -> N maps as uint8 levels round(p * 255): (N, H, W) binary,
+        (N, C * H, W) multi-class (the class maps stacked down, one PNG each)."""
+        u8 = (prob * 255).round().to(dtype=__import__("torch").uint8).cpu().numpy()
+        n, c, h, w = u8.shape
+        return u8[:, 0] if self.binary else u8.reshape(n, c * h, w)
+
+    def map_size(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of a stored map of a (height, width) image or network output."""
+        return (height * self.channels, width)
+
+    def split_map(self, m: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        """A stored map (channels * H, W) -> (channels, H, W)."""
+        c = self.channels
+        if m.shape[0] % c:
+            raise ValueError(f"a map of {m.shape[0]} rows does not hold {c} class maps")
+        return m.reshape(c, m.shape[0] // c, m.shape[1])
+
+    # --- decisions and scores ---
+    def decide(self, maps: NDArray[np.uint8], level: int) -> NDArray:
+        """(channels, H, W) uint8 maps at the image's size -> (H, W) bool mask (binary: level > ``level``) or
+        uint8 labels (argmax; ``level`` is unused)."""
+        if self.binary:
+            return maps[0] > level
+        return np.argmax(maps, axis=0).astype(np.uint8)
+
+    def class_dices(self, pred: NDArray, truth: NDArray) -> NDArray[np.float64]:
+        """Dice of each scored class of one image (1 where the class is in neither): (len(scored),).
+
+        pred, truth: (H, W) bool masks (binary) or uint8 labels 0..C-1."""
+        if pred.shape != truth.shape:
+            raise ValueError(f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}")
+        k = 2 if self.binary else self.classes
+        counts = np.bincount(pred.astype(np.int64).ravel() * k + truth.astype(np.int64).ravel(),
+                             minlength=k * k).reshape(k, k)  # [pred class, true class]
+        out = []
+        for c in self.scored:
+            both = counts[c, c]
+            total = counts[c, :].sum() + counts[:, c].sum()
+            out.append(1.0 if total == 0 else 2.0 * both / total)
+        return np.array(out, dtype=np.float64)
+
+    def score(self, pred: NDArray, truth: NDArray) -> float:
+        """The image's score: Dice (binary) or the mean Dice over the classes 1..C-1."""
+        return float(self.class_dices(pred, truth).mean())
+
+    # --- submissions ---
+    def row_ids(self, key: str, image_id: str) -> list[str]:
+        """The submission ids of one image: its key (binary: the file name, as Carvana's sample submission) or
+        ``<image id>_<class name>`` for each class 1..C-1."""
+        return [key] if self.binary else [f"{image_id}_{self.names[c]}" for c in self.scored]
+
+    def record(self) -> dict:
+        """What a checkpoint, tuning or map folder stores about the task."""
+        return {"classes": self.classes, "names": list(self.names)}
+
+
+BINARY = Task()
+
+
+def read_class_colors(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """Class names and RGB colours from a CSV of ``name,r,g,b``, one row per class in class order (a header row of
+    exactly ``name,r,g,b`` is allowed). PipelineError naming the file and row when it is malformed."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read the class colours ({e.strerror or e})") from None
+    if lines and lines[0].replace(" ", "").lower() == "name,r,g,b":
+        lines = lines[1:]
+    names, colors = [], []
+    for i, line in enumerate(lines, 1):
+        parts = [x.strip() for x in line.split(",")]
+        try:
+            if len(parts) != 4 or not parts[0]:
+                raise ValueError
+            rgb = tuple(int(x) for x in parts[1:])
+            if not all(0 <= v <= 255 for v in rgb):
+                raise ValueError
+        except ValueError:
+            raise PipelineError(f"{path}: row {i} {line!r} is not name,r,g,b with r, g, b in 0..255") from None
+        names.append(parts[0])
+        colors.append(rgb)
+    if len(set(names)) != len(names) or len(set(colors)) != len(colors):
+        raise PipelineError(f"{path}: class names and colours must be unique, one row per class")
+    if len(names) < 2:
+        raise PipelineError(f"{path}: needs at least 2 classes (the background first), has {len(names)}")
+    return tuple(names), tuple(colors)  # type: ignore[return-value]
+
+
+def task_of(p) -> Task:
+    """The task of a run's settings: ``--classes`` and, when given, ``--class-colors`` (names and colours) or
+    ``--class-names``."""
+    classes = getattr(p, "classes", 1)
+    names: tuple[str, ...] = ()
+    colors: tuple = ()
+    colors_file = getattr(p, "class_colors", "")
+    if colors_file:
+        names, colors = read_class_colors(Path(colors_file))
+        if len(names) != classes:
+            raise PipelineError(f"{colors_file}: lists {len(names)} classes but --classes is {classes}; give "
+                                f"--classes {len(names)}")
+    elif getattr(p, "class_names", ""):
+        names = tuple(x.strip() for x in p.class_names.split(","))
+        if len(names) != classes:
+            raise PipelineError(f"--class-names lists {len(names)} classes but --classes is {classes}")
+    return Task(classes, names, colors)
+
+
+def task_of_checkpoint(ckpt: dict, p) -> Task:
+    """The task a checkpoint was trained for: its ``--classes`` and the class names it recorded."""
+    names = tuple((ckpt.get("task") or {}).get("names") or ())
+    return Task(p.classes, names if len(names) == p.classes else ())

@@ -1,0 +1,121 @@
+"""Multi-class masks (--classes C): label, palette and colour masks, class instance folders, truth storage, and the
+four stages end to end on a tiny multi-class demo."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_FLAGS, run_script
+from lib import files, inputs, rle
+from lib.cache import pack_truth, unpack_truth
+from lib.errors import PipelineError
+from lib.task import Task
+
+TASK = Task(4, ("background", "road", "roof", "tree"), ((0, 0, 0), (128, 128, 128), (220, 60, 40), (40, 170, 60)))
+
+
+def labels_image(h: int = 6, w: int = 8) -> np.ndarray:
+    labels = np.zeros((h, w), np.uint8)
+    labels[1:3, 1:5], labels[4:, 2:4], labels[0, 7] = 1, 2, 3
+    return labels
+
+
+def test_label_palette_and_colour_masks_read_as_the_same_labels(tmp_path):
+    labels = labels_image()
+    Image.fromarray(labels).save(tmp_path / "grey.png")
+    pal = Image.fromarray(labels, mode="P")
+    pal.putpalette([255, 255, 255, 9, 9, 9, 1, 2, 3, 200, 0, 0] + [0] * 744)  # VOC: the index is the class
+    pal.save(tmp_path / "palette.png")
+    Image.fromarray(np.array(TASK.colors, np.uint8)[labels]).save(tmp_path / "colour.png")
+    for name in ("grey.png", "palette.png", "colour.png"):
+        assert np.array_equal(inputs.read_truth(tmp_path / name, TASK), labels), name
+
+
+def test_bad_label_masks_are_one_line_naming_the_file(tmp_path):
+    labels = labels_image()
+    labels[0, 0] = 7
+    Image.fromarray(labels).save(tmp_path / "high.png")
+    with pytest.raises(PipelineError, match=r"high\.png: label values 7 outside 0\.\.3"):
+        inputs.read_truth(tmp_path / "high.png", TASK)
+    colours = np.array(TASK.colors, np.uint8)[labels_image()]
+    colours[2, 3] = (1, 2, 3)
+    Image.fromarray(colours).save(tmp_path / "odd.png")
+    with pytest.raises(PipelineError, match=r"odd\.png: 1 pixels of colours .* \(1, 2, 3\) at x=3, y=2"):
+        inputs.read_truth(tmp_path / "odd.png", TASK)
+    with pytest.raises(PipelineError, match="--class-colors"):
+        inputs.read_truth(tmp_path / "odd.png", Task(4))
+
+
+def test_class_instance_folders_paint_each_object_with_its_class(tmp_path):
+    folder = tmp_path / "img1"
+    folder.mkdir()
+    road, tree = np.zeros((6, 8), np.uint8), np.zeros((6, 8), np.uint8)
+    road[1:3, :] = 255
+    tree[2:5, 5:7] = 255
+    Image.fromarray(road).save(folder / "a__road.png")
+    Image.fromarray(tree).save(folder / "b__tree.png")
+    labels = inputs.read_truth(folder, TASK)
+    assert labels[1, 0] == 1 and labels[2, 5] == 3 and labels[4, 5] == 3 and labels[5, 0] == 0
+    Image.fromarray(tree).save(folder / "c__car.png")
+    with pytest.raises(PipelineError, match=r"c__car\.png: .*<anything>__<class>"):
+        inputs.read_truth(folder, TASK)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5, 17])
+def test_truth_bit_planes_round_trip(classes):
+    task = Task(classes)
+    labels = np.random.default_rng(classes).integers(0, classes, (37, 53)).astype(np.uint8)
+    packed = pack_truth(labels, task)
+    assert packed.size == -(-37 * 53 * task.truth_bits // 8)
+    assert np.array_equal(unpack_truth(packed, (37, 53), task), labels)
+
+
+def test_multiclass_rows_of_a_sample_submission(tmp_path):
+    (tmp_path / "test").mkdir()
+    for i in ("a_1", "b.x"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "test" / f"{i}.png")
+    ids, keys, pairs = inputs.test_class_rows(tmp_path, TASK)  # no sample_submission.csv: every image, every class
+    assert ids == ["a_1", "b.x"] and keys[:3] == ["a_1_road", "a_1_roof", "a_1_tree"] and pairs[4] == ("b.x", 2)
+    (tmp_path / "sample_submission.csv").write_text("img,rle_mask\nb.x_tree,1 1\na_1_road,1 1\n")
+    ids, keys, pairs = inputs.test_class_rows(tmp_path, TASK)
+    assert ids == ["b.x", "a_1"] and keys == ["b.x_tree", "a_1_road"] and pairs == [("b.x", 3), ("a_1", 1)]
+    (tmp_path / "sample_submission.csv").write_text("img,rle_mask\nb.x_car,1 1\n")
+    with pytest.raises(PipelineError, match="b.x_car"):
+        inputs.test_class_rows(tmp_path, TASK)
+
+
+def test_the_multiclass_demo_end_to_end(tmp_path):
+    """01 -> 04 on a tiny multi-class demo: label PNGs, per-class rows in sample_submission.csv order, the majority
+    baseline and Dice per class in the comparison, the test score read back from the written file."""
+    root, out = tmp_path / "input", tmp_path / "out"
+    flags = [*TINY_FLAGS, "--classes", "5", "--class-colors", str(root / "classes.csv"), "--input", str(root),
+             "--output", str(out)]
+    prep = run_script("01_prepare.py", "--demo", "--demo-kind", "multiclass", "--demo-train-cars", "2",
+                      "--demo-test-cars", "1", "--demo-width", "192", "--demo-height", "128", *flags)
+    assert "task: 5 classes (background, road, building, tree, water)" in prep.stdout
+    assert "classes (share of pixels" in prep.stdout
+    run_script("02_train.py", "--fold", "all", *flags)
+    ckpt_task = json.loads(json.dumps(__import__("torch").load(files.fold_dir(out, "demo", 0) / files.BEST,
+                                                                weights_only=True)["task"]))
+    assert ckpt_task["classes"] == 5
+    run_script("03_predict.py", *flags)
+    tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
+    assert set(tuning["class_dice"]) == {"road", "building", "tree", "water"} and tuning["task"]["classes"] == 5
+    some_map = next((files.run_dir(out, "demo") / files.TEST_PROBS).glob("*.png"))
+    assert files.read_prob_png(some_map).shape == (5 * 64, 96)  # the class maps stacked
+    done = run_script("04_submit.py", "--baselines", "--score", *flags)
+    with gzip.open(files.run_dir(out, "demo") / "submission.csv.gz", "rt") as f:
+        rows = [line.rstrip("\n").split(",") for line in f]
+    sample = (root / "sample_submission.csv").read_text().splitlines()
+    assert [r[0] for r in rows] == [line.split(",")[0] for line in sample]  # header and every row, in order
+    assert len(rows) == 1 + 16 * 4
+    truth = np.array(Image.open(root / "test_masks" / f"{rows[1][0].rsplit('_', 1)[0]}.png"))
+    for row in rows[1:5]:
+        rle.validate(row[1], truth.shape)
+    table = (files.run_dir(out, "demo") / files.COMPARISON).read_text()
+    assert "| majority class per pixel |" in table and "| road | building | tree | water |" in table
+    assert "test Dice of submission.csv.gz" in done.stdout
