@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_script
 from lib import demo_scenes as ds
 from lib.errors import PipelineError
-from lib.inputs import CAR_VIEW
+from lib.layout import CARVANA_ID as CAR_VIEW
 
 W, H = 160, 96
 N_TRAIN, N_TEST = 3, 1
