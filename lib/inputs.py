@@ -98,7 +98,8 @@ def read_mask(path: Path) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]  # an alpha channel is not the mask
         if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, arr.shape[2])):
-            raise PipelineError(f"{path}: colour mask (mode {mode}); masks must be single-channel binary")
+            raise PipelineError(f"{path}: colour mask (mode {mode}); masks must be single-channel binary, or for "
+                                "classes give --classes C --class-colors FILE to every stage")
         arr = arr[..., 0]
     # bincount: one pass over the pixels instead of np.unique's sort (this runs on every training mask)
     values = np.flatnonzero(np.bincount(arr.ravel(), minlength=2)) if arr.dtype == np.uint8 else np.unique(arr)
@@ -108,7 +109,8 @@ def read_mask(path: Path) -> np.ndarray:
     if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         shown = ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
         raise PipelineError(f"{path}: mask is not binary (values {shown}); expected {{0,1}} or {{0,255}}: save it "
-                            "as a 0/255 (or 0/1) single-channel PNG")
+                            "as a 0/255 (or 0/1) single-channel PNG, or for class labels 0..C-1 give --classes C "
+                            "(and --class-colors FILE) to every stage")
     if palette is not None:
         return cv2.LUT(arr, (grey[:256] > 0).astype(np.uint8)).view(bool)
     return arr > 0

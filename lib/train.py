@@ -307,7 +307,7 @@ def evaluate(run: Run) -> Evaluation:
     per_class = class_dices(mine, run.cache, run.val_rows, VAL_THRESHOLD, run.task)  # (N, S)
     loss_sum, dice_sum, count, *class_sums = run.dist.sum(losses, float(per_class.mean(1).sum()), len(mine),
                                                           *per_class.sum(0).tolist())
-    names = [run.task.names[c] for c in run.task.scored]
+    names = [] if run.task.binary else [run.task.names[c] for c in run.task.scored]
     gathered = run.dist.gather(PngMaps.encode(mine))  # compressed where made: ~20x less to send and to keep
     return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1),
                       PngMaps.join(gathered) if gathered is not None else None,
