@@ -23,6 +23,10 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "off"
         if f.name == "demo_kind":
             value = "multiclass"
+        if f.name == "group_regex":
+            value = "(x)"
+        if f.name == "rle_order":
+            value = "column"
         if f.name in ("height", "width", "demo_width", "demo_height"):
             value = "64"
         if f.name == "encoder_weights":
