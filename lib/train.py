@@ -460,7 +460,8 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
         train_loss, n_images = train_epoch(run)
         train_seconds = time.perf_counter() - start
         validated = run.epoch % p.val_every == 0 or run.epoch == p.epochs
-        ev = evaluate(run) if validated else None
+        with torch.random.fork_rng(devices=[]):  # starting the validation loader draws from torch's generator:
+            ev = evaluate(run) if validated else None  # put back, so --val-every never changes what is learned
         improved = False
         if ev is not None:
             improved = ev.dice > run.best

@@ -87,6 +87,21 @@ def test_killed_run_resumes_to_the_same_result(prepared, tmp_path):
                           lb[["train_loss", "val_loss", "val_dice"]].to_numpy())
 
 
+def test_validating_more_often_does_not_change_what_is_learned(prepared):
+    """--val-every 1 and --val-every 3 train the very same weights (CPU: bit-exact): validation changes nothing that
+    training reads (the training loop also puts torch's generator back after it, for networks that draw from it, such
+    as timm encoders with stochastic depth)."""
+    root, out = prepared
+    for every in (1, 3):
+        run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "3", "--val-every", str(every),
+                                                              "--device", "cpu", "--experiment", f"every{every}"))
+    a, b = (read_checkpoint(files.fold_dir(out, f"every{k}", 0) / files.LAST)["model"] for k in (1, 3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [pd.read_csv(files.fold_dir(out, f"every{k}", 0) / files.LOG) for k in (1, 3)]
+    assert logs[0].train_loss.tolist() == logs[1].train_loss.tolist()
+    assert logs[1].val_dice.isna().tolist() == [True, True, False]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--fold", "5"], "outside the split"),
     (["--fold", "0", "--batch-size", "999"], "larger than the"),
