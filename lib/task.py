@@ -86,7 +86,8 @@ class Task:
     def to_maps(self, prob) -> NDArray[np.uint8]:
         """(N, channels, H, W) probabilities -> N maps as uint8 levels round(p * 255): (N, H, W) binary,
         (N, C * H, W) multi-class (the class maps stacked down, one PNG each)."""
-        u8 = (prob * 255).round().to(dtype=__import__("torch").uint8).cpu().numpy()
+        import torch
+        u8 = (prob * 255).round().to(torch.uint8).cpu().numpy()
         n, c, h, w = u8.shape
         return u8[:, 0] if self.binary else u8.reshape(n, c * h, w)
 

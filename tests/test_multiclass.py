@@ -13,6 +13,7 @@ from conftest import TINY_FLAGS, run_script
 from lib import files, inputs, rle
 from lib.cache import pack_truth, unpack_truth
 from lib.errors import PipelineError
+from lib.model import read_checkpoint
 from lib.task import Task
 
 TASK = Task(4, ("background", "road", "roof", "tree"), ((0, 0, 0), (128, 128, 128), (220, 60, 40), (40, 170, 60)))
@@ -99,9 +100,7 @@ def test_the_multiclass_demo_end_to_end(tmp_path):
     assert "task: 5 classes (background, road, building, tree, water)" in prep.stdout
     assert "classes (share of pixels" in prep.stdout
     run_script("02_train.py", "--fold", "all", *flags)
-    ckpt_task = json.loads(json.dumps(__import__("torch").load(files.fold_dir(out, "demo", 0) / files.BEST,
-                                                                weights_only=True)["task"]))
-    assert ckpt_task["classes"] == 5
+    assert read_checkpoint(files.fold_dir(out, "demo", 0) / files.BEST)["task"]["classes"] == 5
     run_script("03_predict.py", *flags)
     tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
     assert set(tuning["class_dice"]) == {"road", "building", "tree", "water"} and tuning["task"]["classes"] == 5
