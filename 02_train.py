@@ -2,6 +2,8 @@
 
     python 02_train.py --fold 0                        # full-resolution GPU defaults
     python 02_train.py --fold all --preset demo        # every fold, one after another
+    python 02_train.py --fold all --preset cpu --jobs 2  # two folds at a time, one process (core) each
+    python 02_train.py --fold full --preset cpu        # one model on every training image, for the submission
     python 02_train.py --fold 0 --preset demo --resume # continue an interrupted run
     python 02_train.py --fold 0 --preset demo --restart    # train it again from the start
     CUDA_VISIBLE_DEVICES=1 python 02_train.py --fold 1 # folds side by side, one process per GPU
@@ -17,13 +19,17 @@ curve.png, oof.npz (out-of-fold uint8 probabilities of the best model), params.j
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import params
 from lib.errors import PipelineError, run_main
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fold", required=True, help="fold number, or 'all'")
+    parser.add_argument("--fold", required=True,
+                        help="fold number; 'all' (every fold); or 'full': one model fitted on every training image "
+                             "(no validation: it trains --epochs epochs), which 03 then predicts the test set with")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
     parser.add_argument("--restart", action="store_true",
                         help="train the fold(s) again from the start, deleting their earlier files")
@@ -37,8 +43,14 @@ def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> No
         ks = range(folds.n_folds_of(folds.read(p.output_dir)))
     elif fold.isdigit():
         ks = [int(fold)]
+    elif fold == "full":
+        ks = [fold]
     else:
-        raise PipelineError(f"--fold {fold!r}: give a fold number or 'all'")
+        raise PipelineError(f"--fold {fold!r}: give a fold number, 'all' or 'full'")
+    if p.jobs > 1 and len(ks) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # torchrun: ranks share each fold
+        from lib.jobs import train_side_by_side
+        train_side_by_side(sys.argv[0], sys.argv[1:], list(ks), p.jobs)
+        return
     dist = Dist.start(p.device)
     try:
         results = [train_fold(p, k, dist, resume, restart) for k in ks]
@@ -46,7 +58,11 @@ def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> No
         dist.close()
     if dist.main:
         for r in results:
-            print(f"fold {r['fold']}: best val Dice {r['best_val_dice']:.5f} after {r['epochs']} epochs")
+            if r["fold"] == "full":
+                print(f"full: trained on every training image for {r['epochs']} epochs (no validation images; "
+                      "03_predict.py predicts the test set with it)")
+            else:
+                print(f"fold {r['fold']}: best val Dice {r['best_val_dice']:.5f} after {r['epochs']} epochs")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ class Params:
     width: int = 1920  # network input width (1920: Carvana's 1918 padded by 1 px each side; other sizes resize)
 
     # --- training ---
+    crop_height: int = 0  # train on random crops of this height of the height x width image (multiple of 32; 0 = whole
+    #                       image); validation and inference always see whole images. Crops give the boundary
+    #                       detail of a larger input at the training cost of a smaller one (results/recipes.md)
+    crop_width: int = 0  # the crops' width (multiple of 32; 0 = whole image)
     epochs: int = 40  # maximum epochs
     batch_size: int = 8  # images per optimiser step (before accumulation); 8 at 1280x1920: 18.5 GiB, +10% images/s over 4
     accum_steps: int = 1  # gradient accumulation steps
@@ -72,17 +76,25 @@ class Params:
     dice_weight: float = 1.0  # weight of the soft Dice term of the loss
     augment: bool = True  # hflip + shift/scale/rotate + HSV, jointly on image and mask
     hflip_p: float = 0.5  # probability of a horizontal flip
-    shift_scale_rotate_p: float = 0.5  # probability of a small shift/scale/rotate
+    shift_scale_rotate_p: float = 0.5  # probability of a shift/scale/rotate (affine) change
+    scale_low: float = 0.7  # affine: smallest zoom factor (below 1 the photo shrinks inside a border: a camera further
+    #                         away; with --border constant it taught the models the dark-floor car: results/recipes.md)
+    scale_high: float = 1.1  # affine: largest zoom factor
+    translate: float = 0.08  # affine: largest shift, as a fraction of the width and of the height
+    border: str = "constant"  # affine: what fills the uncovered border: constant (black; background in the mask) |
+    #                           reflect (the mirrored photo)
     color_p: float = 0.5  # probability of a hue/saturation/value or brightness/contrast change
     val_every: int = 1  # validate every N epochs (and always at the last)
     tensorboard: bool = False  # also log to output/<experiment>/tensorboard/ (losses, lr, val Dice, overlays; pip install tensorboard)
 
     # --- hardware ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: off) | bf16 | fp16 | off
+    amp: str = "auto"  # mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: bf16 where it has AMX, else off) | bf16 | fp16 | off
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not per rank
     channels_last: bool = True  # NHWC memory format (faster convolutions on GPU and on CPU)
     compile: str = "auto"  # torch.compile the training model: auto (on GPU: +35% images/s, ~1.5 min to compile) | on | off
+    jobs: int = 1  # 02 --fold all: folds trained side by side, one process each with its share of the cores (on a
+    #                2-core CPU, 2 single-threaded folds at once beat one 2-thread process: results/recipes.md)
     threads: int = 0  # torch CPU threads per process (0 = torch's default, one per core; give cores / processes when several share them)
 
     # --- 03_predict / 04_submit ---
@@ -112,13 +124,15 @@ PRESETS: dict[str, dict] = {
     "demo": dict(
         experiment="demo", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
         height=96, width=160, n_folds=2, epochs=10, val_every=3, batch_size=8, lr=3e-3,
-        warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3,
+        warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3, jobs=2,
     ),
-    # Real data on a 2-core CPU: 4 folds of ../shared/carvana_sample (32 cars), about 15-16 minutes a fold here.
+    # Real data on a 2-core CPU (../shared/carvana_sample, 32 cars): 4-fold cross-validation (--fold all, 2 folds at
+    # a time) in about 40 minutes; one model on every car (02 --fold full --epochs 30: the fold models' number of
+    # steps) in about 15 (benchmarks/results/recipes.md).
     "cpu": dict(
         experiment="cpu_resnet18_128", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
-        height=128, width=192, n_folds=4, epochs=24, val_every=4, batch_size=8, lr=2e-3, warmup_epochs=0.5,
-        patience=0, workers=2, predict_batch_size=16,
+        height=128, width=192, n_folds=4, epochs=40, val_every=10, batch_size=8, lr=2e-3, warmup_epochs=0.5,
+        patience=0, workers=2, predict_batch_size=16, jobs=2,
     ),
 }
 
@@ -132,6 +146,7 @@ _CHOICES = {
     "cache": ("auto", "on", "off"),
     "compile": ("auto", "on", "off"),
     "amp": ("auto", "bf16", "fp16", "off"),
+    "border": ("reflect", "constant"),
     "rle_order": ("row", "column"),
 }
 
@@ -150,7 +165,7 @@ def _flag_type(f: dataclasses.Field):
 # shows the ones it uses and says that the others are accepted.
 SECTION_STAGES = {"where things are": "01 02 03 04", "the task": "01 02 03 04", "01_prepare": "01", "model": "02", "input size": "01 02",
                   "training": "02", "hardware": "02 03", "03_predict / 04_submit": "03 04"}
-FIELD_STAGES = {"seed": "01 02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
+FIELD_STAGES = {"seed": "01 02", "jobs": "02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
                 "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04",
                 "rle_order": "01 03 04"}
 
@@ -247,8 +262,10 @@ _RANGES: dict[str, tuple] = {
     "lr": (0, None, False, True), "weight_decay": (0, None, True, True), "warmup_epochs": (0, None, True, True),
     "min_lr_ratio": (0, 1, True, True), "grad_clip": (0, None, True, True), "patience": (0, None, True, True),
     "bce_weight": (0, None, True, True), "dice_weight": (0, None, True, True), "hflip_p": (0, 1, True, True),
-    "shift_scale_rotate_p": (0, 1, True, True), "color_p": (0, 1, True, True), "val_every": (1, None, True, True),
-    "threads": (0, None, True, True), "predict_batch_size": (1, None, True, True),
+    "shift_scale_rotate_p": (0, 1, True, True), "color_p": (0, 1, True, True),
+    "scale_low": (0, None, False, True), "scale_high": (0, None, False, True), "translate": (0, 0.5, True, True),
+    "val_every": (1, None, True, True),
+    "threads": (0, None, True, True), "jobs": (1, None, True, True), "predict_batch_size": (1, None, True, True),
 }
 
 
@@ -272,10 +289,17 @@ def check(p: Params) -> None:
         v = getattr(p, name)
         if v <= 0 or v % 32:
             problems.append(f"--{name} {v} must be a positive multiple of 32")
+    for name, whole in (("crop_height", p.height), ("crop_width", p.width)):
+        v = getattr(p, name)
+        if v and (v < 0 or v % 32 or v > whole):
+            problems.append(f"--{name.replace('_', '-')} {v} must be 0 (whole image) or a positive multiple of 32 up "
+                            f"to --{name[5:]} {whole}")
     problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(allowed)}"
                  for name, allowed in _CHOICES.items() if getattr(p, name) not in allowed]
     if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
+    if p.scale_low > p.scale_high:
+        problems.append(f"--scale-low {p.scale_low} is above --scale-high {p.scale_high}")
     if p.bce_weight == 0 and p.dice_weight == 0:
         problems.append("--bce-weight and --dice-weight are both 0: the loss would be 0")
     if not p.encoder_weights.strip():

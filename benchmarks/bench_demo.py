@@ -46,11 +46,13 @@ def reference_speed(steps: int = 12) -> float:
     return train_step_rate(p, x, y, torch.channels_last, steps)
 
 
-def run_stages(folder: Path) -> list[tuple[str, float, str]]:
-    flags = f"--preset demo --input {folder / 'input'} --output {folder / 'output'}"
+def run_stages(folder: Path, stages=STAGES, flags: str | None = None) -> list[tuple[str, float, str]]:
+    """Run ``stages`` ((script, its own flags)) one after another with ``flags`` (default: the demo's into
+    ``folder``); exits naming the stage that failed. Returns (script, wall seconds, stdout) per stage."""
+    flags = flags or f"--preset demo --input {folder / 'input'} --output {folder / 'output'}"
     out = []
-    for script, extra in STAGES:
-        cmd = [sys.executable, script, *extra.split(), *flags.split()]
+    for script, extra in stages:
+        cmd = [sys.executable, *script.split(), *extra.split(), *flags.split()]  # script may be "-m torch... x.py"
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - start

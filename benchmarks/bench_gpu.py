@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import params  # noqa: E402
 from lib import files, tta  # noqa: E402
 from lib.cache import Cache  # noqa: E402
-from lib.data import SeededShuffle, TrainSet, make_loader, train_transform  # noqa: E402
+from lib.data import SeededShuffle, TrainSet, make_loader, transform_for  # noqa: E402
 from lib.errors import PipelineError, run_main  # noqa: E402
 from lib.inputs import IMAGE_EXT, image_size, read_image_bytes  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
@@ -157,7 +157,7 @@ def loader_rates(p: params.Params, workers_list: list[int], n_images: int) -> li
     first = folder / f"{ids[0]}{IMAGE_EXT}"
     orig = image_size(read_image_bytes(first), first)
     data = Cache(p.input_dir, ids, np.zeros((len(ids), 0), np.uint8), orig, (p.height, p.width))
-    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p)
+    transform = transform_for(p)
     out = []
     for workers in workers_list:
         # the workers run ahead by prefetch_factor (4) batches each before the clock starts: measure 8 times that

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import params  # noqa: E402
 from lib import folds  # noqa: E402
 from lib.cache import Cache, open_cache  # noqa: E402
-from lib.data import TrainSet, SeededShuffle, make_loader, train_transform  # noqa: E402
+from lib.data import TrainSet, SeededShuffle, make_loader, transform_for  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
 from lib.runtime import loader_workers  # noqa: E402
@@ -33,9 +33,10 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds
 
 
-def train_step_rate(p, x: torch.Tensor, y: torch.Tensor, memory_format: torch.memory_format, steps: int = 6
-                    ) -> float:
-    """Training images/s of the model as 02_train.py sets it up on a CPU, in ``memory_format``."""
+def train_step_rate(p, x: torch.Tensor, y: torch.Tensor, memory_format: torch.memory_format, steps: int = 6,
+                    bf16: bool = False) -> float:
+    """Training images/s of the model as 02_train.py sets it up on a CPU, in ``memory_format`` (float32, or
+    ``bf16`` autocast as --amp bf16 runs it)."""
     torch.manual_seed(0)
     model, loss_fn = build_model(p).to(memory_format=memory_format), BceDice()
     opt = make_optimizer(p, model, torch.device("cpu"))
@@ -43,7 +44,9 @@ def train_step_rate(p, x: torch.Tensor, y: torch.Tensor, memory_format: torch.me
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = loss_fn(logits, y)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -67,7 +70,7 @@ def main() -> None:
     rows = np.arange(len(ids))
     cpu = torch.device("cpu")
     workers = loader_workers(p.workers, cpu, cached=True)  # what 02_train.py uses on this CPU
-    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p)
+    transform = transform_for(p)
     loader = make_loader(TrainSet(cache, transform), SeededShuffle(rows, 0), p.batch_size, workers, False,
                          drop_last=True)
     seen, start = 0, None

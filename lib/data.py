@@ -10,21 +10,39 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lib.cache import Cache
+from lib.errors import PipelineError
 
 
 def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float,
-                    mask_interpolation: int = cv2.INTER_LINEAR):
-    """Joint image/mask augmentation (what worked for the Carvana top teams): flip, small affine, colour.
-    ``mask_interpolation``: linear for soft binary masks, nearest for label maps (lib/task.py)."""
+                    mask_interpolation: int = cv2.INTER_LINEAR, scale: tuple[float, float] = (0.92, 1.08),
+                    translate: float = 0.04, border: str = "reflect", crop: tuple[int, int] | None = None):
+    """Joint image/mask augmentation (what worked for the Carvana top teams): flip, affine, colour.
+    ``mask_interpolation``: linear for soft binary masks, nearest for label maps (lib/task.py). ``border``
+    "constant" fills what a zoom-out or shift uncovers with black (mask: background), as a photo taken from further
+    away with a dark floor edge in view; "reflect" mirrors the photo there. ``crop`` (h, w): a random window of that
+    size, last, so that the network trains on the detail of the whole-image size at the cost of the crop's."""
     import albumentations as A
+    mode = cv2.BORDER_CONSTANT if border == "constant" else cv2.BORDER_REFLECT_101
     return A.Compose([
         A.HorizontalFlip(p=hflip_p),
-        A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-4, 4),
-                 border_mode=cv2.BORDER_REFLECT_101, mask_interpolation=mask_interpolation,
-                 p=shift_scale_rotate_p),
+        A.Affine(scale=scale, translate_percent=(-translate, translate), rotate=(-4, 4), border_mode=mode,
+                 fill=0, fill_mask=0, mask_interpolation=mask_interpolation, p=shift_scale_rotate_p),
         A.OneOf([A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10),
                  A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1)], p=color_p),
+        *([A.RandomCrop(*crop)] if crop else []),
     ])
+
+
+def transform_for(p, mask_interpolation: int = cv2.INTER_LINEAR):
+    """The training augmentation that Params ``p`` asks for (None with --no-augment)."""
+    crop = (p.crop_height or p.height, p.crop_width or p.width)
+    crop = crop if crop != (p.height, p.width) else None
+    if not p.augment:
+        if crop:
+            raise PipelineError("--crop-height/--crop-width crop in the augmentation: they need --augment")
+        return None
+    return train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p, mask_interpolation,
+                           (p.scale_low, p.scale_high), p.translate, p.border, crop)
 
 
 class SeededShuffle(Sampler):

@@ -63,8 +63,12 @@ def run_dir(output: Path, experiment: str) -> Path:
     return output / experiment
 
 
-def fold_dir(output: Path, experiment: str, fold: int) -> Path:
-    return run_dir(output, experiment) / f"fold{fold}"
+FULL = "full"  # 02_train.py --fold full: the model fitted on every training image (no validation images)
+
+
+def fold_dir(output: Path, experiment: str, fold: int | str) -> Path:
+    """output/<experiment>/fold<K>/, or output/<experiment>/full/ for the model fitted on every image."""
+    return run_dir(output, experiment) / (FULL if fold == FULL else f"fold{fold}")
 
 
 BEST, LAST, LOG, CURVE, OOF, PARAMS = "model.pt", "last.pt", "log.csv", "curve.png", "oof.npz", "params.json"

@@ -81,10 +81,12 @@ def n_folds_of(folds: pd.DataFrame) -> int:
     return int(folds.fold.max()) + 1
 
 
-def fold_digest(folds: pd.DataFrame, fold: int) -> str:
+def fold_digest(folds: pd.DataFrame, fold: int | str) -> str:
     """A short hash of which images fold ``fold`` validates on and which it trains on: a model, its checkpoints
-    and its out-of-fold file carry it, so that a re-split (``01_prepare.py --force``) is never mixed with them."""
+    and its out-of-fold file carry it, so that a re-split (``01_prepare.py --force``) is never mixed with them.
+    ``fold`` "full" (files.FULL): every image trains, none validates."""
     import hashlib
-    val = sorted(folds.id[folds.fold == fold])
-    train = sorted(folds.id[folds.fold != fold])
+    full = fold == files.FULL
+    val = [] if full else sorted(folds.id[folds.fold == fold])
+    train = sorted(folds.id) if full else sorted(folds.id[folds.fold != fold])
     return hashlib.sha256(("\n".join(val) + "\0" + "\n".join(train)).encode()).hexdigest()[:16]

@@ -24,13 +24,12 @@ from lib.metrics import binarize
 from lib.oof import at_size
 from lib.plot import overlay, overlay_labels
 from lib.progress import progress
-from lib.predict import Ensemble, TestImages, load_fold_models, predict_batch
+from lib.predict import DEFAULT_THRESHOLD, Ensemble, TestImages, load_fold_models, predict_batch
 from lib.submission import read_tuning
 from lib.task import BINARY, Task
 from params import Params
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-DEFAULT_THRESHOLD = 0.5
 MASKS_CSV = "masks.csv"
 
 
@@ -69,7 +68,9 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str]:
     if (run / files.TUNING).exists():
         try:
             tuning = read_tuning(run)
-            if tuning.get("models") != ens.fingerprints:
+            made_by = tuning.get("models") or []
+            predictor = made_by[-1:] if tuning.get("final") == "full" else made_by  # the full model predicts
+            if predictor != ens.fingerprints:
                 tuning, why = None, f"{files.TUNING} was made by other models"
         except PipelineError as e:
             why = f"unusable {files.TUNING} ({e})"
@@ -89,7 +90,8 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
     out.mkdir(parents=True, exist_ok=True)
     decided = f"threshold {threshold:.3f} ({source})" if ens.task.binary else f"argmax over {ens.task.describe()}"
-    print(f"{len(paths)} photo(s) with {len(ens.models)} fold model(s), TTA {mode}, {decided} -> {out}", flush=True)
+    models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
+    print(f"{len(paths)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
     h, w = ens.size
     loader = DataLoader(TestImages(paths, h, w), batch_size=p.predict_batch_size, num_workers=worker_count(p.workers))
     rows: dict[int, str] = {}

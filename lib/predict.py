@@ -35,6 +35,9 @@ import params as params_mod
 from params import Params
 
 
+DEFAULT_THRESHOLD = 0.5  # without a tuning (no fold models) and without --threshold
+
+
 @dataclass
 class Ensemble:
     """The fold models of one experiment, all at one network size."""
@@ -52,9 +55,10 @@ class Ensemble:
         return self.params.height, self.params.width
 
 
-def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0) -> Ensemble:
+def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0, optional: bool = False
+                  ) -> Ensemble | None:
     """The fold models of ``p.experiment`` (every fold of the split in folds.csv, or the folds ``only``), each
-    rebuilt from its own checkpoint."""
+    rebuilt from its own checkpoint; None when ``optional`` and no fold has a model."""
     split = folds_mod.read(p.output_dir)
     k_all = folds_mod.n_folds_of(split)
     ks = list(range(k_all)) if only is None else sorted(set(only))
@@ -63,6 +67,8 @@ def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0)
         raise PipelineError(f"--folds {','.join(map(str, outside))}: the split in {files.folds_csv(p.output_dir)} "
                             f"has folds 0..{k_all - 1}")
     missing = [k for k in ks if not (files.fold_dir(p.output_dir, p.experiment, k) / files.BEST).exists()]
+    if optional and len(missing) == len(ks):
+        return None
     if missing:
         trained = ",".join(str(k) for k in ks if k not in missing) or "K"
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
@@ -71,10 +77,22 @@ def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0)
     return _load_models(p, ks, pick_device(p.device, local_rank), split)
 
 
+def load_final(p: Params, only: list[int] | None = None, local_rank: int = 0) -> Ensemble | None:
+    """The model fitted on every training image (``02_train.py --fold full``) when it exists and ``--folds`` does
+    not ask for fold models: what predicts the test set then."""
+    path = files.fold_dir(p.output_dir, p.experiment, files.FULL) / files.BEST
+    if only is not None or not path.exists():
+        return None
+    return _load_models(p, [files.FULL], pick_device(p.device, local_rank), folds_mod.read(p.output_dir))
+
+
 def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
-    """The fold models found in output/<experiment>/fold*/model.pt (or the folds ``only``), without folds.csv: for
-    predicting photos, where no split is scored."""
+    """The model fitted on every image (full/model.pt) if there is one and ``only`` is not given, else the fold
+    models found in output/<experiment>/fold*/model.pt (or the folds ``only``), without folds.csv: for predicting
+    photos, where no split is scored."""
     run = files.run_dir(p.output_dir, p.experiment)
+    if only is None and (run / files.FULL / files.BEST).exists():
+        return _load_models(p, [files.FULL], pick_device(p.device), None)
     found = sorted(int(d.name[4:]) for d in run.glob("fold*") if d.name[4:].isdigit() and (d / files.BEST).exists())
     ks = found if only is None else sorted(set(only))
     missing = [k for k in ks if k not in found]
@@ -274,7 +292,24 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
 
 
 # --- the stage ---
-def current_tuning(p: Params, ens: Ensemble) -> dict | None:
+def expected_models(ens: Ensemble | None, final: Ensemble | None) -> list[dict]:
+    """The fingerprints a tuning.json records: the fold models that tuned it, then the full model if it predicts."""
+    return (ens.fingerprints if ens else []) + (final.fingerprints if final else [])
+
+
+def untuned(p: Params, final: Ensemble) -> dict:
+    """The record for a full model without fold models to tune on: --tta (auto: hflip) and --threshold (0: 0.5)."""
+    split = folds_mod.read(p.output_dir)
+    h, w = final.size
+    cache = open_for(p, list(split.id), h, w)
+    threshold = p.threshold or DEFAULT_THRESHOLD
+    return {"experiment": p.experiment, "folds": [], "tta": "hflip" if p.tta == "auto" else p.tta,
+            "threshold": threshold, "level": level_of(threshold), "oof_dice": -1.0, "size": [h, w],
+            "orig_size": list(cache.orig_size) if cache.orig_size else [], "n_images": 0, "tta_asked": p.tta,
+            "models": final.fingerprints, "task": final.task.record(), "scores": [], "tuned": False, "final": "full"}
+
+
+def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> dict | None:
     """tuning.json if it is sound and was made for these models and --tta, else None (then it is made again)."""
     run = files.run_dir(p.output_dir, p.experiment)
     if not (run / files.TUNING).exists():
@@ -284,16 +319,26 @@ def current_tuning(p: Params, ens: Ensemble) -> dict | None:
     except PipelineError as e:
         print(f"note: tuning again: {e}")
         return None
-    return old if old.get("models") == ens.fingerprints and old.get("tta_asked") == p.tta else None
+    return old if old.get("models") == expected_models(ens, final) and old.get("tta_asked") == p.tta else None
 
 
-def tuning_for(p: Params, ens: Ensemble, retune: bool) -> dict:
+def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | None = None) -> dict:
+    """TTA and threshold tuned out-of-fold on the fold models ``ens``; the full model ``final``, when given,
+    predicts the test set with them. Without fold models: ``untuned``."""
     path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
-    old = None if retune else current_tuning(p, ens)
+    old = None if retune else current_tuning(p, ens, final)
     if old is not None:
         print(f"tuning: reusing {path}")
         return old
+    if ens is None:
+        tuning = untuned(p, final)
+        files.write_json(path, tuning)
+        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning['tta']}, "
+              f"threshold {tuning['threshold']:.3f} -> {path}")
+        return tuning
     tuning = tune(p, ens)
+    if final is not None:
+        tuning.update(models=expected_models(ens, final), final="full")
     files.write_json(path, tuning)
     for row in tuning["scores"]:
         print(f"  {row['name']:<24} TTA {row['tta']:<6} threshold {row['threshold']:.3f}  OOF Dice {row['dice']:.5f}")
@@ -341,14 +386,15 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     if (replace or retune) and (dist.active or separate):
         raise PipelineError("--replace and --retune run in one process: use them without torchrun and --shard "
                             "(e.g. with --tune-only before the shards)")
-    ens = load_ensemble(p, folds, dist.local_rank)
+    final = load_final(p, folds, dist.local_rank)  # the model fitted on every image, if trained
+    ens = load_ensemble(p, folds, dist.local_rank, optional=final is not None)
     has_test = (p.input_dir / files.TEST).is_dir()
-    ids, paths = inputs.check_test(p.input_dir, ens.task) if has_test else ([], {})  # refuse before writing anything
-    tuning = tuning_for(p, ens, retune) if dist.main and not separate else None
+    ids, paths = inputs.check_test(p.input_dir, (final or ens).task) if has_test else ([], {})  # refuse before writing
+    tuning = tuning_for(p, ens, retune, final) if dist.main and not separate else None
     if dist.main and not separate:
         params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
     dist.barrier()  # the other ranks wait for rank 0's tuning
-    tuning = tuning or current_tuning(p, ens)
+    tuning = tuning or current_tuning(p, ens, final)
     if tuning is None:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment) / files.TUNING}: missing or made for other "
                             "models; run `python 03_predict.py --tune-only` with the same settings first")
@@ -360,7 +406,10 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     out = out or test_dir_for(p, tuning, False)
     if tune_only:
         return print(f"tuned; test maps go to {out}: predict them with 03_predict.py, torchrun or --shard K/N")
-    stats = predict_test(p, ens, tuning["tta"], ids, paths, out, shard)
+    if final is not None and dist.main:
+        print(f"test maps from {files.fold_dir(p.output_dir, p.experiment, files.FULL) / files.BEST} (fitted on every "
+              "training image)" + (f"; TTA and threshold from the {len(ens.models)} fold models" if ens else ""))
+    stats = predict_test(p, final or ens, tuning["tta"], ids, paths, out, shard)
     predicted, seconds = dist.sum(stats["predicted"], stats.get("seconds", 0.0))
     if dist.main:
         what = f"shard {shard[0]}/{shard[1]} done, {stats['maps']} of the {len(ids)}" if separate else f"{len(ids)}"

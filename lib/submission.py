@@ -535,16 +535,18 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
                                     validate_rle=False, keys=keys)
     seconds = time.perf_counter() - start
     ttas = sorted({p.tuning["tta"] for p in preds})
+    scored = len(preds) == 1 and not threshold and preds[0].tuning.get("tuned", True)
+    full = preds[0].tuning.get("final") == "full"
     fields = {
         "inputs": [{"folder": str(p.folder), "experiment": p.tuning["experiment"], "weight": p.weight,
                     "weight_given": p.weight_given, "tta": p.tuning["tta"], "threshold": p.tuning["threshold"],
                     "oof_dice": p.tuning["oof_dice"], "size": list(p.size)} for p in preds],
         "threshold": thr, "level": level_of(thr), "threshold_source": source,
         "tta": ttas[0] if len(ttas) == 1 else "mixed (see inputs)",
-        "oof_dice": preds[0].tuning["oof_dice"] if len(preds) == 1 and not threshold else None,
-        "oof_dice_note": ("out-of-fold full-resolution Dice of the fold ensemble at this threshold (tuning.json)"
-                          if len(preds) == 1 and not threshold else
-                          "not measured: the ensemble / fixed threshold was not scored out-of-fold"),
+        "oof_dice": preds[0].tuning["oof_dice"] if scored else None,
+        "oof_dice_note": (("out-of-fold full-resolution Dice of the fold models at this threshold (tuning.json)"
+                           + ("; the full model predicted the test set" if full else "")) if scored else
+                          "not measured: the ensemble / fixed threshold / untuned full model was not scored out-of-fold"),
         "orig_size": list(orig_size) if orig_size else None, "rle_order": rle_order, "workers": workers,
         "task": task.record(),
     }

@@ -27,7 +27,7 @@ import torch
 import params as params_mod
 from lib import files, folds as folds_mod
 from lib.cache import Cache, open_for
-from lib.data import SeededShuffle, TrainSet, make_loader, train_transform
+from lib.data import SeededShuffle, TrainSet, make_loader, transform_for
 from lib.errors import PipelineError, restart_advice
 from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, write_checkpoint
 from lib.oof import PngMaps, class_dices, save_oof
@@ -40,7 +40,7 @@ from params import Params
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s"]
 VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
 # settings a resumed run may change: where and how fast it runs, not what it learns
-RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "compile", "tensorboard",
+RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "jobs", "compile", "tensorboard",
                      "predict_batch_size", "tta", "threshold", "submission", "force", "demo"}
 PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
 
@@ -97,7 +97,7 @@ def set_rng_state(s: dict) -> None:
 class Run:
     """Everything one rank needs to train one fold, and where the fold stands."""
     p: Params
-    fold: int
+    fold: int | str  # K, or "full" (files.FULL)
     dist: Dist
     device: torch.device
     dir: Path
@@ -123,7 +123,7 @@ class Run:
     tb: object | None = None  # a TensorBoard SummaryWriter on rank 0 with --tensorboard
 
 
-def check_run_folder(folder: Path, fold: int, resume: bool, restart: bool) -> None:
+def check_run_folder(folder: Path, fold: int | str, resume: bool, restart: bool) -> None:
     """Refuse to overwrite a run, or to resume one that cannot be (read-only: a refused run writes nothing)."""
     if resume and restart:
         raise PipelineError("--resume continues a run and --restart deletes it: give one of them")
@@ -136,11 +136,14 @@ def check_run_folder(folder: Path, fold: int, resume: bool, restart: bool) -> No
                             + restart_advice(fold))
 
 
-def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool = False) -> Run:
-    """Build one rank's Run for fold ``fold`` of the split in output/folds.csv (nothing is written here)."""
+def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart: bool = False) -> Run:
+    """Build one rank's Run for fold ``fold`` of the split in output/folds.csv, or for ``fold`` "full" (files.FULL:
+    every image of the split trains, none validates). Nothing is written here."""
     split = folds_mod.read(p.output_dir)
     k = folds_mod.n_folds_of(split)
-    if not 0 <= fold < k:
+    full = fold == files.FULL
+    index = k if full else fold  # seeds: the full model's are those a fold K would have
+    if not full and not 0 <= fold < k:
         raise PipelineError(f"--fold {fold} is outside the split in {files.folds_csv(p.output_dir)} "
                             f"(folds 0..{k - 1})")
     if p.batch_size % dist.world:
@@ -154,15 +157,15 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool 
     device = pick_device(p.device, dist.local_rank)
     set_threads(p.threads)
     cache = open_cache_once(p, list(split.id), dist)
-    val_ids = sorted(split.id[split.fold == fold])
-    train_rows = cache.rows(sorted(split.id[split.fold != fold]))
+    val_ids = [] if full else sorted(split.id[split.fold == fold])
+    train_rows = cache.rows(sorted(split.id) if full else sorted(split.id[split.fold != fold]))
     if p.batch_size > len(train_rows):
         raise PipelineError(f"--batch-size {p.batch_size} is larger than the {len(train_rows)} "
                             f"training images of fold {fold}; lower it")
     chunks = np.array_split(np.arange(len(val_ids)), dist.world)  # contiguous, no padding: every image once
     val_rows = cache.rows([val_ids[i] for i in chunks[dist.rank]])
 
-    seed_everything(p.seed + fold)
+    seed_everything(p.seed + index)
     net = build_model(p).to(device)
     if p.sync_bn and dist.active:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -176,9 +179,8 @@ def setup(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool 
 
     pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached)
     task = task_of(p)
-    transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p, task.mask_interpolation) \
-        if p.augment else None
-    sampler = SeededShuffle(train_rows, p.seed * 1000 + fold, rank=dist.rank, world=dist.world, batch=p.batch_size)
+    transform = transform_for(p, task.mask_interpolation)
+    sampler = SeededShuffle(train_rows, p.seed * 1000 + index, rank=dist.rank, world=dist.world, batch=p.batch_size)
     train_loader = make_loader(TrainSet(cache, transform), sampler, p.batch_size // dist.world, workers, pin,
                                drop_last=True)
     val_loader = make_loader(TrainSet(cache), SeededShuffle(val_rows, 0, shuffle=False),
@@ -316,12 +318,13 @@ def evaluate(run: Run) -> Evaluation:
 
 
 # --- files (rank 0) ---
-def write_best(folder: Path, state: dict, val_ids: list[str], probs: PngMaps) -> None:
+def write_best(folder: Path, state: dict, val_ids: list[str], probs: PngMaps | None) -> None:
     """model.pt, then oof.npz; both record the model's digest (and the split), so 03 never tunes one model with
-    another one's out-of-fold maps."""
+    another one's out-of-fold maps. The full model (no validation images) has no oof.npz."""
     state["digest"] = state_digest(state["model"])
     write_checkpoint(folder / files.BEST, state)
-    save_oof(folder / files.OOF, val_ids, probs, state["digest"], state["split"])
+    if probs is not None:
+        save_oof(folder / files.OOF, val_ids, probs, state["digest"], state["split"])
 
 
 
@@ -354,12 +357,15 @@ class RunWriter:
             (folder / files.LOG).unlink(missing_ok=True)
 
     def epoch_end(self, row: list, ev: Evaluation | None, improved: bool) -> None:
-        """Queue this epoch's files (after waiting for the previous epoch's: a failed write stops the run here)."""
+        """Queue this epoch's files (after waiting for the previous epoch's: a failed write stops the run here).
+        The full model (no validation images) writes model.pt at its last epoch."""
         run, w = self.run, self.writer
         w.flush()
-        if improved:
-            w.submit(write_best, run.dir, checkpoint_state(run.net, self.p, epoch=run.epoch, val_dice=ev.dice,
-                                                           split=run.split, task=run.task.record()), run.val_ids, ev.probs)
+        if improved or (not run.val_ids and run.epoch == self.p.epochs):
+            w.submit(write_best, run.dir, checkpoint_state(run.net, self.p, epoch=run.epoch,
+                                                           val_dice=ev.dice if ev else -1.0,
+                                                           split=run.split, task=run.task.record()),
+                     run.val_ids, ev.probs if ev else None)
         w.submit(self._append_log, row)
         if run.tb is not None:
             self._tensorboard(row, ev)
@@ -408,7 +414,7 @@ class RunWriter:
 
 
 # --- the loop ---
-def train_fold(p: Params, fold: int, dist: Dist, resume: bool = False, restart: bool = False) -> dict:
+def train_fold(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart: bool = False) -> dict:
     """Train (or continue, or start again) fold ``fold``; returns {fold, best_val_dice, epochs}."""
     run = setup(p, fold, dist, resume, restart)
     last = run.dir / files.LAST
@@ -459,7 +465,7 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
         start = time.perf_counter()
         train_loss, n_images = train_epoch(run)
         train_seconds = time.perf_counter() - start
-        validated = run.epoch % p.val_every == 0 or run.epoch == p.epochs
+        validated = bool(run.val_ids) and (run.epoch % p.val_every == 0 or run.epoch == p.epochs)
         with torch.random.fork_rng(devices=[]):  # starting the validation loader draws from torch's generator:
             ev = evaluate(run) if validated else None  # put back, so --val-every never changes what is learned
         improved = False
@@ -472,7 +478,7 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
         if writer:
             writer.epoch_end(row, ev, improved)
         validated = (f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {run.best:.5f})" if ev else
-                     f"not validated (--val-every {p.val_every})")
+                     f"not validated (--val-every {p.val_every})" if run.val_ids else "no validation images")
         if ev and ev.class_dice:
             validated += " [" + ", ".join(f"{n} {d:.4f}" for n, d in ev.class_dice.items()) + "]"
         _say(run, f"fold {run.fold} epoch {run.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "

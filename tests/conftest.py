@@ -57,7 +57,7 @@ def run_script(script: str, *args: str, check: bool = True, timeout: float = 600
 # A tiny demo dataset and a split of it: small enough for CPU tests that train for seconds.
 TINY = dict(n_train_cars=4, n_test_cars=1, width=240, height=160, seed=3)
 TINY_FLAGS = ["--preset", "demo", "--height", "64", "--width", "96", "--n-folds", "2", "--workers", "0",
-              "--batch-size", "8", "--epochs", "2", "--predict-batch-size", "16", "--val-every", "1"]
+              "--batch-size", "8", "--epochs", "2", "--predict-batch-size", "16", "--val-every", "1", "--jobs", "1"]
 
 
 @pytest.fixture(scope="session")

@@ -66,8 +66,10 @@ def test_autocast_and_the_gradient_scaler_train_on_cpu(prepared, amp, dtype, sca
     assert 0 <= ev.dice <= 1 and ev.probs.array().shape == (4, 64, 96) and ev.probs.array().dtype == np.uint8
 
 
-def test_amp_auto_is_bf16_on_gpus_and_off_on_cpus():
-    assert not Precision.for_device(torch.device("cpu"), "auto").enabled
+def test_amp_auto_is_bf16_on_gpus_and_on_cpus_with_amx():
+    from lib.runtime import cpu_has_amx
+    cpu = Precision.for_device(torch.device("cpu"), "auto")
+    assert cpu.enabled == cpu_has_amx() and (not cpu.enabled or cpu.dtype == torch.bfloat16)
     assert use_compile("auto", torch.device("cpu")) is False and use_compile("auto", torch.device("cuda")) is True
     if torch.cuda.is_available():
         p = Precision.for_device(torch.device("cuda"), "auto")
