@@ -121,8 +121,11 @@ def test_sharded_validation_gives_the_single_process_dice_and_maps(prepared, tmp
 # --- training under torchrun ---
 def test_torchrun_trains_every_fold_with_rank_0_alone_writing_and_printing(prepared):
     root, out = prepared
-    run_script("02_train.py", "--fold", "all", *flags(root, out, "--experiment", "single"))
-    proc = torchrun("02_train.py", "--fold", "all", *flags(root, out, "--experiment", "ddp"))
+    # the mild affine of the earlier default: 2 epochs of the zoom-out one leave the models too far from converged
+    # for two runs with different BatchNorm batches to score alike
+    mild = ["--scale-low", "0.92", "--scale-high", "1.08", "--translate", "0.04", "--border", "reflect"]
+    run_script("02_train.py", "--fold", "all", *flags(root, out, "--experiment", "single", *mild))
+    proc = torchrun("02_train.py", "--fold", "all", *flags(root, out, "--experiment", "ddp", *mild))
     split = pd.read_csv(out / "folds.csv", dtype={"id": str})
     for k in (0, 1):
         assert proc.stdout.count(f"fold {k} epoch 2/2:") == 1  # one epoch line, from rank 0
@@ -136,7 +139,7 @@ def test_torchrun_trains_every_fold_with_rank_0_alone_writing_and_printing(prepa
         dice = {e: read_checkpoint(files.fold_dir(out, e, k) / files.BEST)["val_dice"] for e in ("single", "ddp")}
         # the same schedule; BatchNorm sees 4 images per rank instead of 8, so the scores are close, not equal
         assert abs(dice["single"] - dice["ddp"]) < 0.05, dice
-    assert "x 2 processes, global batch 8" in proc.stdout
+    assert "x 2 processes" in proc.stdout and ", global batch 8" in proc.stdout
 
 
 def _rank_pid(tag: str, local_rank: int) -> int | None:

@@ -78,7 +78,8 @@ def test_amp_auto_is_bf16_on_gpus_and_on_cpus_with_amx():
 
 def test_compiled_model_trains_and_evaluates_like_eager(prepared):
     """torch.compile (inductor on CPU) for one step and one evaluation: the same loss and maps as eager."""
-    eager, compiled = tiny_run(*prepared, compile="off"), tiny_run(*prepared, compile="on")
+    # float32 in both: bf16 autocast (--amp auto on an AMX CPU) rounds differently in inductor's fused kernels
+    eager, compiled = tiny_run(*prepared, compile="off", amp="off"), tiny_run(*prepared, compile="on", amp="off")
     assert compiled.forward is not compiled.model and eager.forward is eager.model
     losses = [train_epoch(r)[0] for r in (eager, compiled)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -33,6 +33,12 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "none"
         if f.name == "decoder_channels":
             value = "64,32,16,16,8"
+        if f.name == "border":
+            value = "reflect"
+        if f.name == "scale_high":
+            value = "1.5"
+        if f.name in ("crop_height", "crop_width"):
+            value = "32"
         args = [flag] if value is None else [flag, value]
         p, _ = parse("t", args)
         assert getattr(p, f.name) == (True if value is None else type(f.default)(value)), f.name
