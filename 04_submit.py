@@ -82,9 +82,11 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
         manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
                                               p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None,
                                               keys=keys, test_names=inputs.test_files(p.input_dir),
-                                              rle_order=p.rle_order)
+                                              rle_order=p.rle_order, post=p.postprocess)
+        post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
+                if manifest["postprocess"] != "none" else "")
         print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
-              f"({manifest['threshold_source']}), {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
+              f"({manifest['threshold_source']}){post}, {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
         written[out.name] = out
     else:
         print(f"note: no {p.input_dir / files.TEST} folder and no test maps (or no test images): no model submission, "

@@ -71,6 +71,9 @@ class Params:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
     grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
+    ema: float = 0.0  # exponential moving average of the weights, updated every optimiser step with this decay (e.g.
+    #                   0.995: an average over about the last 200 steps); it validates, is model.pt and predicts,
+    #                   and log.csv keeps the weights' own val Dice beside it (val_dice_raw). 0 = off
     patience: int = 10  # early stopping: epochs without val Dice improvement (0 = off)
     bce_weight: float = 1.0  # loss = bce_weight * BCE + dice_weight * soft Dice
     dice_weight: float = 1.0  # weight of the soft Dice term of the loss
@@ -100,6 +103,8 @@ class Params:
     # --- 03_predict / 04_submit ---
     tta: str = "auto"  # auto (pick on out-of-fold Dice) | none | hflip
     threshold: float = 0.0  # 0 = use the tuned threshold; else a fixed one in (0, 1)
+    postprocess: str = "auto"  # binary masks: auto (keep only each mask's largest region where that scores better
+    #                            out-of-fold: lib/postprocess.py) | largest | none
     predict_batch_size: int = 8  # images per inference batch
     submission: str = "submission"  # file name (without .csv.gz) under the experiment folder
     rle_order: str = "row"  # pixel order of run-length codes in submissions and train_masks.csv: row (Carvana: left to
@@ -127,12 +132,13 @@ PRESETS: dict[str, dict] = {
         warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3, jobs=2,
     ),
     # Real data on a 2-core CPU (../shared/carvana_sample, 32 cars): 4-fold cross-validation (--fold all, 2 folds at
-    # a time) in about 40 minutes; one model on every car (02 --fold full --epochs 30: the fold models' number of
-    # steps) in about 15 (benchmarks/results/recipes.md).
+    # a time) in about 40 minutes; one model on every car (02 --fold full --epochs 26: the fold models' number of
+    # steps) in about 16; each mask keeps its largest region, as the cross-validation chose
+    # (benchmarks/results/recipes.md).
     "cpu": dict(
-        experiment="cpu_resnet18_128", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
-        height=128, width=192, n_folds=4, epochs=40, val_every=10, batch_size=8, lr=2e-3, warmup_epochs=0.5,
-        patience=0, workers=2, predict_batch_size=16, jobs=2,
+        experiment="cpu_resnet18_160", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
+        height=160, width=224, n_folds=4, epochs=34, val_every=17, batch_size=8, lr=2e-3, warmup_epochs=0.5,
+        patience=0, workers=2, predict_batch_size=16, jobs=2, postprocess="largest",
     ),
 }
 
@@ -143,6 +149,7 @@ _CHOICES = {
     "demo_kind": ("cars", "multiclass"),
     "optimizer": ("adam", "adamw"),
     "tta": ("auto", "none", "hflip"),
+    "postprocess": ("auto", "none", "largest"),
     "cache": ("auto", "on", "off"),
     "compile": ("auto", "on", "off"),
     "amp": ("auto", "bf16", "fp16", "off"),
@@ -264,7 +271,7 @@ _RANGES: dict[str, tuple] = {
     "bce_weight": (0, None, True, True), "dice_weight": (0, None, True, True), "hflip_p": (0, 1, True, True),
     "shift_scale_rotate_p": (0, 1, True, True), "color_p": (0, 1, True, True),
     "scale_low": (0, None, False, True), "scale_high": (0, None, False, True), "translate": (0, 0.5, True, True),
-    "val_every": (1, None, True, True),
+    "val_every": (1, None, True, True), "ema": (0, 1, True, False),
     "threads": (0, None, True, True), "jobs": (1, None, True, True), "predict_batch_size": (1, None, True, True),
 }
 

@@ -44,7 +44,7 @@ FINAL_STAGES = (("01_prepare.py", ""), ("02_train.py", "--fold full"), ("03_pred
 
 def per_car(flags: list[str]) -> tuple[pd.Series, dict]:
     """Mean full-resolution Dice per car of the out-of-fold maps that training kept (no TTA) at the tuned
-    threshold, and the tuning record (its oof_dice is with the chosen TTA)."""
+    threshold and post-processing, and the tuning record (its oof_dice is with the chosen TTA)."""
     p, _ = params.parse("bench", flags)
     tuning = json.loads((files.run_dir(p.output_dir, p.experiment) / "tuning.json").read_text())
     split = folds_mod.read(p.output_dir)
@@ -52,7 +52,8 @@ def per_car(flags: list[str]) -> tuple[pd.Series, dict]:
     rows = []
     for k in sorted(split.fold.unique()):
         oof = load_oof(files.fold_dir(p.output_dir, p.experiment, k) / files.OOF)
-        dices = image_dices(oof.probs, cache, cache.rows(oof.ids), tuning["threshold"])
+        dices = image_dices(oof.probs, cache, cache.rows(oof.ids), tuning["threshold"],
+                            post=tuning.get("postprocess", "none"))
         rows += list(zip(oof.ids, dices))
     table = pd.DataFrame(rows, columns=["id", "dice"]).merge(split[["id", "car"]], on="id")
     return table.groupby("car").dice.mean().sort_values(), tuning
@@ -90,10 +91,17 @@ def main() -> None:
         for script, _, stdout in stages:
             print(f"{script}:\n  " + "\n  ".join(stdout.strip().splitlines()[-3:]))
         return
-    fold_rows = [s for s in tuning["scores"] if s["tta"] == tuning["tta"]]
-    for s in fold_rows:
-        print(f"  {s['name']}: {s['dice']:.5f}")
-    print(f"out-of-fold Dice (TTA {tuning['tta']}, threshold {tuning['threshold']:.3f}): {tuning['oof_dice']:.5f}")
+    post = tuning.get("postprocess", "none")
+    for s in tuning["scores"]:
+        chosen = s["tta"] == tuning["tta"] and s.get("postprocess", "none") == post
+        print(f"  {s['name']} (TTA {s['tta']}, {s.get('postprocess', 'none')}): {s['dice']:.5f}{' *' if chosen else ''}")
+    print(f"out-of-fold Dice (TTA {tuning['tta']}, post-processing {post}, threshold {tuning['threshold']:.3f}): "
+          f"{tuning['oof_dice']:.5f}")
+    chosen = next(s for s in tuning["scores"] if s["name"].endswith("out-of-fold") and s["tta"] == tuning["tta"]
+                  and s.get("postprocess", "none") == post)
+    if "dice_at_default" in chosen:
+        print(f"  at threshold 0.5 (what 03 uses for the full model when no fold models tuned it): "
+              f"{chosen['dice_at_default']:.5f}")
     print(f"per car (no TTA): mean {cars.mean():.5f}, worst {cars.index[0]} {cars.iloc[0]:.5f}, "
           f"then {', '.join(f'{c} {d:.4f}' for c, d in cars.iloc[1:4].items())}")
     print(f"\nrow: | {args.preset} {' '.join(extra)} | {total / 60:.1f} | {tuning['oof_dice']:.5f} | "

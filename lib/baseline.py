@@ -206,6 +206,11 @@ def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids
 
 
 # --- the comparison table ---
+def with_post(tta: str, post: str | None) -> str:
+    """The table's TTA cell: the mode, and the post-processing where there is one ('hflip + largest region')."""
+    return f"{tta} + largest region" if post == "largest" else tta
+
+
 def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction], manifest: dict | None,
                      test_dice: dict[str, float] | None = None) -> str:
     """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored, and a
@@ -219,10 +224,11 @@ def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction]
              b.class_dice or {}) for b in baselines.values()]
     for p in preds:
         prefix = f"{p.tuning['experiment']}: " if len(preds) > 1 else ""
-        rows += [(prefix + s["name"], s["tta"], s["threshold"], s["dice"], None, s.get("class_dice") or {})
-                 for s in p.tuning["scores"]]
+        rows += [(prefix + s["name"], with_post(s["tta"], s.get("postprocess")), s["threshold"], s["dice"], None,
+                  s.get("class_dice") or {}) for s in p.tuning["scores"]]
     if manifest is not None:
-        rows.append((f"submission {manifest['submission']}", manifest["tta"], manifest["threshold"],
+        rows.append((f"submission {manifest['submission']}", with_post(manifest["tta"], manifest.get("postprocess")),
+                     manifest["threshold"],
                      manifest["oof_dice"], test_dice.get(manifest["submission"]),
                      (preds[0].tuning.get("class_dice") or {}) if manifest["oof_dice"] is not None else {}))
     classes = list(dict.fromkeys(name for row in rows for name in row[5]))

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lib import files
+from lib import files, postprocess
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.metrics import binarize, dice, dice_histograms
@@ -79,22 +79,23 @@ def at_size(m: np.ndarray, task: Task, height: int, width: int) -> np.ndarray:
 
 
 def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
-                task: Task = BINARY) -> np.ndarray:
+                task: Task = BINARY, post: str = postprocess.NONE) -> np.ndarray:
     """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
     image's own size, for each scored class
-    (S = 1 binary, at ``threshold``; S = C - 1 multi-class, of the argmax)."""
+    (S = 1 binary, at ``threshold`` after post-processing ``post``; S = C - 1 multi-class, of the argmax)."""
     if task.binary:
-        return np.array([[dice(binarize(np.ascontiguousarray(from_net(pr, *cache.size_of(r))), threshold),
+        return np.array([[dice(binarize(postprocess.apply(post, np.ascontiguousarray(from_net(pr, *cache.size_of(r)))),
+                                        threshold),
                                cache.full_mask(r))] for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, 1)
     return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), 0), cache.full_mask(r))
                      for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, len(task.scored))
 
 
 def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
-                task: Task = BINARY) -> np.ndarray:
-    """(N,) full-resolution score of each map: Dice at ``threshold`` (binary) or the mean Dice of the classes of
-    the argmax (multi-class)."""
-    return class_dices(probs_u8, cache, rows, threshold, task).mean(axis=1)
+                task: Task = BINARY, post: str = postprocess.NONE) -> np.ndarray:
+    """(N,) full-resolution score of each map: Dice at ``threshold`` after post-processing ``post`` (binary) or the
+    mean Dice of the classes of the argmax (multi-class)."""
+    return class_dices(probs_u8, cache, rows, threshold, task, post).mean(axis=1)
 
 
 def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
@@ -103,10 +104,20 @@ def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thres
     return float(np.mean(image_dices(probs_u8, cache, rows, threshold, task)))
 
 
-def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray) -> np.ndarray:
-    """(N, 2, 256) Dice histograms of network-size binary maps brought back to each image's own size."""
-    return np.stack([dice_histograms(from_net(pr, *cache.size_of(r)), cache.full_mask(r))
-                     for pr, r in zip(probs_u8, rows)])
+def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,
+                   posts: Sequence[str] = (postprocess.NONE,)) -> dict[str, np.ndarray]:
+    """{post-processing: (N, 2, 256) Dice histograms} of network-size binary maps brought back to each image's own
+    size, then post-processed (lib/postprocess.py) each way in ``posts``."""
+    hists: dict[str, list[np.ndarray]] = {post: [] for post in posts}
+    for pr, r in zip(probs_u8, rows):
+        full, truth = from_net(pr, *cache.size_of(r)), cache.full_mask(r)
+        done: list[tuple[np.ndarray, np.ndarray]] = []  # (map, histograms): a post-processing that changed nothing
+        for post in posts:                                # returns the very same array, counted once
+            m = postprocess.apply(post, full)
+            same = [h for seen, h in done if seen is m]
+            done += [] if same else [(m, dice_histograms(m, truth))]
+            hists[post].append(same[0] if same else done[-1][1])
+    return {post: np.stack(h) if h else np.zeros((0, 2, 256), np.int64) for post, h in hists.items()}
 
 
 @dataclass

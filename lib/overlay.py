@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from lib import files, rle
+from lib import files, postprocess, rle
 from lib.data import worker_count
 from lib.errors import PipelineError
 from lib.geometry import from_net
@@ -60,9 +60,9 @@ def photo_paths(sources: list[str]) -> list[Path]:
     return out
 
 
-def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str]:
-    """(TTA mode, threshold, where they come from): --tta/--threshold when given, else a sound tuning.json of these
-    models, else hflip and 0.5."""
+def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str]:
+    """(TTA mode, threshold, post-processing, where they come from): --tta/--threshold/--postprocess when given, else
+    a sound tuning.json of these models, else hflip, 0.5 and none."""
     run = files.run_dir(p.output_dir, p.experiment)
     tuning, why = None, f"no {files.TUNING}"
     if (run / files.TUNING).exists():
@@ -76,8 +76,9 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str]:
             why = f"unusable {files.TUNING} ({e})"
     mode = p.tta if p.tta != "auto" else (tuning["tta"] if tuning else "hflip")
     threshold = p.threshold or (tuning["threshold"] if tuning else DEFAULT_THRESHOLD)
-    source = "tuned" if tuning and not (p.tta != "auto" and p.threshold) else why
-    return mode, threshold, source
+    post = p.postprocess if p.postprocess != "auto" else (tuning["postprocess"] if tuning else postprocess.NONE)
+    source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why
+    return mode, threshold, post if ens.task.binary else postprocess.NONE, source
 
 
 def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, folds: list[int] | None = None
@@ -86,10 +87,11 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     ``img,rle_mask`` rows (RLE in --rle-order) for every photo; return the folder."""
     paths = photo_paths(sources)
     ens = load_fold_models(p, folds)
-    mode, threshold, source = choose_tta_threshold(p, ens)
+    mode, threshold, post, source = choose_tta_threshold(p, ens)
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
     out.mkdir(parents=True, exist_ok=True)
-    decided = f"threshold {threshold:.3f} ({source})" if ens.task.binary else f"argmax over {ens.task.describe()}"
+    decided = (f"threshold {threshold:.3f}{', largest region' if post != postprocess.NONE else ''} ({source})"
+               if ens.task.binary else f"argmax over {ens.task.describe()}")
     models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
     print(f"{len(paths)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
     h, w = ens.size
@@ -101,7 +103,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
         for images, index, origs in progress(loader, "photos", leave=True):
             probs = predict_batch(ens, images, mode)
             pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
-                                      p.rle_order, ens.task)
+                                      p.rle_order, ens.task, post)
                         for i, prob, orig in zip(index.tolist(), probs, origs)]
             for f in [f for f in pending if f.done()]:
                 rows.update([f.result()])
@@ -116,12 +118,12 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
 
 
 def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,
-                 rle_order: str = "row", task: Task = BINARY) -> tuple[int, list[str]]:
+                 rle_order: str = "row", task: Task = BINARY, post: str = postprocess.NONE) -> tuple[int, list[str]]:
     """Mask PNG (0/255, or the class index of each pixel), overlay and RLE(s) of one photo at its own size."""
     image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like the mask
     if task.binary:
-        mask = binarize(np.ascontiguousarray(from_net(prob, *orig)), threshold)
+        mask = binarize(postprocess.apply(post, np.ascontiguousarray(from_net(prob, *orig))), threshold)
         png_values, shown, masks = mask.astype(np.uint8) * 255, overlay(image[..., ::-1], mask), [mask]
     else:
         labels = task.decide(at_size(prob, task, *orig), 0)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lib import files, folds as folds_mod, inputs, tta
+from lib import files, folds as folds_mod, inputs, postprocess, tta
 from lib.cache import load_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.inputs import image_header_size
@@ -151,47 +151,64 @@ def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[n
 
 
 # --- tuning on out-of-fold predictions ---
+def postprocess_candidates(p: Params, task: Task) -> list[str]:
+    """The post-processings tuning tries (binary masks: both with --postprocess auto; labels: none)."""
+    if not task.binary:
+        return [postprocess.NONE]
+    return list(postprocess.CHOICES) if p.postprocess == "auto" else [p.postprocess]
+
+
 def tune(p: Params, ens: Ensemble) -> dict:
-    """Pick TTA mode (and for binary masks the threshold) on the pooled out-of-fold images; return the tuning
-    record. Binary: per-image Dice histograms score every threshold in one pass. Multi-class: the argmax decides,
-    scored by the mean Dice of the classes."""
+    """Pick TTA mode and post-processing (and for binary masks the threshold) on the pooled out-of-fold images;
+    return the tuning record. Binary: per-image Dice histograms score every threshold in one pass. Multi-class: the
+    argmax decides, scored by the mean Dice of the classes. Ties go to the simpler choice (no TTA, none)."""
     split = folds_mod.read(p.output_dir)
     h, w = ens.size
     cache = open_for(p, list(split.id), h, w)
     task = ens.task
     modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
-    stats: dict[str, list[np.ndarray]] = {m: [] for m in modes}  # per fold: histograms or (N, S) class Dice
+    posts = postprocess_candidates(p, task)
+    # per (TTA mode, post-processing), per fold: histograms or (N, S) class Dice
+    stats: dict[tuple[str, str], list[np.ndarray]] = {(m, q): [] for m in modes for q in posts}
     for k, model in zip(ens.folds, ens.models):
         val_ids = sorted(split.id[split.fold == k])
         rows = cache.rows(val_ids)
         for mode in modes:
             probs = _oof_probs(p, ens, model, cache, rows, val_ids, k, mode)
-            stats[mode].append(oof_histograms(probs, cache, rows) if task.binary
-                               else class_dices(probs, cache, rows, 0.5, task))
+            if task.binary:
+                for q, hists in oof_histograms(probs, cache, rows, posts).items():
+                    stats[mode, q].append(hists)
+            else:
+                stats[mode, postprocess.NONE].append(class_dices(probs, cache, rows, 0.5, task))
     scores, best, per_class = [], {}, {}
-    for mode in modes:
-        pooled = np.concatenate(stats[mode])
+    for key, folds_stats in stats.items():
+        mode, post = key
+        pooled = np.concatenate(folds_stats)
         if task.binary:
-            threshold, dice, _ = best_threshold(pooled)
+            threshold, dice, per_level = best_threshold(pooled)
+            at_default = {"dice_at_default": float(per_level[level_of(DEFAULT_THRESHOLD)])}  # what an untuned run uses
             level = level_of(threshold)
-            fold_dice = [float(dice_by_level(h_)[:, level].mean()) for h_ in stats[mode]]
-            per_class[mode] = {}
+            fold_dice = [float(dice_by_level(h_)[:, level].mean()) for h_ in folds_stats]
+            per_class[key] = {}
         else:
-            threshold, dice = 0.5, float(pooled.mean())
-            fold_dice = [float(d.mean()) for d in stats[mode]]
-            per_class[mode] = {task.names[c]: float(v) for c, v in zip(task.scored, pooled.mean(axis=0))}
-        best[mode] = (dice, threshold)
+            threshold, dice, at_default = 0.5, float(pooled.mean()), {}
+            fold_dice = [float(d.mean()) for d in folds_stats]
+            per_class[key] = {task.names[c]: float(v) for c, v in zip(task.scored, pooled.mean(axis=0))}
+        best[key] = (dice, threshold)
         for k, d in zip(ens.folds, fold_dice):
-            scores.append({"name": f"fold {k} model", "tta": mode, "threshold": threshold, "dice": d})
-        scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "threshold": threshold,
-                       "dice": float(dice), **({"class_dice": per_class[mode]} if per_class[mode] else {})})
-    mode = max(modes, key=lambda m: best[m][0])
-    dice, threshold = best[mode]
-    return {"experiment": p.experiment, "folds": ens.folds, "tta": mode, "threshold": threshold,
-            "level": level_of(threshold), "oof_dice": dice, "size": [h, w],
+            scores.append({"name": f"fold {k} model", "tta": mode, "postprocess": post, "threshold": threshold,
+                           "dice": d})
+        scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "postprocess": post,
+                       "threshold": threshold, "dice": float(dice), **at_default,
+                       **({"class_dice": per_class[key]} if per_class[key] else {})})
+    key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
+    (mode, post), (dice, threshold) = key, best[key]
+    return {"experiment": p.experiment, "folds": ens.folds, "tta": mode, "postprocess": post,
+            "threshold": threshold, "level": level_of(threshold), "oof_dice": dice, "size": [h, w],
             "orig_size": list(cache.orig_size) if cache.orig_size else [],  # []: the images differ in size
-            "n_images": int(sum(len(x) for x in stats[mode])), "tta_asked": p.tta, "models": ens.fingerprints,
-            "task": task.record(), **({"class_dice": per_class[mode]} if per_class[mode] else {}),
+            "n_images": int(sum(len(x) for x in stats[key])), "tta_asked": p.tta,
+            "postprocess_asked": p.postprocess, "models": ens.fingerprints,
+            "task": task.record(), **({"class_dice": per_class[key]} if per_class[key] else {}),
             "scores": scores}
 
 
@@ -303,14 +320,16 @@ def untuned(p: Params, final: Ensemble) -> dict:
     h, w = final.size
     cache = open_for(p, list(split.id), h, w)
     threshold = p.threshold or DEFAULT_THRESHOLD
+    post = p.postprocess if p.postprocess != "auto" and final.task.binary else postprocess.NONE
     return {"experiment": p.experiment, "folds": [], "tta": "hflip" if p.tta == "auto" else p.tta,
-            "threshold": threshold, "level": level_of(threshold), "oof_dice": -1.0, "size": [h, w],
+            "postprocess": post, "postprocess_asked": p.postprocess, "threshold": threshold, "level": level_of(threshold), "oof_dice": -1.0, "size": [h, w],
             "orig_size": list(cache.orig_size) if cache.orig_size else [], "n_images": 0, "tta_asked": p.tta,
             "models": final.fingerprints, "task": final.task.record(), "scores": [], "tuned": False, "final": "full"}
 
 
 def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> dict | None:
-    """tuning.json if it is sound and was made for these models and --tta, else None (then it is made again)."""
+    """tuning.json if it is sound and was made for these models, --tta and --postprocess, else None (then it is made
+    again)."""
     run = files.run_dir(p.output_dir, p.experiment)
     if not (run / files.TUNING).exists():
         return None
@@ -319,7 +338,8 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
     except PipelineError as e:
         print(f"note: tuning again: {e}")
         return None
-    return old if old.get("models") == expected_models(ens, final) and old.get("tta_asked") == p.tta else None
+    return old if (old.get("models") == expected_models(ens, final) and old.get("tta_asked") == p.tta
+                   and old.get("postprocess_asked", "auto") == p.postprocess) else None
 
 
 def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | None = None) -> dict:
@@ -333,7 +353,8 @@ def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | 
     if ens is None:
         tuning = untuned(p, final)
         files.write_json(path, tuning)
-        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning['tta']}, "
+        post = f", post-processing {tuning['postprocess']}" if tuning["postprocess"] != postprocess.NONE else ""
+        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning['tta']}{post}, "
               f"threshold {tuning['threshold']:.3f} -> {path}")
         return tuning
     tuning = tune(p, ens)
@@ -341,9 +362,11 @@ def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | 
         tuning.update(models=expected_models(ens, final), final="full")
     files.write_json(path, tuning)
     for row in tuning["scores"]:
-        print(f"  {row['name']:<24} TTA {row['tta']:<6} threshold {row['threshold']:.3f}  OOF Dice {row['dice']:.5f}")
+        print(f"  {row['name']:<24} TTA {row['tta']:<6} {row['postprocess']:<8} threshold {row['threshold']:.3f}  "
+              f"OOF Dice {row['dice']:.5f}")
     decided = "argmax" if tuning.get("class_dice") else f"threshold {tuning['threshold']:.3f}"
-    print(f"tuning: TTA {tuning['tta']}, {decided}, out-of-fold Dice "
+    post = f", post-processing {tuning['postprocess']}" if tuning["postprocess"] != postprocess.NONE else ""
+    print(f"tuning: TTA {tuning['tta']}{post}, {decided}, out-of-fold Dice "
           f"{tuning['oof_dice']:.5f} over {tuning['n_images']} images -> {path}")
     if tuning.get("class_dice"):
         print("  per class: " + ", ".join(f"{name} {d:.4f}" for name, d in tuning["class_dice"].items()))

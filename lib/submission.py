@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from lib import files, layout, rle
+from lib import files, layout, postprocess, rle
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.inputs import image_header_size, read_mask, read_truth
@@ -158,6 +158,10 @@ def read_tuning(folder: Path) -> dict:
     if level != tuning["level"]:
         raise PipelineError(f"{path}: level {tuning['level']} disagrees with threshold {tuning['threshold']} "
                             f"(level {level}); re-run {PREDICT_STAGE}")
+    tuning.setdefault("postprocess", postprocess.NONE)  # tunings written before post-processing was tuned
+    if tuning["postprocess"] not in postprocess.CHOICES:
+        raise PipelineError(f"{path}: postprocess {tuning['postprocess']!r} is not one of "
+                            f"{', '.join(postprocess.CHOICES)}; re-run {PREDICT_STAGE}")
     return tuning
 
 
@@ -191,6 +195,19 @@ def ensemble_threshold(preds: Sequence[Prediction], override: float = 0.0) -> tu
         return float(preds[0].tuning["threshold"]), f"tuned out-of-fold ({preds[0].folder / files.TUNING})"
     mean = float(sum(p.weight * p.tuning["threshold"] for p in preds))
     return mean, "weighted mean of the folders' tuned thresholds (the ensemble itself was not tuned)"
+
+
+def ensemble_postprocess(preds: Sequence[Prediction], override: str = "auto") -> tuple[str, str]:
+    """(post-processing, where it came from): ``override`` unless it is auto, else the tuned one where every folder
+    agrees, else none. Labels (multi-class) are never post-processed."""
+    if not preds[0].task.binary:
+        return postprocess.NONE, "labels are not post-processed"
+    if override != "auto":
+        return override, "--postprocess"
+    tuned = {p.tuning["postprocess"] for p in preds}
+    if len(tuned) == 1:
+        return tuned.pop(), "tuned out-of-fold"
+    return postprocess.NONE, "the folders' tunings disagree"
 
 
 def missing_maps(pred: Prediction, ids: Sequence[str]) -> list[str]:
@@ -246,10 +263,11 @@ def blend(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float]) -> NDArra
 
 
 def ensemble_mask(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
-                  threshold: float) -> NDArray[np.bool_]:
-    """Network-size maps (each (h_i, w_i) uint8) -> (H0, W0) bool mask: from_net each, blend, binarize."""
+                  threshold: float, post: str = postprocess.NONE) -> NDArray[np.bool_]:
+    """Network-size maps (each (h_i, w_i) uint8) -> (H0, W0) bool mask: from_net each, blend, post-process
+    (lib/postprocess.py), binarize."""
     h0, w0 = orig_size
-    return binarize(blend([from_net(m, h0, w0) for m in maps], weights), threshold)
+    return binarize(postprocess.apply(post, blend([from_net(m, h0, w0) for m in maps], weights)), threshold)
 
 
 def ensemble_labels(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
@@ -274,6 +292,7 @@ class EncodeJob:
     test_names: dict[str, str] | None = None  # id -> its file name in test_dir, where not <id>.jpg
     rle_order: str = "row"  # --rle-order
     task: Task = BINARY  # multi-class: every scored class's RLE, of the argmax of the blended class maps
+    postprocess: str = postprocess.NONE  # binary: lib/postprocess.py's, on the blended full-size map
 
 
 _JOB: EncodeJob | None = None  # set in each worker by _init_worker
@@ -314,7 +333,7 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | 
                                 f"was made from a {orig[1]}x{orig[0]} image; run {PREDICT_STAGE} again: it predicts "
                                 "the maps of changed images again")
     if job.task.binary:
-        masks = [ensemble_mask(maps, job.weights, orig, job.threshold)]
+        masks = [ensemble_mask(maps, job.weights, orig, job.threshold, job.postprocess)]
     else:
         labels = ensemble_labels(maps, job.weights, orig, job.task)
         masks = [labels == c for c in job.task.scored]
@@ -503,7 +522,7 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
                     threshold: float = 0.0, workers: int = 2, chunksize: int = CHUNKSIZE,
                     test_dir: Path | None = None, keys: Sequence[str] | None = None,
                     test_names: dict[str, str] | None = None, rle_order: str = "row",
-                    class_rows: Sequence[tuple[str, int]] | None = None) -> dict:
+                    class_rows: Sequence[tuple[str, int]] | None = None, post: str = "auto") -> dict:
     """Check every map exists, stream the ensemble's masks into ``path`` with workers, write the manifest.
 
     Multi-class (the folders' task): ``keys`` are the rows' ids and ``class_rows`` the (image id, class) of each
@@ -511,17 +530,18 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
 
     ids: test ids in submission order; keys: their rows' ``img`` (default ``<id>.jpg``). threshold: 0 = the tuned
     one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), whose sizes each map's
-    recorded size must still match (None: not checked). Each mask is encoded at its image's own size, in
-    ``rle_order``. Returns the manifest.
+    recorded size must still match (None: not checked). post: --postprocess (auto: the tuned one). Each mask is
+    encoded at its image's own size, in ``rle_order``. Returns the manifest.
     """
     check_maps(preds, ids)
     thr, source = ensemble_threshold(preds, threshold)
+    post, post_source = ensemble_postprocess(preds, post)
     orig_size = preds[0].orig_size
     if test_names is not None:  # only what the workers need; nothing when every name is Carvana's <id>.jpg
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     task = preds[0].task
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
-                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task)
+                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post)
     start = time.perf_counter()
     with encoded_rles(job, ids, workers, chunksize) as codes:
         encoded = progress(codes, f"encode {path.name}", total=len(ids))
@@ -535,18 +555,22 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
                                     validate_rle=False, keys=keys)
     seconds = time.perf_counter() - start
     ttas = sorted({p.tuning["tta"] for p in preds})
-    scored = len(preds) == 1 and not threshold and preds[0].tuning.get("tuned", True)
+    scored = (len(preds) == 1 and not threshold and preds[0].tuning.get("tuned", True)
+              and post == preds[0].tuning["postprocess"])
     full = preds[0].tuning.get("final") == "full"
     fields = {
         "inputs": [{"folder": str(p.folder), "experiment": p.tuning["experiment"], "weight": p.weight,
-                    "weight_given": p.weight_given, "tta": p.tuning["tta"], "threshold": p.tuning["threshold"],
+                    "weight_given": p.weight_given, "tta": p.tuning["tta"], "postprocess": p.tuning["postprocess"],
+                    "threshold": p.tuning["threshold"],
                     "oof_dice": p.tuning["oof_dice"], "size": list(p.size)} for p in preds],
         "threshold": thr, "level": level_of(thr), "threshold_source": source,
         "tta": ttas[0] if len(ttas) == 1 else "mixed (see inputs)",
+        "postprocess": post, "postprocess_source": post_source,
         "oof_dice": preds[0].tuning["oof_dice"] if scored else None,
         "oof_dice_note": (("out-of-fold full-resolution Dice of the fold models at this threshold (tuning.json)"
                            + ("; the full model predicted the test set" if full else "")) if scored else
-                          "not measured: the ensemble / fixed threshold / untuned full model was not scored out-of-fold"),
+                          "not measured: the ensemble / fixed threshold or post-processing / untuned full model was "
+                          "not scored out-of-fold"),
         "orig_size": list(orig_size) if orig_size else None, "rle_order": rle_order, "workers": workers,
         "task": task.record(),
     }

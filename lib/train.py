@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import params as params_mod
 from lib import files, folds as folds_mod
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, transform_for
 from lib.errors import PipelineError, restart_advice
-from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, write_checkpoint
+from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, unwrap, write_checkpoint
 from lib.oof import PngMaps, class_dices, save_oof
 from lib.plot import learning_curve, overlay_map
 from lib.progress import progress
@@ -37,7 +38,8 @@ from lib.task import Task, task_of
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, use_compile
 from params import Params
 
-LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s"]
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s", "val_dice_raw"]
+# val_dice_raw: with --ema, the val Dice of the trained weights themselves (val_dice is the average's); else empty
 VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
 # settings a resumed run may change: where and how fast it runs, not what it learns
 RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "jobs", "compile", "tensorboard",
@@ -121,6 +123,7 @@ class Run:
     best: float = -1.0
     bad_epochs: int = 0
     tb: object | None = None  # a TensorBoard SummaryWriter on rank 0 with --tensorboard
+    ema: AveragedModel | None = None  # --ema: the moving average of net's weights (what validates and predicts)
 
 
 def check_run_folder(folder: Path, fold: int | str, resume: bool, restart: bool) -> None:
@@ -176,6 +179,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     forward = torch.compile(model) if use_compile(p.compile, device) else model
     optimizer = make_optimizer(p, net, device)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(p.ema), use_buffers=True) if p.ema else None
 
     pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached)
     task = task_of(p)
@@ -192,7 +196,8 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
                Precision.for_device(device, p.amp), task,
-               task.loss(p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader)
+               task.loss(p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader,
+               ema=ema)
 
 
 def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
@@ -223,6 +228,8 @@ def restore(run: Run, ckpt: dict) -> None:
     if extend:
         run.schedule.total = new_total
     run.precision.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ckpt["ema"])
     run.epoch, run.best, run.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
     set_rng_state(ckpt["rng"])
 
@@ -273,6 +280,8 @@ def train_epoch(run: Run) -> tuple[float, int]:
             run.precision.scaler.update()
             run.optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update_parameters(run.net)
             if run.tb is not None:
                 run.tb.add_scalar("loss/train_step", value, run.scheduler.last_epoch)
                 run.tb.add_scalar("lr", run.scheduler.get_last_lr()[0], run.scheduler.last_epoch)
@@ -292,17 +301,24 @@ class Evaluation:
     class_dice: dict | None = None  # multi-class: {class name: mean Dice over the validation set}
 
 
+def predictor(run: Run) -> torch.nn.Module:
+    """What validates, is saved as model.pt and predicts: the weights' moving average with --ema, else the model."""
+    return run.ema.module if run.ema is not None else run.forward
+
+
 @torch.no_grad()
-def evaluate(run: Run) -> Evaluation:
-    """This rank's chunk of the validation set, then sums over the ranks and every map gathered on rank 0."""
-    run.model.eval()
+def evaluate(run: Run, model: torch.nn.Module | None = None) -> Evaluation:
+    """This rank's chunk of the validation set scored with ``model`` (default: ``predictor(run)``), then sums over
+    the ranks and every map gathered on rank 0."""
+    model = model if model is not None else predictor(run)
+    model.eval()
     losses, probs, examples = 0.0, [], None
     for images, masks in progress(run.val_loader, f"fold {run.fold} validation", disable=not run.dist.main):
         if examples is None:
             examples = images[:4].numpy()
         images, target = _to_device(run, images), run.task.target(_to_device(run, masks))
         with run.precision.autocast(run.device):
-            logits = run.forward(images)
+            logits = model(images)
         losses += run.loss_fn(logits, target).item() * len(images)
         probs.append(run.task.to_maps(run.task.probabilities(logits)))
     mine = np.concatenate(probs) if probs else np.zeros((0, *run.task.map_size(*run.cache.size)), np.uint8)
@@ -362,7 +378,7 @@ class RunWriter:
         run, w = self.run, self.writer
         w.flush()
         if improved or (not run.val_ids and run.epoch == self.p.epochs):
-            w.submit(write_best, run.dir, checkpoint_state(run.net, self.p, epoch=run.epoch,
+            w.submit(write_best, run.dir, checkpoint_state(unwrap(predictor(run)), self.p, epoch=run.epoch,
                                                            val_dice=ev.dice if ev else -1.0,
                                                            split=run.split, task=run.task.record()),
                      run.val_ids, ev.probs if ev else None)
@@ -373,7 +389,7 @@ class RunWriter:
             run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
             scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split,
-            task=run.task.record()))
+            task=run.task.record(), **({"ema": run.ema.state_dict()} if run.ema is not None else {})))
 
     def _tensorboard(self, row: list, ev: Evaluation | None) -> None:
         tb, epoch = self.run.tb, self.run.epoch
@@ -468,17 +484,20 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
         validated = bool(run.val_ids) and (run.epoch % p.val_every == 0 or run.epoch == p.epochs)
         with torch.random.fork_rng(devices=[]):  # starting the validation loader draws from torch's generator:
             ev = evaluate(run) if validated else None  # put back, so --val-every never changes what is learned
+            raw = evaluate(run, run.forward).dice if ev is not None and run.ema is not None else float("nan")
         improved = False
         if ev is not None:
             improved = ev.dice > run.best
             run.best, run.bad_epochs = (ev.dice, 0) if improved else (run.best, run.bad_epochs + 1)
         val_loss, val_dice = (ev.loss, ev.dice) if ev else (float("nan"), float("nan"))
         row = [run.epoch, run.scheduler.get_last_lr()[0], train_loss, val_loss, val_dice,
-               time.perf_counter() - start, n_images / train_seconds]
+               time.perf_counter() - start, n_images / train_seconds, raw]
         if writer:
             writer.epoch_end(row, ev, improved)
         validated = (f"val loss {val_loss:.4f} val Dice {val_dice:.5f} (best {run.best:.5f})" if ev else
                      f"not validated (--val-every {p.val_every})" if run.val_ids else "no validation images")
+        if ev and run.ema is not None:
+            validated += f" (without the average {raw:.5f})"
         if ev and ev.class_dice:
             validated += " [" + ", ".join(f"{n} {d:.4f}" for n, d in ev.class_dice.items()) + "]"
         _say(run, f"fold {run.fold} epoch {run.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "

@@ -19,6 +19,8 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "adam"
         if f.name == "tta":
             value = "hflip"
+        if f.name == "postprocess":
+            value = "largest"
         if f.name in ("cache", "compile", "amp"):
             value = "off"
         if f.name == "demo_kind":
@@ -57,7 +59,7 @@ def test_bool_flags_are_not_type_bool():
                                   ["--warmup-epochs", "nan"], ["--seed", "-1"], ["--patience", "-1"],
                                   ["--min-lr-ratio", "2"], ["--grad-clip", "inf"], ["--out", "x"],
                                   ["--bce-weight", "0", "--dice-weight", "0"], ["--cache-budget-gb", "-1"],
-                                  ["--demo-kind", "roads"]])
+                                  ["--demo-kind", "roads"], ["--ema", "1"], ["--ema", "-0.1"]])
 def test_bad_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parse("t", argv)

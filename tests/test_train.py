@@ -60,11 +60,12 @@ def test_fold_run_writes_everything(prepared):
     assert (fold / files.LAST).read_bytes() == before
 
 
-def test_killed_run_resumes_to_the_same_result(prepared, tmp_path):
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+def test_killed_run_resumes_to_the_same_result(prepared, tmp_path, ema):
     """Bit-exact equality holds on the CPU; CUDA kernels (cuDNN autotuning, atomics) are not bit-reproducible from
-    run to run, so this test pins --device cpu on a machine with a GPU too."""
+    run to run, so this test pins --device cpu on a machine with a GPU too. With --ema the average resumes too."""
     root, out = prepared
-    args = ["--fold", "0", *train_args(root, out, "--epochs", "3", "--batch-size", "4", "--device", "cpu")]
+    args = ["--fold", "0", *train_args(root, out, "--epochs", "3", "--batch-size", "4", "--device", "cpu", *ema)]
     run_script("02_train.py", *args, "--experiment", "straight")
     cmd = [sys.executable, str(ROOT / "02_train.py"), *map(str, args), "--experiment", "killed"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -85,6 +86,33 @@ def test_killed_run_resumes_to_the_same_result(prepared, tmp_path):
     assert la.epoch.tolist() == lb.epoch.tolist() == [1, 2, 3]
     assert np.array_equal(la[["train_loss", "val_loss", "val_dice"]].to_numpy(),
                           lb[["train_loss", "val_loss", "val_dice"]].to_numpy())
+
+
+def test_ema_validates_and_saves_the_average_without_changing_what_is_learned(prepared):
+    """--ema: the raw weights follow the very path they follow without it (CPU: bit-exact); log.csv keeps their val
+    Dice beside the average's; model.pt holds the average (for the full model: its last state)."""
+    root, out = prepared
+    for name, extra in (("plain", []), ("ema", ["--ema", "0.9"])):
+        run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "3", "--device", "cpu",
+                                                              "--experiment", name, *extra))
+    lasts = {e: read_checkpoint(files.fold_dir(out, e, 0) / files.LAST) for e in ("plain", "ema")}
+    assert all(torch.equal(lasts["plain"]["model"][k], lasts["ema"]["model"][k]) for k in lasts["plain"]["model"])
+    assert "ema" not in lasts["plain"] and int(lasts["ema"]["ema"]["n_averaged"]) > 0
+    plain, ema = (pd.read_csv(files.fold_dir(out, e, 0) / files.LOG) for e in ("plain", "ema"))
+    assert plain.val_dice_raw.isna().all() and ema.val_dice_raw.tolist() == plain.val_dice.tolist()
+    assert ema.val_dice.tolist() != plain.val_dice.tolist()  # the average scores differently
+    best = read_checkpoint(files.fold_dir(out, "ema", 0) / files.BEST)
+    assert best["val_dice"] == pytest.approx(ema.val_dice.max())
+    averaged = lasts["ema"]["ema"]
+    if best["epoch"] == 3:
+        assert all(torch.equal(best["model"][k], averaged[f"module.{k}"]) for k in best["model"])
+    # the full model: no validation, model.pt is the average at the last epoch
+    run_script("02_train.py", "--fold", "full", *train_args(root, out, "--epochs", "2", "--device", "cpu",
+                                                             "--experiment", "ema", "--ema", "0.9"))
+    full = files.fold_dir(out, "ema", files.FULL)
+    best, last = read_checkpoint(full / files.BEST), read_checkpoint(full / files.LAST)
+    assert all(torch.equal(best["model"][k], last["ema"][f"module.{k}"]) for k in best["model"])
+    assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
 
 
 def test_validating_more_often_does_not_change_what_is_learned(prepared):
