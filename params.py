@@ -301,6 +301,9 @@ def check(p: Params) -> None:
         if v and (v < 0 or v % 32 or v > whole):
             problems.append(f"--{name.replace('_', '-')} {v} must be 0 (whole image) or a positive multiple of 32 up "
                             f"to --{name[5:]} {whole}")
+    if (p.crop_height or p.crop_width) and not p.augment:
+        problems.append("--crop-height/--crop-width crop inside the augmentation, which --no-augment turns off: "
+                        "leave out --no-augment or the crop flags")
     problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(allowed)}"
                  for name, allowed in _CHOICES.items() if getattr(p, name) not in allowed]
     if not 0.0 <= p.threshold < 1.0:  # also NaN
