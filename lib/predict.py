@@ -322,7 +322,8 @@ def untuned(p: Params, final: Ensemble) -> dict:
     threshold = p.threshold or DEFAULT_THRESHOLD
     post = p.postprocess if p.postprocess != "auto" and final.task.binary else postprocess.NONE
     return {"experiment": p.experiment, "folds": [], "tta": "hflip" if p.tta == "auto" else p.tta,
-            "postprocess": post, "postprocess_asked": p.postprocess, "threshold": threshold, "level": level_of(threshold), "oof_dice": -1.0, "size": [h, w],
+            "postprocess": post, "postprocess_asked": p.postprocess, "threshold": threshold,
+            "level": level_of(threshold), "oof_dice": -1.0, "size": [h, w],
             "orig_size": list(cache.orig_size) if cache.orig_size else [], "n_images": 0, "tta_asked": p.tta,
             "models": final.fingerprints, "task": final.task.record(), "scores": [], "tuned": False, "final": "full"}
 
@@ -342,6 +343,11 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
                    and old.get("postprocess_asked", "auto") == p.postprocess) else None
 
 
+def _post_text(tuning: dict) -> str:
+    """', post-processing largest' for the tuning's messages; '' when there is none."""
+    return f", post-processing {tuning['postprocess']}" if tuning["postprocess"] != postprocess.NONE else ""
+
+
 def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | None = None) -> dict:
     """TTA and threshold tuned out-of-fold on the fold models ``ens``; the full model ``final``, when given,
     predicts the test set with them. Without fold models: ``untuned``."""
@@ -353,8 +359,8 @@ def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | 
     if ens is None:
         tuning = untuned(p, final)
         files.write_json(path, tuning)
-        post = f", post-processing {tuning['postprocess']}" if tuning["postprocess"] != postprocess.NONE else ""
-        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning['tta']}{post}, "
+        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning['tta']}"
+              f"{_post_text(tuning)}, "
               f"threshold {tuning['threshold']:.3f} -> {path}")
         return tuning
     tuning = tune(p, ens)
@@ -365,8 +371,7 @@ def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | 
         print(f"  {row['name']:<24} TTA {row['tta']:<6} {row['postprocess']:<8} threshold {row['threshold']:.3f}  "
               f"OOF Dice {row['dice']:.5f}")
     decided = "argmax" if tuning.get("class_dice") else f"threshold {tuning['threshold']:.3f}"
-    post = f", post-processing {tuning['postprocess']}" if tuning["postprocess"] != postprocess.NONE else ""
-    print(f"tuning: TTA {tuning['tta']}{post}, {decided}, out-of-fold Dice "
+    print(f"tuning: TTA {tuning['tta']}{_post_text(tuning)}, {decided}, out-of-fold Dice "
           f"{tuning['oof_dice']:.5f} over {tuning['n_images']} images -> {path}")
     if tuning.get("class_dice"):
         print("  per class: " + ", ".join(f"{name} {d:.4f}" for name, d in tuning["class_dice"].items()))
