@@ -3,7 +3,7 @@ and the car-grouped out-of-fold Dice with its worst car.
 
     .venv/bin/python benchmarks/bench_recipe.py                                   # --preset cpu, temp folder
     .venv/bin/python benchmarks/bench_recipe.py --keep out/r1 -- --epochs 16      # other settings after --
-    .venv/bin/python benchmarks/bench_recipe.py --full                            # the README's 20-minute run
+    .venv/bin/python benchmarks/bench_recipe.py --full --test 572                 # the README's 20-minute run
 
 Runs 01 -> 02 --fold all -> 03 -> 04 --baselines with ``--preset cpu --input ../shared/carvana_sample`` (or
 --input) plus the flags after ``--``, into a fresh output folder. The sample has no test/ folder, so 03 tunes TTA
@@ -59,6 +59,23 @@ def per_car(flags: list[str]) -> tuple[pd.Series, dict]:
     return table.groupby("car").dice.mean().sort_values(), tuning
 
 
+def with_test_folder(sample: Path, root: Path, n: int) -> Path:
+    """``root``: the sample's train/ and train_masks/ (links to the folders) plus test/ holding ``n`` links to its
+    photos under the first ``n`` ids of its sample_submission.csv, which is cut to them."""
+    root.mkdir(parents=True)
+    for name in ("train", "train_masks"):
+        (root / name).symlink_to(sample.resolve() / name, target_is_directory=True)
+    header, *rows = (sample / "sample_submission.csv").read_text().splitlines()
+    photos = sorted((sample / "train").glob("*.jpg"))
+    if n > len(rows):
+        sys.exit(f"--test {n}: {sample / 'sample_submission.csv'} lists {len(rows)} ids")
+    (root / "test").mkdir()
+    for j, row in enumerate(rows[:n]):
+        (root / "test" / row.split(",")[0]).symlink_to(photos[j % len(photos)].resolve())
+    (root / "sample_submission.csv").write_text("\n".join([header, *rows[:n]]) + "\n")
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it; default: a temp folder")
@@ -67,6 +84,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true",
                         help="the submission run instead of the cross-validation: 02 --fold full (one model on every "
                              "training image); it has no out-of-fold maps, so only the times are printed")
+    parser.add_argument("--test", type=int, default=0, metavar="N",
+                        help="add a test/ folder of N images (the sample's photos under test ids) to time 03's test "
+                             "maps and 04's submission too")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="settings after --, e.g. -- --epochs 16")
     args = parser.parse_args()
     extra = [f for f in args.flags if f != "--"]
@@ -75,7 +95,8 @@ def main() -> None:
         folder = (args.keep or Path(tmp)).resolve()
         if args.keep and folder.exists():
             sys.exit(f"{folder}: exists; give a new folder")
-        flags = ["--preset", args.preset, "--input", args.input, "--output", str(folder / "output"), *extra]
+        data = with_test_folder(Path(args.input), folder / "input", args.test) if args.test else args.input
+        flags = ["--preset", args.preset, "--input", str(data), "--output", str(folder / "output"), *extra]
         stages = run_stages(folder, FINAL_STAGES if args.full else STAGES, " ".join(flags))
         after = reference_speed()
         cars, tuning = (None, None) if args.full else per_car(flags)

@@ -13,7 +13,10 @@
 #   3. the test suite on the GPU machine (pytest -n 8)
 #   4. bench_gpu.py --sections compile: torch.compile (OUT_DIR/bench_compile.json)
 # Environment: STEPS (default "bench prepare train predict submit tests compile"; also "loader": the loader part
-# of bench alone), EPOCHS (16), TRAIN_ARGS (more 02_train.py flags, e.g. "--compile"), PYTHON (python3).
+# of bench alone; "recipes": benchmarks/sweep_recipes.py, the CPU preset's cross-validation for each recipe of
+# RECIPES, all at once on the GPU, lines in the log, OUT_DIR/recipes.tar.gz), EPOCHS (16), TRAIN_ARGS (more
+# 02_train.py flags, e.g. "--compile"), RECIPES (flag strings separated by ";", e.g. ";--epochs 42"; "" is the preset
+# as it is), RECIPES_COMMON (flags for all of them), PYTHON (python3).
 set -u
 SAMPLE=$(cd "$1" && pwd); OUT=$2; BUDGET=${3:-520}
 PY=${PYTHON:-python3}
@@ -82,7 +85,13 @@ step train 220 /usr/bin/time -v $PY 02_train.py --fold 0 "${A[@]}" --epochs "$EP
 kill $DMON
 step predict 90 /usr/bin/time -v $PY 03_predict.py "${A[@]}" --folds 0
 step submit 60 /usr/bin/time -v $PY 04_submit.py "${A[@]}" --baselines --score
-(cd "$RUN" && tar czf "$OUT/run.tar.gz" --exclude='*.pt' --exclude=test_probs --exclude=cache . ) >>"$LOG" 2>&1
+[[ -d $RUN ]] && (cd "$RUN" && tar czf "$OUT/run.tar.gz" --exclude='*.pt' --exclude=test_probs --exclude=cache . ) >>"$LOG" 2>&1
+
+IFS=';' read -r -a RECIPE_LIST <<<"${RECIPES:-}"
+step recipes 600 $PY benchmarks/sweep_recipes.py --input "$SAMPLE" --out /tmp/gpu_session/sweep \
+  --common "--device cuda --compile off --jobs 4 ${RECIPES_COMMON:-}" --deadline $(($(left) - 30)) "${RECIPE_LIST[@]}"
+[[ $STEPS == *" recipes "* ]] && (cd /tmp/gpu_session/sweep && tar czf "$OUT/recipes.tar.gz" results.json \
+  r*/log.txt r*/output/*/tuning.json r*/output/*/fold*/log.csv) >>"$LOG" 2>&1
 
 export CARVANA_SAMPLE=$SAMPLE
 step tests 150 $PY -m pytest -q -n 8 -p no:cacheprovider tests
