@@ -132,9 +132,9 @@ PRESETS: dict[str, dict] = {
         warmup_epochs=0.5, patience=0, workers=2, predict_batch_size=16, shift_scale_rotate_p=0.3, jobs=2,
     ),
     # Real data on a 2-core CPU (../shared/carvana_sample, 32 cars): 4-fold cross-validation (--fold all, 2 folds at
-    # a time) in about 50 minutes; one model on every car (02 --fold full --epochs 31: about the fold models' number
-    # of steps) in about 18; each mask keeps its largest region. Epochs and post-processing were chosen by
-    # cross-validation, the epochs on a GPU over several seeds (benchmarks/results/recipes.md).
+    # a time) in about 50 minutes; one model on every car (02 --fold full --epochs 29: 92% of a fold model's steps)
+    # in under 20; each mask keeps its largest region. Epochs and post-processing were chosen by cross-validation,
+    # the epochs on a GPU over several seeds (benchmarks/results/recipes.md).
     "cpu": dict(
         experiment="cpu_resnet18_160", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
         height=160, width=224, n_folds=4, epochs=42, val_every=21, batch_size=8, lr=2e-3, warmup_epochs=0.5,
