@@ -62,13 +62,16 @@ def per_car(flags: list[str]) -> tuple[pd.Series, dict]:
 def with_test_folder(sample: Path, root: Path, n: int) -> Path:
     """``root``: the sample's train/ and train_masks/ (links to the folders) plus test/ holding ``n`` links to its
     photos under the first ``n`` ids of its sample_submission.csv, which is cut to them."""
+    listed = sample / "sample_submission.csv"
+    if not listed.exists():
+        sys.exit(f"--test {n}: {listed} is missing; it names the test ids (give an --input that has one)")
+    header, *rows = listed.read_text().splitlines()
+    photos = sorted((sample / "train").glob("*.jpg"))
+    if n > len(rows):
+        sys.exit(f"--test {n}: {listed} lists {len(rows)} ids; give --test {len(rows)} or fewer")
     root.mkdir(parents=True)
     for name in ("train", "train_masks"):
         (root / name).symlink_to(sample.resolve() / name, target_is_directory=True)
-    header, *rows = (sample / "sample_submission.csv").read_text().splitlines()
-    photos = sorted((sample / "train").glob("*.jpg"))
-    if n > len(rows):
-        sys.exit(f"--test {n}: {sample / 'sample_submission.csv'} lists {len(rows)} ids")
     (root / "test").mkdir()
     for j, row in enumerate(rows[:n]):
         (root / "test" / row.split(",")[0]).symlink_to(photos[j % len(photos)].resolve())
