@@ -364,7 +364,39 @@ def parse(description: str, argv: list[str] | None = None,
         p = params_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    GIVEN.clear()
+    GIVEN.update({"preset": args.preset} if args.preset else {})
+    GIVEN.update({f.name: getattr(args, f.name) for f in fields(Params) if getattr(args, f.name, None) is not None})
     return p, args
+
+
+# The settings this process was given on its command line (--preset first), recorded by ``parse``: the advice of an
+# error repeats them, so that the command it names runs as printed with the user's own flags.
+GIVEN: dict = {}
+
+
+def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
+    """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
+    given (less the fields in ``drop``), quoted for a POSIX shell and in backticks:
+    `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
+    import os
+    import shlex
+    import sys
+    root = Path(__file__).resolve().parent
+    python = Path(sys.executable)
+    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"  # .venv/bin/python
+    words = [shown_python, os.path.relpath(root / script), *args]
+    for name, value in GIVEN.items():
+        if name in drop:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value is False:
+            words.append(f"--no-{name.replace('_', '-')}")
+        else:
+            words += [flag, str(value)]
+    return "`" + " ".join(shlex.quote(str(w)) for w in words) + "`"
 
 
 def save(p: Params, path: Path) -> None:

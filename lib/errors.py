@@ -18,9 +18,10 @@ class PipelineError(Exception):
     """A problem the user can fix (bad input, missing stage output, bad setting)."""
 
 
-def restart_advice(fold: int) -> str:
+def restart_advice(fold: int | str) -> str:
     """The command that repairs a fold whose files cannot be used (damaged, or of another split)."""
-    return f"train the fold again: python 02_train.py --fold {fold} --restart (with the same settings)"
+    from params import command
+    return f"train the fold again: {command('02_train.py', '--fold', str(fold), '--restart')}"
 
 
 def run_main(main: Callable[[], None]) -> None:

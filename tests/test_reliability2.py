@@ -30,10 +30,13 @@ def args_for(t, out: Path) -> list:
 
 
 def advised(line: str, script: str) -> list[str]:
-    """The flags of the repair command a message names (``python <script> --x ... (with ...)``)."""
-    assert f"python {script}" in line, line
-    cmd = line.split(f"python {script}", 1)[1].split(" (")[0].split(";")[0]
-    return cmd.split()
+    """The arguments of the repair command a message names in backticks (`` `.venv/bin/python <script> --x ...` ``),
+    after the script's name."""
+    import shlex
+    commands = [shlex.split(c) for c in line.split("`")[1::2]]
+    found = [c for c in commands if len(c) > 1 and Path(c[1]).name == script]
+    assert found, line
+    return found[0][2:]
 
 
 def own_input(t, tmp_path: Path) -> Path:
