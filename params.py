@@ -320,6 +320,7 @@ def check(p: Params) -> None:
             raise ValueError
     except ValueError:
         problems.append(f"--decoder-channels {p.decoder_channels!r} must be 5 positive integers, e.g. 256,128,64,32,16")
+    problems += [msg for name in ("experiment", "submission") if (msg := _name_problem(name, getattr(p, name)))]
     if any(c in p.mask_suffix for c in "/\\\0"):
         problems.append(f"--mask-suffix {p.mask_suffix!r} must be part of a file name (no / or \\)")
     if p.group_regex:
@@ -332,6 +333,28 @@ def check(p: Params) -> None:
             problems.append(f"--group-regex {p.group_regex!r} is not a regular expression ({e})")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+# Names the pipeline itself gives to things under --output (an experiment folder) and in a run folder (a submission
+# stem): a setting that named one of them would make two outputs share a file.
+RESERVED_EXPERIMENTS = ("cache", "folds.csv", "prepare_params.json")
+RESERVED_SUBMISSIONS = ("baseline_global", "baseline_view", "baseline_majority")  # written by 04 --baselines
+
+
+def _name_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be the --experiment or --submission name (a folder or file stem inside --output), or None.
+
+    Both become paths under --output: a separator, '..', an absolute path or a drive would lead outside it."""
+    flag = "--" + name
+    if not value or value in (".", "..") or value.startswith(".") or any(c in value for c in "/\\:\0") or \
+            value != value.strip():
+        return (f"{flag} {value!r} must be a plain name inside --output (no '/', '\\' or ':', not starting with "
+                "'.', no surrounding spaces), e.g. my_run; to write elsewhere, give another --output")
+    reserved = RESERVED_EXPERIMENTS if name == "experiment" else RESERVED_SUBMISSIONS
+    if value in reserved or (name == "submission" and value.endswith((".csv", ".gz"))):
+        what = "is a name the pipeline writes itself" if value in reserved else "must be a stem without .csv/.gz"
+        return f"{flag} {value!r} {what} ({', '.join(reserved)} are taken): choose another name"
+    return None
 
 
 def decoder_widths(text: str) -> tuple[int, ...]:

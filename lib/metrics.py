@@ -1,8 +1,9 @@
 """Dice scores and threshold tuning, scored the Carvana way (per image, then averaged).
 
 Probabilities are stored as uint8 levels 0..255 (``round(p * 255)``); the mask at level k is
-``prob_u8 > k``. A threshold t in the open interval (0, 1) maps to level ``round(t * 255)`` in exactly
-one place, ``level_of``, and back with ``threshold_of``; ``binarize`` applies it.
+``prob_u8 > k``. A threshold t in the open interval (0, 1) maps to the level ``floor(t * 255)`` (so that the mask
+holds exactly the pixels whose stored probability k / 255 is above t, and a map's 1.0 pixels pass any t < 1) in
+exactly one place, ``level_of``, and back with ``threshold_of``; ``binarize`` applies it.
 
 Threshold tuning makes one pass over the pixels: ``dice_histograms`` counts, per image, how many
 pixels of each level fall outside / inside the truth; ``dice_by_level`` turns those counts into the
@@ -80,11 +81,16 @@ def _strict_zip(a: Iterable, b: Iterable) -> Iterable[tuple]:
         yield x, y
 
 
+_LEVEL_TOLERANCE = 1e-7  # t * 255 within this of an integer level k is k (k / 255 does not come back exact)
+
+
 def level_of(threshold: float) -> int:
-    """uint8 level k = round(threshold * 255) for a threshold in the open interval (0, 1); mask = prob_u8 > k."""
+    """uint8 level k for a threshold in the open interval (0, 1): mask = prob_u8 > k keeps exactly the levels whose
+    probability v / 255 is above the threshold, k = floor(threshold * 255) (0 ... 254: 0.999 keeps the 1.0 pixels);
+    ``level_of(threshold_of(k)) == k``."""
     if not 0.0 < threshold < 1.0:  # also rejects NaN
         raise ValueError(f"threshold must be in the open interval (0, 1), got {threshold!r}")
-    return int(math.floor(threshold * _MAX_LEVEL + 0.5))
+    return min(int(math.floor(threshold * _MAX_LEVEL + _LEVEL_TOLERANCE)), _MAX_LEVEL - 1)
 
 
 def threshold_of(level: int) -> float:

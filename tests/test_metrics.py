@@ -59,9 +59,9 @@ def test_level_threshold_round_trip() -> None:
     for level in range(1, 255):
         assert level_of(threshold_of(level)) == level
     assert threshold_of(0) == 0.0 and threshold_of(255) == 1.0
-    assert level_of(0.5) == 128  # 127.5 rounds up
+    assert level_of(0.5) == 127  # keeps 128 / 255 = 0.502, drops 127 / 255 = 0.498
     assert level_of(0.4) == 102
-    assert level_of(1e-9) == 0 and level_of(1 - 1e-9) == 255
+    assert level_of(1e-9) == 0 and level_of(1 - 1e-9) == 254 and level_of(1 - 1e-12) == 254
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, -0.1, 1.5, math.nan])
@@ -78,8 +78,9 @@ def test_threshold_of_out_of_range(level) -> None:
 
 def test_binarize() -> None:
     prob = np.array([[0, 127, 128, 129, 255]], np.uint8)
-    np.testing.assert_array_equal(binarize(prob, 0.5), [[False, False, False, True, True]])
-    np.testing.assert_array_equal(binarize(prob, 0.499), [[False, False, True, True, True]])
+    np.testing.assert_array_equal(binarize(prob, 0.5), [[False, False, True, True, True]])  # 128 / 255 > 0.5
+    np.testing.assert_array_equal(binarize(prob, 0.498), [[False, True, True, True, True]])  # 127 / 255 = 0.49804
+    np.testing.assert_array_equal(binarize(prob, 0.999), [[False, False, False, False, True]])
     with pytest.raises(TypeError, match="uint8"):
         binarize(prob.astype(np.float32) / 255, 0.5)
 
@@ -162,3 +163,13 @@ def test_best_threshold_matches_brute_force() -> None:
         assert per_level[k] == pytest.approx(brute[k], abs=1e-12)
     with pytest.raises(ValueError, match="at least one"):
         best_threshold(np.zeros((0, 2, 256), np.int64))
+
+
+def test_every_threshold_keeps_exactly_the_levels_above_it() -> None:
+    """A mask holds the pixels whose stored probability v / 255 is above the threshold, for any threshold in (0, 1):
+    0.999 keeps the 1.0 pixels (it once kept none), 0.5 keeps 128 / 255."""
+    levels = np.arange(256, dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    for t in [1e-6, 0.001, 0.25, 0.5, 0.75, 0.999, 0.9999, 1 - 1e-9, *rng.uniform(0, 1, 500)]:
+        assert np.array_equal(binarize(levels, t), levels / 255 > t), t
+    assert binarize(levels, 0.999).sum() == 1

@@ -163,7 +163,7 @@ def test_rows_follow_sample_submission_and_decode_to_the_thresholded_upsampled_m
     m = json.loads((run / "submission.manifest.json").read_text())
     assert m == manifest
     assert m["rows"] == len(ids) and m["submission"] == "submission.csv.gz"
-    assert m["threshold"] == 0.5 and m["level"] == 128 and m["tta"] == "hflip" and m["oof_dice"] == 0.987654
+    assert m["threshold"] == 0.5 and m["level"] == 127 and m["tta"] == "hflip" and m["oof_dice"] == 0.987654
     assert "tuned" in m["threshold_source"]
     assert m["inputs"] == [{"folder": str(run), "experiment": EXPERIMENT, "weight": 1.0, "weight_given": 1.0,
                             "tta": "hflip", "postprocess": "none", "threshold": 0.5, "oof_dice": 0.987654,
