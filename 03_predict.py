@@ -30,6 +30,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-out", type=Path, metavar="DIR",
                         help="where --images writes <name>_mask.png, <name>_overlay.jpg and masks.csv "
                              "(default output/<experiment>/images)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --images: replace files in --images-out that 03 did not write (refused otherwise)")
     parser.add_argument("--folds", type=fold_list, metavar="K[,K...]",
                         help="ensemble only these fold models (default: every fold of the split)")
     parser.add_argument("--retune", action="store_true", help="tune again even if tuning.json matches the models")
@@ -54,7 +56,7 @@ def fold_list(text: str) -> list[int]:
 def main(p: params.Params, args: argparse.Namespace) -> None:
     if args.images:  # torch is imported here, after the command line: --help stays fast
         from lib.overlay import predict_photos
-        predict_photos(p, args.images, args.images_out, args.folds)
+        predict_photos(p, args.images, args.images_out, args.folds, args.overwrite)
     else:
         from lib.predict import run
         run(p, args.folds, args.retune, args.replace, args.tune_only, args.shard)

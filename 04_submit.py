@@ -37,18 +37,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="score every written submission against input/test_masks (demo data)")
 
 
-def write_baselines(p: params.Params, results: dict, total: baseline.MaskSums, ids: list[str], keys: list[str],
-                    common: tuple[int, int] | None) -> dict:
-    """Baseline test submissions in the run folder; returns {file name: path}."""
-    written = {}
+def plan_baselines(p: params.Params, results: dict, total: baseline.MaskSums, ids: list[str], keys: list[str],
+                   common: tuple[int, int] | None) -> list[baseline.BaselinePlan]:
+    """The baseline test submissions, made ready (every RLE) before anything is written."""
     sizes = inputs.test_sizes(p.input_dir, ids, inputs.test_files(p.input_dir), common)
-    for name, result in results.items():
-        path = submission.submission_path(files.run_dir(p.output_dir, p.experiment), f"baseline_{name}")
-        baseline.write_baseline_submission(path, total, result, ids, p.input_dir / files.SAMPLE_SUBMISSION, sizes,
-                                           keys, p.rle_order)
-        print(f"wrote {path} (threshold {result.threshold:.3f})")
-        written[path.name] = path
-    return written
+    run = files.run_dir(p.output_dir, p.experiment)
+    return [baseline.plan_baseline_submission(submission.submission_path(run, f"baseline_{name}"), total, result,
+                                              ids, sizes, keys, p.rle_order) for name, result in results.items()]
 
 
 def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction
@@ -67,6 +62,7 @@ def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Pred
 
 
 def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, score: bool) -> None:
+    """Every check and every computation that can fail comes first; then the files are written."""
     run = files.run_dir(p.output_dir, p.experiment)
     preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
     if not preds[0].task.binary:
@@ -74,15 +70,21 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     test_ids, keys = inputs.test_rows(p.input_dir)
     split = folds.read(p.output_dir)
     if score:
-        submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
+        submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)
     out = submission.submission_path(run, p.submission)
-    written, manifest = {}, None
-    if test_ids and ((p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds)):
+    with_model = bool(test_ids) and ((p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds))
+    if with_model:
+        submission.check_maps(preds, test_ids)
+    results, total = score_baselines(p, split, preds[0])
+    plans = plan_baselines(p, results, total, test_ids, keys, preds[0].orig_size) if with_baselines and test_ids \
+        else []
+    written, manifest = {}, None  # from here on, files are written
+    if with_model:
         test_dir = p.input_dir / files.TEST
         manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
                                               p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None,
                                               keys=keys, test_names=inputs.test_files(p.input_dir),
-                                              rle_order=p.rle_order, post=p.postprocess)
+                                              rle_order=p.rle_order, post=p.postprocess, checked=True)
         post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
                 if manifest["postprocess"] != "none" else "")
         print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
@@ -91,10 +93,12 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     else:
         print(f"note: no {p.input_dir / files.TEST} folder and no test maps (or no test images): no model submission, "
               "comparison and baselines only")
-
-    results, total = score_baselines(p, split, preds[0])
-    if with_baselines and test_ids:
-        written |= write_baselines(p, results, total, test_ids, keys, preds[0].orig_size)
+    for plan in plans:
+        made = baseline.write_baseline_submission(plan, p.input_dir / files.SAMPLE_SUBMISSION)
+        extra = (f"; {made['images_without_a_view']} test image(s) with no view of the training masks got the global "
+                 "average") if made.get("images_without_a_view") else ""
+        print(f"wrote {plan.path} (threshold {made['threshold']:.3f}{extra})")
+        written[plan.path.name] = plan.path
     scores = submission.score_submissions(list(written.values()), p.input_dir, p.mask_suffix,
                                           p.rle_order) if score and written else {}
     test_dice = {path.name: dice for path, dice in scores.items()}
@@ -113,26 +117,28 @@ def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score
     if score:
         submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
     out = submission.submission_path(run, p.submission)
-    written, manifest = {}, None
     if test_ids:
-        test_dir = p.input_dir / files.TEST
-        manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION, 0.0,
-                                              p.workers, test_dir=test_dir if test_dir.is_dir() else None,
-                                              keys=keys, test_names=inputs.test_files(p.input_dir),
-                                              rle_order=p.rle_order, class_rows=class_rows)
-        print(f"wrote {out}: {manifest['rows']} rows ({len(test_ids)} images x {len(task.scored)} classes), "
-              f"{manifest['seconds']:.1f}s")
-        written[out.name] = out
+        submission.check_maps(preds, test_ids)
     h, w = preds[0].size
     cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
                                       mask_suffix=p.mask_suffix, task=task)
     start = time.perf_counter()
     result, counts = baseline.oof_majority(cache, split, task)
     print(f"baseline scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")
+    sizes = dict(zip(test_ids, inputs.test_sizes(p.input_dir, test_ids, inputs.test_files(p.input_dir),
+                                                  cache.orig_size))) if with_baselines and test_ids else {}
+    written, manifest = {}, None  # from here on, files are written
+    if test_ids:
+        test_dir = p.input_dir / files.TEST
+        manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION, 0.0,
+                                              p.workers, test_dir=test_dir if test_dir.is_dir() else None,
+                                              keys=keys, test_names=inputs.test_files(p.input_dir),
+                                              rle_order=p.rle_order, class_rows=class_rows, checked=True)
+        print(f"wrote {out}: {manifest['rows']} rows ({len(test_ids)} images x {len(task.scored)} classes), "
+              f"{manifest['seconds']:.1f}s")
+        written[out.name] = out
     if with_baselines and test_ids:
         path = submission.submission_path(run, "baseline_majority")
-        sizes = dict(zip(test_ids, inputs.test_sizes(p.input_dir, test_ids, inputs.test_files(p.input_dir),
-                                                      cache.orig_size)))
         baseline.write_majority_submission(path, counts, result, task, keys, class_rows, sizes,
                                            p.input_dir / files.SAMPLE_SUBMISSION, p.rle_order)
         print(f"wrote {path}")

@@ -23,6 +23,8 @@ class Params:
     output: str = "output"  # results folder: folds.csv, cache/, one folder per experiment
     experiment: str = "unet_resnet34_1280"  # run folder name under output/
     seed: int = 42  # seeds the split, the demo data, training and augmentation
+    max_image_mp: float = 100.0  # largest image read, in megapixels (images are decoded whole; a larger one is refused,
+    #                              naming it: raise this where memory allows)
     mask_suffix: str = ""  # mask of image <id>: train_masks/<id><suffix>.<png|gif|tif|bmp>, or a folder <id><suffix>/ of
     #                        instance masks (merged); empty = auto: "_mask" (Carvana's), else no suffix
 
@@ -272,7 +274,7 @@ _RANGES: dict[str, tuple] = {
     "shift_scale_rotate_p": (0, 1, True, True), "color_p": (0, 1, True, True),
     "scale_low": (0, None, False, True), "scale_high": (0, None, False, True), "translate": (0, 0.5, True, True),
     "val_every": (1, None, True, True), "ema": (0, 1, True, False),
-    "threads": (0, None, True, True), "jobs": (1, None, True, True), "predict_batch_size": (1, None, True, True),
+    "threads": (0, None, True, True), "max_image_mp": (0, None, False, True), "jobs": (1, None, True, True), "predict_batch_size": (1, None, True, True),
 }
 
 
@@ -387,7 +389,10 @@ def parse(description: str, argv: list[str] | None = None,
         p = params_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    import os
+    os.environ[MAX_IMAGE_MP_ENV] = repr(p.max_image_mp)  # for lib.inputs in this process and every worker it starts
     GIVEN.clear()
+    GIVEN["script"] = script
     GIVEN.update({"preset": args.preset} if args.preset else {})
     GIVEN.update({f.name: getattr(args, f.name) for f in fields(Params) if getattr(args, f.name, None) is not None})
     return p, args
@@ -396,11 +401,13 @@ def parse(description: str, argv: list[str] | None = None,
 # The settings this process was given on its command line (--preset first), recorded by ``parse``: the advice of an
 # error repeats them, so that the command it names runs as printed with the user's own flags.
 GIVEN: dict = {}
+MAX_IMAGE_MP_ENV = "PIPELINE_MAX_IMAGE_MP"  # --max-image-mp, as lib.inputs reads it in any process
 
 
-def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
-    """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
-    given (less the fields in ``drop``), quoted for a POSIX shell and in backticks:
+def command(script: str | None, *args: str, drop: tuple[str, ...] = ()) -> str:
+    """The command line that runs ``script`` (e.g. "02_train.py"; None: the script that is running) with ``args``
+    and the settings this process was given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX
+    shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
     import os
     import shlex
@@ -408,9 +415,10 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     root = Path(__file__).resolve().parent
     python = Path(sys.executable)
     shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"  # .venv/bin/python
+    script = script or GIVEN.get("script") or Path(sys.argv[0]).name
     words = [shown_python, os.path.relpath(root / script), *args]
     for name, value in GIVEN.items():
-        if name in drop:
+        if name in drop or name == "script" or "--" + name.replace("_", "-") in args:
             continue
         flag = "--" + name.replace("_", "-")
         if value is True:

@@ -171,29 +171,37 @@ def baseline_rles(total: MaskSums, name: str, threshold: float, size: tuple[int,
     return codes
 
 
-def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids: Sequence[str],
-                              sample_submission: Path, sizes: Sequence[tuple[int, int]] | None = None,
-                              keys: Sequence[str] | None = None, rle_order: str = "row") -> dict:
-    """Submission of one baseline for the test ids (submission order) with its manifest; returns it.
+@dataclass
+class BaselinePlan:
+    """A baseline submission made ready before anything is written: its rows' RLEs (one string per distinct size and
+    view, shared) and what its manifest says. ``write_baseline_submission`` writes it."""
+    path: Path
+    ids: list[str]
+    keys: list[str] | None
+    codes: list[str]
+    fields: dict
+
+
+def plan_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids: Sequence[str],
+                             sizes: Sequence[tuple[int, int]] | None = None, keys: Sequence[str] | None = None,
+                             rle_order: str = "row") -> BaselinePlan:
+    """The rows of one baseline for the test ids (submission order), every RLE made and validated, nothing written.
 
     sizes: (H0, W0) of each test image (default: every one the frame's size); each distinct size and view is
-    encoded once and reused. keys: the rows' ``img`` (default ``<id>.jpg``)."""
-    start = time.perf_counter()
+    encoded once and reused. keys: the rows' ``img`` (default ``<id>.jpg``). The per-view baseline gives a test
+    image whose id names no view of the training masks the global average mask (the manifest counts them)."""
     sizes = [tuple(total.shape)] * len(ids) if sizes is None else [tuple(s) for s in sizes]
-    views = [0] * len(ids)
+    views = [None] * len(ids)
     if result.name == "view":
         matches = [layout.CARVANA_ID.fullmatch(i) for i in ids]
-        views = [int(m.group("view")) if m else -1 for m in matches]
-        unknown = [i for i, v in zip(ids, views) if v not in total.views]
-        if unknown:
-            raise PipelineError(f"{sample_submission}: {len(unknown)} test image(s) of views with no training mask: "
-                                f"{', '.join(unknown[:10])}")
+        views = [int(m.group("view")) if m and int(m.group("view")) in total.views else None for m in matches]
     by_size: dict[tuple[int, int], dict[int, str]] = {}
     for size in dict.fromkeys(sizes):
         by_size[size] = baseline_rles(total, result.name, result.threshold, size, rle_order)
-    codes = (by_size[size][v if result.name == "view" else total.views[0]] for size, v in zip(sizes, views))
-    rows = write_submission(path, ids, codes, None, expected_ids=ids, validate_rle=False,
-                            keys=keys)  # each size's and view's string validated above
+        if result.name == "view" and None in views:
+            by_size[size][None] = baseline_rles(total, "global", result.threshold, size, rle_order)[total.views[0]]
+    codes = [by_size[size][v if result.name == "view" else total.views[0]] for size, v in zip(sizes, views)]
+    no_view = sum(v is None for v in views) if result.name == "view" else 0
     fields = {"inputs": [{"baseline": TITLES[result.name], "training_masks": int(total.counts.sum()),
                           "masks_per_view": dict(zip(map(str, total.views), total.counts.tolist()))}],
               "threshold": result.threshold, "level": level_of(result.threshold),
@@ -202,7 +210,19 @@ def write_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids
               "oof_dice_note": "out-of-fold full-resolution Dice of the average masks of the other folds",
               "orig_size": list(total.shape) if len(set(sizes)) <= 1 and sizes[:1] == [tuple(total.shape)] else None,
               "rle_order": rle_order}
-    return write_manifest(path, fields, rows, time.perf_counter() - start, sample_submission)
+    if no_view:
+        fields["images_without_a_view"] = no_view
+        fields["images_without_a_view_note"] = ("test ids with no view of the training masks (not <car>_<NN>, or "
+                                                "a view no training image has) got the global average mask")
+    return BaselinePlan(Path(path), list(ids), None if keys is None else list(keys), codes, fields)
+
+
+def write_baseline_submission(plan: BaselinePlan, sample_submission: Path) -> dict:
+    """Write a planned baseline submission with its manifest; returns the manifest."""
+    start = time.perf_counter()
+    rows = write_submission(plan.path, plan.ids, plan.codes, None, expected_ids=plan.ids, validate_rle=False,
+                            keys=plan.keys)  # each size's and view's string validated by baseline_rles
+    return write_manifest(plan.path, plan.fields, rows, time.perf_counter() - start, sample_submission)
 
 
 # --- the comparison table ---

@@ -237,6 +237,16 @@ class OrderedWriter:
                 pass
 
 
+_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+
+
+def csv_row(*fields: str) -> str:
+    """One CSV line (with its newline) as RFC 4180 writes it: a field holding a comma, a quote or a line break is
+    quoted, its quotes doubled ('car, front.jpg' -> '"car, front.jpg"'); others are written as they are (what
+    csv.writer does with QUOTE_MINIMAL, at the speed of a join for the usual plain fields)."""
+    return ",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if _CSV_SPECIAL.search(f) else f for f in fields) + "\n"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 

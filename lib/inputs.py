@@ -22,6 +22,7 @@ from lib import files, layout, rle
 from lib.errors import PipelineError
 
 IMAGE_EXT = ".jpg"  # Carvana's images (other extensions: lib/layout.py)
+Image.MAX_IMAGE_PIXELS = None  # PIL's decompression-bomb traceback gives way to the --max-image-mp check (max_pixels)
 JPEG_EOI = b"\xff\xd9"
 MAX_LISTED = 20  # problems printed before "... and N more"
 
@@ -46,23 +47,46 @@ def read_image_bytes(path: Path) -> bytes:
     return data
 
 
+def max_pixels() -> float:
+    """The most pixels an image may have (--max-image-mp, which params.parse passes to every process it starts)."""
+    from params import MAX_IMAGE_MP_ENV, Params
+    return float(os.environ.get(MAX_IMAGE_MP_ENV, Params.max_image_mp)) * 1e6
+
+
+def check_pixels(path: Path, height: int, width: int) -> None:
+    """PipelineError naming ``path`` when a (height, width) image is larger than --max-image-mp allows: every image
+    is decoded whole, so a huge one would exhaust memory (or trip PIL's decompression-bomb guard)."""
+    limit = max_pixels()
+    if height * width > limit:
+        from params import command
+        mp = height * width / 1e6
+        raise PipelineError(f"{path}: {width}x{height} is {mp:.1f} megapixels, above --max-image-mp {limit / 1e6:g} "
+                            f"(images are decoded whole); downscale it, or where memory allows (about "
+                            f"{mp * 3 * 4 / 1e3:.1f} GB a process) raise the limit for every stage: "
+                            f"{command(None, '--max-image-mp', str(int(mp) + 1))}")
+
+
 def image_size(raw: bytes, path: Path) -> tuple[int, int]:
-    """(H, W) from the image header of ``raw`` (the bytes of ``path``); PipelineError if it has none."""
+    """(H, W) from the image header of ``raw`` (the bytes of ``path``); PipelineError if it has none or is larger than
+    --max-image-mp."""
     try:
         with Image.open(io.BytesIO(raw)) as im:  # reads the header only
             w, h = im.size
     except (UnidentifiedImageError, OSError) as e:
         raise PipelineError(f"{path}: not a readable image ({e})") from None
+    check_pixels(path, h, w)
     return h, w
 
 
 def image_header_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) from the image file's header alone (no decoding), or None if it has none."""
+    """(H, W) from the image file's header alone (no decoding), or None if it has none; PipelineError if it is larger
+    than --max-image-mp."""
     try:
         with Image.open(path) as im:
             w, h = im.size
     except (UnidentifiedImageError, OSError):
         return None
+    check_pixels(path, h, w)
     return h, w
 
 
@@ -90,6 +114,7 @@ def read_mask(path: Path) -> np.ndarray:
     _read_bytes(path)  # empty-file check with a clear message
     try:
         with Image.open(path) as im:
+            check_pixels(path, im.height, im.width)
             mode = im.mode
             arr = np.array(im)
             palette = np.array(im.getpalette() or [], np.uint8).reshape(-1, 3) if mode == "P" else None
@@ -142,6 +167,7 @@ def read_labels(path: Path, classes: int, colors: tuple = ()) -> np.ndarray:
     _read_bytes(path)
     try:
         with Image.open(path) as im:
+            check_pixels(path, im.height, im.width)
             mode = im.mode
             arr = np.array(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -185,10 +186,33 @@ def groups_of(ids: Sequence[str], regex: str = "") -> Groups:
     elif views is not None:
         groups = [CARVANA_ID.fullmatch(i).group("car") for i in ids]
         rule = "Carvana's <car>_<NN> (every id has that form): one group per car"
+    elif any(CARVANA_ID.fullmatch(i) for i in ids):
+        _refuse_mixed_forms(ids)
     else:
         groups = list(ids)
         rule = "one group per image (not every id is Carvana's <car>_<NN>; --group-regex sets groups)"
     return Groups(rule, groups, views if views is not None else [0] * len(ids))
+
+
+# Regexes offered when only some ids have Carvana's form, tried in order: the first that gives every id a group and
+# each <car>_<NN> id its car is named in the error ("705a5661a791_01_retake" -> "705a5661a791").
+_GROUP_SUGGESTIONS = (r"^(.+?)_\d{2}(?:_|$)", r"^([^_]+)_")
+
+
+def _refuse_mixed_forms(ids: Sequence[str]) -> typing.NoReturn:
+    """Some ids are <car>_<NN> and some are not: one group per image would put a car's views in several folds
+    (validation images seen in training), and grouping only the others would too. Refuse, naming the odd ids and a
+    --group-regex that groups every id (checked against the Carvana ids' cars)."""
+    from params import command
+    odd = [i for i in ids if not CARVANA_ID.fullmatch(i)]
+    suggestion = next((rx for rx in _GROUP_SUGGESTIONS if all(
+        (m := re.search(rx, i)) and m.group(1) and (not (c := CARVANA_ID.fullmatch(i)) or c.group("car") == m.group(1))
+        for i in ids)), None)
+    fix = (f"give the rule that groups every id, e.g. {command('01_prepare.py', '--group-regex', suggestion)}"
+           if suggestion else "give --group-regex with a capture group that every id matches")
+    raise PipelineError(f"{len(odd)} of {len(ids)} training ids are not <car>_<NN> as the others are "
+                        f"({listing(odd)}), so the folds cannot keep each car together; {fix}, or --group-regex "
+                        "'(.*)' for one group per image; nothing was written")
 
 
 def group_summary(groups: Sequence[str]) -> str:

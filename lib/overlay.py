@@ -31,15 +31,62 @@ from params import Params
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASKS_CSV = "masks.csv"
+WRITTEN = ".written_by_03_predict.json"  # in the --images-out folder: {file name: sha256 or null while being written}
+
+
+def outputs_of(paths: list[Path]) -> list[str]:
+    """The names ``predict_photos`` writes for these photos: a mask and an overlay each, and masks.csv."""
+    return [name for p in paths for name in (f"{p.stem}_mask.png", f"{p.stem}_overlay.jpg")] + [MASKS_CSV]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def written_before(out: Path) -> dict[str, str | None]:
+    """What earlier runs of ``predict_photos`` wrote in ``out`` ({name: sha256, None while a run was writing it});
+    an unreadable record counts as none (nothing is then taken for ours)."""
+    import json
+    try:
+        record = json.loads((out / WRITTEN).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: v for k, v in record.items() if isinstance(k, str) and (v is None or isinstance(v, str))}
+
+
+def check_overwrites(out: Path, names: list[str], overwrite: bool, sources: list[str]) -> dict[str, str | None]:
+    """PipelineError, before anything is written, if a file to be written exists and is not one an earlier run
+    wrote (or was changed since): the project never replaces a file it did not write unless asked (--overwrite).
+    Returns the record of what earlier runs wrote."""
+    ours = written_before(out)
+    theirs = [n for n in names if (out / n).exists() and not overwrite and
+              (n not in ours or (ours[n] is not None and ours[n] != _sha256(out / n)))]
+    if theirs:
+        from params import command
+        again = command("03_predict.py", "--images", *sources, "--images-out", str(out), "--overwrite")
+        raise PipelineError(f"{out / theirs[0]}: exists and was not written by 03_predict.py --images (or was changed "
+                            f"since){f', and {len(theirs) - 1} more' if len(theirs) > 1 else ''}; nothing was "
+                            f"written: give another --images-out, or replace them: {again}")
+    return ours
+
+
+def _record(out: Path, record: dict[str, str | None]) -> None:
+    files.write_json(out / WRITTEN, dict(sorted(record.items())))
 
 
 def photo_paths(sources: list[str]) -> list[Path]:
-    """Files, folders (their photos, sorted) and glob patterns -> photo paths in that order, each once."""
+    """Files, folders (their photos, sorted) and glob patterns -> photo paths in that order, each once. In a folder,
+    the masks and overlays an earlier run wrote there are not photos."""
     out: list[Path] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_EXTS and p.is_file())
+            ours = written_before(path)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_EXTS and p.is_file()
+                           and p.name not in ours)
         elif any(c in source for c in "*?[") and not path.exists():
             found = sorted(Path(p) for p in glob.glob(source, recursive=True)
                            if Path(p).suffix.lower() in PHOTO_EXTS and Path(p).is_file())
@@ -81,15 +128,19 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str
     return mode, threshold, post if ens.task.binary else postprocess.NONE, source
 
 
-def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, folds: list[int] | None = None
-                   ) -> Path:
+def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, folds: list[int] | None = None,
+                   overwrite: bool = False) -> Path:
     """Write ``<stem>_mask.png`` (0/255 at the photo's size), ``<stem>_overlay.jpg`` and a masks.csv of
-    ``img,rle_mask`` rows (RLE in --rle-order) for every photo; return the folder."""
+    ``img,rle_mask`` rows (RLE in --rle-order) for every photo; return the folder. A file there that this function
+    did not write is never replaced, unless ``overwrite``."""
     paths = photo_paths(sources)
     ens = load_fold_models(p, folds)
     mode, threshold, post, source = choose_tta_threshold(p, ens)
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
+    names = outputs_of(paths)
+    record = check_overwrites(out, names, overwrite, sources)
     out.mkdir(parents=True, exist_ok=True)
+    _record(out, record | dict.fromkeys(names))  # ours from now on, even if this run is killed
     decided = (f"threshold {threshold:.3f}{', largest region' if post != postprocess.NONE else ''} ({source})"
                if ens.task.binary else f"argmax over {ens.task.describe()}")
     models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
@@ -111,8 +162,10 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
         for f in pending:
             rows.update([f.result()])
     keys = [ens.task.row_ids(paths[i].name, paths[i].stem) for i in range(len(paths))]  # multi-class: a row a class
-    lines = ["img,rle_mask"] + [f"{k},{code}" for i in range(len(paths)) for k, code in zip(keys[i], rows[i])]
-    files.write_text_atomic(out / MASKS_CSV, "\n".join(lines) + "\n")
+    lines = [files.csv_row("img", "rle_mask")] + [files.csv_row(k, code) for i in range(len(paths))
+                                                   for k, code in zip(keys[i], rows[i])]
+    files.write_text_atomic(out / MASKS_CSV, "".join(lines))
+    _record(out, record | {name: _sha256(out / name) for name in names})
     print(f"wrote {len(paths)} masks, overlays and {out / MASKS_CSV} in {time.perf_counter() - start:.1f}s")
     return out
 

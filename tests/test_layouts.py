@@ -127,9 +127,32 @@ def test_groups_default_to_cars_for_carvana_ids_else_one_per_image():
     g = layout.groups_of(carvana)
     assert g.has_views and g.groups == [i[:12] for i in carvana] and g.views == [1, 2] * 3
     assert "Carvana" in g.rule
-    other = carvana + ["photo_0001"]
+    other = ["photo_0001", "photo_0002", "scan 7"]
     g = layout.groups_of(other)
     assert not g.has_views and g.groups == other and "one group per image" in g.rule
+
+
+@pytest.mark.parametrize("odd, regex, group", [
+    ("000000000001_01_retake", r"^(.+?)_\d{2}(?:_|$)", "000000000001"),  # a retake of car 1's view 1
+    ("photo_0001", r"^([^_]+)_", "photo"),
+    ("lonely", None, None),  # no rule groups every id: only the advice to write one
+])
+def test_a_few_odd_ids_among_carvana_ids_are_refused_with_a_rule_that_groups_them(odd, regex, group):
+    """One group per image would split every car over the folds because of one odd id: a refusal naming it and a
+    --group-regex that gives every Carvana id its car (checked here) and the odd id a group."""
+    import shlex
+    carvana = [f"{c:012x}_{v:02d}" for c in range(3) for v in (1, 2)]
+    with pytest.raises(PipelineError) as e:
+        layout.groups_of(carvana + [odd])
+    message = str(e.value)
+    assert f"1 of 7 training ids are not <car>_<NN> as the others are ({odd})" in message and "nothing was written" in message
+    if regex is None:
+        assert "--group-regex with a capture group" in message
+        return
+    advised = shlex.split(message.split("`")[1])
+    assert advised[advised.index("--group-regex") + 1] == regex
+    g = layout.groups_of(carvana + [odd], regex)
+    assert g.groups == [i[:12] for i in carvana] + [group]
     g = layout.groups_of(["pat1_a", "pat1_b", "pat22_a"], r"^(pat\d+)_")
     assert g.groups == ["pat1", "pat1", "pat22"] and layout.group_summary(g.groups).startswith("2 groups")
     with pytest.raises(PipelineError, match="image id 'x_a' does not match"):
