@@ -309,6 +309,8 @@ class _atomic_arrays:
         self.arrays = arrays  # name -> (folder, shape, slot)
 
     def __enter__(self) -> dict[str, np.ndarray]:
+        for name, (folder, _, _) in self.arrays.items():
+            (folder / f".{name}.npy.tmp").unlink(missing_ok=True)  # a link there is never written through
         self.out = {name: np.lib.format.open_memmap(folder / f".{name}.npy.tmp", "w+", np.uint8, shape)
                     for name, (folder, shape, _) in self.arrays.items()}
         return self.out

@@ -94,6 +94,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # whatever is there (a link planted at this name) is never written through
     try:
         yield tmp
         os.replace(tmp, path)

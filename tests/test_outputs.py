@@ -221,3 +221,19 @@ def test_an_image_too_large_to_decode_whole_is_one_line_in_01_and_03_and_the_lim
     line = error_line(run_script("03_predict.py", "--input", root, "--output", trained_out, *FLAGS, "--replace",
                                  "--max-image-mp", "0.03", check=False))
     assert line.startswith(f"error: {test_image}: 240x160") and "--max-image-mp 1" in line
+
+
+# --- no link followed into someone else's file ---
+def test_a_link_planted_at_a_temporary_name_is_replaced_not_written_through(tmp_path):
+    import os
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file")
+    final = tmp_path / "out" / "tuning.json"
+    final.parent.mkdir()
+    (final.parent / f".tuning.json{files.TMP_MARK}{os.getpid()}").symlink_to(victim)
+    files.write_json(final, {"a": 1})
+    assert victim.read_text() == "someone else's file" and json.loads(final.read_text()) == {"a": 1}
+    link = tmp_path / "out" / "submission.csv.gz"
+    link.symlink_to(victim)  # a final name that is a link: the link is replaced, its target never written
+    files.write_bytes_atomic(link, b"rows")
+    assert victim.read_text() == "someone else's file" and not link.is_symlink() and link.read_bytes() == b"rows"
