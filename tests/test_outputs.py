@@ -237,3 +237,22 @@ def test_a_link_planted_at_a_temporary_name_is_replaced_not_written_through(tmp_
     link.symlink_to(victim)  # a final name that is a link: the link is replaced, its target never written
     files.write_bytes_atomic(link, b"rows")
     assert victim.read_text() == "someone else's file" and not link.is_symlink() and link.read_bytes() == b"rows"
+
+
+# --- a fallback that would leak validation images is a refusal ---
+def test_one_odd_id_among_carvana_ids_is_refused_and_the_named_rule_keeps_its_car_together(trained, tmp_path):
+    import pandas as pd
+    root = tmp_path / "in put"
+    shutil.copytree(trained.root, root)
+    first = sorted(p.stem for p in (root / files.TRAIN).glob("*.jpg"))[0]
+    odd = f"{first}_retake"
+    shutil.copy(root / files.TRAIN / f"{first}.jpg", root / files.TRAIN / f"{odd}.jpg")
+    shutil.copy(root / files.TRAIN_MASKS / files.mask_name(first), root / files.TRAIN_MASKS / files.mask_name(odd))
+    (root / files.TRAIN_MASKS_CSV).unlink()  # it would not list the retake
+    out = tmp_path / "out"
+    line = error_line(run_script("01_prepare.py", "--input", root, "--output", out, *FLAGS, check=False))
+    assert f"are not <car>_<NN> as the others are ({odd})" in line and not out.exists()
+    run_named(commands_in(line)[0])
+    split = pd.read_csv(out / "folds.csv").set_index("id")
+    car = first.rsplit("_", 1)[0]
+    assert split.loc[odd, "car"] == car and split.loc[split.car == car, "fold"].nunique() == 1
