@@ -63,17 +63,18 @@ def save(folds: pd.DataFrame, output: Path, force: bool) -> bool:
 
 def read(output: Path) -> pd.DataFrame:
     """The split written by 01_prepare.py."""
+    from params import command
     path = files.folds_csv(output)
     if not path.exists():
-        raise PipelineError(f"{path}: no fold split; run `python 01_prepare.py` first")
+        raise PipelineError(f"{path}: no fold split; run {command('01_prepare.py')} first")
     try:
         df = pd.read_csv(path, dtype={"id": str, "car": str})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise PipelineError(f"{path}: unreadable ({str(e).splitlines()[0]}); write it again: "
-                            "python 01_prepare.py --force (with your --input/--output)") from None
+                            f"{command('01_prepare.py', '--force')}") from None
     if list(df.columns) != COLUMNS or df.empty or df.fold.isna().any() or not pd.api.types.is_integer_dtype(df.fold):
         raise PipelineError(f"{path}: not a split written by 01_prepare.py (columns {list(df.columns)}, "
-                            f"{len(df)} rows); write it again: python 01_prepare.py --force (with your --input/--output)")
+                            f"{len(df)} rows); write it again: {command('01_prepare.py', '--force')}")
     return df
 
 
