@@ -12,7 +12,8 @@ row keyed by its file name). Every one must have its PNG in every prediction fol
 mask is encoded at its image's own size, in --rle-order. The threshold is --threshold when given, else the tuned one
 (an ensemble: the weighted mean of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
 <submission>.manifest.json, comparison.md (out-of-fold Dice of the baselines, each fold model and the
-fold ensemble; with --score also the local test Dice against input/test_masks, where there is one).
+fold ensemble; with --score also the local test Dice against input/test_masks, where there is one). A second 04 on
+the experiment, or one while a 03 tunes or replaces the maps it reads, is refused at once, naming that process.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -143,7 +144,7 @@ def _alive(pid: int) -> bool:
 # (_close_in_child), so no orphaned child keeps a dead holder's lock. Should one still do so (a descriptor passed on
 # otherwise), a lock whose recorded holders are all processes of this host that no longer exist is stale: it is taken
 # over, with a note. Holders on another host cannot be checked from here; messages name that host.
-_HOST = __import__("socket").gethostname()
+_HOST = socket.gethostname()
 _POLL_S = 0.2  # how often a waiting process tries the lock again
 _SHARE_GRACE_S = 1.0  # a shared request tries this long before it is refused (another may be turning its lock shared)
 _HELD: set[int] = set()  # descriptors of the locks this process holds
