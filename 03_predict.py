@@ -12,7 +12,8 @@ output/<experiment>/test_probs/<id>.png (uint8 probability maps at the network s
 A re-run reuses a tuning made with the same models and skips test maps already written. Shards take every N-th
 batch of the single-process order, so the maps are the same bytes whatever N; each shard resumes on its own, and
 04_submit.py refuses while any map is missing. Under torchrun rank 0 tunes while the others wait; separate
---shard jobs need the tuning first (--tune-only, once).
+--shard jobs need the tuning first (--tune-only, once). One run at a time writes an experiment's tuning and maps
+(the --shard jobs of one tuning together): another is refused at once, naming the process that holds them.
 """
 from __future__ import annotations
 

@@ -12,11 +12,13 @@ row keyed by its file name). Every one must have its PNG in every prediction fol
 mask is encoded at its image's own size, in --rle-order. The threshold is --threshold when given, else the tuned one
 (an ensemble: the weighted mean of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
 <submission>.manifest.json, comparison.md (out-of-fold Dice of the baselines, each fold model and the
-fold ensemble; with --score also the local test Dice against input/test_masks, where there is one).
+fold ensemble; with --score also the local test Dice against input/test_masks, where there is one). A second 04 on
+the experiment, or one while a 03 tunes or replaces the maps it reads, is refused at once, naming that process.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import pandas as pd
@@ -52,7 +54,7 @@ def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Pred
     start = time.perf_counter()
     h, w = pred.size
     cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
-                                      mask_suffix=p.mask_suffix)
+                                      mask_suffix=p.mask_suffix, lock_timeout=p.lock_timeout)
     if cache.orig_size != pred.orig_size:
         raise PipelineError(f"{p.output_dir / 'cache'}: training images are {cache.orig_size or 'of mixed sizes'}, "
                             f"the predictions' {pred.orig_size or 'of mixed sizes'}; prediction and training data differ")
@@ -62,15 +64,43 @@ def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Pred
 
 
 def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, score: bool) -> None:
-    """Every check and every computation that can fail comes first; then the files are written."""
+    """submit() holding the experiment's submit lock (one 04 writing its files at a time; taken once the inputs are
+    checked when the experiment folder does not exist yet) and a shared hold on every prediction folder's 03 lock
+    (files.PREDICT_LOCK: 03 --shard jobs may go on writing maps, but no 03 that tunes or deletes maps runs meanwhile).
+    A lock held otherwise refuses the run at once, before it writes anything."""
     run = files.run_dir(p.output_dir, p.experiment)
-    preds = submission.load_predictions([submission.parse_pred_spec(s) for s in pred_specs or [str(run)]])
+    specs = [submission.parse_pred_spec(s) for s in pred_specs or [str(run)]]
+    with contextlib.ExitStack() as held:
+        existed = run.is_dir()
+        if existed:
+            hold_submission(p, held)
+        for folder in {f.resolve(): f for f, _ in specs if f.is_dir()}.values():  # a missing one: refused below
+            held.enter_context(files.locked(folder / files.PREDICT_LOCK, f"prediction folder {folder.name}",
+                                            shared=True))
+        submit(p, specs, with_baselines, score, later=None if existed else held)
+
+
+def hold_submission(p: params.Params, held: contextlib.ExitStack) -> None:
+    """Hold the experiment's submit lock (files.SUBMIT_LOCK) until ``held`` closes."""
+    held.enter_context(files.locked(files.run_dir(p.output_dir, p.experiment) / files.SUBMIT_LOCK,
+                                    f"the submission of {p.experiment}"))
+
+
+def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bool,
+           later: contextlib.ExitStack | None = None) -> None:
+    """The submission and comparison of ``specs``; ``later``: where to hold the submit lock once the inputs are
+    checked (a new experiment folder), None when it is held already. Every check and every computation that can fail
+    comes first; then the files are written."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    preds = submission.load_predictions(specs)
     if not preds[0].task.binary:
-        return main_classes(p, run, preds, with_baselines, score)
+        return main_classes(p, run, preds, with_baselines, score, later)
     test_ids, keys = inputs.test_rows(p.input_dir)
     split = folds.read(p.output_dir)
     if score:
         submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)
+    if later is not None:
+        hold_submission(p, later)
     out = submission.submission_path(run, p.submission)
     with_model = bool(test_ids) and ((p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds))
     if with_model:
@@ -108,7 +138,8 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
 
 
-def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score: bool) -> None:
+def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score: bool,
+                 later: contextlib.ExitStack | None = None) -> None:
     """04 for a multi-class task: one row per test image and class 1..C-1, the majority-class baseline, Dice per
     class."""
     task = preds[0].task
@@ -116,12 +147,14 @@ def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score
     split = folds.read(p.output_dir)
     if score:
         submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
+    if later is not None:
+        hold_submission(p, later)
     out = submission.submission_path(run, p.submission)
     if test_ids:
         submission.check_maps(preds, test_ids)
     h, w = preds[0].size
     cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
-                                      mask_suffix=p.mask_suffix, task=task)
+                                      mask_suffix=p.mask_suffix, task=task, lock_timeout=p.lock_timeout)
     start = time.perf_counter()
     result, counts = baseline.oof_majority(cache, split, task)
     print(f"baseline scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")

@@ -48,6 +48,9 @@ class Params:
     #                   training images/s on an H200 machine's CPUs, enough for the compiled model's 87: results/gpu.md)
     cache: str = "auto"  # network-size image cache: auto (on when it fits --cache-budget-gb) | on | off (decode in workers)
     cache_budget_gb: float = 2.0  # --cache auto keeps the image cache up to this size (5088 images at 128x192: 0.5 GB)
+    lock_timeout: float = 1800.0  # seconds a stage waits for output/cache/.lock while another process builds the cache
+    #                               (it says who, and since when) before giving up with an error naming the holder;
+    #                               0 = do not wait. A build of the 5088 training images takes minutes
 
     # --- model ---
     arch: str = "Unet"  # segmentation_models_pytorch architecture (Unet, UnetPlusPlus, FPN, ...)
@@ -176,7 +179,7 @@ SECTION_STAGES = {"where things are": "01 02 03 04", "the task": "01 02 03 04", 
                   "training": "02", "hardware": "02 03", "03_predict / 04_submit": "03 04"}
 FIELD_STAGES = {"seed": "01 02", "jobs": "02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
                 "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04",
-                "rle_order": "01 03 04"}
+                "rle_order": "01 03 04", "lock_timeout": "01 02 03 04"}
 
 
 def field_docs() -> dict[str, tuple[str, str]]:
@@ -266,7 +269,7 @@ def make_params(**overrides) -> Params:
 _RANGES: dict[str, tuple] = {
     "seed": (0, 2**32 - 1, True, True), "demo_train_cars": (2, None, True, True), "demo_test_cars": (0, None, True, True),
     "classes": (1, 255, True, True), "demo_width": (32, None, True, True), "demo_height": (32, None, True, True), "n_folds": (2, None, True, True),
-    "workers": (0, None, True, True), "cache_budget_gb": (0, None, True, True),
+    "workers": (0, None, True, True), "cache_budget_gb": (0, None, True, True), "lock_timeout": (0, None, True, True),
     "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "accum_steps": (1, None, True, True),
     "lr": (0, None, False, True), "weight_decay": (0, None, True, True), "warmup_epochs": (0, None, True, True),
     "min_lr_ratio": (0, 1, True, True), "grad_clip": (0, None, True, True), "patience": (0, None, True, True),
@@ -395,6 +398,11 @@ def parse(description: str, argv: list[str] | None = None,
     GIVEN["script"] = script
     GIVEN.update({"preset": args.preset} if args.preset else {})
     GIVEN.update({f.name: getattr(args, f.name) for f in fields(Params) if getattr(args, f.name, None) is not None})
+    RUN.clear()
+    if script:  # its own arguments: the words of the command line that are not settings, in their order
+        settings = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        add_param_flags(settings)
+        RUN.update(script=script, args=settings.parse_known_args(argv)[1])
     return p, args
 
 
@@ -402,6 +410,9 @@ def parse(description: str, argv: list[str] | None = None,
 # error repeats them, so that the command it names runs as printed with the user's own flags.
 GIVEN: dict = {}
 MAX_IMAGE_MP_ENV = "PIPELINE_MAX_IMAGE_MP"  # --max-image-mp, as lib.inputs reads it in any process
+# The script this process runs ("script") and its own arguments ("args", e.g. ["--fold", "0"]), recorded by ``parse``
+# when it is given the script: ``rerun`` names the command that runs this process again.
+RUN: dict = {}
 
 
 def command(script: str | None, *args: str, drop: tuple[str, ...] = ()) -> str:
@@ -428,6 +439,12 @@ def command(script: str | None, *args: str, drop: tuple[str, ...] = ()) -> str:
         else:
             words += [flag, str(value)]
     return "`" + " ".join(shlex.quote(str(w)) for w in words) + "`"
+
+
+def rerun() -> str:
+    """The command that runs this process again as the user gave it (``command`` of its script and own arguments):
+    what an error advises once the process that held a lock has finished."""
+    return command(RUN["script"], *RUN["args"]) if RUN else "the same command again"
 
 
 def save(p: Params, path: Path) -> None:

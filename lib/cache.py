@@ -34,6 +34,7 @@ from lib.errors import PipelineError
 from lib.geometry import padded_size, to_net
 from lib.inputs import image_header_size, image_size, read_image_bytes, read_truth, train_pairs
 from lib.task import BINARY, Task, task_of
+from params import Params
 
 CACHE_VERSION = 3  # 3: per-image sizes and the mask suffix in meta.json
 CACHE_MODES = ("auto", "on", "off")
@@ -328,15 +329,17 @@ class _atomic_arrays:
 
 
 def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int = 2,
-               mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "", task: Task = BINARY) -> Cache:
+               mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "", task: Task = BINARY,
+               lock_timeout: float = Params.lock_timeout) -> Cache:
     """The training data for these ids at this size, building the truth (and the image cache, when ``mode``
-    selects it) first where missing or stale."""
+    selects it) first where missing or stale. Another process building it is waited for, up to ``lock_timeout``
+    seconds (--lock-timeout)."""
     ids = sorted(ids)
     cache_images = use_image_cache(mode, len(ids), height, width, budget_gb)
     if _current(_truth_dir(output), ids, mask_suffix, task) is None or (
             cache_images and _current(files.cache_dir(output, height, width), ids, mask_suffix, task) is None):
         # another process (a fold trained side by side) may be building it: wait for it, then look again
-        with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=True):
+        with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=lock_timeout):
             _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix, task)
     truth_meta = _current(_truth_dir(output), ids, mask_suffix, task)
     common = truth_meta["orig_size"]
@@ -366,6 +369,6 @@ def _build_missing(root: Path, output: Path, ids: list[str], height: int, width:
 
 def open_for(p, ids: list[str], height: int | None = None, width: int | None = None) -> Cache:
     """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb,
-    --mask-suffix), at ``height`` x ``width`` (default the run's size)."""
+    --mask-suffix, --lock-timeout), at ``height`` x ``width`` (default the run's size)."""
     return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, p.cache,
-                      p.cache_budget_gb, p.mask_suffix, task_of(p))
+                      p.cache_budget_gb, p.mask_suffix, task_of(p), p.lock_timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -73,7 +74,9 @@ def fold_dir(output: Path, experiment: str, fold: int | str) -> Path:
 
 BEST, LAST, LOG, CURVE, OOF, PARAMS = "model.pt", "last.pt", "log.csv", "curve.png", "oof.npz", "params.json"
 TUNING, TEST_PROBS, COMPARISON = "tuning.json", "test_probs", "comparison.md"
-LOCK = ".lock"  # in a fold folder while a process trains it (files.exclusive)
+LOCK = ".lock"  # in a fold folder while 02 trains it, in output/ while 01 runs, in output/cache/ while it is built
+PREDICT_LOCK = ".predict.lock"  # experiment folder: 03 writing tuning.json or test_probs/ (--shard jobs share it)
+SUBMIT_LOCK = ".submit.lock"  # experiment folder: 04 writing its submission, manifest, comparison.md, baselines
 PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps (probs_made_by)
 PREPARE_PARAMS, PREDICT_PARAMS, SUBMIT_PARAMS = "prepare_params.json", "predict_params.json", "submit_params.json"
 
@@ -133,46 +136,220 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def exclusive(path: Path, what: str, wait: bool = False) -> Iterator[None]:
-    """Hold an advisory lock on the file ``path`` (created if missing) for the block: one writer at a time.
+# --- locks: one writer per folder ---
+# A lock is flock(2) on a file beside what it guards; the file holds one line per holder, "<pid> <host> <since> <script>"
+# (a shared lock has several), and is deleted by its last holder when it releases it. Every acquirer checks that the
+# file it locked is still the one at that path, so a lock file deleted under it (released, or taken over from a holder
+# that is gone) is locked afresh. The operating system drops a flock when every descriptor of it is closed: a killed
+# holder's lock never blocks, and forked children (DataLoader and pool workers) close their copies at once
+# (_close_in_child), so no orphaned child keeps a dead holder's lock. Should one still do so (a descriptor passed on
+# otherwise), a lock whose recorded holders are all processes of this host that no longer exist is stale: it is taken
+# over, with a note. Holders on another host cannot be checked from here; messages name that host.
+_HOST = socket.gethostname()
+_POLL_S = 0.2  # how often a waiting process tries the lock again
+_SHARE_GRACE_S = 1.0  # a shared request tries this long before it is refused (another may be turning its lock shared)
+_HELD: set[int] = set()  # descriptors of the locks this process holds
 
-    The operating system drops the lock when its process ends, so a lock left by a killed process never blocks.
-    With ``wait`` the block waits for the holder to finish; without, another holder is refused at once, naming it.
+
+def _close_in_child() -> None:
+    """After fork, in the child: close its copies of the held locks' descriptors (closing a copy keeps the parent's
+    lock; LOCK_UN would release it)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
+class Holder:
+    """One holder recorded in a lock file."""
+
+    def __init__(self, line: str):
+        words = line.split(maxsplit=3) + ["", "", ""]
+        self.pid = int(words[0]) if words[0].isdigit() else None
+        self.host, self.since, self.script = words[1], words[2].replace("T", " ").replace("Z", " UTC"), words[3]
+
+    @staticmethod
+    def line() -> str:
+        """This process's record: pid, host, the time now (UTC) and the script it runs."""
+        import sys
+        import time
+        from params import RUN
+        script = RUN.get("script") or Path(sys.argv[0]).name or "python"
+        return f"{os.getpid()} {_HOST} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {script}\n"
+
+    def mine(self) -> bool:
+        """This very process (a line it left in a shared lock it held before)."""
+        return self.pid == os.getpid() and self.host == _HOST
+
+    def gone(self) -> bool:
+        """Known to have ended: a process of this host that no longer exists."""
+        return self.pid is not None and self.host == _HOST and not _alive(self.pid)
+
+    def __str__(self) -> str:
+        where = f" on host {self.host}" + ("" if self.host == _HOST else " (another machine)") if self.host else ""
+        return (f"pid {self.pid if self.pid is not None else 'unknown'}{where}"
+                + (f" since {self.since}" if self.since else "") + (f", {self.script}" if self.script else ""))
+
+
+def _holders(fd: int) -> list[Holder]:
+    return [Holder(ln) for ln in os.pread(fd, 1 << 16, 0).decode(errors="replace").splitlines() if ln.strip()]
+
+
+def _named(holders: list[Holder]) -> str:
+    """'pid 12 on host a since ..., 03_predict.py' (and how many more), the holders not known to have ended first."""
+    live = [h for h in holders if not h.gone() and not h.mine()] or holders
+    if not live:
+        return "pid unknown"
+    return str(live[-1]) + (f", and {len(live) - 1} more" if len(live) > 1 else "")
+
+
+def _stale(holders: list[Holder]) -> bool:
+    """Held, but every recorded holder is a process of this host that has ended (a child of it holds the lock)."""
+    return bool(holders) and all(h.gone() for h in holders)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _rerun() -> str:
+    from params import rerun
+    return rerun()
+
+
+def _acquire(path: Path, what: str, shared: bool, wait: float) -> int:
+    """A descriptor of ``path`` holding the lock; PipelineError naming the holder if another process holds it
+    (after waiting up to ``wait`` seconds, with a line saying so)."""
+    import time
+    from lib.errors import PipelineError
+    start, told = time.monotonic(), False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        if _try_lock(fd, shared):
+            if _same_file(fd, path):  # else deleted since it was opened (released, or taken over): lock the new one
+                return fd
+            os.close(fd)
+            continue
+        holders = _holders(fd)
+        if _stale(holders):
+            if _same_file(fd, path):  # not yet taken over by another process
+                print(f"note: {path}: its holder ({_named(holders)}) has ended, but a process it started still "
+                      "holds the lock; taking it over", flush=True)
+                Path(path).unlink(missing_ok=True)
+            os.close(fd)
+            continue
+        os.close(fd)
+        waited = time.monotonic() - start
+        if shared and waited < _SHARE_GRACE_S:  # a shared holder that found it free is turning its lock shared
+            time.sleep(_SHARE_GRACE_S / 100)
+            continue
+        if waited >= wait:
+            if wait <= 0:
+                raise PipelineError(f"{path.parent}: {what} is in use by another process ({_named(holders)}); "
+                                    f"wait for it to finish, then run {_rerun()} (nothing was changed)")
+            raise PipelineError(f"{path}: still held by another process ({_named(holders)}) after waiting "
+                                f"{wait:g} s (--lock-timeout) for {what}; once it has finished (or been stopped), "
+                                f"run {_rerun()}")
+        if not told:
+            told = True
+            print(f"waiting for {path}: {what} is held by another process ({_named(holders)}); giving up after "
+                  f"{wait:g} s (--lock-timeout)", flush=True)
+        time.sleep(_POLL_S)
+
+
+def _try_lock(fd: int, shared: bool) -> bool:
+    """Lock ``fd`` without waiting and record this process in it; False if another process holds the lock.
+
+    A shared holder that finds no other holder locks exclusively first, so that it can clear the records of holders
+    gone before (killed ones, or ones on other hosts) and then turns its lock shared; the others add their line."""
+    import fcntl
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        alone = True
+    except BlockingIOError:
+        if not shared:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        alone = False
+    if alone:
+        os.ftruncate(fd, 0)
+    os.write(fd, Holder.line().encode())
+    if alone and shared:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # taken exclusively in between by another process
+            return False
+    return True
+
+
+def _release(fd: int, path: Path, shared: bool) -> None:
+    """Unlock; the last holder deletes the lock file (a shared holder is the last when it can lock it alone)."""
+    import fcntl
+    try:
+        if shared:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # other holders remain: the last one deletes it
+        if _same_file(fd, path):
+            Path(path).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path, what: str, shared: bool = False, wait: float = 0.0) -> Iterator[None]:
+    """Hold the lock ``path`` (an advisory lock file, created if missing and deleted by its last holder) for the block:
+    exclusively (one holder), or ``shared`` with other shared holders but never with an exclusive one.
+
+    Another holder is refused at once with a one-line PipelineError naming it (pid, host, since when, its script) and
+    the command to run after it; with ``wait`` seconds a line says who holds it and that this process waits, and the
+    error comes after that time. ``what`` names what the lock guards ("fold 0 of demo").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(path, what, shared, wait)
+    _HELD.add(fd)
     try:
-        _lock(fd, path, what, wait)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        _HELD.discard(fd)
+        _release(fd, path, shared)
 
 
-def check_unlocked(path: Path, what: str) -> None:
-    """PipelineError if another process holds ``exclusive(path)``; creates nothing (a refused run writes nothing)."""
+def exclusive(path: Path, what: str, wait: float = 0.0):
+    """``locked(path, what, wait=wait)``: one holder at a time."""
+    return locked(path, what, wait=wait)
+
+
+def check_unlocked(path: Path, what: str, shared: bool = False) -> None:
+    """PipelineError if another process holds ``locked(path)`` so that this one could not (``shared``: exclusively);
+    creates nothing (a refused run writes nothing)."""
+    import fcntl
+    from lib.errors import PipelineError
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return
     try:
-        _lock(fd, Path(path), what, wait=False)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holders = _holders(fd)
+        if not _stale(holders):  # a stale one is taken over by locked()
+            raise PipelineError(f"{Path(path).parent}: {what} is in use by another process ({_named(holders)}); "
+                                f"wait for it to finish, then run {_rerun()} (nothing was changed)") from None
     finally:
         os.close(fd)
-
-
-def _lock(fd: int, path: Path, what: str, wait: bool) -> None:
-    import fcntl
-    from lib.errors import PipelineError
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        raise PipelineError(f"{path.parent}: {what} is in use by another process (pid {holder}); wait for it "
-                            "to finish, or use another --experiment or --output (nothing was changed)") from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

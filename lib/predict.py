@@ -7,6 +7,7 @@ atomically, so a re-run skips finished images and an interrupted run resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -402,13 +403,23 @@ def run(p: Params, folds: list[int] | None = None, retune: bool = False, replace
     one process; under torchrun rank 0 tunes while the others wait; separate --shard jobs need the tuning first)."""
     dist = Dist.start(p.device)
     try:
-        _run(p, folds, retune, replace, tune_only, shard_text, dist)
+        with contextlib.ExitStack() as held:  # the experiment's lock, once taken (lock_experiment)
+            _run(p, folds, retune, replace, tune_only, shard_text, dist, held)
     finally:
         dist.close()
 
 
+def lock_experiment(p: Params, shards: bool) -> contextlib.AbstractContextManager:
+    """The lock on the experiment's tuning.json and test_probs/ (files.PREDICT_LOCK): shared by the separate
+    ``--shard`` jobs of one tuning (they write maps only, each its own), exclusive for a run that may write tuning.json
+    or meta.json or delete maps (every other 03; under torchrun rank 0 holds it for the job). 04 reads under a shared
+    hold. Taken without waiting: a second writer is refused at once, naming the holder."""
+    return files.locked(files.run_dir(p.output_dir, p.experiment) / files.PREDICT_LOCK,
+                        f"the prediction folder of {p.experiment} (tuning.json, test_probs/)", shared=shards)
+
+
 def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_only: bool, shard_text: str | None,
-         dist: Dist) -> None:
+         dist: Dist, held: contextlib.ExitStack) -> None:
     shard = shard_of(shard_text, dist)
     separate = shard_text is not None  # one of N separate jobs: tuning and map folder come from --tune-only
     if (replace or retune) and (dist.active or separate):
@@ -418,6 +429,8 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     ens = load_ensemble(p, folds, dist.local_rank, optional=final is not None)
     has_test = (p.input_dir / files.TEST).is_dir()
     ids, paths = inputs.check_test(p.input_dir, (final or ens).task) if has_test else ([], {})  # refuse before writing
+    if dist.main:  # one writer: before tuning.json or a map is written (under torchrun rank 0 speaks for the job)
+        held.enter_context(lock_experiment(p, shards=separate))
     tuning = tuning_for(p, ens, retune, final) if dist.main and not separate else None
     if dist.main and not separate:
         params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)

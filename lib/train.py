@@ -43,7 +43,8 @@ LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "
 VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
 # settings a resumed run may change: where and how fast it runs, not what it learns
 RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "jobs", "compile", "tensorboard",
-                     "predict_batch_size", "tta", "threshold", "submission", "force", "demo", "max_image_mp"}
+                     "predict_batch_size", "tta", "threshold", "submission", "force", "demo", "max_image_mp",
+                     "lock_timeout"}
 PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
 
 

@@ -3,6 +3,7 @@ separate jobs, a killed rank, resume under torchrun, and one writer per fold fol
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,7 +132,7 @@ def test_torchrun_trains_every_fold_with_rank_0_alone_writing_and_printing(prepa
         assert proc.stdout.count(f"fold {k} epoch 2/2:") == 1  # one epoch line, from rank 0
         fold = files.fold_dir(out, "ddp", k)
         assert sorted(p.name for p in fold.iterdir()) == sorted(
-            [files.LOCK, files.PARAMS, files.LOG, files.CURVE, files.BEST, files.LAST, files.OOF])
+            [files.PARAMS, files.LOG, files.CURVE, files.BEST, files.LAST, files.OOF])  # the lock went with the run
         oof = load_oof(fold / files.OOF)
         assert oof.ids == sorted(split.id[split.fold == k]) and len(oof.probs) == len(oof.ids)  # the whole validation set
         assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1, 2]
@@ -198,7 +199,8 @@ def test_a_second_process_on_the_same_fold_is_refused_and_a_dead_ones_lock_is_no
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert first_alive, "the first run ended before the second started"
-    assert second.returncode == 1 and f"in use by another process (pid {first.pid})" in second.stderr
+    assert second.returncode == 1 and f"in use by another process (pid {first.pid} on host {socket.gethostname()}" \
+        in second.stderr and "02_train.py --fold 0" in second.stderr  # then the command to run after it
     assert second.stderr.count("\n") == 1
     # the lock of a killed process does not block: --resume continues (or starts) the fold; killed between writing
     # epoch 1's model.pt and its first last.pt, the fold can only be trained again (--restart, as 02 advises)
