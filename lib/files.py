@@ -224,6 +224,22 @@ def _rerun() -> str:
     return rerun()
 
 
+def _open_lock(path: Path, flags: int) -> int:
+    """os.open of a lock file that is never a symbolic link: a link planted there (into someone else's file) is
+    refused in one line, not written through."""
+    import errno
+    import shlex
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        from lib.errors import PipelineError
+        raise PipelineError(f"{path}: a symbolic link where a lock file belongs (the pipeline never writes through "
+                            f"links; nothing was changed): delete the link (rm {shlex.quote(str(path))}), then run "
+                            f"{_rerun()}") from None
+
+
 def _acquire(path: Path, what: str, shared: bool, wait: float) -> int:
     """A descriptor of ``path`` holding the lock; PipelineError naming the holder if another process holds it
     (after waiting up to ``wait`` seconds, with a line saying so)."""
@@ -231,7 +247,7 @@ def _acquire(path: Path, what: str, shared: bool, wait: float) -> int:
     from lib.errors import PipelineError
     start, told = time.monotonic(), False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = _open_lock(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         if _try_lock(fd, shared):
             if _same_file(fd, path):  # else deleted since it was opened (released, or taken over): lock the new one
                 return fd
@@ -338,7 +354,7 @@ def check_unlocked(path: Path, what: str, shared: bool = False) -> None:
     import fcntl
     from lib.errors import PipelineError
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_lock(path, os.O_RDONLY)
     except FileNotFoundError:
         return
     try:

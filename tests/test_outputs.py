@@ -256,3 +256,17 @@ def test_one_odd_id_among_carvana_ids_is_refused_and_the_named_rule_keeps_its_ca
     split = pd.read_csv(out / "folds.csv").set_index("id")
     car = first.rsplit("_", 1)[0]
     assert split.loc[odd, "car"] == car and split.loc[split.car == car, "fold"].nunique() == 1
+
+
+def test_a_link_planted_where_a_lock_file_goes_is_refused_not_written_through(trained, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / files.LOCK).symlink_to(victim)
+    line = error_line(run_script("01_prepare.py", "--input", trained.root, "--output", out, *FLAGS, check=False))
+    assert f"{out / files.LOCK}: a symbolic link where a lock file belongs" in line
+    assert victim.read_text() == "someone else's file" and not (out / "folds.csv").exists()
+    (out / files.LOCK).unlink()  # as the message says
+    run_named(commands_in(line)[0])
+    assert (out / "folds.csv").exists() and victim.read_text() == "someone else's file"
