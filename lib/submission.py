@@ -552,8 +552,8 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
     row; every image is encoded once (all its classes), and the rows are written in ``keys`` order.
 
     ids: test ids in submission order; keys: their rows' ``img`` (default ``<id>.jpg``). threshold: 0 = the tuned
-    one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), whose sizes each map's
-    recorded size must still match (None: not checked). post: --postprocess (auto: the tuned one). Each mask is
+    one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), which must still hold
+    the bytes each map records the fingerprint of (None: not checked). post: --postprocess (auto: the tuned one). Each mask is
     encoded at its image's own size, in ``rle_order``. repairs: per folder, the command that predicts its maps
     again (``predict_command``), named when a map's image changed. Returns the manifest.
     """
