@@ -9,6 +9,7 @@ prepare  01_prepare.py --preset cpu on the 32-car sample, the code of --base (be
          cache build) and again on the same folder (the caches found current); the digesting itself timed apart
          (SHA-256 of the images' bytes as 01 has read them, the masks read again and hashed), and the check 02 makes
          when it opens the cache (a stat of each of the 1024 sources, then with every time changed: each file hashed).
+hashes   MB/s of the digests hashlib offers, over the sample's 1024 files in memory (the choice of SHA-256).
 resume   03_predict.py's resume check over 100,064 maps (benchmarks/bench_scale.py's `resume` stage, on its links into
          the sample): stat only, re-hash of every image, and the check before content keys.
 Prints a Markdown report (benchmarks/results/content_keys.md holds one).
@@ -91,6 +92,24 @@ def digest_cost(sample: Path, repeats: int = 3) -> dict:
                    "mask_mb": sum(m.stat().st_size for m in masks) / 1e6}
 
 
+def hash_speeds(sample: Path, repeats: int = 3) -> dict:
+    """MB/s of hashlib's digests over the sample's images and masks, in memory (best of ``repeats``, one core)."""
+    import hashlib
+    paths = sorted((sample / "train").glob("*.jpg")) + sorted((sample / "train_masks").glob("*"))
+    data = [p.read_bytes() for p in paths]
+    total = sum(map(len, data))
+    speeds = {}
+    for name in ("sha256", "sha1", "blake2b", "md5", "blake2s"):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for d in data:
+                hashlib.new(name, d).hexdigest()
+            best = min(best, time.perf_counter() - start)
+        speeds[name] = total / best / 1e6
+    return {"files": len(data), "mb": total / 1e6, "mb_per_s": speeds}
+
+
 def open_check(sample: Path, out: Path, repeats: int = 3) -> dict:
     """The check 02 (and 03, 04) makes on opening the truth cache: every recorded source stat-ed; then with every
     recorded time changed, so that each file is hashed."""
@@ -130,6 +149,10 @@ def report(results: dict, args, commit: str, base: str) -> str:
                       f"{d['masks_read_hash_s']:.3f} s (one core, best of 3)",
                   f"02 opening the cache: {o['sources']} sources stat-ed {o['stat_s'] * 1e3:.1f} ms; every time "
                   f"changed (each file hashed) {o['rehash_s'] * 1e3:.0f} ms"]
+    if "hashes" in results:
+        h = results["hashes"]
+        lines += ["", f"digest speeds over the sample's {h['files']} files ({h['mb']:.1f} MB, in memory, one core): "
+                      + ", ".join(f"{k} {v:.0f} MB/s" for k, v in h["mb_per_s"].items())]
     if "resume" in results:
         rs = results["resume"]
         lines += ["", f"| 03's resume check over {rs['maps']} maps ({rs['distinct_images']} distinct images behind the "
@@ -146,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (outputs, links, maps)")
     parser.add_argument("--sample", type=Path, default=ROOT.parent / "shared" / "carvana_sample")
-    parser.add_argument("--parts", default="prepare,resume")
+    parser.add_argument("--parts", default="prepare,hashes,resume")
     parser.add_argument("--runs", type=int, default=3, help="01_prepare.py runs of each code")
     parser.add_argument("--maps", type=int, default=0, help="test maps for the resume check (0: all 100,064)")
     parser.add_argument("--base", default="", help="the commit before content keys (default: merge-base with main)")
@@ -157,10 +180,14 @@ def main() -> None:
     base = args.base or git("merge-base", "HEAD", "main")
     commit = git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
                                                      else "")
+    saved = work / "content_keys.json"  # every part's latest figures (the report shows those of this run)
+    every = json.loads(saved.read_text()) if saved.exists() else {}
     results = {}
     for part in args.parts.split(","):
         if part == "prepare":
             results[part] = part_prepare(work, sample, base, args.runs)
+        elif part == "hashes":
+            results[part] = hash_speeds(sample)
         elif part == "resume":
             import bench_scale
             if not (work / "sample").exists():
@@ -171,7 +198,7 @@ def main() -> None:
             results[part] = bench_scale.stage_resume(work, n=args.maps or None)
         else:
             raise SystemExit(f"--parts: unknown part {part!r}")
-        (work / "content_keys.json").write_text(json.dumps(results, indent=2))
+        saved.write_text(json.dumps(every | results, indent=2))
     print(report(results, args, commit, git("rev-parse", "--short", base)))
 
 
