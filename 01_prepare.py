@@ -83,15 +83,17 @@ def main(p: params.Params) -> None:
     cache_images = cache.use_image_cache(p.cache, len(ids), p.height, p.width, p.cache_budget_gb)
     largest = table.loc[(table.height * table.width).idxmax()]  # every truth row takes the largest image's bytes
     orig = (int(largest.height), int(largest.width))
+    sources = cache.Sources(p.input_dir, cache.checked_sources(p.input_dir, table))  # the files as just read
+    # free space, before any write:
     print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
-                                                                 cache_images, p.mask_suffix, task)))  # before any write
+                                                                 cache_images, p.mask_suffix, task, sources)))
     with files.exclusive(p.output_dir / files.LOCK, "this output folder's split and cache"):  # one 01 at a time
         written = folds.save(split, p.output_dir, p.force)
         per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
         print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
               + ", ".join(f"fold {k} {r.cars} {'cars' if groups.has_views else 'groups'}/{r.images} images"
                           for k, r in per_fold.iterrows()))
-        data = cache.open_for(p, ids)
+        data = cache.open_for(p, ids, sources=sources)  # rebuilt where a source changed since it was made
         params.save(p, p.output_dir / files.PREPARE_PARAMS)
     report_cache(p, data, len(ids))
 

@@ -4,18 +4,24 @@
     truth.npy   (N, B) uint8 full-resolution masks, np.packbits of the flattened (H0, W0) mask of each image (of a
                 multi-class set: the bit planes of its labels, ``pack_truth``), at its
                 own size (B: the largest image's bytes; smaller images leave the rest of their row 0)
-    meta.json   ids, each image's size, the common size (null when sizes differ), --mask-suffix
+    meta.json   ids, each image's size, the common size (null when sizes differ), --mask-suffix, and the
+                fingerprint of every source file (``sources``: image and mask, lib/fingerprint.py)
                 (written last: arrays without it are never trusted)
 ``output/cache/<H>x<W>/``, only when the image cache is on (``--cache``):
     images.npy  (N, H, W, 3) uint8 RGB at the network size
     masks.npy   (N, H, W)    uint8 soft masks (fraction of car pixels x 255, area-downscaled), or labels (nearest)
-    meta.json   ids, original size, network size
+    meta.json   ids, original size, network size, the sources' fingerprints
 
 ``--cache auto`` keeps the image cache when it would take at most ``--cache-budget-gb``: at small sizes
 decoding a 1918 x 1280 JPEG and GIF costs far more than a training step on a CPU, and the cache is small
 (5088 images at 128 x 192: 0.5 GB). At large sizes it would not fit a disk (5088 images at 1280 x 1920:
 50 GB), so DataLoader worker processes decode the original JPEG (at 1/2, 1/4 or 1/8 scale where the size
 allows) and GIF instead. benchmarks/bench_loader.py and bench_gpu.py measure both paths.
+
+Both caches are keyed by the content of their sources: a cache is current only when it was made for these ids and
+settings and every image and mask it was made from still holds the bytes it had (``Sources``: 01_prepare.py compares
+the digests of the files it has just read; the other stages stat each file and hash only those whose size or time
+changed). A changed source makes whichever stage opens the cache rebuild it, saying which file changed.
 """
 from __future__ import annotations
 
@@ -29,14 +35,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lib import files
+from lib import files, fingerprint
 from lib.errors import PipelineError
+from lib.fingerprint import Fingerprint
 from lib.geometry import padded_size, to_net
 from lib.inputs import image_header_size, image_size, read_image_bytes, read_truth, train_pairs
 from lib.task import BINARY, Task, task_of
 from params import Params
 
-CACHE_VERSION = 3  # 3: per-image sizes and the mask suffix in meta.json
+CACHE_VERSION = 4  # 3: per-image sizes and the mask suffix in meta.json; 4: the sources' fingerprints
 CACHE_MODES = ("auto", "on", "off")
 DISK_MARGIN = 1.05  # 01_prepare.py refuses unless free space covers what it writes plus this fraction
 GB = 1e9
@@ -48,7 +55,11 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
     Uses libjpeg's DCT scaling (decode at 1/2, 1/4 or 1/8) when the target is that much smaller,
     which is several times faster than decoding at full size and resizing.
     """
-    raw = read_image_bytes(path)
+    return decode_net_image(read_image_bytes(path), path, height, width)
+
+
+def decode_net_image(raw: bytes, path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``load_net_image`` of the bytes ``raw`` already read from ``path``."""
     h0, w0 = image_size(raw, path)
     data = np.frombuffer(raw, np.uint8)
     flag = cv2.IMREAD_COLOR
@@ -69,6 +80,68 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
 def net_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H0, W0) bool -> (height, width) uint8 soft mask 0..255 (area fraction at edges)."""
     return to_net(mask.astype(np.uint8) * 255, height, width, interpolation=cv2.INTER_AREA)
+
+
+# --- what a cache was made from ---
+class Sources:
+    """The training files under ``root`` as they are now, for checking the fingerprints a cache recorded.
+
+    ``fresh``: relative path -> the fingerprint of the bytes just read (01_prepare.py's check reads every file, so
+    its digests are compared directly). Other files are checked by ``fingerprint.recheck`` (stat first), each once
+    per process however many caches record it. ``refreshed`` collects the files rewritten with the same bytes (new
+    time, same digest), for the records to carry their new time."""
+
+    def __init__(self, root: Path, fresh: dict[str, Fingerprint] | None = None):
+        self.root = Path(root)
+        self.fresh = fresh or {}
+        self.refreshed: dict[str, Fingerprint] = {}
+        self._seen: dict[tuple[str, Fingerprint], bool] = {}
+
+    def unchanged(self, rel: str, recorded: Fingerprint) -> bool:
+        key = (rel, recorded)
+        if key not in self._seen:
+            if rel in self.fresh:
+                now = self.fresh[rel] if self.fresh[rel].digest == recorded.digest else None
+            else:
+                now = fingerprint.recheck(self.root / rel, recorded)
+            if now is not None and now != recorded:
+                self.refreshed[rel] = now
+            self._seen[key] = now is not None
+        return self._seen[key]
+
+    def changed(self, record: dict | None) -> list[str] | None:
+        """The relative paths, among those ``record`` (a meta.json's ``sources``) lists, whose bytes changed; None
+        when the record is missing or not of this version (then nothing about the sources is known)."""
+        if not isinstance(record, dict) or record.get("algorithm") != fingerprint.ALGORITHM or \
+                not isinstance(record.get("files"), dict):
+            return None
+        changed = []
+        for rel, value in record["files"].items():
+            recorded = Fingerprint.from_record(value)
+            if recorded is None or not self.unchanged(rel, recorded):
+                changed.append(rel)
+        return changed
+
+
+def relative(root: Path, path: Path) -> str:
+    """``path`` as a sources record names it: relative to the input folder ``root`` (posix)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def checked_sources(root: Path, table) -> dict[str, Fingerprint]:
+    """Relative path -> fingerprint of every image and mask ``inputs.check_train`` read (its table's columns)."""
+    return {relative(root, path): fp for col in ("image", "mask")
+            for path, fp in zip(table[f"{col}_file"], table[f"{col}_fp"])}
+
+
+def sources_record(root: Path, pairs: list[tuple[Path, Path]], fps: list[tuple[Fingerprint, Fingerprint]]) -> dict:
+    """meta.json's ``sources``: the fingerprint of each image and mask, by path relative to ``root``."""
+    return {"algorithm": fingerprint.ALGORITHM,
+            "files": {relative(root, path): fp.record() for pair, fp_pair in zip(pairs, fps)
+                      for path, fp in zip(pair, fp_pair)}}
 
 
 # --- what training reads ---
@@ -183,14 +256,16 @@ def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float
 
 
 def disk_needed(output: Path, ids: list[str], orig_size: tuple[int, int], height: int, width: int,
-                cache_images: bool, mask_suffix: str = "", task: Task = BINARY) -> dict[str, int]:
+                cache_images: bool, mask_suffix: str = "", task: Task = BINARY, sources: Sources | None = None
+                ) -> dict[str, int]:
     """Bytes the truth and image caches will add under ``output`` (0 for a part already there and current);
-    ``orig_size``: the size of the largest image (every truth row takes its bytes)."""
+    ``orig_size``: the size of the largest image (every truth row takes its bytes); ``sources``: the input files
+    (``Sources``), whose fingerprints the caches must match."""
     ids = sorted(ids)
-    need = {"truth": 0 if _current(_truth_dir(output), ids, mask_suffix, task)
+    need = {"truth": 0 if _current(_truth_dir(output), ids, mask_suffix, task, sources)
             else truth_bytes(len(ids), orig_size, task),
             "images": 0}
-    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix, task):
+    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix, task, sources):
         need["images"] = projected_bytes(len(ids), height, width)
     return need
 
@@ -214,28 +289,60 @@ def _truth_dir(output: Path) -> Path:
     return output / "cache" / "truth"
 
 
-def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY) -> dict | None:
+def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY,
+             sources: Sources | None = None) -> dict | None:
     """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
-    ``mask_suffix``, else None."""
+    ``mask_suffix``, made from the bytes its ``sources`` still hold (checked when ``sources`` is given), else None."""
+    meta, why = _state(folder, ids, mask_suffix, task, sources)
+    return meta if not why else None
+
+
+def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: Sources | None
+           ) -> tuple[dict | None, str]:
+    """(the folder's meta.json or None, why its arrays cannot be used: "" when they are current)."""
     path = folder / "meta.json"
     try:
         meta = json.loads(path.read_text()) if path.exists() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta if meta and meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and \
-        meta.get("mask_suffix") == mask_suffix and meta.get("task", BINARY.record()) == task.record() else None
+        return None, "unreadable meta.json"
+    if not isinstance(meta, dict):
+        return None, "no cache"
+    if not (meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and
+            meta.get("mask_suffix") == mask_suffix and meta.get("task", BINARY.record()) == task.record()):
+        return meta, "made by another version, for other ids or settings"
+    if sources is not None:
+        changed = sources.changed(meta.get("sources"))
+        if changed is None:
+            return meta, "no fingerprints of its sources"
+        if changed:
+            total = len(meta["sources"]["files"])
+            return meta, (f"{len(changed)} of {total} sources changed since the cache was made "
+                          f"({_listing([str(sources.root / rel) for rel in changed])})")
+    return meta, ""
 
 
-def _item(job: tuple[Path, Path, int, int, bool, Task]) -> tuple:
-    image_file, mask_file, height, width, with_images, task = job
+def _listing(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
+
+
+def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
+    """(packed truth, (H0, W0), fingerprints of (image, mask) or None, [network-size image, network-size mask])."""
+    image_file, mask_file, height, width, with_images, task, with_fps = job
+    fps = None
+    if with_fps:  # before reading: a file written meanwhile then has a newer time than the one recorded
+        try:
+            fps = (fingerprint.of_path(image_file), fingerprint.of_path(mask_file))
+        except OSError as e:
+            raise PipelineError(f"{e.filename}: cannot read ({e.strerror}); re-run 01_prepare.py (it checks every "
+                                "image and mask)") from None
     mask = read_truth(mask_file, task)
     if not with_images:
-        return pack_truth(mask, task), mask.shape
+        return pack_truth(mask, task), mask.shape, fps
     image, orig = load_net_image(image_file, height, width)
     if mask.shape != orig:
         raise PipelineError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                             f"{orig[1]}x{orig[0]}; re-run 01_prepare.py")
-    return pack_truth(mask, task), orig, image, net_target(mask, height, width, task)
+    return pack_truth(mask, task), orig, fps, image, net_target(mask, height, width, task)
 
 
 def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
@@ -255,24 +362,30 @@ def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
 
 
 def build_cache(root: Path, ids: list[str], output: Path, height: int, width: int, workers: int = 2,
-                truth: bool = True, images: bool = True, mask_suffix: str = "", task: Task = BINARY) -> None:
+                truth: bool = True, images: bool = True, mask_suffix: str = "", task: Task = BINARY,
+                sources: Sources | None = None) -> None:
     """Decode every training mask (and, with ``images``, image) once into the truth and image caches.
 
-    Each folder's arrays are written under temporary names and renamed, then its meta.json last."""
+    meta.json records the fingerprint of every image and mask: those ``sources`` read (01_prepare.py's check),
+    else taken here as each file is read. Each folder's arrays are written under temporary names and renamed, then
+    its meta.json last."""
     from lib.progress import progress
     ids = sorted(ids)
     folders = {"truth": _truth_dir(output) if truth else None,
                "images": files.cache_dir(output, height, width) if images else None}
     paths = pair_paths(root, ids, mask_suffix)
     sizes = image_sizes([image for image, _ in paths])
-    jobs = [(image, mask, height, width, images, task) for image, mask in paths]
+    fresh = sources.fresh if sources is not None else {}
+    known = [(fresh.get(relative(root, image)), fresh.get(relative(root, mask))) for image, mask in paths]
+    with_fps = not all(a and b for a, b in known)
+    jobs = [(image, mask, height, width, images, task, with_fps) for image, mask in paths]
     n = len(ids)
     arrays = {}
     if truth:
         arrays["truth"] = (folders["truth"], (n, -(-max(h * w for h, w in sizes) * task.truth_bits // 8)), 0)
     if images:
-        arrays |= {"images": (folders["images"], (n, height, width, 3), 2),
-                   "masks": (folders["images"], (n, height, width), 3)}
+        arrays |= {"images": (folders["images"], (n, height, width, 3), 3),
+                   "masks": (folders["images"], (n, height, width), 4)}
     for folder in {f for f in folders.values() if f is not None}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "meta.json").unlink(missing_ok=True)  # written last: arrays without it are never trusted
@@ -286,6 +399,8 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
                 if tuple(item[1]) != tuple(sizes[k]):
                     raise PipelineError(f"{paths[k][1]}: mask is {item[1][1]}x{item[1][0]} but its image "
                                         f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; re-run 01_prepare.py")
+                if with_fps:
+                    known[k] = item[2]
                 for name, (_, _, slot) in arrays.items():
                     if name == "truth":
                         out[name][k, :item[0].size] = item[0]
@@ -296,7 +411,8 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
                 pool.shutdown(cancel_futures=True)
     common = common_size(sizes)
     meta = {"version": CACHE_VERSION, "ids": ids, "orig_size": list(common) if common else None,
-            "sizes": [list(hw) for hw in sizes], "mask_suffix": mask_suffix, "task": task.record()}
+            "sizes": [list(hw) for hw in sizes], "mask_suffix": mask_suffix, "task": task.record(),
+            "sources": sources_record(Path(root), paths, known)}
     if truth:
         files.write_text_atomic(folders["truth"] / "meta.json", json.dumps(meta))
     if images:
@@ -330,17 +446,23 @@ class _atomic_arrays:
 
 def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int = 2,
                mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "", task: Task = BINARY,
-               lock_timeout: float = Params.lock_timeout) -> Cache:
+               lock_timeout: float = Params.lock_timeout, sources: Sources | None = None) -> Cache:
     """The training data for these ids at this size, building the truth (and the image cache, when ``mode``
-    selects it) first where missing or stale. Another process building it is waited for, up to ``lock_timeout``
-    seconds (--lock-timeout)."""
+    selects it) first where missing, stale or made from files that changed since (``sources``: the files as 01 just
+    read them; default: checked here, stat first). Another process building it is waited for, up to
+    ``lock_timeout`` seconds (--lock-timeout)."""
     ids = sorted(ids)
+    sources = sources or Sources(root)
     cache_images = use_image_cache(mode, len(ids), height, width, budget_gb)
-    if _current(_truth_dir(output), ids, mask_suffix, task) is None or (
-            cache_images and _current(files.cache_dir(output, height, width), ids, mask_suffix, task) is None):
+    folders = [_truth_dir(output)] + ([files.cache_dir(output, height, width)] if cache_images else [])
+    stale = any(_current(folder, ids, mask_suffix, task, sources) is None for folder in folders)
+    if stale or sources.refreshed:
         # another process (a fold trained side by side) may be building it: wait for it, then look again
         with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=lock_timeout):
-            _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix, task)
+            if stale:
+                _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix, task, sources)
+            if sources.refreshed:  # files rewritten with the same bytes: record their new times (no hash next time)
+                _refresh(folders, ids, mask_suffix, task, sources)
     truth_meta = _current(_truth_dir(output), ids, mask_suffix, task)
     common = truth_meta["orig_size"]
     cache = Cache(Path(root), ids, np.load(_truth_dir(output) / "truth.npy", mmap_mode="r"),
@@ -354,21 +476,39 @@ def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int
     return cache
 
 
+def _refresh(folders: list[Path], ids: list[str], mask_suffix: str, task: Task, sources: Sources) -> None:
+    """Rewrite the meta.json of current caches with the new times of files rewritten with the same bytes."""
+    for folder in folders:
+        meta = _current(folder, ids, mask_suffix, task, sources)
+        if meta is not None:
+            for rel, fp in sources.refreshed.items():
+                if rel in meta["sources"]["files"]:
+                    meta["sources"]["files"][rel] = fp.record()
+            files.write_text_atomic(folder / "meta.json", json.dumps(meta))
+
+
 def _build_missing(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int,
-                   cache_images: bool, mask_suffix: str, task: Task) -> None:
-    truth_meta = _current(_truth_dir(output), ids, mask_suffix, task)
-    image_meta = _current(files.cache_dir(output, height, width), ids, mask_suffix, task) if cache_images else None
+                   cache_images: bool, mask_suffix: str, task: Task, sources: Sources) -> None:
+    truth_meta, truth_why = _state(_truth_dir(output), ids, mask_suffix, task, sources)
+    image_meta, image_why = (_state(files.cache_dir(output, height, width), ids, mask_suffix, task, sources)
+                             if cache_images else (None, ""))
+    truth_meta = None if truth_why else truth_meta
+    image_meta = None if image_why else image_meta
+    changed = next((why for why in (truth_why, image_why) if "sources changed" in why), "")
+    if changed:
+        print(f"cache: {changed}: rebuilding", flush=True)
     if truth_meta is None or (cache_images and image_meta is None):
         what = "truth and images" if cache_images else "truth"
         print(f"caching the {what} of {len(ids)} training images"
               + (f" at {height}x{width} in {files.cache_dir(output, height, width)}" if cache_images
                  else f" in {_truth_dir(output)}"), flush=True)
         build_cache(root, ids, output, height, width, workers, truth=truth_meta is None,
-                    images=cache_images and image_meta is None, mask_suffix=mask_suffix, task=task)
+                    images=cache_images and image_meta is None, mask_suffix=mask_suffix, task=task, sources=sources)
 
 
-def open_for(p, ids: list[str], height: int | None = None, width: int | None = None) -> Cache:
+def open_for(p, ids: list[str], height: int | None = None, width: int | None = None,
+             sources: Sources | None = None) -> Cache:
     """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb,
     --mask-suffix, --lock-timeout), at ``height`` x ``width`` (default the run's size)."""
     return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, p.cache,
-                      p.cache_budget_gb, p.mask_suffix, task_of(p), p.lock_timeout)
+                      p.cache_budget_gb, p.mask_suffix, task_of(p), p.lock_timeout, sources)

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lib import files, layout, rle
+from lib import files, fingerprint, layout, rle
 from lib.errors import PipelineError
+from lib.fingerprint import Fingerprint
 
 IMAGE_EXT = ".jpg"  # Carvana's images (other extensions: lib/layout.py)
 Image.MAX_IMAGE_PIXELS = None  # PIL's decompression-bomb traceback gives way to the --max-image-mp check (max_pixels)
@@ -37,6 +38,8 @@ class Checked:
     rle: str = ""  # the mask's run-length encoding, to compare with train_masks.csv without decoding it again
     class_pixels: tuple[int, ...] = ()  # multi-class: pixels of each class
     problem: str = ""
+    image_fp: Fingerprint | None = None  # the image and mask file (or instance folder) as they were read
+    mask_fp: Fingerprint | None = None
 
 
 def read_image_bytes(path: Path) -> bytes:
@@ -96,7 +99,11 @@ def check_image(path: Path) -> tuple[int, int]:
     The check decodes every pixel block of the file at 1/8 scale (libjpeg's DCT scaling), which reads the
     whole compressed stream as a full decode does, several times faster.
     """
-    raw = read_image_bytes(path)
+    return check_image_bytes(read_image_bytes(path), path)
+
+
+def check_image_bytes(raw: bytes, path: Path) -> tuple[int, int]:
+    """``check_image`` of the bytes ``raw`` already read from ``path``."""
     size = image_size(raw, path)
     if cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION) is None:
         raise PipelineError(f"{path}: not a readable image")
@@ -260,17 +267,31 @@ def _read_bytes(path: Path) -> bytes:
 def _check_pair(args: tuple) -> Checked:
     image_id_, image_path, mask_path, rle_order, task = args
     try:
-        height, width = check_image(image_path)
+        before = _stat(image_path)  # then read: the fingerprint is of these bytes, or older than them
+        raw = read_image_bytes(image_path)
+        height, width = check_image_bytes(raw, image_path)
         mask = read_truth(mask_path, task)
+        mask_fp = fingerprint.of_path(mask_path)  # hashes the bytes read_truth just read (from the page cache)
     except PipelineError as e:
         return Checked(image_id_, problem=str(e))
+    except OSError as e:  # the mask, gone since it was read
+        return Checked(image_id_, problem=f"{e.filename or mask_path}: cannot read ({e.strerror})")
+    sources = {"image_fp": fingerprint.of_bytes(raw, before), "mask_fp": mask_fp}
     if (height, width) != mask.shape:
         return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                                          f"{image_path.name} is {width}x{height}")
     if not task.binary:
         counts = np.bincount(mask.ravel(), minlength=task.classes)
-        return Checked(image_id_, height, width, int(counts[1:].sum()), class_pixels=tuple(int(c) for c in counts))
-    return Checked(image_id_, height, width, int(mask.sum()), rle.encode(mask, rle_order))
+        return Checked(image_id_, height, width, int(counts[1:].sum()), class_pixels=tuple(int(c) for c in counts),
+                       **sources)
+    return Checked(image_id_, height, width, int(mask.sum()), rle.encode(mask, rle_order), **sources)
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def train_pairs(root: Path, mask_suffix: str = "", notes: list[str] | None = None
@@ -295,8 +316,9 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     """Check ``root/train`` against ``root/train_masks`` (and ``train_masks.csv`` where present, read in
     ``rle_order``), and group the ids for the folds (``lib.layout.groups_of``).
 
-    Returns (table with columns id, car (the group), view (0 without views), height, width, mask_area; notes worth
-    printing). Raises PipelineError listing every problem found.
+    Returns (table with columns id, car (the group), view (0 without views), height, width, mask_area, image_file,
+    mask_file, image_fp, mask_fp (the files' ``Fingerprint`` as read); notes worth printing). Raises PipelineError
+    listing every problem found.
     """
     notes: list[str] = []
     if not root.is_dir():
@@ -317,8 +339,10 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     problems += [c.problem for c in checked if c.problem]
     group_of = dict(zip(ids, zip(groups.groups, groups.views)))
     good = [c for c in checked if not c.problem]
-    table = pd.DataFrame([(c.image_id, *group_of[c.image_id], c.height, c.width, c.mask_area) for c in good],
-                         columns=["id", "car", "view", "height", "width", "mask_area"])
+    table = pd.DataFrame([(c.image_id, *group_of[c.image_id], c.height, c.width, c.mask_area, *pairs[c.image_id],
+                           c.image_fp, c.mask_fp) for c in good],
+                         columns=["id", "car", "view", "height", "width", "mask_area", "image_file", "mask_file",
+                                  "image_fp", "mask_fp"])
     sizes = table.groupby(["height", "width"]).size().sort_values(ascending=False)
     if len(sizes) > 1:
         notes.append(f"image sizes differ ({len(sizes)} sizes; most common {sizes.index[0][1]}x{sizes.index[0][0]} "

@@ -20,10 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lib import files, folds as folds_mod, inputs, postprocess, tta
-from lib.cache import load_net_image, open_for
+from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, tta
+from lib.cache import decode_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
-from lib.inputs import image_header_size
 from lib.errors import PipelineError, restart_advice
 from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model, state_digest
@@ -240,24 +239,31 @@ class TestImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """(image (3, H, W) uint8 at the network size, i, its original (H0, W0))."""
-        image, orig = load_net_image(self.paths[i], self.height, self.width)
-        return torch.from_numpy(image).permute(2, 0, 1), i, torch.tensor(orig)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor, str]:
+        """(image (3, H, W) uint8 at the network size, i, its original (H0, W0), the text of its file's
+        fingerprint: the map records it, so that a re-run sees whether the image changed since)."""
+        path = self.paths[i]
+        before = os.stat(path)  # then read: a file written meanwhile gets a newer time than the one recorded
+        raw = inputs.read_image_bytes(path)
+        image, orig = decode_net_image(raw, path, self.height, self.width)
+        return torch.from_numpy(image).permute(2, 0, 1), i, torch.tensor(orig), fingerprint.of_bytes(raw, before).text()
 
 
 def finished_maps(out_dir: Path, ids: list[str], paths: dict[str, Path], size: tuple[int, int]) -> set[str]:
     """Names ``<id>.png`` of the maps in ``out_dir`` that are complete and current: readable 8-bit maps of the
-    map size ``size`` (``Task.map_size`` of the network size) that record the size their image has now. The others (damaged, empty, of an older image, or
-    from a version that did not record the size) are predicted again."""
+    map size ``size`` (``Task.map_size`` of the network size) whose recorded image fingerprint its image still
+    matches (``fingerprint.is_current``: a stat, and a hash only for an image whose size or time changed). The others
+    (damaged, empty, of an image changed since, or from a version that recorded no fingerprint) are predicted again."""
     present = {e.name for e in os.scandir(out_dir)}
     done = set()
     for i in ids:
         name = f"{i}.png"
         if name not in present:
             continue
-        info = files.prob_png_info(out_dir / name)
-        if info is not None and info[0] == size and info[1] is not None and info[1] == image_header_size(paths[i]):
+        header = files.prob_png_header(out_dir / name)
+        if header is None or header[0] != size or header[1] is None or header[2] is None:
+            continue
+        if fingerprint.is_current(paths[i], header[2]):
             done.add(name)
     return done
 
@@ -294,13 +300,14 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
         pending = []
-        for images, index, origs in progress(loader, f"test {where}".rstrip(": "), leave=True):
+        for images, index, origs, sources in progress(loader, f"test {where}".rstrip(": "), leave=True):
             probs = predict_batch(ens, images, mode)
             for f in [f for f in pending if f.done()]:
                 f.result()  # re-raise a failed write here
             pending = [f for f in pending if not f.done()] + [
-                writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()))
-                for j, prob, orig in zip(index.tolist(), probs, origs) if f"{todo[j]}.png" not in done]
+                writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()),
+                              fingerprint.Fingerprint.from_record(source))
+                for j, prob, orig, source in zip(index.tolist(), probs, origs, sources) if f"{todo[j]}.png" not in done]
             if len(pending) > 4 * p.predict_batch_size:  # bound memory: wait for the writer
                 pending[0].result()
         for f in pending:

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from lib import files, layout, postprocess, rle
+from lib import files, fingerprint, layout, postprocess, rle
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.inputs import image_header_size, read_mask, read_truth
@@ -291,6 +291,7 @@ class EncodeJob:
     rle_order: str = "row"  # --rle-order
     task: Task = BINARY  # multi-class: every scored class's RLE, of the argmax of the blended class maps
     postprocess: str = postprocess.NONE  # binary: lib/postprocess.py's, on the blended full-size map
+    repairs: tuple[str, ...] = ()  # per folder: the command that predicts its maps again (``predict_command``)
 
 
 _JOB: EncodeJob | None = None  # set in each worker by _init_worker
@@ -303,14 +304,25 @@ def _init_worker(job: EncodeJob) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the pool
 
 
+def predict_command(folder: Path, run: Path) -> str:
+    """The command that predicts again the maps of the prediction folder ``folder`` (``run``: the folder of the
+    experiment this process was given), with the user's own flags (``params.command``)."""
+    from params import command
+    if Path(folder).resolve() == Path(run).resolve():
+        return command(PREDICT_STAGE)
+    return command(PREDICT_STAGE, "--output", str(Path(folder).parent), "--experiment", Path(folder).name,
+                   drop=("output", "experiment"))
+
+
 def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | tuple[str, ...]]:
     """(image_id, validated RLE of its ensemble mask at its image's own size), or for a multi-class task
-    (image_id, one RLE per class 1..C-1)."""
+    (image_id, one RLE per class 1..C-1). With ``job.test_dir``, each map must record the fingerprint of the
+    test image as it is now (``fingerprint.is_current``: stat first); a map of an image changed since is refused."""
     job = job or _JOB
-    maps, origs = [], set()
+    maps, origs, sources = [], set(), []
     for folder, size in zip(job.folders, job.sizes):
         path = folder / f"{image_id}.png"
-        info = files.prob_png_info(path)
+        info = files.prob_png_header(path)
         if info is None or info[1] is None:
             raise PipelineError(f"{path}: damaged, or written without the size of its image (an older version); "
                                 f"run {PREDICT_STAGE} again: it predicts such maps again")
@@ -318,6 +330,7 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | 
             raise PipelineError(f"{path}: map is {info[0][1]}x{info[0][0]}, the folder's tuning.json says "
                                 f"{size[1]}x{size[0]}; run {PREDICT_STAGE} again: it predicts such maps again")
         origs.add(info[1])
+        sources.append((path, info[2]))
         maps.append(files.read_prob_png(path))
     if len(origs) > 1:
         raise PipelineError(f"{image_id}: the prediction folders' maps come from images of different sizes "
@@ -325,11 +338,20 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | 
     orig = origs.pop()
     if job.test_dir is not None:
         image = job.test_dir / (job.test_names or {}).get(image_id, f"{image_id}.jpg")
-        now = image_header_size(image)
-        if now != orig:
-            raise PipelineError(f"{image}: is {'unreadable' if now is None else f'{now[1]}x{now[0]}'} but its map "
-                                f"was made from a {orig[1]}x{orig[0]} image; run {PREDICT_STAGE} again: it predicts "
-                                "the maps of changed images again")
+        for k, (path, source) in enumerate(sources):
+            repair = job.repairs[k] if k < len(job.repairs) else PREDICT_STAGE
+            if source is None:
+                raise PipelineError(f"{path}: records no fingerprint of its image {image.name} (written by an older "
+                                    f"version), so nothing says the image is unchanged; predict it again: {repair} "
+                                    "(it predicts such maps again)")
+            if fingerprint.is_current(image, source):
+                continue
+            now = image_header_size(image)
+            what = (f"is {'unreadable' if now is None else f'{now[1]}x{now[0]}'} but its map was made from a "
+                    f"{orig[1]}x{orig[0]} image" if now != orig else
+                    f"has changed since its map {path} was made from it (same size, other bytes)")
+            raise PipelineError(f"{image}: {what}; predict it again: {repair} (it predicts the maps of changed "
+                                "images again)")
     if job.task.binary:
         masks = [ensemble_mask(maps, job.weights, orig, job.threshold, job.postprocess)]
     else:
@@ -517,17 +539,18 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
                     test_dir: Path | None = None, keys: Sequence[str] | None = None,
                     test_names: dict[str, str] | None = None, rle_order: str = "row",
                     class_rows: Sequence[tuple[str, int]] | None = None, post: str = "auto",
-                    checked: bool = False) -> dict:
+                    checked: bool = False, repairs: Sequence[str] = ()) -> dict:
     """Check every map exists, stream the ensemble's masks into ``path`` with workers, write the manifest.
 
     Multi-class (the folders' task): ``keys`` are the rows' ids and ``class_rows`` the (image id, class) of each
     row; every image is encoded once (all its classes), and the rows are written in ``keys`` order.
 
     ids: test ids in submission order; keys: their rows' ``img`` (default ``<id>.jpg``). threshold: 0 = the tuned
-    one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), whose sizes each map's
-    recorded size must still match (None: not checked). post: --postprocess (auto: the tuned one). Each mask is
-    encoded at its image's own size, in ``rle_order``. checked: the caller ran ``check_maps`` already. Returns the
-    manifest.
+    one(s). test_dir: the test images (file names ``test_names``, default ``<id>.jpg``), which must still hold
+    the bytes each map records the fingerprint of (None: not checked). post: --postprocess (auto: the tuned one).
+    Each mask is encoded at its image's own size, in ``rle_order``. checked: the caller ran ``check_maps`` already.
+    repairs: per folder, the command that predicts its maps again (``predict_command``), named when a map's image
+    changed. Returns the manifest.
     """
     if not checked:
         check_maps(preds, ids)
@@ -538,7 +561,7 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     task = preds[0].task
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
-                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post)
+                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post, tuple(repairs))
     start = time.perf_counter()
     with encoded_rles(job, ids, workers, chunksize) as codes:
         encoded = progress(codes, f"encode {path.name}", total=len(ids))

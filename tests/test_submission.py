@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from lib import baseline, cache as cache_mod, files, inputs, rle, submission
+from lib import baseline, cache as cache_mod, files, fingerprint, inputs, rle, submission
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.metrics import binarize, dice, level_of
@@ -75,14 +75,16 @@ def tuning(size=NET, threshold=0.5, experiment=EXPERIMENT, orig=(H0, W0)) -> dic
 
 
 def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET, threshold=0.5,
-              experiment=EXPERIMENT, seed=0) -> None:
-    """A fake 03_predict.py output folder: tuning.json and test_probs/<id>.png at ``size``."""
+              experiment=EXPERIMENT, seed=0, test_dir: Path | None = None) -> None:
+    """A fake 03_predict.py output folder: tuning.json and test_probs/<id>.png at ``size`` (recording the
+    fingerprint of ``test_dir/<id>.jpg`` when given, as 03 does)."""
     rng = np.random.default_rng(seed)
     for i in ids:
         prob = prob_map(truths[i], size)
         if i != EMPTY_ID:  # some noise so that two folders differ
             prob = np.clip(prob.astype(int) + rng.integers(-20, 21, prob.shape), 0, 255).astype(np.uint8)
-        files.write_prob_png(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0))
+        source = fingerprint.of_path(test_dir / f"{i}.jpg") if test_dir else None
+        files.write_prob_png(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0), source)
     files.write_json(run / files.TUNING, tuning(size, threshold, experiment))
     files.write_json(run / files.TEST_PROBS / files.PROBS_META, files.probs_made_by(tuning(size, threshold, experiment)))
 
@@ -112,7 +114,7 @@ def stage(tmp_path_factory) -> Path:
     split = pd.DataFrame(rows, columns=["id", "car", "view", "fold"])
     files.write_text_atomic(files.folds_csv(out), split.to_csv(index=False))
     run = files.run_dir(out, EXPERIMENT)
-    write_run(run, test_ids, truths)
+    write_run(run, test_ids, truths, test_dir=root / files.TEST)
     for k in range(3):
         val = sorted(split.id[split.fold == k])
         save_oof(files.fold_dir(out, EXPERIMENT, k) / files.OOF, val,
@@ -287,7 +289,8 @@ def test_ensemble_of_two_folders_is_the_weighted_average(stage, tmp_path):
     ids = sample_ids(base)
     truths = {i: box_mask(files.view_of(i), 1) for i in ids}
     other = base / "output" / "other"
-    write_run(other, ids, truths, size=(16, 32), threshold=0.3, experiment="other", seed=5)
+    write_run(other, ids, truths, size=(16, 32), threshold=0.3, experiment="other", seed=5,
+              test_dir=base / "input" / files.TEST)
     run = files.run_dir(base / "output", EXPERIMENT)
     m = submit(base, specs=[(run, 3.0), (other, 1.0)], name="blend")
     assert [x["weight"] for x in m["inputs"]] == [0.75, 0.25]
