@@ -151,7 +151,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     start = time.perf_counter()
     with ThreadPoolExecutor(max(2, p.workers)) as writer:
         pending = []
-        for images, index, origs in progress(loader, "photos", leave=True):
+        for images, index, origs, _ in progress(loader, "photos", leave=True):
             probs = predict_batch(ens, images, mode)
             pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
                                       p.rle_order, ens.task, post)
