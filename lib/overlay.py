@@ -19,7 +19,7 @@ from lib import files, postprocess, rle
 from lib.data import worker_count
 from lib.errors import PipelineError
 from lib.geometry import from_net
-from lib.inputs import read_image_bytes
+from lib.inputs import image_header_size, read_image_bytes
 from lib.metrics import binarize
 from lib.oof import at_size
 from lib.plot import overlay, overlay_labels
@@ -138,6 +138,8 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     mode, threshold, post, source = choose_tta_threshold(p, ens)
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
     names = outputs_of(paths)
+    for path in paths:  # a photo too large to decode whole is refused before anything is written
+        image_header_size(path)
     record = check_overwrites(out, names, overwrite, sources)
     out.mkdir(parents=True, exist_ok=True)
     _record(out, record | dict.fromkeys(names))  # ours from now on, even if this run is killed

@@ -218,9 +218,10 @@ def test_an_image_too_large_to_decode_whole_is_one_line_in_01_and_03_and_the_lim
     assert (out / "folds.csv").exists()
     trained_out = clone(trained, tmp_path)
     test_image = root / files.TEST / f"{trained.ids[0]}.jpg"
-    line = error_line(run_script("03_predict.py", "--input", root, "--output", trained_out, *FLAGS, "--replace",
-                                 "--max-image-mp", "0.03", check=False))
+    line = error_line(run_script("03_predict.py", "--input", root, "--output", trained_out, *FLAGS, "--images",
+                                 test_image, "--images-out", tmp_path / "masks", "--max-image-mp", "0.03", check=False))
     assert line.startswith(f"error: {test_image}: 240x160") and "--max-image-mp 1" in line
+    assert not (tmp_path / "masks").exists()
 
 
 # --- no link followed into someone else's file ---
