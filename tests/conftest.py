@@ -75,3 +75,33 @@ def tiny_prepared(tiny_demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_out")
     run_script("01_prepare.py", "--input", tiny_demo, "--output", out, *TINY_FLAGS)
     return out
+
+
+# The trained run the reliability tests share (01 -> 02 --fold all -> 03 on the tiny demo at 32 x 64, one epoch): built
+# once per session; tests copy it (test_reliability.clone) before they change anything.
+H, W = 32, 64  # network size of the trained fixture
+FLAGS = [*TINY_FLAGS, "--height", str(H), "--width", str(W), "--epochs", "1", "--tta", "none",
+         "--predict-batch-size", "2"]
+EXPERIMENT = "demo"  # the demo preset's
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_demo, tmp_path_factory):
+    """The trained run: root (input, read-only), out, run, reference (test maps moved aside), ids, predict."""
+    import shutil
+    from types import SimpleNamespace
+    from lib import files, inputs
+    base = tmp_path_factory.mktemp("reliability")
+    root, out = base / "in put", base / "out put"
+    shutil.copytree(tiny_demo, root)
+    args = ["--input", root, "--output", out, *FLAGS]
+    run_script("01_prepare.py", *args)
+    run_script("02_train.py", "--fold", "all", *args)
+    # another encoder, decoder and size on the command line on purpose: 03 rebuilds every model from its checkpoint
+    proc = run_script("03_predict.py", *args, "--encoder", "resnet34", "--decoder-channels", "256,128,64,32,16",
+                      "--height", "128", "--width", "192")
+    run = files.run_dir(out, EXPERIMENT)
+    reference = base / "reference_probs"
+    shutil.move(run / files.TEST_PROBS, reference)
+    test_ids = inputs.read_sample_submission(root)
+    return SimpleNamespace(root=root, out=out, run=run, reference=reference, ids=test_ids, predict=proc)

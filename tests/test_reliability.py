@@ -35,15 +35,10 @@ import torch
 from PIL import Image
 
 import params
-from conftest import PYTHON, ROOT, TINY_FLAGS, run_script
+from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, TINY_FLAGS, W, run_script  # noqa: F401  (trained: conftest)
 from lib import cache as cache_mod, files, inputs, predict, submission
 from lib.errors import PipelineError, run_main
 from lib.model import load_model, read_checkpoint
-
-H, W = 32, 64  # network size of the trained fixture
-FLAGS = [*TINY_FLAGS, "--height", str(H), "--width", str(W), "--epochs", "1", "--tta", "none",
-         "--predict-batch-size", "2"]
-EXPERIMENT = "demo"  # the demo preset's
 
 
 # --- helpers ---
@@ -106,24 +101,6 @@ def copy_input(src: Path, dst: Path) -> Path:
 
 def first_id(root: Path) -> str:
     return sorted(p.stem for p in (root / files.TRAIN).glob("*.jpg"))[0]
-
-
-# --- the trained fixture ---
-@pytest.fixture(scope="module")
-def trained(tiny_demo, tmp_path_factory) -> SimpleNamespace:
-    base = tmp_path_factory.mktemp("reliability")
-    root, out = copy_input(tiny_demo, base / "in put"), base / "out put"
-    args = ["--input", root, "--output", out, *FLAGS]
-    run_script("01_prepare.py", *args)
-    run_script("02_train.py", "--fold", "all", *args)
-    # another encoder, decoder and size on the command line on purpose: 03 rebuilds every model from its checkpoint
-    proc = run_script("03_predict.py", *args, "--encoder", "resnet34", "--decoder-channels", "256,128,64,32,16",
-                      "--height", "128", "--width", "192")
-    run = files.run_dir(out, EXPERIMENT)
-    reference = base / "reference_probs"
-    shutil.move(run / files.TEST_PROBS, reference)
-    test_ids = inputs.read_sample_submission(root)
-    return SimpleNamespace(root=root, out=out, run=run, reference=reference, ids=test_ids, predict=proc)
 
 
 def clone(t: SimpleNamespace, tmp_path: Path, with_maps: bool = True) -> Path:

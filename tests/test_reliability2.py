@@ -19,7 +19,7 @@ from lib import cache as cache_mod, files, inputs, rle, submission
 from lib.errors import PipelineError
 from lib.model import read_checkpoint
 from lib.oof import load_oof
-from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file, strict_error, trained  # noqa: F401
+from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file, strict_error  # noqa: F401
 
 
 ORIG = (160, 240)  # (H, W) of the tiny demo's images
