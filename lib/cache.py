@@ -213,6 +213,11 @@ def _truth_dir(output: Path) -> Path:
     return output / "cache" / "truth"
 
 
+# what build_cache writes in a folder's meta.json and open_cache reads back (the image folder's adds "size")
+_META = {"version": int, "ids": files.ListOf(str), "mask_suffix": str, "orig_size": (files.ListOf(int), type(None)),
+         "sizes?": files.ListOf(files.ListOf(int)), "task?": dict}
+
+
 def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY) -> dict | None:
     """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
     ``mask_suffix``, else None."""
@@ -220,6 +225,8 @@ def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = B
     try:
         meta = json.loads(path.read_text()) if path.exists() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if files.schema_problem(meta, _META) is not None:  # damaged (or missing): stale, built again
         return None
     return meta if meta and meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and \
         meta.get("mask_suffix") == mask_suffix and meta.get("task", BINARY.record()) == task.record() else None
