@@ -129,6 +129,8 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: no checkpoint; run 02_train.py for this fold first")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"{path}: empty (0 bytes); {advice}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

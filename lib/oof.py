@@ -147,6 +147,8 @@ def load_oof(path: Path, advice: str = OOF_ADVICE) -> OutOfFold:
         return PipelineError(f"{path}: {problem}" + (f"; {advice}" if advice else ""))
     if not path.exists():
         raise PipelineError(f"{path}: no out-of-fold predictions; run 02_train.py for this fold first")
+    if path.stat().st_size == 0:
+        raise fail("empty (0 bytes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}  # every member read whole: its CRC is checked
