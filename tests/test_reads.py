@@ -23,7 +23,7 @@ import torch
 from conftest import PYTHON, ROOT, run_script
 from lib import cache as cache_mod, files
 from lib.oof import load_oof
-from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file, trained  # noqa: F401
+from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file  # noqa: F401
 
 
 def args_for(t, out) -> list:
