@@ -289,6 +289,11 @@ def _truth_dir(output: Path) -> Path:
     return output / "cache" / "truth"
 
 
+# what build_cache writes in a folder's meta.json and open_cache reads back (the image folder's adds "size")
+_META = {"version": int, "ids": files.ListOf(str), "mask_suffix": str, "orig_size": (files.ListOf(int), type(None)),
+         "sizes?": files.ListOf(files.ListOf(int)), "task?": dict}
+
+
 def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY,
              sources: Sources | None = None) -> dict | None:
     """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
@@ -307,6 +312,8 @@ def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: 
         return None, "unreadable meta.json"
     if not isinstance(meta, dict):
         return None, "no cache"
+    if files.schema_problem(meta, _META) is not None:  # damaged: stale, built again
+        return None, "damaged meta.json"
     if not (meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and
             meta.get("mask_suffix") == mask_suffix and meta.get("task", BINARY.record()) == task.record()):
         return meta, "made by another version, for other ids or settings"

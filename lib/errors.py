@@ -5,6 +5,7 @@ import errno
 import re
 import signal
 import sys
+from pathlib import Path
 from typing import Callable
 
 OOM_ADVICE = ("out of memory: lower --batch-size (and raise --accum-steps to keep the effective batch) or "
@@ -18,10 +19,19 @@ class PipelineError(Exception):
     """A problem the user can fix (bad input, missing stage output, bad setting)."""
 
 
-def restart_advice(fold: int | str) -> str:
-    """The command that repairs a fold whose files cannot be used (damaged, or of another split)."""
+def steps(*commands: str) -> str:
+    """Repair commands to run in order, as one clause: "`a`, then `b`"."""
+    return ", then ".join(commands)
+
+
+def restart_advice(fold: int | str, run: Path | None = None) -> str:
+    """The command that repairs a fold whose files cannot be used (damaged, or of another split); when ``run`` (the
+    experiment's folder) holds test maps, also the 03_predict.py --replace that the retrained model's maps need
+    (03 refuses to mix them with the old model's), so the advice names every step at once."""
+    from lib import files
     from params import command
-    return f"train the fold again: {command('02_train.py', '--fold', str(fold), '--restart')}"
+    then = [command("03_predict.py", "--replace")] if run is not None and (run / files.TEST_PROBS).is_dir() else []
+    return "train the fold again: " + steps(command("02_train.py", "--fold", str(fold), "--restart"), *then)
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -450,16 +450,105 @@ def write_json(path: Path, obj: dict) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_json(path: Path, made_by: str) -> dict:
-    """A JSON file another stage wrote; a clear error naming that stage if it is missing or broken."""
+# --- what a file another stage wrote must hold: a small typed schema, checked before anything is used ---
+class ListOf:
+    """Schema kind: a list whose items are all of ``kind``."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class MapOf:
+    """Schema kind: an object (dict) with string keys whose values are all of ``kind``."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+
+_KIND_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
+def _kind_name(kind) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(_kind_name(k) for k in kind)
+    if isinstance(kind, (dict, MapOf)):
+        return "an object"
+    if isinstance(kind, ListOf):
+        return "a list"
+    return _KIND_NAMES.get(kind, f"a {getattr(kind, '__name__', kind)}")
+
+
+def _is(value, kind: type) -> bool:
+    if isinstance(value, bool):  # JSON true is not a number, nor 1 a flag
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def schema_problem(value, kind, name: str = "") -> str | None:
+    """What is wrong with ``value`` as a ``kind``, or None. ``kind``: a type (float also takes an int; bool is
+    neither), a tuple of kinds (any of them), a dict ``{key: kind}`` (an object with those keys; a key ending
+    in '?' may be absent, others may be added), ``ListOf(kind)`` or ``MapOf(kind)``."""
+    where = name or "its content"
+    if isinstance(kind, tuple):
+        if any(schema_problem(value, k, name) is None for k in kind):
+            return None
+        return f"{where} is {_kind_name(type(value))}, expected {_kind_name(kind)}"
+    if isinstance(kind, (dict, MapOf)):
+        if not isinstance(value, dict):
+            return f"{where} is {_kind_name(type(value))}, expected an object"
+        items = kind.items() if isinstance(kind, dict) else ((k, kind.kind) for k in value)
+        for key, sub in items:
+            key, optional = (key[:-1], True) if isinstance(kind, dict) and key.endswith("?") else (key, False)
+            child = f"{name}.{key}" if name else str(key)
+            if key not in value:
+                if optional:
+                    continue
+                return f"{child} is missing"
+            found = schema_problem(value[key], sub, child)
+            if found:
+                return found
+        return None
+    if isinstance(kind, ListOf):
+        if not isinstance(value, list):
+            return f"{where} is {_kind_name(type(value))}, expected a list"
+        for i, item in enumerate(value):
+            found = schema_problem(item, kind.kind, f"{name or 'item'}[{i}]")
+            if found:
+                return found
+        return None
+    return None if _is(value, kind) else f"{where} is {_kind_name(type(value))}, expected {_kind_name(kind)}"
+
+
+def check_schema(path: Path, record, schema, made_by: str, repair: str) -> None:
+    """PipelineError ``<path>: damaged or not written by <made_by>: <what is wrong>; <repair>`` unless ``record``
+    fits ``schema`` (``schema_problem``)."""
+    from lib.errors import PipelineError
+    problem = schema_problem(record, schema)
+    if problem:
+        raise PipelineError(f"{path}: damaged or not written by {made_by}: {problem}; {repair}")
+
+
+def read_json(path: Path, made_by: str, schema=dict, repair: str | None = None) -> dict:
+    """A JSON file another stage wrote, checked against ``schema`` (``schema_problem``; default: any object);
+    a one-line PipelineError naming the file, what is wrong and ``repair`` (default: re-run ``made_by``) if it
+    is missing, empty, not JSON or not of that shape."""
     import json
     from lib.errors import PipelineError
+    repair = repair or f"re-run {made_by}"
     if not path.exists():
         raise PipelineError(f"{path}: missing; run {made_by} first")
+    data = path.read_bytes()
+    if not data.strip():
+        raise PipelineError(f"{path}: empty ({len(data)} bytes); {repair}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: not valid JSON ({e}); re-run {made_by}") from None
+        record = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise PipelineError(f"{path}: not valid JSON ({e}); {repair}") from None
+    check_schema(path, record, schema, made_by, repair)
+    return record
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

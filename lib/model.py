@@ -17,7 +17,7 @@ from torch import nn
 import params as params_mod
 from lib import files
 from lib.errors import PipelineError
-from lib.task import Task
+from lib.task import RECORD as TASK_RECORD, Task
 from params import Params
 
 # ImageNet statistics, applied on the device so loaders move uint8 (4x less data)
@@ -115,13 +115,22 @@ def write_checkpoint(path: Path, state: dict) -> None:
     files.write_bytes_atomic(path, buf.getvalue())
 
 
+# what model.pt holds (checkpoint_state plus write_best's digest); older checkpoints lack the optional keys
+CHECKPOINT = {"model": files.MapOf(torch.Tensor), "params": dict, "epoch?": int, "val_dice?": float, "split?": str,
+              "digest?": str, "task?": TASK_RECORD}
+
+
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
-                    advice: str = "train that fold again with 02_train.py --restart") -> dict:
-    """The checkpoint's dict, loaded safely; a clear error for a missing, corrupt or unsafe file, ending with
+                    advice: str = "train that fold again with 02_train.py --restart", schema: dict = CHECKPOINT
+                    ) -> dict:
+    """The checkpoint's dict, loaded safely and checked against ``schema`` (keys and their types,
+    ``files.schema_problem``); a clear error for a missing, corrupt, unsafe or incomplete file, ending with
     ``advice`` (the command that repairs it, where the caller knows it)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: no checkpoint; run 02_train.py for this fold first")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"{path}: empty (0 bytes); {advice}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -133,6 +142,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
                             f"{str(e).splitlines()[0] if str(e) else ''}); {advice}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "params" not in ckpt:
         raise PipelineError(f"{path}: not a checkpoint of this project (no model/params inside); {advice}")
+    files.check_schema(path, ckpt, schema, "02_train.py", advice)
     return ckpt
 
 

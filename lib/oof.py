@@ -8,6 +8,7 @@ map is brought back to the original size, thresholded, and scored per image agai
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,13 +136,58 @@ def save_oof(path: Path, ids: list[str], maps: PngMaps, model: str = "", split: 
     files.write_bytes_atomic(path, buf.getvalue())
 
 
-def load_oof(path: Path) -> OutOfFold:
+OOF_ADVICE = "03_predict.py predicts the out-of-fold maps of a damaged file again from the fold's model.pt"
+
+
+def load_oof(path: Path, advice: str = OOF_ADVICE) -> OutOfFold:
+    """A fold's oof.npz (``save_oof``), checked before use: the arrays, their types and shapes, and each map's PNG
+    header (all 8-bit grey maps of one size); the zip's checksums catch damaged bytes. PipelineError
+    ``<path>: <what is wrong>; <advice>`` otherwise."""
+    def fail(problem: str) -> PipelineError:
+        return PipelineError(f"{path}: {problem}" + (f"; {advice}" if advice else ""))
     if not path.exists():
         raise PipelineError(f"{path}: no out-of-fold predictions; run 02_train.py for this fold first")
+    if path.stat().st_size == 0:
+        raise fail("empty (0 bytes)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            maps = PngMaps(z["png"], z["ends"]) if "png" in z else z["probs"]  # raw arrays: older versions
-            return OutOfFold(list(z["ids"]), maps, str(z["model"]) if "model" in z else "",
-                             str(z["split"]) if "split" in z else "")
-    except (ValueError, OSError, KeyError, EOFError) as e:
-        raise PipelineError(f"{path}: corrupt out-of-fold file ({e}); re-run 02_train.py for this fold") from None
+            arrays = {name: z[name] for name in z.files}  # every member read whole: its CRC is checked
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, AttributeError) as e:
+        raise fail(f"corrupt out-of-fold file ({type(e).__name__}: {str(e).strip()[:160]})") from None
+    problem = _oof_problem(arrays)
+    if problem:
+        raise fail(f"damaged or not written by 02_train.py: {problem}")
+    maps = PngMaps(arrays["png"], arrays["ends"]) if "png" in arrays else arrays["probs"]  # raw: older versions
+    return OutOfFold(list(arrays["ids"]), maps, str(arrays.get("model", "")), str(arrays.get("split", "")))
+
+
+def _oof_problem(a: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the arrays of an oof.npz, or None."""
+    ids = a.get("ids")
+    if ids is None or ids.ndim != 1 or ids.dtype.kind != "U":
+        return "no 1-D array of image ids 'ids'"
+    for name in ("model", "split"):
+        if name in a and (a[name].ndim != 0 or a[name].dtype.kind != "U"):
+            return f"{name!r} is not a string"
+    if "png" not in a:
+        probs = a.get("probs")
+        if probs is None or probs.dtype != np.uint8 or probs.ndim != 3 or len(probs) != len(ids):
+            return f"no maps: neither 'png' and 'ends' nor a (N={len(ids)}, H, W) uint8 'probs'"
+        return None
+    blob, ends = a["png"], a.get("ends")
+    if blob.dtype != np.uint8 or blob.ndim != 1 or ends is None or ends.dtype.kind not in "iu" or ends.ndim != 1:
+        return "'png' is not a 1-D uint8 buffer with a 1-D integer array 'ends' of offsets"
+    if len(ends) != len(ids):
+        return f"{len(ends)} maps for {len(ids)} image ids"
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    if len(ends) and (np.any(ends < starts + 33) or int(ends[-1]) != len(blob)):
+        return f"the map offsets 'ends' do not divide its {len(blob)}-byte buffer into PNG files"
+    sizes = set()
+    for i, start in enumerate(starts.tolist()):
+        head = blob[start:start + 33].tobytes()
+        if head[:8] != files.PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24:26] != b"\x08\x00":
+            return f"map {i} ({ids[i]}) is not an 8-bit grey PNG"
+        sizes.add((int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")))
+    if len(sizes) > 1:
+        return f"maps of different sizes {sorted(sizes)}"
+    return None

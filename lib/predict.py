@@ -29,7 +29,7 @@ from lib.model import load_model, state_digest
 from lib.progress import progress
 from lib.oof import class_dices, load_oof, oof_histograms
 from lib.task import Task, task_of_checkpoint
-from lib.submission import read_tuning
+from lib.submission import read_probs_meta, read_tuning
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, shard_of
 import params as params_mod
 from params import Params
@@ -108,7 +108,7 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
     models, sizes, tasks, first, prints = [], set(), set(), None, []
     for k in ks:
         path = files.fold_dir(p.output_dir, p.experiment, k) / files.BEST
-        advice = restart_advice(k)
+        advice = restart_advice(k, files.run_dir(p.output_dir, p.experiment))
         model, mp, ckpt = load_model(path, device, advice)
         if split is not None and ckpt.get("split") != folds_mod.fold_digest(split, k):
             raise PipelineError(f"{path}: trained on another split of the images than {files.folds_csv(p.output_dir)} "
@@ -219,11 +219,16 @@ def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarr
     if mode == "none":
         path = files.fold_dir(p.output_dir, p.experiment, fold) / files.OOF
         digest = ens.fingerprints[ens.folds.index(fold)]["digest"]
-        oof = load_oof(path) if path.exists() else None
-        if oof is not None and oof.ids == val_ids and oof.model == digest:
-            return oof.probs
-        print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
-              "predicting its out-of-fold maps now")
+        try:
+            oof = load_oof(path, advice="") if path.exists() else None
+        except PipelineError as e:  # damaged: predicted again from model.pt, like the file of another model
+            print(f"note: {e}: predicting its out-of-fold maps now from fold {fold}'s model.pt (the file is "
+                  "left as it is)")
+        else:
+            if oof is not None and oof.ids == val_ids and oof.model == digest:
+                return oof.probs
+            print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
+                  "predicting its out-of-fold maps now")
     loader = make_loader(TrainSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size,
                          loader_workers(p.workers, ens.device, cache.cached), ens.device.type == "cuda")
     out = [predict_batch(ens, images, mode, [model])
@@ -343,9 +348,9 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
     if not (run / files.TUNING).exists():
         return None
     try:
-        old = read_tuning(run)
+        old = read_tuning(run, repair="tuning again")
     except PipelineError as e:
-        print(f"note: tuning again: {e}")
+        print(f"note: {e}")
         return None
     return old if (old.get("models") == expected_models(ens, final) and old.get("tta_asked") == p.tta
                    and old.get("postprocess_asked", "auto") == p.postprocess) else None
@@ -391,8 +396,15 @@ def test_dir_for(p: Params, tuning: dict, replace: bool) -> Path:
     out = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
     made_by = files.probs_made_by(tuning)
     meta = out / files.PROBS_META
-    foreign = (files.read_json(meta, "03_predict.py") != made_by if meta.exists()
-               else out.is_dir() and any(out.glob("*.png")))  # maps without meta.json: not written here
+    if meta.exists():
+        try:
+            foreign = read_probs_meta(meta, _replace_advice()) != made_by
+        except PipelineError:
+            if not replace:
+                raise
+            foreign = True  # damaged: nothing says what made the maps; --replace predicts them again
+    else:
+        foreign = out.is_dir() and any(out.glob("*.png"))  # maps without meta.json: not written here
     if foreign:
         if not replace:
             raise PipelineError(f"{out}: holds maps from other models or settings; add --replace to delete them "
@@ -402,6 +414,10 @@ def test_dir_for(p: Params, tuning: dict, replace: bool) -> Path:
     if not meta.exists() or foreign:  # every shard may get here: the same content, written once
         files.write_json(meta, made_by)
     return out
+
+
+def _replace_advice() -> str:
+    return f"predict the maps again: {params_mod.command('03_predict.py', '--replace')}"
 
 
 def run(p: Params, folds: list[int] | None = None, retune: bool = False, replace: bool = False,
@@ -436,6 +452,9 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     ens = load_ensemble(p, folds, dist.local_rank, optional=final is not None)
     has_test = (p.input_dir / files.TEST).is_dir()
     ids, paths = inputs.check_test(p.input_dir, (final or ens).task) if has_test else ([], {})  # refuse before writing
+    meta = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS / files.PROBS_META
+    if has_test and not replace and meta.exists():  # damaged: refused before anything is written
+        read_probs_meta(meta, _replace_advice())
     if dist.main:  # one writer: before tuning.json or a map is written (under torchrun rank 0 speaks for the job)
         held.enter_context(lock_experiment(p, shards=separate))
     tuning = tuning_for(p, ens, retune, final) if dist.main and not separate else None

@@ -40,7 +40,7 @@ from lib.inputs import image_header_size, read_mask, read_truth
 from lib.metrics import binarize, dice, level_of
 from lib.oof import at_size
 from lib.progress import progress
-from lib.task import BINARY, Task
+from lib.task import BINARY, RECORD as TASK_RECORD, Task
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
@@ -113,8 +113,31 @@ class Prediction:
         return self.probs_dir / f"{image_id}.png"
 
 
-_TUNING_KEYS = {"experiment": str, "tta": str, "threshold": float, "level": int, "oof_dice": float,
-                "size": list, "orig_size": list, "scores": list}
+# what 03_predict.py writes in tuning.json (lib/predict.py tune, untuned) that 03, 04 and --images use; older
+# tunings lack the optional keys
+_SCORE = {"name": str, "tta": str, "threshold": float, "dice": float, "postprocess?": str,
+          "dice_at_default?": float, "class_dice?": files.MapOf(float)}
+TUNING = {"experiment": str, "tta": str, "threshold": float, "level": int, "oof_dice": float,
+          "size": files.ListOf(int), "orig_size": files.ListOf(int), "scores": files.ListOf(_SCORE),
+          "postprocess?": str, "models?": files.ListOf(dict), "task?": (TASK_RECORD, type(None)),
+          "folds?": files.ListOf((int, str)), "n_images?": int, "tta_asked?": str, "postprocess_asked?": str,
+          "final?": str, "tuned?": bool, "class_dice?": files.MapOf(float)}
+PROBS_META = {"models": (files.ListOf(dict), type(None)), "tta": (str, type(None)),
+              "size": (files.ListOf(int), type(None)), "task": (TASK_RECORD, type(None))}  # files.probs_made_by
+
+
+def predict_command(folder: Path, *args: str) -> str:
+    """The 03_predict.py command, with the user's own flags, that (re)writes the prediction folder ``folder``
+    (output/<experiment>): --output and --experiment name that folder."""
+    from params import command
+    return command(PREDICT_STAGE, *args, "--output", str(folder.parent), "--experiment", folder.name,
+                   drop=("output", "experiment"))
+
+
+def read_probs_meta(path: Path, repair: str) -> dict:
+    """test_probs/meta.json (what made the folder's maps: ``files.probs_made_by``) with its shape checked;
+    PipelineError naming the file and ending with ``repair`` otherwise."""
+    return files.read_json(path, PREDICT_STAGE, PROBS_META, repair)
 
 
 def parse_pred_spec(spec: str) -> tuple[Path, float]:
@@ -131,35 +154,33 @@ def parse_pred_spec(spec: str) -> tuple[Path, float]:
     return Path(folder), w
 
 
-def read_tuning(folder: Path) -> dict:
-    """``folder/tuning.json`` with its fields checked; PipelineError naming 03_predict.py otherwise."""
+def read_tuning(folder: Path, repair: str | None = None) -> dict:
+    """``folder/tuning.json`` with its fields and their types checked (``TUNING``); otherwise a PipelineError naming
+    the file and what is wrong, ending with ``repair`` (default: the 03_predict.py command that tunes again)."""
     path = folder / files.TUNING
     if not folder.is_dir():
         raise PipelineError(f"{folder}: no such prediction folder; run {PREDICT_STAGE} for that experiment "
                             "or fix --preds/--experiment")
-    tuning = files.read_json(path, PREDICT_STAGE)
-    for key, kind in _TUNING_KEYS.items():
-        value = tuning.get(key)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = tuning[key] = float(value)
-        if not isinstance(value, kind):
-            raise PipelineError(f"{path}: field {key!r} missing or not {kind.__name__}; re-run {PREDICT_STAGE}")
+    repair = f"tune again: {predict_command(folder)}" if repair is None else repair  # 03 tunes again
+    tuning = files.read_json(path, PREDICT_STAGE, TUNING, repair)
+    for key in ("threshold", "oof_dice"):
+        tuning[key] = float(tuning[key])
     for key in ("size", "orig_size"):
         if key == "orig_size" and tuning[key] == []:  # images of several sizes
             continue
-        if len(tuning[key]) != 2 or not all(isinstance(v, int) and v > 0 for v in tuning[key]):
-            raise PipelineError(f"{path}: {key} {tuning[key]} is not [height, width]; re-run {PREDICT_STAGE}")
+        if len(tuning[key]) != 2 or not all(v > 0 for v in tuning[key]):
+            raise PipelineError(f"{path}: {key} {tuning[key]} is not [height, width]; {repair}")
     try:
         level = level_of(tuning["threshold"])
     except ValueError as e:
-        raise PipelineError(f"{path}: {e}; re-run {PREDICT_STAGE}") from None
+        raise PipelineError(f"{path}: {e}; {repair}") from None
     if level != tuning["level"]:
         raise PipelineError(f"{path}: level {tuning['level']} disagrees with threshold {tuning['threshold']} "
-                            f"(level {level}); re-run {PREDICT_STAGE}")
+                            f"(level {level}); {repair}")
     tuning.setdefault("postprocess", postprocess.NONE)  # tunings written before post-processing was tuned
     if tuning["postprocess"] not in postprocess.CHOICES:
         raise PipelineError(f"{path}: postprocess {tuning['postprocess']!r} is not one of "
-                            f"{', '.join(postprocess.CHOICES)}; re-run {PREDICT_STAGE}")
+                            f"{', '.join(postprocess.CHOICES)}; {repair}")
     return tuning
 
 
@@ -223,10 +244,10 @@ def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
         if p.probs_dir.is_dir() and not meta_path.exists():
             raise PipelineError(f"{p.probs_dir}: no {files.PROBS_META}, so nothing says which models made these "
                                 f"maps; predict them again: {PREDICT_STAGE} --replace (for that experiment)")
-        if meta_path.exists() and files.read_json(meta_path, PREDICT_STAGE) != files.probs_made_by(p.tuning):
+        replace = f"predict them again: {predict_command(p.folder, '--replace')}"
+        if meta_path.exists() and read_probs_meta(meta_path, replace) != files.probs_made_by(p.tuning):
             raise PipelineError(f"{p.probs_dir}: its maps were made by other models or settings than "
-                                f"{p.folder / files.TUNING} describes; run {PREDICT_STAGE} --replace "
-                                "for that experiment")
+                                f"{p.folder / files.TUNING} describes; {replace}")
         missing = missing_maps(p, ids)
         if missing:
             problems.append(f"{p.probs_dir}: {len(missing)} of {len(ids)} test maps missing: "

@@ -25,6 +25,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lib.errors import PipelineError
+from lib.files import ListOf
+
+
+RECORD = {"classes": int, "names": ListOf(str)}  # what Task.record() writes, as a files.schema_problem schema
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ from lib import files, folds as folds_mod
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, transform_for
 from lib.errors import PipelineError, restart_advice
-from lib.model import build_model, checkpoint_state, read_checkpoint, state_digest, unwrap, write_checkpoint
+from lib.model import (CHECKPOINT, build_model, checkpoint_state, read_checkpoint, state_digest, unwrap,
+                       write_checkpoint)
 from lib.oof import PngMaps, class_dices, save_oof
 from lib.plot import learning_curve, overlay_map
 from lib.progress import progress
-from lib.task import Task, task_of
+from lib.task import RECORD as TASK_RECORD, Task, task_of
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, use_compile
 from params import Params
 
@@ -46,6 +47,12 @@ RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "
                      "predict_batch_size", "tta", "threshold", "submission", "force", "demo", "max_image_mp",
                      "lock_timeout"}
 PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
+# what last.pt holds (RunWriter.epoch_end): everything --resume restores, checked before any of it is used
+LAST_CHECKPOINT = {**CHECKPOINT, "epoch": int, "best": float, "bad_epochs": int,
+                   "optimizer": {"state": dict, "param_groups": files.ListOf(dict)}, "scheduler": dict,
+                   "scaler": dict, "rng": {"torch": torch.Tensor, "python": files.ListOf(int), "numpy": torch.Tensor,
+                                           "numpy_pos": int},
+                   "world?": int, "split?": str, "task?": TASK_RECORD, "ema?": dict}
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -215,7 +222,11 @@ def restore(run: Run, ckpt: dict) -> None:
         raise PipelineError(f"{run.dir / files.LAST}: trained on another split of the images (folds.csv changed since, "
                             "e.g. by 01_prepare.py --force): its weights have seen images that are now this fold's "
                             f"validation images; {restart_advice(run.fold)}")
-    saved = params_mod.from_dict(ckpt["params"]).to_dict()
+    advice = restart_advice(run.fold, files.run_dir(run.p.output_dir, run.p.experiment))
+    try:
+        saved = params_mod.from_dict(ckpt["params"]).to_dict()
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"{run.dir / files.LAST}: its saved settings are invalid ({e}); {advice}") from None
     extend = run.p.epochs > saved["epochs"]  # --resume --epochs N, N larger: the schedule is stretched
     changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in run.p.to_dict().items()
                if k not in RESUMABLE_CHANGES and saved[k] != v and not (k == "epochs" and extend)]
@@ -223,16 +234,21 @@ def restore(run: Run, ckpt: dict) -> None:
         raise PipelineError(f"{run.dir / files.LAST}: resume with the settings it was trained with (same --preset "
                             f"and flags; --epochs may grow); changed: {', '.join(changed)}")
     new_total = run.schedule.total
-    run.net.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])  # also the saved Schedule's fields, into run.schedule
-    if extend:
-        run.schedule.total = new_total
-    run.precision.scaler.load_state_dict(ckpt["scaler"])
-    if run.ema is not None:
-        run.ema.load_state_dict(ckpt["ema"])
+    try:  # the keys and their types are checked (LAST_CHECKPOINT); what is inside them must fit this run too
+        run.net.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])  # also the saved Schedule's fields, into run.schedule
+        if extend:
+            run.schedule.total = new_total
+        run.precision.scaler.load_state_dict(ckpt["scaler"])
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise PipelineError(f"{run.dir / files.LAST}: damaged: its saved state does not fit this run "
+                            f"({type(e).__name__}: {first}); {advice}") from None
     run.epoch, run.best, run.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
-    set_rng_state(ckpt["rng"])
 
 
 def tensorboard_writer_class():
@@ -409,8 +425,7 @@ class RunWriter:
         tb.flush()
 
     def _log(self) -> pd.DataFrame:
-        path = self.run.dir / files.LOG
-        return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
+        return read_log(self.run.dir / files.LOG, restart_advice(self.run.fold))
 
     def _append_log(self, row: list) -> None:
         log = pd.concat([self._log(), pd.DataFrame([row], columns=LOG_COLUMNS)], ignore_index=True)
@@ -430,14 +445,38 @@ class RunWriter:
             self._lock.__exit__(None, None, None)
 
 
+def read_log(path: Path, advice: str) -> pd.DataFrame:
+    """A fold's log.csv (an empty one if there is none), checked: LOG_COLUMNS (val_dice_raw may be absent: older
+    logs), numbers in every column, whole epoch numbers; else a PipelineError naming it and ending with ``advice``."""
+    if not path.exists():
+        return pd.DataFrame(columns=LOG_COLUMNS)
+    advice += " (or delete it to resume without the rows of the earlier epochs)"
+    try:
+        log = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:  # UnicodeDecodeError is a ValueError
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"{path}: unreadable ({first}); {advice}") from None
+    columns = list(log.columns)
+    if columns not in (LOG_COLUMNS, LOG_COLUMNS[:-1]):
+        raise PipelineError(f"{path}: damaged or not written by 02_train.py: columns {','.join(map(str, columns))[:160]}"
+                            f", expected {','.join(LOG_COLUMNS)}; {advice}")
+    if len(log) and not (all(pd.api.types.is_numeric_dtype(log[c]) for c in columns)
+                         and pd.api.types.is_integer_dtype(log.epoch)):
+        raise PipelineError(f"{path}: damaged or not written by 02_train.py: a row that is not numbers (epoch a whole "
+                            f"number); {advice}")
+    return log
+
+
 # --- the loop ---
 def train_fold(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart: bool = False) -> dict:
     """Train (or continue, or start again) fold ``fold``; returns {fold, best_val_dice, epochs}."""
     run = setup(p, fold, dist, resume, restart)
     last = run.dir / files.LAST
-    ckpt = read_checkpoint(last, run.device, restart_advice(fold)) if resume and last.exists() else None
+    advice = restart_advice(fold, files.run_dir(p.output_dir, p.experiment))
+    ckpt = read_checkpoint(last, run.device, advice, LAST_CHECKPOINT) if resume and last.exists() else None
     if ckpt is not None:
         restore(run, ckpt)
+        read_log(run.dir / files.LOG, advice)  # checked before anything is written
     writer = RunWriter(run) if dist.main else None
     failed = True
     try:
