@@ -115,7 +115,7 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
                                               p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None,
                                               keys=keys, test_names=inputs.test_files(p.input_dir),
                                               rle_order=p.rle_order, post=p.postprocess, checked=True,
-                                              repairs=[submission.predict_command(pr.folder, run) for pr in preds])
+                                              repairs=[submission.predict_command(pr.folder, run=run) for pr in preds])
         post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
                 if manifest["postprocess"] != "none" else "")
         print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
@@ -168,7 +168,7 @@ def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score
                                               p.workers, test_dir=test_dir if test_dir.is_dir() else None,
                                               keys=keys, test_names=inputs.test_files(p.input_dir),
                                               rle_order=p.rle_order, class_rows=class_rows, checked=True,
-                                              repairs=[submission.predict_command(pr.folder, run) for pr in preds])
+                                              repairs=[submission.predict_command(pr.folder, run=run) for pr in preds])
         print(f"wrote {out}: {manifest['rows']} rows ({len(test_ids)} images x {len(task.scored)} classes), "
               f"{manifest['seconds']:.1f}s")
         written[out.name] = out

@@ -126,11 +126,14 @@ PROBS_META = {"models": (files.ListOf(dict), type(None)), "tta": (str, type(None
               "size": (files.ListOf(int), type(None)), "task": (TASK_RECORD, type(None))}  # files.probs_made_by
 
 
-def predict_command(folder: Path, *args: str) -> str:
-    """The 03_predict.py command, with the user's own flags, that (re)writes the prediction folder ``folder``
-    (output/<experiment>): --output and --experiment name that folder."""
+def predict_command(folder: Path, *args: str, run: Path | None = None) -> str:
+    """The 03_predict.py command (with ``args`` and the user's own flags) that writes the prediction folder
+    ``folder`` (output/<experiment>) again: --output and --experiment name that folder, unless it is ``run``, the
+    experiment folder this process was given (then the user's own flags already do)."""
     from params import command
-    return command(PREDICT_STAGE, *args, "--output", str(folder.parent), "--experiment", folder.name,
+    if run is not None and Path(folder).resolve() == Path(run).resolve():
+        return command(PREDICT_STAGE, *args)
+    return command(PREDICT_STAGE, *args, "--output", str(Path(folder).parent), "--experiment", Path(folder).name,
                    drop=("output", "experiment"))
 
 
@@ -323,16 +326,6 @@ def _init_worker(job: EncodeJob) -> None:
     _JOB = job
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the pool
-
-
-def predict_command(folder: Path, run: Path) -> str:
-    """The command that predicts again the maps of the prediction folder ``folder`` (``run``: the folder of the
-    experiment this process was given), with the user's own flags (``params.command``)."""
-    from params import command
-    if Path(folder).resolve() == Path(run).resolve():
-        return command(PREDICT_STAGE)
-    return command(PREDICT_STAGE, "--output", str(Path(folder).parent), "--experiment", Path(folder).name,
-                   drop=("output", "experiment"))
 
 
 def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | tuple[str, ...]]:
