@@ -395,7 +395,6 @@ def parse(description: str, argv: list[str] | None = None,
     import os
     os.environ[MAX_IMAGE_MP_ENV] = repr(p.max_image_mp)  # for lib.inputs in this process and every worker it starts
     GIVEN.clear()
-    GIVEN["script"] = script
     GIVEN.update({"preset": args.preset} if args.preset else {})
     GIVEN.update({f.name: getattr(args, f.name) for f in fields(Params) if getattr(args, f.name, None) is not None})
     RUN.clear()
@@ -415,10 +414,9 @@ MAX_IMAGE_MP_ENV = "PIPELINE_MAX_IMAGE_MP"  # --max-image-mp, as lib.inputs read
 RUN: dict = {}
 
 
-def command(script: str | None, *args: str, drop: tuple[str, ...] = ()) -> str:
-    """The command line that runs ``script`` (e.g. "02_train.py"; None: the script that is running) with ``args``
-    and the settings this process was given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX
-    shell and in backticks:
+def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
+    """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
+    given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
     import os
     import shlex
@@ -426,10 +424,9 @@ def command(script: str | None, *args: str, drop: tuple[str, ...] = ()) -> str:
     root = Path(__file__).resolve().parent
     python = Path(sys.executable)
     shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"  # .venv/bin/python
-    script = script or GIVEN.get("script") or Path(sys.argv[0]).name
     words = [shown_python, os.path.relpath(root / script), *args]
     for name, value in GIVEN.items():
-        if name in drop or name == "script" or "--" + name.replace("_", "-") in args:
+        if name in drop or "--" + name.replace("_", "-") in args:
             continue
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -441,10 +438,13 @@ def command(script: str | None, *args: str, drop: tuple[str, ...] = ()) -> str:
     return "`" + " ".join(shlex.quote(str(w)) for w in words) + "`"
 
 
-def rerun() -> str:
-    """The command that runs this process again as the user gave it (``command`` of its script and own arguments):
-    what an error advises once the process that held a lock has finished."""
-    return command(RUN["script"], *RUN["args"]) if RUN else "the same command again"
+def rerun(*extra: str) -> str:
+    """The command that runs this process again as the user gave it (``command`` of its script and own arguments),
+    with ``extra`` arguments (a setting among them replaces the user's): what an error advises once the process that
+    held a lock has finished, or with the flag that lets it through (``--max-image-mp 180``, ``--overwrite``)."""
+    import sys
+    script, args = (RUN["script"], RUN["args"]) if RUN else (Path(sys.argv[0]).name, [])
+    return command(script, *args, *[a for a in extra if a not in args or not a.startswith("--")])
 
 
 def save(p: Params, path: Path) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lib import files, fingerprint
+from lib import files, fingerprint, layout
 from lib.errors import PipelineError
 from lib.fingerprint import Fingerprint
 from lib.geometry import padded_size, to_net
@@ -196,7 +196,7 @@ class Cache:
         if orig != expected or mask.shape != orig:
             raise PipelineError(f"{image_file}: image {orig[1]}x{orig[0]} and mask "
                                 f"{mask.shape[1]}x{mask.shape[0]}, but the prepared data is "
-                                f"{expected[1]}x{expected[0]}; re-run 01_prepare.py --force")
+                                f"{expected[1]}x{expected[0]}; {_prepare_again()}")
         return image, net_target(mask, *self.size, self.task)
 
 
@@ -235,7 +235,7 @@ def pair_paths(root: Path, ids: list[str], mask_suffix: str = "") -> list[tuple[
     if missing:
         raise PipelineError((problems[0] if problems else f"{root / files.TRAIN}: no image and mask for "
                              f"{missing[0]!r} ({len(missing)} id(s) of the split)") +
-                            "; re-run 01_prepare.py --force (with your --input, --mask-suffix)")
+                            f"; {_prepare_again()}")
     return [pairs[i] for i in ids]
 
 
@@ -324,12 +324,15 @@ def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: 
         if changed:
             total = len(meta["sources"]["files"])
             return meta, (f"{len(changed)} of {total} sources changed since the cache was made "
-                          f"({_listing([str(sources.root / rel) for rel in changed])})")
+                          f"({layout.listing([str(sources.root / rel) for rel in changed], 3)})")
     return meta, ""
 
 
-def _listing(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
+def _prepare_again() -> str:
+    """The advice for training files that differ from what 01_prepare.py checked: its check names the problem and
+    what to do, and a sound input gets a new split and cache."""
+    from params import command
+    return f"check and prepare the input again: {command('01_prepare.py', '--force')}"
 
 
 def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
@@ -340,15 +343,14 @@ def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
         try:
             fps = (fingerprint.of_path(image_file), fingerprint.of_path(mask_file))
         except OSError as e:
-            raise PipelineError(f"{e.filename}: cannot read ({e.strerror}); re-run 01_prepare.py (it checks every "
-                                "image and mask)") from None
+            raise PipelineError(f"{e.filename}: cannot read ({e.strerror}); {_prepare_again()}") from None
     mask = read_truth(mask_file, task)
     if not with_images:
         return pack_truth(mask, task), mask.shape, fps
     image, orig = load_net_image(image_file, height, width)
     if mask.shape != orig:
         raise PipelineError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                            f"{orig[1]}x{orig[0]}; re-run 01_prepare.py")
+                            f"{orig[1]}x{orig[0]}; {_prepare_again()}")
     return pack_truth(mask, task), orig, fps, image, net_target(mask, height, width, task)
 
 
@@ -358,7 +360,7 @@ def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
     for path in paths:
         size = image_header_size(path)
         if size is None:
-            raise PipelineError(f"{path}: not a readable image; re-run 01_prepare.py (it checks every image)")
+            raise PipelineError(f"{path}: not a readable image; {_prepare_again()}")
         sizes.append(size)
     return sizes
 
@@ -405,7 +407,7 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
             for k, item in enumerate(progress(results, desc, total=n)):
                 if tuple(item[1]) != tuple(sizes[k]):
                     raise PipelineError(f"{paths[k][1]}: mask is {item[1][1]}x{item[1][0]} but its image "
-                                        f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; re-run 01_prepare.py")
+                                        f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; {_prepare_again()}")
                 if with_fps:
                     known[k] = item[2]
                 for name, (_, _, slot) in arrays.items():

@@ -61,12 +61,12 @@ def check_pixels(path: Path, height: int, width: int) -> None:
     is decoded whole, so a huge one would exhaust memory (or trip PIL's decompression-bomb guard)."""
     limit = max_pixels()
     if height * width > limit:
-        from params import command
+        from params import rerun
         mp = height * width / 1e6
         raise PipelineError(f"{path}: {width}x{height} is {mp:.4g} megapixels, above --max-image-mp {limit / 1e6:g} "
                             f"(images are decoded whole); downscale it, or where memory allows (about "
                             f"{mp * 3 * 4 / 1e3:.1f} GB a process) raise the limit for every stage: "
-                            f"{command(None, '--max-image-mp', str(int(mp) + 1))}")
+                            f"{rerun('--max-image-mp', str(int(mp) + 1))}")
 
 
 def image_size(raw: bytes, path: Path) -> tuple[int, int]:

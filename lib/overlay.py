@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from lib import files, postprocess, rle
+from lib import files, fingerprint, postprocess, rle
 from lib.data import worker_count
 from lib.errors import PipelineError
 from lib.geometry import from_net
@@ -31,7 +31,7 @@ from params import Params
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASKS_CSV = "masks.csv"
-WRITTEN = ".written_by_03_predict.json"  # in the --images-out folder: {file name: sha256 or null while being written}
+WRITTEN = ".written_by_03_predict.json"  # in the --images-out folder: {file name: digest, null while being written}
 
 
 def outputs_of(paths: list[Path]) -> list[str]:
@@ -39,34 +39,31 @@ def outputs_of(paths: list[Path]) -> list[str]:
     return [name for p in paths for name in (f"{p.stem}_mask.png", f"{p.stem}_overlay.jpg")] + [MASKS_CSV]
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(path: Path) -> str:
+    return fingerprint.digest_bytes(path.read_bytes())
 
 
 def written_before(out: Path) -> dict[str, str | None]:
-    """What earlier runs of ``predict_photos`` wrote in ``out`` ({name: sha256, None while a run was writing it});
-    an unreadable record counts as none (nothing is then taken for ours)."""
+    """What earlier runs of ``predict_photos`` wrote in ``out`` ({name: digest, None while a run was writing it});
+    an unreadable or damaged record counts as none (nothing is then taken for ours)."""
     import json
     try:
         record = json.loads((out / WRITTEN).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(record, dict):
-        return {}
-    return {k: v for k, v in record.items() if isinstance(k, str) and (v is None or isinstance(v, str))}
+    return {} if files.schema_problem(record, files.MapOf((str, type(None)))) else record
 
 
-def check_overwrites(out: Path, names: list[str], overwrite: bool, sources: list[str]) -> dict[str, str | None]:
+def check_overwrites(out: Path, names: list[str], overwrite: bool) -> dict[str, str | None]:
     """PipelineError, before anything is written, if a file to be written exists and is not one an earlier run
     wrote (or was changed since): the project never replaces a file it did not write unless asked (--overwrite).
     Returns the record of what earlier runs wrote."""
     ours = written_before(out)
     theirs = [n for n in names if (out / n).exists() and not overwrite and
-              (n not in ours or (ours[n] is not None and ours[n] != _sha256(out / n)))]
+              (n not in ours or (ours[n] is not None and ours[n] != _digest(out / n)))]
     if theirs:
-        from params import command
-        again = command("03_predict.py", "--images", *sources, "--images-out", str(out), "--overwrite")
+        from params import rerun
+        again = rerun("--overwrite")
         raise PipelineError(f"{out / theirs[0]}: exists and was not written by 03_predict.py --images (or was changed "
                             f"since){f', and {len(theirs) - 1} more' if len(theirs) > 1 else ''}; nothing was "
                             f"written: give another --images-out, or replace them: {again}")
@@ -140,7 +137,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     names = outputs_of(paths)
     for path in paths:  # a photo too large to decode whole is refused before anything is written
         image_header_size(path)
-    record = check_overwrites(out, names, overwrite, sources)
+    record = check_overwrites(out, names, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _record(out, record | dict.fromkeys(names))  # ours from now on, even if this run is killed
     decided = (f"threshold {threshold:.3f}{', largest region' if post != postprocess.NONE else ''} ({source})"
@@ -167,7 +164,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     lines = [files.csv_row("img", "rle_mask")] + [files.csv_row(k, code) for i in range(len(paths))
                                                    for k, code in zip(keys[i], rows[i])]
     files.write_text_atomic(out / MASKS_CSV, "".join(lines))
-    _record(out, record | {name: _sha256(out / name) for name in names})
+    _record(out, record | {name: _digest(out / name) for name in names})
     print(f"wrote {len(paths)} masks, overlays and {out / MASKS_CSV} in {time.perf_counter() - start:.1f}s")
     return out
 
