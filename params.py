@@ -16,104 +16,203 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 
+STAGES = ("01", "02", "03", "04")  # the numbered scripts, by the first two characters of their names
+
+
+class Range(typing.NamedTuple):
+    """The values a number setting may take: ``low``..``high`` (None: no bound), each end included or not."""
+    low: float | None
+    high: float | None
+    low_included: bool
+    high_included: bool
+
+    def problem(self, name: str, value: float) -> str | None:
+        """Why ``value`` is outside this range, in the words of flag ``--name``, or None."""
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{flag} {value} must be a finite number"
+        low, high = self.low, self.high
+        too_low = low is not None and (value < low if self.low_included else value <= low)
+        too_high = high is not None and (value > high if self.high_included else value >= high)
+        if not (too_low or too_high):
+            return None
+        left = ("[" if self.low_included else "(") + str(low)
+        right = str(high if high is not None else "inf") + ("]" if self.high_included else ")")
+        return f"{flag} {value} must be in {left}, {right}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The facts about one Params field besides its default and type: every --help, check and resume rule reads
+    them here."""
+    help: str  # what it does, shown by --help
+    stages: frozenset[str]  # the stages that read it: their --help shows it, and 02 --resume checks it if "02" is one
+    choices: tuple[str, ...] = ()  # the values it may take (empty: any of its type)
+    range: Range | None = None  # numbers: the values it may take
+    resumable: bool = False  # read by 02, yet 02 --resume may change it: where and how fast it runs, not what it learns
+
+
+class Section:
+    """A "# --- title ---" block of Params: builds its fields, whose settings the stages ``stages`` read unless a
+    field names its own."""
+
+    def __init__(self, stages: str):
+        self.stages = stages
+
+    def __call__(self, default: typing.Any, help: str, *, stages: str | None = None, choices: tuple[str, ...] = (),
+                 low: float | None = None, above: float | None = None, high: float | None = None,
+                 below: float | None = None, resumable: bool = False) -> typing.Any:
+        """A dataclass field with ``default`` and its Setting: ``low``/``high`` are included bounds, ``above``/
+        ``below`` excluded ones."""
+        read_by = frozenset((stages or self.stages).split())
+        if not read_by <= set(STAGES) or (resumable and "02" not in read_by) or \
+                (low is not None and above is not None) or (high is not None and below is not None):
+            raise ValueError(f"setting {help!r}: stages must be among {', '.join(STAGES)}; only one a 02 reads can be "
+                             "resumable; give each bound once (low or above, high or below)")
+        bounds = (low, above, high, below)
+        numbers = None if bounds == (None,) * 4 else Range(
+            above if low is None else low, below if high is None else high, above is None, below is None)
+        return dataclasses.field(default=default, metadata={"setting": Setting(help, read_by, choices, numbers,
+                                                                               resumable)})
+
+
+# The blocks of Params, by the stages that read their settings.
+_EVERY = Section("01 02 03 04")
+_PREPARE = Section("01")
+_SIZE = Section("01 02")
+_TRAIN = Section("02")
+_HARDWARE = Section("02 03")
+_OUTPUT = Section("03 04")
+
+
 @dataclass
 class Params:
+    """Every setting: its type and default, and beside them its Setting (``SETTINGS``), one field each."""
+
     # --- where things are ---
-    input: str = "input"  # data folder in the Kaggle layout (train/, train_masks/, test/, ...)
-    output: str = "output"  # results folder: folds.csv, cache/, one folder per experiment
-    experiment: str = "unet_resnet34_1280"  # run folder name under output/
-    seed: int = 42  # seeds the split, the demo data, training and augmentation
-    max_image_mp: float = 100.0  # largest image read, in megapixels (images are decoded whole; a larger one is refused,
-    #                              naming it: raise this where memory allows)
-    mask_suffix: str = ""  # mask of image <id>: train_masks/<id><suffix>.<png|gif|tif|bmp>, or a folder <id><suffix>/ of
-    #                        instance masks (merged); empty = auto: "_mask" (Carvana's), else no suffix
+    input: str = _EVERY("input", "data folder in the Kaggle layout (train/, train_masks/, test/, ...)", resumable=True)
+    output: str = _EVERY("output", "results folder: folds.csv, cache/, one folder per experiment", resumable=True)
+    experiment: str = _EVERY("unet_resnet34_1280", "run folder name under output/")
+    seed: int = _EVERY(42, "seeds the split, the demo data, training and augmentation", stages="01 02",
+                       low=0, high=2**32 - 1)
+    max_image_mp: float = _EVERY(100.0, "largest image read, in megapixels (images are decoded whole; a larger one "
+                                 "is refused, naming it: raise this where memory allows)", above=0, resumable=True)
+    mask_suffix: str = _EVERY("", "mask of image <id>: train_masks/<id><suffix>.<png|gif|tif|bmp>, or a folder "
+                              "<id><suffix>/ of instance masks (merged); empty = auto: \"_mask\" (Carvana's), else "
+                              "no suffix")
 
     # --- the task ---
-    classes: int = 1  # 1: binary masks (Carvana); C >= 2: a label 0..C-1 per pixel, class 0 the background
-    class_colors: str = ""  # multi-class: CSV of name,r,g,b per class in class order (names; RGB colour masks map through it)
-    class_names: str = ""  # multi-class without --class-colors: names of the C classes, comma-separated (default class0, ...)
+    classes: int = _EVERY(1, "1: binary masks (Carvana); C >= 2: a label 0..C-1 per pixel, class 0 the background",
+                          low=1, high=255)
+    class_colors: str = _EVERY("", "multi-class: CSV of name,r,g,b per class in class order (names; RGB colour "
+                               "masks map through it)")
+    class_names: str = _EVERY("", "multi-class without --class-colors: names of the C classes, comma-separated "
+                              "(default class0, ...)")
 
     # --- 01_prepare ---
-    demo: bool = False  # generate the synthetic demo dataset into --input first
-    demo_kind: str = "cars"  # demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 classes)
-    demo_train_cars: int = 16  # demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 tiles each)
-    demo_test_cars: int = 4  # demo: cars (multiclass: scenes) in test/ (truth in test_masks/)
-    demo_width: int = 1918  # demo image width
-    demo_height: int = 1280  # demo image height
-    n_folds: int = 5  # K of the car-grouped K-fold split
-    group_regex: str = ""  # folds keep together the ids sharing this regex's first capture group (e.g. "^(patient\d+)_");
-    #                        empty = Carvana's <car>_<NN> when every id has that form, else one group per image
-    force: bool = False  # 01: replace an existing different split / demo data
-    workers: int = 8  # worker processes for data loading, caching and RLE, at most the CPU count (8 decode 116 full-size
-    #                   training images/s on an H200 machine's CPUs, enough for the compiled model's 87: results/gpu.md)
-    cache: str = "auto"  # network-size image cache: auto (on when it fits --cache-budget-gb) | on | off (decode in workers)
-    cache_budget_gb: float = 2.0  # --cache auto keeps the image cache up to this size (5088 images at 128x192: 0.5 GB)
-    lock_timeout: float = 1800.0  # seconds a stage waits for output/cache/.lock while another process builds the cache
-    #                               (it says who, and since when) before giving up with an error naming the holder;
-    #                               0 = do not wait. A build of the 5088 training images takes minutes
+    demo: bool = _PREPARE(False, "generate the synthetic demo dataset into --input first")
+    demo_kind: str = _PREPARE("cars", "demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 "
+                              "classes)", choices=("cars", "multiclass"))
+    demo_train_cars: int = _PREPARE(16, "demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 "
+                                    "tiles each)", low=2)
+    demo_test_cars: int = _PREPARE(4, "demo: cars (multiclass: scenes) in test/ (truth in test_masks/)", low=0)
+    demo_width: int = _PREPARE(1918, "demo image width", low=32)
+    demo_height: int = _PREPARE(1280, "demo image height", low=32)
+    n_folds: int = _PREPARE(5, "K of the car-grouped K-fold split", low=2)
+    group_regex: str = _PREPARE("", "folds keep together the ids sharing this regex's first capture group (e.g. "
+                                "\"^(patient\\d+)_\"); empty = Carvana's <car>_<NN> when every id has that form, "
+                                "else one group per image")
+    force: bool = _PREPARE(False, "01: replace an existing different split / demo data")
+    workers: int = _PREPARE(8, "worker processes for data loading, caching and RLE, at most the CPU count (8 "
+                            "decode 116 full-size training images/s on an H200 machine's CPUs, enough for the compiled "
+                            "model's 87: results/gpu.md)", stages="01 02 03 04", low=0, resumable=True)
+    cache: str = _PREPARE("auto", "network-size image cache: auto (on when it fits --cache-budget-gb) | on | off "
+                          "(decode in workers)", stages="01 02 03", choices=("auto", "on", "off"), resumable=True)
+    cache_budget_gb: float = _PREPARE(2.0, "--cache auto keeps the image cache up to this size (5088 images at "
+                                      "128x192: 0.5 GB)", stages="01 02 03", low=0, resumable=True)
+    lock_timeout: float = _PREPARE(1800.0, "seconds a stage waits for output/cache/.lock while another process builds "
+                                   "the cache (it says who, and since when) before giving up with an error naming the "
+                                   "holder; 0 = do not wait. A build of the 5088 training images takes minutes",
+                                   stages="01 02 03 04", low=0, resumable=True)
 
     # --- model ---
-    arch: str = "Unet"  # segmentation_models_pytorch architecture (Unet, UnetPlusPlus, FPN, ...)
-    encoder: str = "resnet34"  # any encoder smp knows: resnet34, efficientnet-b4, tu-convnext_tiny (timm), ...
-    encoder_weights: str = "imagenet"  # pretrained weights smp knows for the encoder (imagenet, ssl, ...; downloaded once), or none
-    decoder_channels: str = "256,128,64,32,16"  # Unet/UnetPlusPlus decoder widths, deepest first (5 values)
+    arch: str = _TRAIN("Unet", "segmentation_models_pytorch architecture (Unet, UnetPlusPlus, FPN, ...)")
+    encoder: str = _TRAIN("resnet34", "any encoder smp knows: resnet34, efficientnet-b4, tu-convnext_tiny (timm), ...")
+    encoder_weights: str = _TRAIN("imagenet", "pretrained weights smp knows for the encoder (imagenet, ssl, ...; "
+                                  "downloaded once), or none")
+    decoder_channels: str = _TRAIN("256,128,64,32,16", "Unet/UnetPlusPlus decoder widths, deepest first (5 values)")
 
     # --- input size: training and inference run at height x width, both multiples of 32 ---
-    height: int = 1280  # network input height (1280: Carvana's full height)
-    width: int = 1920  # network input width (1920: Carvana's 1918 padded by 1 px each side; other sizes resize)
+    height: int = _SIZE(1280, "network input height (1280: Carvana's full height)")
+    width: int = _SIZE(1920, "network input width (1920: Carvana's 1918 padded by 1 px each side; other sizes "
+                       "resize)")
 
     # --- training ---
-    crop_height: int = 0  # train on random crops of this height of the height x width image (multiple of 32; 0 = whole
-    #                       image); validation and inference always see whole images. Crops give the boundary
-    #                       detail of a larger input at the training cost of a smaller one (results/recipes.md)
-    crop_width: int = 0  # the crops' width (multiple of 32; 0 = whole image)
-    epochs: int = 40  # maximum epochs
-    batch_size: int = 8  # images per optimiser step (before accumulation); 8 at 1280x1920: 18.5 GiB, +10% images/s over 4
-    accum_steps: int = 1  # gradient accumulation steps
-    optimizer: str = "adamw"  # adam | adamw
-    lr: float = 3e-4  # peak learning rate
-    weight_decay: float = 1e-4  # AdamW weight decay
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
-    min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
-    grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
-    ema: float = 0.0  # exponential moving average of the weights, updated every optimiser step with this decay (e.g.
-    #                   0.995: an average over about the last 200 steps); it validates, is model.pt and predicts,
-    #                   and log.csv keeps the weights' own val Dice beside it (val_dice_raw). 0 = off
-    patience: int = 10  # early stopping: epochs without val Dice improvement (0 = off)
-    bce_weight: float = 1.0  # loss = bce_weight * BCE + dice_weight * soft Dice
-    dice_weight: float = 1.0  # weight of the soft Dice term of the loss
-    augment: bool = True  # hflip + shift/scale/rotate + HSV, jointly on image and mask
-    hflip_p: float = 0.5  # probability of a horizontal flip
-    shift_scale_rotate_p: float = 0.5  # probability of a shift/scale/rotate (affine) change
-    scale_low: float = 0.7  # affine: smallest zoom factor (below 1 the photo shrinks inside a border: a camera further
-    #                         away; with --border constant it taught the models the dark-floor car: results/recipes.md)
-    scale_high: float = 1.1  # affine: largest zoom factor
-    translate: float = 0.08  # affine: largest shift, as a fraction of the width and of the height
-    border: str = "constant"  # affine: what fills the uncovered border: constant (black; background in the mask) |
-    #                           reflect (the mirrored photo)
-    color_p: float = 0.5  # probability of a hue/saturation/value or brightness/contrast change
-    val_every: int = 1  # validate every N epochs (and always at the last)
-    tensorboard: bool = False  # also log to output/<experiment>/tensorboard/ (losses, lr, val Dice, overlays; pip install tensorboard)
+    crop_height: int = _TRAIN(0, "train on random crops of this height of the height x width image (multiple of 32; "
+                              "0 = whole image); validation and inference always see whole images. Crops give the "
+                              "boundary detail of a larger input at the training cost of a smaller one "
+                              "(results/recipes.md)")
+    crop_width: int = _TRAIN(0, "the crops' width (multiple of 32; 0 = whole image)")
+    epochs: int = _TRAIN(40, "maximum epochs", low=1)
+    batch_size: int = _TRAIN(8, "images per optimiser step (before accumulation); 8 at 1280x1920: 18.5 GiB, +10% "
+                             "images/s over 4", low=1)
+    accum_steps: int = _TRAIN(1, "gradient accumulation steps", low=1)
+    optimizer: str = _TRAIN("adamw", "adam | adamw", choices=("adam", "adamw"))
+    lr: float = _TRAIN(3e-4, "peak learning rate", above=0)
+    weight_decay: float = _TRAIN(1e-4, "AdamW weight decay", low=0)
+    warmup_epochs: float = _TRAIN(1.0, "linear warm-up, then cosine decay to lr * min_lr_ratio", low=0)
+    min_lr_ratio: float = _TRAIN(0.01, "final learning rate as a fraction of lr", low=0, high=1)
+    grad_clip: float = _TRAIN(1.0, "max gradient norm (0 = no clipping)", low=0)
+    ema: float = _TRAIN(0.0, "exponential moving average of the weights, updated every optimiser step with this "
+                        "decay (e.g. 0.995: an average over about the last 200 steps); it validates, is model.pt "
+                        "and predicts, and log.csv keeps the weights' own val Dice beside it (val_dice_raw). 0 = off",
+                        low=0, below=1)
+    patience: int = _TRAIN(10, "early stopping: epochs without val Dice improvement (0 = off)", low=0)
+    bce_weight: float = _TRAIN(1.0, "loss = bce_weight * BCE + dice_weight * soft Dice", low=0)
+    dice_weight: float = _TRAIN(1.0, "weight of the soft Dice term of the loss", low=0)
+    augment: bool = _TRAIN(True, "hflip + shift/scale/rotate + HSV, jointly on image and mask")
+    hflip_p: float = _TRAIN(0.5, "probability of a horizontal flip", low=0, high=1)
+    shift_scale_rotate_p: float = _TRAIN(0.5, "probability of a shift/scale/rotate (affine) change", low=0, high=1)
+    scale_low: float = _TRAIN(0.7, "affine: smallest zoom factor (below 1 the photo shrinks inside a border: a camera "
+                              "further away; with --border constant it taught the models the dark-floor car: "
+                              "results/recipes.md)", above=0)
+    scale_high: float = _TRAIN(1.1, "affine: largest zoom factor", above=0)
+    translate: float = _TRAIN(0.08, "affine: largest shift, as a fraction of the width and of the height", low=0,
+                              high=0.5)
+    border: str = _TRAIN("constant", "affine: what fills the uncovered border: constant (black; background in the "
+                         "mask) | reflect (the mirrored photo)", choices=("reflect", "constant"))
+    color_p: float = _TRAIN(0.5, "probability of a hue/saturation/value or brightness/contrast change", low=0, high=1)
+    val_every: int = _TRAIN(1, "validate every N epochs (and always at the last)", low=1)
+    tensorboard: bool = _TRAIN(False, "also log to output/<experiment>/tensorboard/ (losses, lr, val Dice, overlays; "
+                               "pip install tensorboard)", resumable=True)
 
     # --- hardware ---
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: bf16 where it has AMX, else off) | bf16 | fp16 | off
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not per rank
-    channels_last: bool = True  # NHWC memory format (faster convolutions on GPU and on CPU)
-    compile: str = "auto"  # torch.compile the training model: auto (on GPU: +35% images/s, ~1.5 min to compile) | on | off
-    jobs: int = 1  # 02 --fold all: folds trained side by side, one process each with its share of the cores (on a
-    #                2-core CPU, 2 single-threaded folds at once beat one 2-thread process: results/recipes.md)
-    threads: int = 0  # torch CPU threads per process (0 = torch's default, one per core; give cores / processes when several share them)
+    device: str = _HARDWARE("auto", "auto | cpu | cuda | cuda:N", resumable=True)
+    amp: str = _HARDWARE("auto", "mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: bf16 "
+                         "where it has AMX, else off) | bf16 | fp16 | off", choices=("auto", "bf16", "fp16", "off"))
+    sync_bn: bool = _HARDWARE(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not "
+                              "per rank")
+    channels_last: bool = _HARDWARE(True, "NHWC memory format (faster convolutions on GPU and on CPU)")
+    compile: str = _HARDWARE("auto", "torch.compile the training model: auto (on GPU: +35% images/s, ~1.5 min to "
+                             "compile) | on | off", choices=("auto", "on", "off"), resumable=True)
+    jobs: int = _HARDWARE(1, "02 --fold all: folds trained side by side, one process each with its share of the "
+                          "cores (on a 2-core CPU, 2 single-threaded folds at once beat one 2-thread process: "
+                          "results/recipes.md)", stages="02", low=1, resumable=True)
+    threads: int = _HARDWARE(0, "torch CPU threads per process (0 = torch's default, one per core; give cores / "
+                             "processes when several share them)", low=0, resumable=True)
 
     # --- 03_predict / 04_submit ---
-    tta: str = "auto"  # auto (pick on out-of-fold Dice) | none | hflip
-    threshold: float = 0.0  # 0 = use the tuned threshold; else a fixed one in (0, 1)
-    postprocess: str = "auto"  # binary masks: auto (keep only each mask's largest region where that scores better
-    #                            out-of-fold: lib/postprocess.py) | largest | none
-    predict_batch_size: int = 8  # images per inference batch
-    submission: str = "submission"  # file name (without .csv.gz) under the experiment folder
-    rle_order: str = "row"  # pixel order of run-length codes in submissions and train_masks.csv: row (Carvana: left to
-    #                         right, then down) | column (top to bottom, then right)
+    tta: str = _OUTPUT("auto", "auto (pick on out-of-fold Dice) | none | hflip", stages="03",
+                       choices=("auto", "none", "hflip"))
+    threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)")
+    postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
+                               "better out-of-fold: lib/postprocess.py) | largest | none",
+                               choices=("auto", "none", "largest"))
+    predict_batch_size: int = _OUTPUT(8, "images per inference batch", stages="02 03", low=1, resumable=True)
+    submission: str = _OUTPUT("submission", "file name (without .csv.gz) under the experiment folder", stages="04")
+    rle_order: str = _OUTPUT("row", "pixel order of run-length codes in submissions and train_masks.csv: row "
+                             "(Carvana: left to right, then down) | column (top to bottom, then right)",
+                             stages="01 03 04", choices=("row", "column"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,6 +225,9 @@ class Params:
     def output_dir(self) -> Path:
         return Path(self.output)
 
+
+# Each setting's facts (Params' field metadata), by field name.
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(Params)}
 
 PRESETS: dict[str, dict] = {
     # Full resolution on one GPU (the Kaggle winners' recipe, one model per fold).
@@ -150,18 +252,6 @@ PRESETS: dict[str, dict] = {
 PRESET_DOCS = {"full": "the defaults, full resolution on a GPU", "demo": "the synthetic demo on a CPU",
                "cpu": "the real 32-car sample on a 2-core CPU"}
 
-_CHOICES = {
-    "demo_kind": ("cars", "multiclass"),
-    "optimizer": ("adam", "adamw"),
-    "tta": ("auto", "none", "hflip"),
-    "postprocess": ("auto", "none", "largest"),
-    "cache": ("auto", "on", "off"),
-    "compile": ("auto", "on", "off"),
-    "amp": ("auto", "bf16", "fp16", "off"),
-    "border": ("reflect", "constant"),
-    "rle_order": ("row", "column"),
-}
-
 
 def _flag_type(f: dataclasses.Field):
     hint = typing.get_type_hints(Params)[f.name]
@@ -172,45 +262,16 @@ def _flag_type(f: dataclasses.Field):
     raise TypeError(f"params field {f.name}: unsupported type {hint}")
 
 
-# The stages that use each section of Params (its "# --- name ---" line), and the fields used elsewhere than their
-# section says. Every script accepts every setting, so that one set of flags serves all four stages; its --help
-# shows the ones it uses and says that the others are accepted.
-SECTION_STAGES = {"where things are": "01 02 03 04", "the task": "01 02 03 04", "01_prepare": "01", "model": "02", "input size": "01 02",
-                  "training": "02", "hardware": "02 03", "03_predict / 04_submit": "03 04"}
-FIELD_STAGES = {"seed": "01 02", "jobs": "02", "workers": "01 02 03 04", "cache": "01 02 03", "cache_budget_gb": "01 02 03",
-                "predict_batch_size": "02 03", "threshold": "03 04", "tta": "03", "submission": "04",
-                "rle_order": "01 03 04", "lock_timeout": "01 02 03 04"}
-
-
-def field_docs() -> dict[str, tuple[str, str]]:
-    """{field: (section, description)}, read from the comments of the Params class in this file."""
-    import inspect
-    import re
-    docs, section, last = {}, "", None
-    for line in inspect.getsource(Params).splitlines():
-        if m := re.match(r"\s+# --- (.+?)(:.*)? ---$", line):
-            section, last = m.group(1), None
-        elif m := re.match(r"\s+(\w+): [\w\[\]|, ]+ = .*?(?:  # (.*))?$", line):
-            last = m.group(1)
-            docs[last] = (section, m.group(2) or "")
-        elif (m := re.match(r"\s+#\s+(.*)$", line)) and last:
-            docs[last] = (docs[last][0], docs[last][1] + " " + m.group(1))
-    return docs
-
-
-def stages_of(name: str, docs: dict[str, tuple[str, str]]) -> set[str]:
-    return set((FIELD_STAGES.get(name) or SECTION_STAGES.get(docs[name][0], "01 02 03 04")).split())
-
-
-def _help_text(f: dataclasses.Field, doc: str) -> str:
+def _help_text(f: dataclasses.Field) -> str:
     shown = "on" if f.default is True else "off" if f.default is False else "empty" if f.default == "" else f.default
     extras = [f"default {shown}"]
     presets = [f"{name} {v}" for name, values in PRESETS.items() if (v := values.get(f.name)) is not None]
     if presets:
         extras.append("--preset " + ", ".join(presets))
-    if f.name in _CHOICES:
-        extras.append("choices " + " | ".join(_CHOICES[f.name]))
-    return f"{doc} ({'; '.join(extras)})".replace("%", "%%")
+    setting = SETTINGS[f.name]
+    if setting.choices:
+        extras.append("choices " + " | ".join(setting.choices))
+    return f"{setting.help} ({'; '.join(extras)})".replace("%", "%%")
 
 
 def add_param_flags(parser: argparse.ArgumentParser, stage: str | None = None, script: str | None = None) -> None:
@@ -220,17 +281,16 @@ def add_param_flags(parser: argparse.ArgumentParser, stage: str | None = None, s
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="a named set of settings; flags given beside it win (" + "; ".join(
                             f"{k}: {v}" for k, v in PRESET_DOCS.items()) + ")")
-    docs = field_docs()
     group = parser.add_argument_group(f"settings {script} uses (params.py)" if script else "settings (params.py)")
     for f in fields(Params):
         kind = _flag_type(f)
         flag = "--" + f.name.replace("_", "-")
-        shown = stage is None or stage in stages_of(f.name, docs)
-        text = _help_text(f, docs.get(f.name, ("", ""))[1]) if shown else argparse.SUPPRESS
+        shown = stage is None or stage in SETTINGS[f.name].stages
+        text = _help_text(f) if shown else argparse.SUPPRESS
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=_CHOICES.get(f.name),
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=SETTINGS[f.name].choices or None,
                                metavar=kind.__name__.upper(), help=text)
 
 
@@ -265,38 +325,9 @@ def make_params(**overrides) -> Params:
     return p
 
 
-# numeric settings and their ranges: (low, high, low included, high included); None = no bound
-_RANGES: dict[str, tuple] = {
-    "seed": (0, 2**32 - 1, True, True), "demo_train_cars": (2, None, True, True), "demo_test_cars": (0, None, True, True),
-    "classes": (1, 255, True, True), "demo_width": (32, None, True, True), "demo_height": (32, None, True, True), "n_folds": (2, None, True, True),
-    "workers": (0, None, True, True), "cache_budget_gb": (0, None, True, True), "lock_timeout": (0, None, True, True),
-    "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "accum_steps": (1, None, True, True),
-    "lr": (0, None, False, True), "weight_decay": (0, None, True, True), "warmup_epochs": (0, None, True, True),
-    "min_lr_ratio": (0, 1, True, True), "grad_clip": (0, None, True, True), "patience": (0, None, True, True),
-    "bce_weight": (0, None, True, True), "dice_weight": (0, None, True, True), "hflip_p": (0, 1, True, True),
-    "shift_scale_rotate_p": (0, 1, True, True), "color_p": (0, 1, True, True),
-    "scale_low": (0, None, False, True), "scale_high": (0, None, False, True), "translate": (0, 0.5, True, True),
-    "val_every": (1, None, True, True), "ema": (0, 1, True, False),
-    "threads": (0, None, True, True), "max_image_mp": (0, None, False, True), "jobs": (1, None, True, True), "predict_batch_size": (1, None, True, True),
-}
-
-
-def _out_of_range(name: str, value) -> str | None:
-    low, high, low_in, high_in = _RANGES[name]
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"--{name.replace('_', '-')} {value} must be a finite number"
-    too_low = low is not None and (value < low if low_in else value <= low)
-    too_high = high is not None and (value > high if high_in else value >= high)
-    if too_low or too_high:
-        left, right = ("[" if low_in else "(") + str(low), str(high if high is not None else "inf") + (
-            "]" if high_in else ")")
-        return f"--{name.replace('_', '-')} {value} must be in {left}, {right}"
-    return None
-
-
 def check(p: Params) -> None:
     """Reject settings that cannot work, with the reason."""
-    problems = [msg for name in _RANGES if (msg := _out_of_range(name, getattr(p, name)))]
+    problems = [msg for name, s in SETTINGS.items() if s.range and (msg := s.range.problem(name, getattr(p, name)))]
     for name in ("height", "width"):
         v = getattr(p, name)
         if v <= 0 or v % 32:
@@ -309,8 +340,8 @@ def check(p: Params) -> None:
     if (p.crop_height or p.crop_width) and not p.augment:
         problems.append("--crop-height/--crop-width crop inside the augmentation, which --no-augment turns off: "
                         "leave out --no-augment or the crop flags")
-    problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(allowed)}"
-                 for name, allowed in _CHOICES.items() if getattr(p, name) not in allowed]
+    problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(s.choices)}"
+                 for name, s in SETTINGS.items() if s.choices and getattr(p, name) not in s.choices]
     if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
     if p.scale_low > p.scale_high:
@@ -380,8 +411,8 @@ def parse(description: str, argv: list[str] | None = None,
     """Parse a script's command line: its own arguments (``extra``) and every Params field. ``script`` (its file
     name, e.g. "02_train.py") puts its own arguments first in --help and shows only the settings it uses."""
     stage = script[:2] if script else None
-    epilog = (f"Settings of the other stages are accepted too, and ignored here, so that one set of flags serves "
-              f"every stage. All settings: python params.py") if stage else None
+    epilog = ("Settings of the other stages are accepted too, and ignored here, so that one set of flags serves "
+              "every stage. All settings: python params.py") if stage else None
     parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False, epilog=epilog, prog=script)
     if extra is not None:
@@ -452,13 +483,8 @@ def save(p: Params, path: Path) -> None:
     write_text_atomic(path, json.dumps(p.to_dict(), indent=2) + "\n")
 
 
-# settings whose type changed: the value an older params.json or checkpoint holds -> today's
-_LEGACY = {"amp": {True: "auto", False: "off"}, "compile": {True: "on", False: "off"}}
-
-
 def from_dict(d: dict) -> Params:
     """Params saved by an earlier run (e.g. inside a checkpoint); unknown keys are an error."""
-    d = {k: _LEGACY[k].get(v, v) if k in _LEGACY and isinstance(v, bool) else v for k, v in d.items()}
     return make_params(**d)
 
 

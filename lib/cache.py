@@ -41,10 +41,9 @@ from lib.fingerprint import Fingerprint
 from lib.geometry import padded_size, to_net
 from lib.inputs import image_header_size, image_size, read_image_bytes, read_truth, train_pairs
 from lib.task import BINARY, Task, task_of
-from params import Params
+from params import SETTINGS, Params
 
 CACHE_VERSION = 4  # 3: per-image sizes and the mask suffix in meta.json; 4: the sources' fingerprints
-CACHE_MODES = ("auto", "on", "off")
 DISK_MARGIN = 1.05  # 01_prepare.py refuses unless free space covers what it writes plus this fraction
 GB = 1e9
 
@@ -250,8 +249,8 @@ def truth_bytes(n: int, orig_size: tuple[int, int], task: Task = BINARY) -> int:
 
 def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float) -> bool:
     """``--cache`` on / off, or auto: on when the image cache would take at most ``budget_gb``."""
-    if mode not in CACHE_MODES:
-        raise PipelineError(f"--cache {mode!r}: use one of {', '.join(CACHE_MODES)}")
+    if mode not in (modes := SETTINGS["cache"].choices):
+        raise PipelineError(f"--cache {mode!r}: use one of {', '.join(modes)}")
     return mode == "on" or (mode == "auto" and projected_bytes(n, height, width) <= budget_gb * GB)
 
 

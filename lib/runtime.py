@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from lib.errors import PipelineError
+from params import SETTINGS
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 JOINED = False  # set once this process joins a torchrun job (lib.errors reads it to explain failed collectives)
 COLLECTIVE_TIMEOUT_S = 600  # a collective that waits longer than this for a lost peer raises instead of hanging
 
@@ -49,8 +49,8 @@ class Precision:
 
     @classmethod
     def for_device(cls, device: torch.device, amp: str) -> "Precision":
-        if amp not in AMP_MODES:
-            raise PipelineError(f"--amp {amp!r}: use one of {', '.join(AMP_MODES)}")
+        if amp not in (modes := SETTINGS["amp"].choices):
+            raise PipelineError(f"--amp {amp!r}: use one of {', '.join(modes)}")
         if amp == "auto":
             if device.type == "cuda":
                 amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

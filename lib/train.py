@@ -42,10 +42,6 @@ from params import Params
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s", "val_dice_raw"]
 # val_dice_raw: with --ema, the val Dice of the trained weights themselves (val_dice is the average's); else empty
 VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
-# settings a resumed run may change: where and how fast it runs, not what it learns
-RESUMABLE_CHANGES = {"input", "output", "workers", "cache", "cache_budget_gb", "device", "threads", "jobs", "compile", "tensorboard",
-                     "predict_batch_size", "tta", "threshold", "submission", "force", "demo", "max_image_mp",
-                     "lock_timeout"}
 PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
 # what last.pt holds (RunWriter.epoch_end): everything --resume restores, checked before any of it is used
 LAST_CHECKPOINT = {**CHECKPOINT, "epoch": int, "best": float, "bad_epochs": int,
@@ -216,6 +212,13 @@ def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
     return cache if dist.main else open_for(p, ids)
 
 
+def may_change_on_resume(name: str) -> bool:
+    """Whether 02 --resume accepts a changed setting ``name``: one training does not read, or one that changes where
+    and how fast it runs, not what it learns (``params.Setting``)."""
+    setting = params_mod.SETTINGS[name]
+    return "02" not in setting.stages or setting.resumable
+
+
 def restore(run: Run, ckpt: dict) -> None:
     """Continue from a last.pt state: weights, optimizer, schedule, scaler, RNG, where the fold stands."""
     if ckpt.get("split") != run.split:
@@ -229,7 +232,7 @@ def restore(run: Run, ckpt: dict) -> None:
         raise PipelineError(f"{run.dir / files.LAST}: its saved settings are invalid ({e}); {advice}") from None
     extend = run.p.epochs > saved["epochs"]  # --resume --epochs N, N larger: the schedule is stretched
     changed = [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in run.p.to_dict().items()
-               if k not in RESUMABLE_CHANGES and saved[k] != v and not (k == "epochs" and extend)]
+               if not may_change_on_resume(k) and saved[k] != v and not (k == "epochs" and extend)]
     if changed:
         raise PipelineError(f"{run.dir / files.LAST}: resume with the settings it was trained with (same --preset "
                             f"and flags; --epochs may grow); changed: {', '.join(changed)}")

@@ -15,28 +15,16 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
     for f in dataclasses.fields(Params):
         flag = "--" + f.name.replace("_", "-")
         value = {bool: None, int: "7", float: "0.5", str: "x"}[type(f.default)]
-        if f.name in ("optimizer",):
-            value = "adam"
-        if f.name == "tta":
-            value = "hflip"
-        if f.name == "postprocess":
-            value = "largest"
-        if f.name in ("cache", "compile", "amp"):
-            value = "off"
-        if f.name == "demo_kind":
-            value = "multiclass"
+        if choices := params.SETTINGS[f.name].choices:
+            value = next(c for c in choices if c != f.default)
         if f.name == "group_regex":
             value = "(x)"
-        if f.name == "rle_order":
-            value = "column"
         if f.name in ("height", "width", "demo_width", "demo_height"):
             value = "64"
         if f.name == "encoder_weights":
             value = "none"
         if f.name == "decoder_channels":
             value = "64,32,16,16,8"
-        if f.name == "border":
-            value = "reflect"
         if f.name == "scale_high":
             value = "1.5"
         if f.name in ("crop_height", "crop_width"):
@@ -89,7 +77,43 @@ def test_a_preset_value_that_does_not_apply_to_the_chosen_arch_is_dropped_not_bl
     assert p.decoder_channels == PRESETS["demo"]["decoder_channels"]
 
 
-def test_settings_saved_by_older_versions_still_load():
-    old = {**Params().to_dict(), "amp": True, "compile": False}  # bools before they became auto|...|off
-    p = params.from_dict(old)
-    assert (p.amp, p.compile) == ("auto", "off")
+def test_saved_settings_of_another_type_are_refused_not_translated():
+    with pytest.raises(ValueError, match="setting 'amp' must be str, got True"):
+        params.from_dict({**Params().to_dict(), "amp": True})
+
+
+def test_every_setting_carries_its_facts():
+    assert set(params.SETTINGS) == {f.name for f in dataclasses.fields(Params)}
+    for name, setting in params.SETTINGS.items():
+        assert setting.stages and setting.stages <= set(params.STAGES), name
+        default = getattr(Params, name)
+        assert not setting.choices or default in setting.choices, name
+        assert setting.range is None or setting.range.problem(name, default) is None, name
+    assert params.SETTINGS["lr"].range == params.Range(0, None, False, True)
+    assert params.SETTINGS["ema"].range == params.Range(0, 1, True, False)
+    assert params.SETTINGS["rle_order"].stages == {"01", "03", "04"} and params.SETTINGS["jobs"].stages == {"02"}
+    with pytest.raises(ValueError, match="only one a 02 reads can be resumable"):
+        params.Section("03")(0, "a setting 02 does not read", resumable=True)
+    with pytest.raises(ValueError, match="give each bound once"):
+        params.Section("02")(0, "two lower bounds", low=0, above=0)
+
+
+def test_the_choices_of_a_setting_are_what_the_code_implements():
+    """The modes lib/ implements (TTA pairs, post-processings, RLE orders) are the field's choices, less auto."""
+    from lib import postprocess, rle, tta
+    assert params.SETTINGS["tta"].choices == ("auto", *tta.MODES)
+    assert set(params.SETTINGS["postprocess"].choices) == {"auto", *postprocess.CHOICES}
+    assert params.SETTINGS["rle_order"].choices == rle.ORDERS
+
+
+def test_range_and_choice_checks_come_from_the_fields():
+    with pytest.raises(ValueError, match=r"^--ema 1.0 must be in \[0, 1\)$"):
+        make_params(ema=1.0)
+    with pytest.raises(ValueError, match=r"^--lr 0.0 must be in \(0, inf\]$"):
+        make_params(lr=0.0)
+    with pytest.raises(ValueError, match=r"^--seed 4294967296 must be in \[0, 4294967295\]$"):
+        make_params(seed=2**32)
+    with pytest.raises(ValueError, match=r"^--max-image-mp nan must be a finite number$"):
+        make_params(max_image_mp=float("nan"))
+    with pytest.raises(ValueError, match=r"^--rle-order 'diagonal' must be one of row, column$"):
+        make_params(rle_order="diagonal")

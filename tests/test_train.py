@@ -19,7 +19,7 @@ from lib.errors import PipelineError
 from lib.model import load_model, read_checkpoint
 from lib.oof import load_oof
 from lib.runtime import Dist
-from lib.train import LOG_COLUMNS, lr_factor
+from lib.train import LOG_COLUMNS, lr_factor, may_change_on_resume
 
 
 @pytest.fixture
@@ -170,6 +170,27 @@ def test_resume_refuses_changed_training_settings(prepared):
     proc = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "1", "--lr", "0.5"),
                       "--resume", check=False)
     assert proc.returncode == 1 and "--lr" in proc.stderr
+
+
+def test_resume_accepts_a_changed_setting_training_does_not_read(prepared):
+    """--postprocess and --rle-order are read by 03 and 04 only: a resumed fold takes them (the hand-kept list of
+    resumable settings refused them), and still refuses a changed training setting beside them, naming only it."""
+    root, out = prepared
+    run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "1"))
+    later = ["--postprocess", "none", "--rle-order", "column"]
+    refused = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "1", *later, "--lr", "0.5"),
+                         "--resume", check=False)
+    assert refused.returncode == 1 and refused.stderr.rstrip().endswith("changed: --lr 0.003 -> 0.5"), refused.stderr
+    proc = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "1", *later), "--resume")
+    assert "resumed after epoch 1" in proc.stdout
+
+
+def test_the_resume_rule_follows_the_settings_facts():
+    """02 --resume may change what training does not read, and what changes only where and how fast it runs."""
+    assert may_change_on_resume("postprocess") and may_change_on_resume("rle_order") and may_change_on_resume("tta")
+    assert may_change_on_resume("workers") and may_change_on_resume("device") and may_change_on_resume("jobs")
+    assert not may_change_on_resume("lr") and not may_change_on_resume("seed") and not may_change_on_resume("height")
+    assert not may_change_on_resume("experiment") and not may_change_on_resume("amp")
 
 
 def test_lr_schedule_warms_up_then_decays():
