@@ -18,7 +18,7 @@ import time
 import params
 from lib import cache, files, folds, inputs, layout
 from lib.errors import PipelineError, run_main
-from lib.task import task_of
+from lib.task import Task
 
 DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
 DEMO_TOP_FILES = ("train_masks.csv", "metadata.csv", "sample_submission.csv", "classes.csv")  # either kind's
@@ -65,7 +65,7 @@ def main(p: params.Params) -> None:
     if p.demo:
         write_demo(p)
     start = time.perf_counter()
-    task = task_of(p)
+    task = Task.of(p)
     table, notes = inputs.check_train(p.input_dir, p.workers, p.mask_suffix, p.group_regex, p.rle_order, task)
     for note in notes:
         print(f"note: {note}")
@@ -101,7 +101,7 @@ def main(p: params.Params) -> None:
 def check_test_set(p: params.Params) -> None:
     listed = (p.input_dir / files.SAMPLE_SUBMISSION).exists()
     if (p.input_dir / files.TEST).is_dir():
-        test_ids, _ = inputs.check_test(p.input_dir, task_of(p))
+        test_ids, _ = inputs.check_test(p.input_dir, Task.of(p))
         print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present" if listed else
               f"test: {len(test_ids)} images in {files.TEST}/ (no {files.SAMPLE_SUBMISSION}: the submission lists "
               "every one, sorted by id, keyed by file name)")

@@ -36,6 +36,7 @@ from lib.inputs import IMAGE_EXT, image_size, read_image_bytes  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
 from lib.runtime import Precision  # noqa: E402
+from lib.task import BINARY  # noqa: E402
 from lib.train import make_optimizer  # noqa: E402
 
 
@@ -101,7 +102,7 @@ class Setup:
     def predict(self, batch: int) -> None:
         self.model.eval()
         with self.precision.autocast(self.device):
-            tta.predict_proba(self.forward, self.x[:batch], "hflip")
+            tta.predict_proba(self.forward, self.x[:batch], "hflip", BINARY)
 
 
 def timed(fn, steps: int, warmup: int = 3) -> tuple[float, float]:
@@ -156,7 +157,7 @@ def loader_rates(p: params.Params, workers_list: list[int], n_images: int) -> li
         raise PipelineError(f"{folder}: no *.jpg training images for the loader measurement; give --input")
     first = folder / f"{ids[0]}{IMAGE_EXT}"
     orig = image_size(read_image_bytes(first), first)
-    data = Cache(p.input_dir, ids, np.zeros((len(ids), 0), np.uint8), orig, (p.height, p.width))
+    data = Cache(p.input_dir, ids, np.zeros((len(ids), 0), np.uint8), orig, (p.height, p.width), BINARY)
     transform = transform_for(p)
     out = []
     for workers in workers_list:

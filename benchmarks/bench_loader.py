@@ -61,7 +61,8 @@ def main() -> None:
     cache = open_cache(p.input_dir, p.output_dir, ids, p.height, p.width, p.workers, mode="on")
     n = min(64, len(ids))
 
-    decoder = Cache(cache.root, cache.ids, cache.truth, cache.orig_size, cache.size)  # no image arrays: decodes
+    # no image arrays: decodes
+    decoder = Cache(cache.root, cache.ids, cache.truth, cache.orig_size, cache.size, cache.task)
     start = time.perf_counter()
     for row in range(n):
         decoder.item(row)

@@ -52,7 +52,7 @@ def per_car(flags: list[str]) -> tuple[pd.Series, dict]:
     rows = []
     for k in sorted(split.fold.unique()):
         oof = load_oof(files.fold_dir(p.output_dir, p.experiment, k) / files.OOF)
-        dices = image_dices(oof.probs, cache, cache.rows(oof.ids), tuning["threshold"],
+        dices = image_dices(oof.probs, cache, cache.rows(oof.ids), tuning["threshold"], cache.task,
                             post=tuning.get("postprocess", "none"))
         rows += list(zip(oof.ids, dices))
     table = pd.DataFrame(rows, columns=["id", "dice"]).merge(split[["id", "car"]], on="id")

@@ -2,7 +2,7 @@
 
 ``output/cache/truth/`` (every network size shares it), for the training ids in sorted order:
     truth.npy   (N, B) uint8 full-resolution masks, np.packbits of the flattened (H0, W0) mask of each image (of a
-                multi-class set: the bit planes of its labels, ``pack_truth``), at its
+                multi-class set: the bit planes of its labels, ``Task.pack_truth``), at its
                 own size (B: the largest image's bytes; smaller images leave the rest of their row 0)
     meta.json   ids, each image's size, the common size (null when sizes differ), --mask-suffix, and the
                 fingerprint of every source file (``sources``: image and mask, lib/fingerprint.py)
@@ -39,8 +39,8 @@ from lib import files, fingerprint, layout
 from lib.errors import PipelineError
 from lib.fingerprint import Fingerprint
 from lib.geometry import padded_size, to_net
-from lib.inputs import image_header_size, image_size, read_image_bytes, read_truth, train_pairs
-from lib.task import BINARY, Task, task_of
+from lib.inputs import image_header_size, image_size, read_image_bytes, train_pairs
+from lib.task import BINARY, Task
 from params import SETTINGS, Params
 
 CACHE_VERSION = 4  # 3: per-image sizes and the mask suffix in meta.json; 4: the sources' fingerprints
@@ -74,11 +74,6 @@ def decode_net_image(raw: bytes, path: Path, height: int, width: int) -> tuple[n
     if flag == cv2.IMREAD_COLOR:
         return to_net(image, height, width), (h0, w0)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), (h0, w0)
-
-
-def net_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H0, W0) bool -> (height, width) uint8 soft mask 0..255 (area fraction at edges)."""
-    return to_net(mask.astype(np.uint8) * 255, height, width, interpolation=cv2.INTER_AREA)
 
 
 # --- what a cache was made from ---
@@ -153,12 +148,12 @@ class Cache:
     truth: np.ndarray  # (N, B) uint8 packed bits
     orig_size: tuple[int, int] | None  # (H0, W0) of every image; None when the sizes differ (see sizes)
     size: tuple[int, int]  # network (H, W)
+    task: Task  # binary masks or class labels (how masks are read, stored and resized)
     images: np.ndarray | None = None  # (N, H, W, 3) uint8 when cached
     masks: np.ndarray | None = None  # (N, H, W) uint8 when cached
     sizes: np.ndarray | None = None  # (N, 2) int (H0, W0) of each row; None: every row is orig_size
     mask_suffix: str = ""  # --mask-suffix: how item() finds a row's mask when decoding
     paths: list[tuple[Path, Path]] | None = None  # (image, mask) of each row, found on first use
-    task: Task = BINARY  # binary masks or class labels (how masks are read, stored and resized)
 
     @property
     def cached(self) -> bool:
@@ -172,7 +167,7 @@ class Cache:
 
     def full_mask(self, i: int) -> np.ndarray:
         """(H0, W0) full-resolution truth of row i at its image's own size: bool (binary) or uint8 labels."""
-        return unpack_truth(self.truth[i], self.size_of(i), self.task)
+        return self.task.unpack_truth(self.truth[i], self.size_of(i))
 
     def pair(self, i: int) -> tuple[Path, Path]:
         """(image file, mask file or instance folder) of row i."""
@@ -190,40 +185,13 @@ class Cache:
             return np.array(self.images[row]), np.array(self.masks[row])  # copies out of the memmaps
         image_file, mask_file = self.pair(row)
         image, orig = load_net_image(image_file, *self.size)
-        mask = read_truth(mask_file, self.task)
+        mask = self.task.read_truth(mask_file)
         expected = self.size_of(row)
         if orig != expected or mask.shape != orig:
             raise PipelineError(f"{image_file}: image {orig[1]}x{orig[0]} and mask "
                                 f"{mask.shape[1]}x{mask.shape[0]}, but the prepared data is "
                                 f"{expected[1]}x{expected[0]}; {_prepare_again()}")
-        return image, net_target(mask, *self.size, self.task)
-
-
-def pack_truth(mask: np.ndarray, task: Task = BINARY) -> np.ndarray:
-    """(H0, W0) bool mask or uint8 labels -> packed bits: the mask's bits (binary), or the labels' ``task.truth_bits``
-    bit planes one after another (bit 0 first)."""
-    if task.binary:
-        return np.packbits(mask.ravel())
-    return np.packbits(np.stack([(mask >> b) & 1 for b in range(task.truth_bits)]).ravel())
-
-
-def unpack_truth(row: np.ndarray, size: tuple[int, int], task: Task = BINARY) -> np.ndarray:
-    """The inverse of ``pack_truth`` for an image of ``size`` (H0, W0)."""
-    h0, w0 = size
-    if task.binary:
-        return np.unpackbits(row, count=h0 * w0).reshape(h0, w0).astype(bool)
-    planes = np.unpackbits(row, count=task.truth_bits * h0 * w0).reshape(task.truth_bits, h0, w0)
-    labels = np.zeros((h0, w0), np.uint8)
-    for b in range(task.truth_bits):
-        labels |= planes[b] << b
-    return labels
-
-
-def net_target(mask: np.ndarray, height: int, width: int, task: Task = BINARY) -> np.ndarray:
-    """Full-size truth -> (height, width) uint8 at the network size: a soft mask (binary) or labels (nearest)."""
-    if task.binary:
-        return net_mask(mask, height, width)
-    return to_net(mask, height, width, interpolation=cv2.INTER_NEAREST)
+        return image, self.task.net_target(mask, *self.size)
 
 
 def pair_paths(root: Path, ids: list[str], mask_suffix: str = "") -> list[tuple[Path, Path]]:
@@ -243,7 +211,7 @@ def projected_bytes(n: int, height: int, width: int) -> int:
     return n * height * width * 4
 
 
-def truth_bytes(n: int, orig_size: tuple[int, int], task: Task = BINARY) -> int:
+def truth_bytes(n: int, orig_size: tuple[int, int], task: Task) -> int:
     return n * -(-orig_size[0] * orig_size[1] * task.truth_bits // 8)
 
 
@@ -255,7 +223,7 @@ def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float
 
 
 def disk_needed(output: Path, ids: list[str], orig_size: tuple[int, int], height: int, width: int,
-                cache_images: bool, mask_suffix: str = "", task: Task = BINARY, sources: Sources | None = None
+                cache_images: bool, mask_suffix: str, task: Task, sources: Sources | None = None
                 ) -> dict[str, int]:
     """Bytes the truth and image caches will add under ``output`` (0 for a part already there and current);
     ``orig_size``: the size of the largest image (every truth row takes its bytes); ``sources``: the input files
@@ -293,7 +261,7 @@ _META = {"version": int, "ids": files.ListOf(str), "mask_suffix": str, "orig_siz
          "sizes?": files.ListOf(files.ListOf(int)), "task?": dict}
 
 
-def _current(folder: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY,
+def _current(folder: Path, ids: list[str], mask_suffix: str, task: Task,
              sources: Sources | None = None) -> dict | None:
     """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
     ``mask_suffix``, made from the bytes its ``sources`` still hold (checked when ``sources`` is given), else None."""
@@ -314,7 +282,7 @@ def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: 
     if files.schema_problem(meta, _META) is not None:  # damaged: stale, built again
         return None, "damaged meta.json"
     if not (meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and
-            meta.get("mask_suffix") == mask_suffix and meta.get("task", BINARY.record()) == task.record()):
+            meta.get("mask_suffix") == mask_suffix and meta.get("task") == task.record()):
         return meta, "made by another version, for other ids or settings"
     if sources is not None:
         changed = sources.changed(meta.get("sources"))
@@ -343,14 +311,14 @@ def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
             fps = (fingerprint.of_path(image_file), fingerprint.of_path(mask_file))
         except OSError as e:
             raise PipelineError(f"{e.filename}: cannot read ({e.strerror}); {_prepare_again()}") from None
-    mask = read_truth(mask_file, task)
+    mask = task.read_truth(mask_file)
     if not with_images:
-        return pack_truth(mask, task), mask.shape, fps
+        return task.pack_truth(mask), mask.shape, fps
     image, orig = load_net_image(image_file, height, width)
     if mask.shape != orig:
         raise PipelineError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                             f"{orig[1]}x{orig[0]}; {_prepare_again()}")
-    return pack_truth(mask, task), orig, fps, image, net_target(mask, height, width, task)
+    return task.pack_truth(mask), orig, fps, image, task.net_target(mask, height, width)
 
 
 def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
@@ -519,4 +487,4 @@ def open_for(p, ids: list[str], height: int | None = None, width: int | None = N
     """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb,
     --mask-suffix, --lock-timeout), at ``height`` x ``width`` (default the run's size)."""
     return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, p.cache,
-                      p.cache_budget_gb, p.mask_suffix, task_of(p), p.lock_timeout, sources)
+                      p.cache_budget_gb, p.mask_suffix, Task.of(p), p.lock_timeout, sources)

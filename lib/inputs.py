@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lib import files, fingerprint, layout, rle
+from lib import files, fingerprint, layout
 from lib.errors import PipelineError
 from lib.fingerprint import Fingerprint
+from lib.task import BINARY, Task
 
 IMAGE_EXT = ".jpg"  # Carvana's images (other extensions: lib/layout.py)
 Image.MAX_IMAGE_PIXELS = None  # PIL's decompression-bomb traceback gives way to the --max-image-mp check (max_pixels)
@@ -35,8 +36,8 @@ class Checked:
     height: int = 0
     width: int = 0
     mask_area: int = 0
-    rle: str = ""  # the mask's run-length encoding, to compare with train_masks.csv without decoding it again
-    class_pixels: tuple[int, ...] = ()  # multi-class: pixels of each class
+    rle: str | None = None  # Task.truth_rle: to compare with train_masks.csv without decoding it again
+    class_pixels: tuple[int, ...] = ()  # Task.class_pixels: multi-class, the pixels of each class
     problem: str = ""
     image_fp: Fingerprint | None = None  # the image and mask file (or instance folder) as they were read
     mask_fp: Fingerprint | None = None
@@ -232,13 +233,9 @@ def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
     return labels
 
 
-def read_truth(path: Path, task) -> np.ndarray:
-    """The truth of one image as ``task`` reads it: (H, W) bool (binary, ``read_mask``) or uint8 labels."""
-    if task.binary:
-        return read_mask(path)
-    if path.is_dir():
-        return read_class_instances(path, list(task.names))
-    return read_labels(path, task.classes, task.colors)
+def read_truth(path: Path, task: Task) -> np.ndarray:
+    """``task.read_truth(path)``, for lib/submission.py's scoring."""
+    return task.read_truth(path)
 
 
 def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -270,7 +267,7 @@ def _check_pair(args: tuple) -> Checked:
         before = _stat(image_path)  # then read: the fingerprint is of these bytes, or older than them
         raw = read_image_bytes(image_path)
         height, width = check_image_bytes(raw, image_path)
-        mask = read_truth(mask_path, task)
+        mask = task.read_truth(mask_path)
         mask_fp = fingerprint.of_path(mask_path)  # hashes the bytes read_truth just read (from the page cache)
     except PipelineError as e:
         return Checked(image_id_, problem=str(e))
@@ -280,11 +277,8 @@ def _check_pair(args: tuple) -> Checked:
     if (height, width) != mask.shape:
         return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                                          f"{image_path.name} is {width}x{height}")
-    if not task.binary:
-        counts = np.bincount(mask.ravel(), minlength=task.classes)
-        return Checked(image_id_, height, width, int(counts[1:].sum()), class_pixels=tuple(int(c) for c in counts),
-                       **sources)
-    return Checked(image_id_, height, width, int(mask.sum()), rle.encode(mask, rle_order), **sources)
+    return Checked(image_id_, height, width, int(np.count_nonzero(mask)), task.truth_rle(mask, rle_order),
+                   task.class_pixels(mask), **sources)
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -312,7 +306,7 @@ def train_pairs(root: Path, mask_suffix: str = "", notes: list[str] | None = Non
 
 
 def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex: str = "",
-                rle_order: str = "row", task=None) -> tuple[pd.DataFrame, list[str]]:
+                rle_order: str = "row", task: Task = BINARY) -> tuple[pd.DataFrame, list[str]]:
     """Check ``root/train`` against ``root/train_masks`` (and ``train_masks.csv`` where present, read in
     ``rle_order``), and group the ids for the folds (``lib.layout.groups_of``).
 
@@ -327,8 +321,6 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     pairs, problems = train_pairs(root, mask_suffix, notes)
     ids = sorted(pairs)
     groups = layout.groups_of(ids, group_regex)  # a bad --group-regex is refused before any image is read
-    from lib.task import BINARY
-    task = task or BINARY
     jobs = [(i, *pairs[i], rle_order, task) for i in ids]
     from lib.progress import progress
     if workers > 1 and len(jobs) > 8:
@@ -351,21 +343,14 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     if instances:
         notes.append(f"{len(instances)} image(s) take their mask from an instance folder (the union of its masks): "
                      f"{_listing(instances)}")
-    if not task.binary and good:
-        total = np.sum([c.class_pixels for c in good], axis=0)
-        present = np.sum([np.array(c.class_pixels) > 0 for c in good], axis=0)
-        notes.append("classes (share of pixels, images holding it): " + ", ".join(
-            f"{name} {t / total.sum():.1%} {n}" for name, t, n in zip(task.names, total, present)))
-        absent = [name for name, n in zip(task.names, present) if n == 0]
-        if absent:
-            notes.append(f"class(es) {', '.join(absent)} in no training mask: the model cannot learn them")
+    notes += task.class_notes([c.class_pixels for c in good])
     empty = table[table.mask_area == 0]
     if len(empty):
         notes.append(f"{len(empty)} mask(s) are empty (no object): {_listing(list(empty.id))}")
     csv_path = root / files.TRAIN_MASKS_CSV
-    if csv_path.exists() and not problems and task.binary:
-        problems += _check_train_masks_csv(csv_path, {i: m for i, (_, m) in pairs.items()},
-                                           {c.image_id: c.rle for c in good})
+    rles = {c.image_id: c.rle for c in good if c.rle is not None}  # binary masks only (Task.truth_rle)
+    if csv_path.exists() and not problems and rles:
+        problems += _check_train_masks_csv(csv_path, {i: m for i, (_, m) in pairs.items()}, rles)
     if problems:
         raise PipelineError(f"{len(problems)} problem(s) in {root}:\n  " + "\n  ".join(
             problems[:MAX_LISTED]) + (f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""))
@@ -453,7 +438,7 @@ def test_rows(root: Path) -> tuple[list[str], list[str]]:
     return ids, [on_disk[i].name for i in ids]
 
 
-def check_test(root: Path, task=None) -> tuple[list[str], dict[str, Path]]:
+def check_test(root: Path, task: Task = BINARY) -> tuple[list[str], dict[str, Path]]:
     """Test ids in submission order and their files in test/: the ids of sample_submission.csv (every one must be on
     disk; for a multi-class ``task`` the images of its ``<image id>_<class>`` rows), or without one every image in
     test/, sorted by id."""
@@ -462,7 +447,7 @@ def check_test(root: Path, task=None) -> tuple[list[str], dict[str, Path]]:
     if not (root / files.SAMPLE_SUBMISSION).exists():
         ids = sorted(on_disk)
         return ids, {i: on_disk[i] for i in ids}
-    ids = read_sample_submission(root) if task is None or task.binary else test_class_rows(root, task)[0]
+    ids = task.submission_rows(root)[0]
     missing = [i for i in ids if i not in on_disk]
     if missing:
         raise PipelineError(f"{root / files.TEST}: {len(missing)} of the {len(ids)} images listed in "
@@ -496,7 +481,7 @@ def test_sizes(root: Path, ids: list[str], names: dict[str, str], common: tuple[
     return sizes
 
 
-def test_class_rows(root: Path, task) -> tuple[list[str], list[str], list[tuple[str, int]]]:
+def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[tuple[str, int]]]:
     """Multi-class submission rows: (test image ids in first-row order, row ids, (image id, class) of each row).
 
     With sample_submission.csv its rows, each ``<image id>_<class name>`` of a class 1..C-1 (the longest class name

@@ -19,7 +19,7 @@ import numpy as np
 from lib import files, postprocess
 from lib.errors import PipelineError
 from lib.geometry import from_net
-from lib.metrics import binarize, dice, dice_histograms
+from lib.metrics import dice_histograms, level_of
 from lib.task import BINARY, Task
 
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]  # as test maps
@@ -79,21 +79,19 @@ def at_size(m: np.ndarray, task: Task, height: int, width: int) -> np.ndarray:
     return np.stack([from_net(c, height, width) for c in task.split_map(m)])
 
 
-def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
-                task: Task = BINARY, post: str = postprocess.NONE) -> np.ndarray:
+def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float, task: Task,
+                post: str = postprocess.NONE) -> np.ndarray:
     """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
-    image's own size, for each scored class
-    (S = 1 binary, at ``threshold`` after post-processing ``post``; S = C - 1 multi-class, of the argmax)."""
-    if task.binary:
-        return np.array([[dice(binarize(postprocess.apply(post, np.ascontiguousarray(from_net(pr, *cache.size_of(r)))),
-                                        threshold),
-                               cache.full_mask(r))] for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, 1)
-    return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), 0), cache.full_mask(r))
+    image's own size, for each scored class of the ``task``'s decision (``Task.decide``: S = 1 binary, at
+    ``threshold`` after post-processing ``post``; S = C - 1 multi-class, of the argmax)."""
+    level = level_of(threshold)
+    return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), level, post),
+                                      cache.full_mask(r))
                      for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, len(task.scored))
 
 
-def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
-                task: Task = BINARY, post: str = postprocess.NONE) -> np.ndarray:
+def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float, task: Task,
+                post: str = postprocess.NONE) -> np.ndarray:
     """(N,) full-resolution score of each map: Dice at ``threshold`` after post-processing ``post`` (binary) or the
     mean Dice of the classes of the argmax (multi-class)."""
     return class_dices(probs_u8, cache, rows, threshold, task, post).mean(axis=1)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lib import files
+from lib.metrics import level_of
 
 COLOUR = np.array([255, 40, 200], np.float32)  # RGB magenta
 ALPHA = 0.45
@@ -78,7 +79,5 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, task) -> np.ndarray:
 
 
 def overlay_map(image: np.ndarray, prob_map: np.ndarray, task) -> np.ndarray:
-    """A network-size image and its stored map (lib/task.py) -> the overlay of what the map decides."""
-    if task.binary:
-        return overlay(image, prob_map > 127)
-    return overlay_labels(image, task.decide(task.split_map(prob_map), 0), task)
+    """A network-size image and its stored map (lib/task.py) -> the overlay of what the map decides at 0.5."""
+    return task.overlay(image, task.decide(task.split_map(prob_map), level_of(0.5)))

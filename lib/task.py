@@ -7,25 +7,38 @@ The stages ask the task object rather than branching on the number of classes th
 | network output | 1 channel of logits | C channels of logits |
 | probabilities | sigmoid | softmax over the channels |
 | loss | BCE + soft Dice (binary) | cross-entropy + soft Dice (multiclass), smp's losses |
+| truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels |
+| truth kept at full resolution | its bits | ``truth_bits`` bit planes of the labels |
+| what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask |
 | training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest |
 | map (stored probabilities) | (H, W) uint8 | (C * H, W) uint8: the C class maps stacked down |
-| decision at the image's size | map > threshold | argmax over the classes |
+| decision at the image's size | map (post-processed) > threshold: a bool mask | argmax over the classes: labels |
+| picture of a decision | the mask tinted and outlined | each class tinted in its colour |
 | score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean |
+| figures per class (logs, tuning) | none: the image score is the one class's | ``{name: value}`` of classes 1..C-1 |
 | submission rows of an image | ``<file name>`` | ``<image id>_<class name>`` for class 1..C-1 |
+
+A Task is made in one of two ways: ``Task.of(p)`` from a run's settings, ``Task.from_record(record)`` from what a
+file recorded (``record()``); ``BINARY`` is the binary task's value.
 
 Class 0 is the background in both: it is never a submission row and never scored on its own.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from lib import postprocess, rle
 from lib.errors import PipelineError
 from lib.files import ListOf
+from lib.geometry import to_net
+from lib.metrics import dice
 
 
 RECORD = {"classes": int, "names": ListOf(str)}  # what Task.record() writes, as a files.schema_problem schema
@@ -42,6 +55,28 @@ class Task:
             raise ValueError(f"classes must be >= 1, got {self.classes}")
         if not self.binary and len(self.names) != self.classes:
             object.__setattr__(self, "names", tuple(f"class{k}" for k in range(self.classes)))
+
+    @classmethod
+    def of(cls, p) -> Task:
+        """The task of a run's settings: ``--classes`` and, when given, ``--class-colors`` (names and colours) or
+        ``--class-names``."""
+        names: tuple[str, ...] = ()
+        colors: tuple = ()
+        if p.class_colors:
+            names, colors = read_class_colors(Path(p.class_colors))
+            if len(names) != p.classes:
+                raise PipelineError(f"{p.class_colors}: lists {len(names)} classes but --classes is {p.classes}; give "
+                                    f"--classes {len(names)}")
+        elif p.class_names:
+            names = tuple(x.strip() for x in p.class_names.split(","))
+            if len(names) != p.classes:
+                raise PipelineError(f"--class-names lists {len(names)} classes but --classes is {p.classes}")
+        return cls(p.classes, names, colors)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Task:
+        """The task a checkpoint, tuning or map folder recorded (``record()``; ``RECORD`` is its schema)."""
+        return cls(int(record["classes"]), tuple(record["names"]))
 
     @property
     def binary(self) -> bool:
@@ -65,6 +100,79 @@ class Task:
     def describe(self) -> str:
         return "binary masks" if self.binary else f"{self.classes} classes ({', '.join(self.names)})"
 
+    # --- the truth: read, checked, stored ---
+    def read_truth(self, path: Path) -> NDArray:
+        """The truth of one image from its mask file or instance folder: (H, W) bool (``inputs.read_mask``) or uint8
+        labels (``inputs.read_labels``, or ``inputs.read_class_instances`` for a folder); PipelineError naming the
+        file when it is not one."""
+        from lib import inputs
+        if self.binary:
+            return inputs.read_mask(path)
+        if path.is_dir():
+            return inputs.read_class_instances(path, list(self.names))
+        return inputs.read_labels(path, self.classes, self.colors)
+
+    def truth_rle(self, truth: NDArray, order: str) -> str | None:
+        """The RLE (in ``order``) that ``train_masks.csv`` lists for this truth: a binary mask's; None for labels,
+        which no such file lists."""
+        return rle.encode(truth, order) if self.binary else None
+
+    def class_pixels(self, truth: NDArray) -> tuple[int, ...]:
+        """Pixels of each class 0..C-1 in one image's labels, for 01's notes (``class_notes``); () for a binary
+        mask, whose area says it all."""
+        if self.binary:
+            return ()
+        return tuple(int(c) for c in np.bincount(truth.ravel(), minlength=self.classes))
+
+    def class_notes(self, pixels: Sequence[tuple[int, ...]]) -> list[str]:
+        """01's notes on the training truth from each image's ``class_pixels``: each class's share of the pixels and
+        the images holding it, and the classes in no mask (none for binary masks)."""
+        if self.binary or not pixels:
+            return []
+        total = np.sum(pixels, axis=0)
+        present = np.sum([np.array(c) > 0 for c in pixels], axis=0)
+        notes = ["classes (share of pixels, images holding it): " + ", ".join(
+            f"{name} {t / total.sum():.1%} {n}" for name, t, n in zip(self.names, total, present))]
+        absent = [name for name, n in zip(self.names, present) if n == 0]
+        if absent:
+            notes.append(f"class(es) {', '.join(absent)} in no training mask: the model cannot learn them")
+        return notes
+
+    def pack_truth(self, truth: NDArray) -> NDArray[np.uint8]:
+        """(H0, W0) bool mask or uint8 labels -> packed bits: the mask's bits, or the labels' ``truth_bits`` bit
+        planes one after another (bit 0 first)."""
+        if self.binary:
+            return np.packbits(truth.ravel())
+        return np.packbits(np.stack([(truth >> b) & 1 for b in range(self.truth_bits)]).ravel())
+
+    def unpack_truth(self, row: NDArray[np.uint8], size: tuple[int, int]) -> NDArray:
+        """The inverse of ``pack_truth`` for an image of ``size`` (H0, W0)."""
+        h0, w0 = size
+        if self.binary:
+            return np.unpackbits(row, count=h0 * w0).reshape(h0, w0).astype(bool)
+        planes = np.unpackbits(row, count=self.truth_bits * h0 * w0).reshape(self.truth_bits, h0, w0)
+        labels = np.zeros((h0, w0), np.uint8)
+        for b in range(self.truth_bits):
+            labels |= planes[b] << b
+        return labels
+
+    def net_target(self, truth: NDArray, height: int, width: int) -> NDArray[np.uint8]:
+        """Full-size truth -> (height, width) uint8 at the network size: a soft mask 0..255 (the area fraction at
+        edges) or labels (nearest)."""
+        if self.binary:
+            return to_net(truth.astype(np.uint8) * 255, height, width, interpolation=cv2.INTER_AREA)
+        return to_net(truth, height, width, interpolation=cv2.INTER_NEAREST)
+
+    def submission_rows(self, root: Path) -> tuple[list[str], list[str], list[tuple[str, int]]]:
+        """The test set's submission rows under ``root``: (image ids in first-row order, row ids, (image id, class)
+        of each row): ``inputs.test_rows`` (one row an image, class 1) or ``inputs.test_class_rows`` (a row per
+        image and class 1..C-1)."""
+        from lib import inputs
+        if self.binary:
+            ids, keys = inputs.test_rows(root)
+            return ids, keys, [(i, 1) for i in ids]
+        return inputs.test_class_rows(root, self)
+
     # --- training ---
     def loss(self, bce_weight: float, dice_weight: float):
         from lib.losses import BceDice, CeDice
@@ -78,7 +186,6 @@ class Task:
     @property
     def mask_interpolation(self) -> int:
         """How network-size masks are resized and warped: soft (area, linear) for binary, nearest for labels."""
-        import cv2
         return cv2.INTER_LINEAR if self.binary else cv2.INTER_NEAREST
 
     def probabilities(self, logits):
@@ -107,12 +214,21 @@ class Task:
         return m.reshape(c, m.shape[0] // c, m.shape[1])
 
     # --- decisions and scores ---
-    def decide(self, maps: NDArray[np.uint8], level: int) -> NDArray:
-        """(channels, H, W) uint8 maps at the image's size -> (H, W) bool mask (binary: level > ``level``) or
-        uint8 labels (argmax; ``level`` is unused)."""
+    def decide(self, maps: NDArray[np.uint8], level: int, post: str = postprocess.NONE) -> NDArray:
+        """(channels, H, W) uint8 maps at the image's size -> (H, W) bool mask (binary: the map after
+        post-processing ``post`` (lib/postprocess.py) above the uint8 ``level``) or uint8 labels (argmax; ``level``
+        and ``post`` are unused)."""
         if self.binary:
-            return maps[0] > level
+            return postprocess.apply(post, maps[0]) > level
         return np.argmax(maps, axis=0).astype(np.uint8)
+
+    def overlay(self, image: NDArray[np.uint8], decision: NDArray) -> NDArray[np.uint8]:
+        """(H, W, 3) uint8 RGB photo with its ``decide``d mask tinted and outlined, or each class 1..C-1 of its labels
+        tinted in the class's colour."""
+        from lib import plot
+        if self.binary:
+            return plot.overlay(image, decision)
+        return plot.overlay_labels(image, decision, self)
 
     def class_dices(self, pred: NDArray, truth: NDArray) -> NDArray[np.float64]:
         """Dice of each scored class of one image (1 where the class is in neither): (len(scored),).
@@ -120,7 +236,9 @@ class Task:
         pred, truth: (H, W) bool masks (binary) or uint8 labels 0..C-1."""
         if pred.shape != truth.shape:
             raise ValueError(f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}")
-        k = 2 if self.binary else self.classes
+        if self.binary:
+            return np.array([dice(pred, truth)], dtype=np.float64)  # the same number, counted without a bincount
+        k = self.classes
         counts = np.bincount(pred.astype(np.int64).ravel() * k + truth.astype(np.int64).ravel(),
                              minlength=k * k).reshape(k, k)  # [pred class, true class]
         out = []
@@ -133,6 +251,11 @@ class Task:
     def score(self, pred: NDArray, truth: NDArray) -> float:
         """The image's score: Dice (binary) or the mean Dice over the classes 1..C-1."""
         return float(self.class_dices(pred, truth).mean())
+
+    def by_class(self, values: Sequence[float]) -> dict[str, float]:
+        """{class name: value} of a figure per scored class (``values`` in ``scored`` order) for logs and tuning;
+        {} for binary masks, whose one class's figure is the image score itself."""
+        return {} if self.binary else {self.names[c]: float(v) for c, v in zip(self.scored, values)}
 
     # --- submissions ---
     def row_ids(self, key: str, image_id: str) -> list[str]:
@@ -177,26 +300,7 @@ def read_class_colors(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int
     return tuple(names), tuple(colors)  # type: ignore[return-value]
 
 
-def task_of(p) -> Task:
-    """The task of a run's settings: ``--classes`` and, when given, ``--class-colors`` (names and colours) or
-    ``--class-names``."""
-    classes = getattr(p, "classes", 1)
-    names: tuple[str, ...] = ()
-    colors: tuple = ()
-    colors_file = getattr(p, "class_colors", "")
-    if colors_file:
-        names, colors = read_class_colors(Path(colors_file))
-        if len(names) != classes:
-            raise PipelineError(f"{colors_file}: lists {len(names)} classes but --classes is {classes}; give "
-                                f"--classes {len(names)}")
-    elif getattr(p, "class_names", ""):
-        names = tuple(x.strip() for x in p.class_names.split(","))
-        if len(names) != classes:
-            raise PipelineError(f"--class-names lists {len(names)} classes but --classes is {classes}")
-    return Task(classes, names, colors)
-
-
 def task_of_checkpoint(ckpt: dict, p) -> Task:
-    """The task a checkpoint was trained for: its ``--classes`` and the class names it recorded."""
-    names = tuple((ckpt.get("task") or {}).get("names") or ())
-    return Task(p.classes, names if len(names) == p.classes else ())
+    """The task a checkpoint was trained for (``Task.from_record`` of what it recorded; its ``--classes`` where it
+    recorded nothing)."""
+    return Task.from_record(ckpt.get("task") or {"classes": p.classes, "names": []})

@@ -17,7 +17,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from lib.model import (CHECKPOINT, build_model, checkpoint_state, read_checkpoin
 from lib.oof import PngMaps, class_dices, save_oof
 from lib.plot import learning_curve, overlay_map
 from lib.progress import progress
-from lib.task import RECORD as TASK_RECORD, Task, task_of
+from lib.task import RECORD as TASK_RECORD, Task
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, use_compile
 from params import Params
 
@@ -186,7 +186,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(p.ema), use_buffers=True) if p.ema else None
 
     pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached)
-    task = task_of(p)
+    task = Task.of(p)
     transform = transform_for(p, task.mask_interpolation)
     sampler = SeededShuffle(train_rows, p.seed * 1000 + index, rank=dist.rank, world=dist.world, batch=p.batch_size)
     train_loader = make_loader(TrainSet(cache, transform), sampler, p.batch_size // dist.world, workers, pin,
@@ -318,7 +318,7 @@ class Evaluation:
     dice: float  # mean full-resolution Dice at VAL_THRESHOLD over the whole validation set
     probs: PngMaps | None  # the maps of every validation image in val_ids order, as PNG (rank 0 only)
     examples: tuple[np.ndarray, np.ndarray] | None = None  # rank 0: a few (images (N, 3, H, W), maps (N, H, W))
-    class_dice: dict | None = None  # multi-class: {class name: mean Dice over the validation set}
+    class_dice: dict[str, float] = field(default_factory=dict)  # Task.by_class: mean Dice of each class
 
 
 def predictor(run: Run) -> torch.nn.Module:
@@ -345,12 +345,11 @@ def evaluate(run: Run, model: torch.nn.Module | None = None) -> Evaluation:
     per_class = class_dices(mine, run.cache, run.val_rows, VAL_THRESHOLD, run.task)  # (N, S)
     loss_sum, dice_sum, count, *class_sums = run.dist.sum(losses, float(per_class.mean(1).sum()), len(mine),
                                                           *per_class.sum(0).tolist())
-    names = [] if run.task.binary else [run.task.names[c] for c in run.task.scored]
     gathered = run.dist.gather(PngMaps.encode(mine))  # compressed where made: ~20x less to send and to keep
     return Evaluation(loss_sum / max(count, 1), dice_sum / max(count, 1),
                       PngMaps.join(gathered) if gathered is not None else None,
                       (examples, mine[:len(examples)]) if run.dist.main and examples is not None else None,
-                      None if run.task.binary else {n: s / max(count, 1) for n, s in zip(names, class_sums)})
+                      run.task.by_class([s / max(count, 1) for s in class_sums]))
 
 
 # --- files (rank 0) ---
@@ -418,7 +417,7 @@ class RunWriter:
         if ev is not None:
             tb.add_scalar("loss/val", ev.loss, epoch)
             tb.add_scalar("dice/val", ev.dice, epoch)
-            for name, d in (ev.class_dice or {}).items():
+            for name, d in ev.class_dice.items():
                 tb.add_scalar(f"dice/val_{name}", d, epoch)
             if ev.examples is not None:
                 images, maps = ev.examples

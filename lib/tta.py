@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from lib.task import BINARY, Task
+from lib.task import Task
 
 Pair = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -30,7 +30,7 @@ MODES: dict[str, list[Pair]] = {
 
 
 def predict_proba(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str,
-                  task: Task = BINARY) -> torch.Tensor:
+                  task: Task) -> torch.Tensor:
     """Mean probability (N, channels, H, W) float32 over the mode's augmentations (sigmoid for binary masks,
     softmax over the classes for labels: ``task.probabilities``)."""
     pairs = MODES[mode]

@@ -13,6 +13,7 @@ from conftest import ROOT, TINY_FLAGS, run_script
 from lib import cache as cache_mod, files
 from lib.data import SeededShuffle, TrainSet, make_loader, train_transform
 from lib.errors import PipelineError
+from lib.task import BINARY
 
 H, W = 64, 96
 
@@ -68,7 +69,7 @@ def test_projected_sizes_are_the_arrays_written(tiny_demo, tmp_path):
     header = 128  # np.save's header
     assert data_bytes["images.npy"] + data_bytes["masks.npy"] - 2 * header == cache_mod.projected_bytes(len(ids), H, W)
     orig = cache_mod.open_cache(tiny_demo, tmp_path, ids, H, W, workers=0, mode="off").orig_size
-    assert data_bytes["truth.npy"] - header == cache_mod.truth_bytes(len(ids), orig)
+    assert data_bytes["truth.npy"] - header == cache_mod.truth_bytes(len(ids), orig, BINARY)
 
 
 def load_prepare():
@@ -85,7 +86,7 @@ def test_short_disk_is_refused_before_anything_is_written_and_the_advice_repairs
     ids = ids_of(tiny_demo)
     flags = ["--input", str(tiny_demo), "--output", str(out), *map(str, TINY_FLAGS), "--cache", "on"]
     p, _ = params.parse("t", flags)
-    truth = cache_mod.truth_bytes(len(ids), (160, 240))
+    truth = cache_mod.truth_bytes(len(ids), (160, 240), BINARY)
     usage = namedtuple("usage", "total used free")
     # room for the truth, not for the images
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage(10**12, 0, int(truth * 1.2)))

@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import TINY_FLAGS, run_script
 from lib import cache as cache_mod, files, fingerprint, inputs, predict
 from lib.fingerprint import Fingerprint
+from lib.task import BINARY
 from test_reliability import EXPERIMENT, FLAGS, H, W, clone, digest, error_line, temp_files  # noqa: F401
 from test_reliability2 import advised, own_input
 
@@ -42,7 +43,7 @@ def truth_of(out: Path, image_id: str) -> np.ndarray:
     meta = json.loads((out / "cache" / "truth" / "meta.json").read_text())
     row = meta["ids"].index(image_id)
     truth = np.load(out / "cache" / "truth" / "truth.npy", mmap_mode="r")
-    return cache_mod.unpack_truth(truth[row], tuple(meta["sizes"][row]))
+    return BINARY.unpack_truth(truth[row], tuple(meta["sizes"][row]))
 
 
 def net_mask_of(out: Path, image_id: str) -> np.ndarray:
@@ -145,7 +146,7 @@ def test_an_edited_mask_rebuilds_the_caches_whoever_opens_them(tiny_demo, tmp_pa
     data = cache_mod.open_cache(root, out, ids, H, W, workers=0, mode="on")
     assert f"cache: 1 of {n_sources} sources changed" in capsys.readouterr().out
     assert (data.full_mask(1) == new).all()
-    assert (data.masks[1] == cache_mod.net_target(new, H, W)).all()
+    assert (data.masks[1] == BINARY.net_target(new, H, W)).all()
     meta = json.loads((out / "cache" / "truth" / "meta.json").read_text())
     assert meta["sources"]["files"][f"{files.TRAIN_MASKS}/{mask_path.name}"] == fingerprint.of_path(mask_path).record()
 

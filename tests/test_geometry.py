@@ -5,6 +5,7 @@ import torch
 
 from lib import tta
 from lib.geometry import ORIG_H, ORIG_W, from_net, padded_size, padding, to_net
+from lib.task import BINARY
 
 
 def test_carvana_full_resolution_pads_one_pixel_each_side():
@@ -40,12 +41,12 @@ def test_tta_of_a_flip_equivariant_model_equals_plain():
     def model(x):  # logits symmetric under hflip
         return x[:, :1] + x[:, :1].flip(-1)
     x = torch.randn(2, 3, 8, 8)
-    assert torch.allclose(tta.predict_proba(model, x, "hflip"), tta.predict_proba(model, x, "none"))
+    assert torch.allclose(tta.predict_proba(model, x, "hflip", BINARY), tta.predict_proba(model, x, "none", BINARY))
 
 
 def test_tta_hflip_averages_the_flipped_prediction():
     def model(x):  # not symmetric: depends on the column
         return torch.linspace(-3, 3, x.shape[-1]).expand(x.shape[0], 1, x.shape[2], x.shape[3])
     x = torch.zeros(1, 3, 4, 6)
-    prob = tta.predict_proba(model, x, "hflip")
+    prob = tta.predict_proba(model, x, "hflip", BINARY)
     assert torch.allclose(prob, torch.full_like(prob, 0.5), atol=1e-6)

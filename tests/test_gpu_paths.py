@@ -119,6 +119,6 @@ def test_default_full_size_recipe_takes_a_training_step_and_predicts(prepared):
     run.net.eval()
     image = next(iter(run.val_loader))[0][:1].contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), run.precision.autocast(run.device):
-        prob = tta.predict_proba(run.net, image, "hflip")
+        prob = tta.predict_proba(run.net, image, "hflip", BINARY)
     maps = BINARY.to_maps(prob)
     assert maps.shape == (1, 1280, 1920) and maps.dtype == np.uint8

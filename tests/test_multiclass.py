@@ -11,7 +11,6 @@ from PIL import Image
 
 from conftest import TINY_FLAGS, run_script
 from lib import files, inputs, rle
-from lib.cache import pack_truth, unpack_truth
 from lib.errors import PipelineError
 from lib.model import read_checkpoint
 from lib.task import Task
@@ -33,7 +32,7 @@ def test_label_palette_and_colour_masks_read_as_the_same_labels(tmp_path):
     pal.save(tmp_path / "palette.png")
     Image.fromarray(np.array(TASK.colors, np.uint8)[labels]).save(tmp_path / "colour.png")
     for name in ("grey.png", "palette.png", "colour.png"):
-        assert np.array_equal(inputs.read_truth(tmp_path / name, TASK), labels), name
+        assert np.array_equal(TASK.read_truth(tmp_path / name), labels), name
 
 
 def test_bad_label_masks_are_one_line_naming_the_file(tmp_path):
@@ -41,14 +40,14 @@ def test_bad_label_masks_are_one_line_naming_the_file(tmp_path):
     labels[0, 0] = 7
     Image.fromarray(labels).save(tmp_path / "high.png")
     with pytest.raises(PipelineError, match=r"high\.png: label values 7 outside 0\.\.3"):
-        inputs.read_truth(tmp_path / "high.png", TASK)
+        TASK.read_truth(tmp_path / "high.png")
     colours = np.array(TASK.colors, np.uint8)[labels_image()]
     colours[2, 3] = (1, 2, 3)
     Image.fromarray(colours).save(tmp_path / "odd.png")
     with pytest.raises(PipelineError, match=r"odd\.png: 1 pixels of colours .* \(1, 2, 3\) at x=3, y=2"):
-        inputs.read_truth(tmp_path / "odd.png", TASK)
+        TASK.read_truth(tmp_path / "odd.png")
     with pytest.raises(PipelineError, match="--class-colors"):
-        inputs.read_truth(tmp_path / "odd.png", Task(4))
+        Task(4).read_truth(tmp_path / "odd.png")
 
 
 def test_class_instance_folders_paint_each_object_with_its_class(tmp_path):
@@ -59,20 +58,20 @@ def test_class_instance_folders_paint_each_object_with_its_class(tmp_path):
     tree[2:5, 5:7] = 255
     Image.fromarray(road).save(folder / "a__road.png")
     Image.fromarray(tree).save(folder / "b__tree.png")
-    labels = inputs.read_truth(folder, TASK)
+    labels = TASK.read_truth(folder)
     assert labels[1, 0] == 1 and labels[2, 5] == 3 and labels[4, 5] == 3 and labels[5, 0] == 0
     Image.fromarray(tree).save(folder / "c__car.png")
     with pytest.raises(PipelineError, match=r"c__car\.png: .*<anything>__<class>"):
-        inputs.read_truth(folder, TASK)
+        TASK.read_truth(folder)
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5, 17])
 def test_truth_bit_planes_round_trip(classes):
     task = Task(classes)
     labels = np.random.default_rng(classes).integers(0, classes, (37, 53)).astype(np.uint8)
-    packed = pack_truth(labels, task)
+    packed = task.pack_truth(labels)
     assert packed.size == -(-37 * 53 * task.truth_bits // 8)
-    assert np.array_equal(unpack_truth(packed, (37, 53), task), labels)
+    assert np.array_equal(task.unpack_truth(packed, (37, 53)), labels)
 
 
 def test_multiclass_rows_of_a_sample_submission(tmp_path):

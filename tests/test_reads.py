@@ -23,6 +23,7 @@ import torch
 from conftest import PYTHON, ROOT, run_script
 from lib import cache as cache_mod, files
 from lib.oof import load_oof
+from lib.task import BINARY
 from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file  # noqa: F401
 
 
@@ -216,8 +217,8 @@ def test_a_damaged_cache_meta_is_stale_and_built_again(trained, tmp_path, conten
     out = clone(trained, tmp_path, with_maps=False)
     ids = sorted(p.stem for p in (trained.root / files.TRAIN).glob("*.jpg"))
     truth = out / "cache" / "truth" / "meta.json"
-    assert cache_mod._current(truth.parent, ids) is not None
+    assert cache_mod._current(truth.parent, ids, "", BINARY) is not None
     replace_file(truth, content)
-    assert cache_mod._current(truth.parent, ids) is None
+    assert cache_mod._current(truth.parent, ids, "", BINARY) is None
     cache = cache_mod.open_cache(trained.root, out, ids, 32, 64, workers=1, mode="off")
-    assert cache_mod._current(truth.parent, ids) is not None and cache.full_mask(0).any()
+    assert cache_mod._current(truth.parent, ids, "", BINARY) is not None and cache.full_mask(0).any()

@@ -9,7 +9,7 @@ from lib import tta
 from lib.errors import PipelineError
 from lib.losses import BceDice, CeDice
 from lib.metrics import dice
-from lib.task import BINARY, Task, read_class_colors, task_of
+from lib.task import BINARY, Task, read_class_colors
 import params
 
 
@@ -83,9 +83,9 @@ def test_class_colors_file(tmp_path):
     names, colors = read_class_colors(path)
     assert names == ("background", "road", "building") and colors[1] == (128, 64, 128)
     p = params.make_params(classes=3, class_colors=str(path))
-    assert task_of(p).names == names
+    assert Task.of(p).names == names
     with pytest.raises(PipelineError, match="lists 3 classes but --classes is 4"):
-        task_of(params.make_params(classes=4, class_colors=str(path)))
+        Task.of(params.make_params(classes=4, class_colors=str(path)))
     path.write_text("background,0,0,0\nroad,300,0,0\n")
     with pytest.raises(PipelineError, match=r"row 2 .* 0\.\.255"):
         read_class_colors(path)
@@ -97,3 +97,47 @@ def test_class_colors_file(tmp_path):
 def test_multiclass_row_ids():
     task = Task(3, ("background", "road", "tree"))
     assert task.row_ids("scene_1.png", "scene_1") == ["scene_1_road", "scene_1_tree"]
+
+
+def test_a_task_is_made_from_settings_or_from_its_record():
+    p = params.make_params(classes=3, class_names="bg, road, tree")
+    task = Task.of(p)
+    assert task == Task(3, ("bg", "road", "tree")) and Task.from_record(task.record()) == task
+    assert Task.of(params.make_params()) == BINARY == Task.from_record(BINARY.record())
+    assert Task.from_record({"classes": 3, "names": []}).names == ("class0", "class1", "class2")
+
+
+@pytest.mark.parametrize("task", [BINARY, Task(2), Task(5)])
+def test_truth_bits_round_trip(task):
+    rng = np.random.default_rng(task.classes)
+    truth = rng.integers(0, 2, (19, 23)).astype(bool) if task.binary else \
+        rng.integers(0, task.classes, (19, 23)).astype(np.uint8)
+    packed = task.pack_truth(truth)
+    assert packed.size == -(-19 * 23 * task.truth_bits // 8)
+    back = task.unpack_truth(packed, (19, 23))
+    assert back.dtype == truth.dtype and np.array_equal(back, truth)
+
+
+def test_the_task_decides_scores_and_names_per_class():
+    maps = np.array([[[10, 200], [128, 127]]], np.uint8)
+    assert np.array_equal(BINARY.decide(maps, 127), [[False, True], [True, False]])
+    rng = np.random.default_rng(1)
+    a, b = rng.random((20, 30)) > 0.5, rng.random((20, 30)) > 0.3
+    assert BINARY.class_dices(a, b).tolist() == [dice(a, b)]  # exactly metrics.dice
+    assert BINARY.by_class([0.9]) == {} and Task(3, ("bg", "a", "b")).by_class([0.5, 0.25]) == {"a": 0.5, "b": 0.25}
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    assert Task(3).class_pixels(labels) == (1, 2, 1) and BINARY.class_pixels(labels > 0) == ()
+    assert BINARY.truth_rle(labels > 0, "row") == "2 3" and Task(3).truth_rle(labels, "row") is None
+    notes = Task(3, ("bg", "a", "b")).class_notes([(3, 1, 0), (4, 0, 0)])
+    assert notes == ["classes (share of pixels, images holding it): bg 87.5% 2, a 12.5% 1, b 0.0% 0",
+                     "class(es) b in no training mask: the model cannot learn them"]
+    assert BINARY.class_notes([()]) == []
+
+
+def test_network_targets_soft_masks_and_nearest_labels():
+    truth = np.zeros((8, 8), bool)
+    truth[:, :3] = True
+    soft = BINARY.net_target(truth, 4, 4)
+    assert soft.dtype == np.uint8 and soft[0].tolist() == [255, 128, 0, 0]  # area fraction at the edge
+    labels = Task(3).net_target(truth.astype(np.uint8) * 2, 4, 4)
+    assert set(np.unique(labels).tolist()) <= {0, 2}
