@@ -297,3 +297,21 @@ def trained(tiny_demo, tmp_path_factory):
     shutil.move(run / files.TEST_PROBS, reference)
     test_ids = inputs.read_sample_submission(root)
     return SimpleNamespace(root=root, out=out, run=run, reference=reference, ids=test_ids, predict=proc)
+
+
+# --- two tiers: `make test-quick` runs the tests not marked slow (pytest -m "not slow"), `make test` runs all ---
+# The rule: a test is slow when it uses a finished tiny run or the real sample (the fixtures below, directly or through
+# another fixture), or starts processes of its own (the modules in SLOW_MODULES), or is marked slow by hand.
+SLOW_FIXTURES = {"tiny_demo", "tiny_prepared", "trained", "carvana_sample"}
+SLOW_MODULES = {"test_distributed.py", "test_locks.py"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: uses a tiny finished run, the real sample or processes of its own "
+                                       "(left out by make test-quick)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
