@@ -1,6 +1,7 @@
 # make demo   set up .venv, then run all stages on the built-in synthetic demo data (CPU, minutes)
 # make demo-multiclass   the same on a synthetic multi-class set (5 classes)
-# make test   set up .venv, then run the test suite (CPU)
+# make test   set up .venv, then run the whole test suite (CPU, <= 10 min on 2 cores)
+# make test-quick   the quick tier: pure functions and in-process checks, no tiny runs or processes (<= 90 s)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ DEMO := --preset demo --input input/demo --output output/demo
 DEMO_MC := --preset demo --input input/demo_multiclass --output output/demo_multiclass --classes 5 \
 	--class-colors input/demo_multiclass/classes.csv
 
-.PHONY: setup demo demo-multiclass test bench clean-demo
+.PHONY: setup demo demo-multiclass test test-quick bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -33,6 +34,9 @@ demo-multiclass: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+test-quick: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean-demo:
 	rm -rf input/demo output/demo input/demo_multiclass output/demo_multiclass

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import params
-from conftest import ROOT, TINY_FLAGS, run_script
+from conftest import ROOT, STOP_AT, TINY_FLAGS, run_script, start_stopped, stop_env, wait_stopped
 from lib import files
 from lib.data import SeededShuffle
 from lib.errors import PipelineError
@@ -163,16 +163,22 @@ def _rank_pid(tag: str, local_rank: int) -> int | None:
 def test_a_killed_rank_stops_the_other_and_the_run_resumes_under_torchrun(prepared):
     root, out = prepared
     args = ["--fold", "0", *flags(root, out, "--experiment", "killed", "--epochs", "3")]
-    job = subprocess.Popen([*TORCHRUN, str(ROOT / "02_train.py"), *map(str, args)], cwd=ROOT, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # rank 0 stops itself once epoch 1's last.pt is written; rank 1 then waits for it in the next collective
+    marker = out / "rank0.pid"
+    job = subprocess.Popen([*TORCHRUN, str(STOP_AT), str(ROOT / "02_train.py"), *map(str, args)], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=stop_env("lib.train:write_checkpoint", files.LAST, marker=marker))
     last = files.fold_dir(out, "killed", 0) / files.LAST
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and job.poll() is None:
-        time.sleep(0.05)
+    while not marker.exists():
+        assert job.poll() is None, f"torchrun ended before rank 0 wrote last.pt:\n{job.communicate()[1][-3000:]}"
+        time.sleep(0.01)
+    rank0 = int(marker.read_text())
+    wait_stopped(rank0)
     victim = _rank_pid("killed", 1)
     assert victim is not None and job.poll() is None, "rank 1 finished before it could be killed"
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
+    os.kill(rank0, signal.SIGCONT)  # it finds rank 1 gone (or torchrun's SIGTERM waiting for it)
     stdout, stderr = job.communicate(timeout=120)
     assert time.time() - killed_at < 60  # the other rank stopped, no hang
     assert job.returncode != 0
@@ -191,12 +197,10 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_under_torchrun(prepar
 def test_a_second_process_on_the_same_fold_is_refused_and_a_dead_ones_lock_is_not(prepared):
     root, out = prepared
     args = ["--fold", "0", *flags(root, out, "--experiment", "twice", "--epochs", "3")]
-    first = subprocess.Popen([sys.executable, str(ROOT / "02_train.py"), *map(str, args)], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the first run stops itself (holding the fold's lock) once epoch 1's last.pt is written
+    first = start_stopped("02_train.py", *args, at="lib.train:write_checkpoint", name=files.LAST)
     lock = files.fold_dir(out, "twice", 0) / files.LOCK
-    deadline = time.time() + 300
-    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.05)
+    assert lock.read_text().strip()
     second = run_script("02_train.py", *args, "--resume", check=False)
     first_alive = first.poll() is None
     first.send_signal(signal.SIGKILL)

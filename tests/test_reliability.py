@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +34,7 @@ import torch
 from PIL import Image
 
 import params
-from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, TINY_FLAGS, W, run_script  # noqa: F401  (trained: conftest)
+from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, TINY_FLAGS, W, run_script, start_stopped  # noqa: F401  (trained: conftest)
 from lib import cache as cache_mod, files, inputs, predict, submission
 from lib.errors import PipelineError, run_main
 from lib.model import load_model, read_checkpoint
@@ -255,11 +254,8 @@ def test_empty_input_cli_says_what_is_missing(layout, tiny_demo, tmp_path):
 def test_killed_prediction_reruns_to_the_same_maps(trained, tmp_path):
     out = clone(trained, tmp_path, with_maps=False)
     probs = files.run_dir(out, EXPERIMENT) / files.TEST_PROBS
-    cmd = [PYTHON, str(ROOT / "03_predict.py"), *map(str, args_for(trained.root, out))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (probs.is_dir() and any(probs.glob("*.png"))):
-        time.sleep(0.002)
+    # stopped once the background writer has written 4 of the 16 maps, then killed
+    proc = start_stopped("03_predict.py", *args_for(trained.root, out), at="lib.files:write_prob_png", calls=4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = sorted(probs.glob("*.png"))

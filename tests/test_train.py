@@ -5,14 +5,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY_FLAGS, run_script
+from conftest import ROOT, TINY_FLAGS, run_script, start_stopped
 from lib import files
 from lib.folds import fold_digest, read as folds_read
 from lib.errors import PipelineError
@@ -67,15 +66,12 @@ def test_killed_run_resumes_to_the_same_result(prepared, tmp_path, ema):
     root, out = prepared
     args = ["--fold", "0", *train_args(root, out, "--epochs", "3", "--batch-size", "4", "--device", "cpu", *ema)]
     run_script("02_train.py", *args, "--experiment", "straight")
-    cmd = [sys.executable, str(ROOT / "02_train.py"), *map(str, args), "--experiment", "killed"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    last = files.fold_dir(out, "killed", 0) / files.LAST
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.4)  # into epoch 2
+    # stopped once the background writer has written epoch 1's last.pt (the training loop is into epoch 2), killed
+    proc = start_stopped("02_train.py", *args, "--experiment", "killed", at="lib.train:write_checkpoint",
+                         name=files.LAST)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    last = files.fold_dir(out, "killed", 0) / files.LAST
     assert read_checkpoint(last)["epoch"] < 3, "the run finished before it could be killed"
     run_script("02_train.py", *args, "--experiment", "killed", "--resume")
     a, b = (read_checkpoint(files.fold_dir(out, e, 0) / files.BEST) for e in ("straight", "killed"))
