@@ -12,58 +12,17 @@ or instance folders train_masks/<id>/; --mask-suffix and --group-regex say how y
 """
 from __future__ import annotations
 
-import shutil
 import time
 
+import demo
 import params
 from lib import cache, files, folds, inputs, layout
-from lib.errors import PipelineError, run_main
+from lib.errors import run_main
 from lib.task import Task
-
-DEMO_MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
-DEMO_TOP_FILES = ("train_masks.csv", "metadata.csv", "sample_submission.csv", "classes.csv")  # either kind's
-
-
-def demo_marker_text(kind: str) -> str:
-    """The marker's text: says which --demo-kind wrote the data (cars: the text it always had)."""
-    return "synthetic demo data written by 01_prepare.py --demo" + ("" if kind == "cars" else f" --demo-kind {kind}")
-
-
-def write_demo(p: params.Params) -> None:
-    """Generate the synthetic demo data of --demo-kind into --input (never over data that is not the demo's)."""
-    root, marker = p.input_dir, p.input_dir / DEMO_MARKER
-    has_data = (root / files.TRAIN).is_dir() and any((root / files.TRAIN).iterdir())
-    if has_data and not marker.exists():
-        raise PipelineError(f"{root}: holds data that is not the demo; give --demo another --input")
-    if has_data and not p.force:
-        if marker.read_text().strip() != demo_marker_text(p.demo_kind):
-            raise PipelineError(f"{root}: holds demo data of another --demo-kind ({marker.read_text().strip()}); "
-                                "--force replaces it, or give another --input")
-        print(f"demo data already in {root} (--force regenerates it)")
-        return
-    if has_data:  # --force on earlier demo data: clear it so another seed, size or kind starts clean
-        marker.unlink()
-        for name in (files.TRAIN, files.TRAIN_MASKS, files.TEST, files.TEST_MASKS):
-            shutil.rmtree(root / name, ignore_errors=True)
-        for name in DEMO_TOP_FILES:
-            (root / name).unlink(missing_ok=True)
-    start = time.perf_counter()
-    if p.demo_kind == "multiclass":
-        from lib import demo_scenes
-        demo_scenes.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed,
-                             p.workers)
-        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test scenes ({demo_scenes.TILES} tiles each)"
-    else:
-        from lib import demo
-        demo.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
-        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test cars"
-    files.write_text_atomic(marker, demo_marker_text(p.demo_kind) + "\n")
-    print(f"demo data: {what} at {p.demo_width}x{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
-
 
 def main(p: params.Params) -> None:
     if p.demo:
-        write_demo(p)
+        demo.write(p)
     start = time.perf_counter()
     task = Task.of(p)
     table, notes = inputs.check_train(p.input_dir, p.workers, p.mask_suffix, p.group_regex, p.rle_order, task)

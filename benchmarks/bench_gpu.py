@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import params  # noqa: E402
-from lib import files, tta  # noqa: E402
+from lib import files, layout, tta  # noqa: E402
 from lib.cache import Cache  # noqa: E402
 from lib.data import SeededShuffle, TrainSet, make_loader, transform_for  # noqa: E402
 from lib.errors import PipelineError, run_main  # noqa: E402
-from lib.inputs import IMAGE_EXT, image_size, read_image_bytes  # noqa: E402
+from lib.inputs import image_size, read_image_bytes  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
 from lib.runtime import Precision  # noqa: E402
@@ -152,10 +152,10 @@ def loader_rates(p: params.Params, workers_list: list[int], n_images: int) -> li
     worker count, on the real images in ``p.input/train`` (also used by bench_scale.py on a CPU)."""
     gpu = torch.cuda.is_available()
     folder = p.input_dir / files.TRAIN
-    ids = sorted(f.name[:-len(IMAGE_EXT)] for f in folder.iterdir() if f.name.endswith(IMAGE_EXT))
-    if not ids:
+    jpgs = layout.files_in(folder, layout.IMAGE_EXTS[:1])  # Carvana's .jpg
+    if not jpgs:
         raise PipelineError(f"{folder}: no *.jpg training images for the loader measurement; give --input")
-    first = folder / f"{ids[0]}{IMAGE_EXT}"
+    ids, first = [f.stem for f in jpgs], jpgs[0]
     orig = image_size(read_image_bytes(first), first)
     data = Cache(p.input_dir, ids, np.zeros((len(ids), 0), np.uint8), orig, (p.height, p.width), BINARY)
     transform = transform_for(p)

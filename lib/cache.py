@@ -25,18 +25,18 @@ changed). A changed source makes whichever stage opens the cache rebuild it, say
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from lib import files, fingerprint, layout
-from lib.errors import PipelineError
+from lib import files, fingerprint, parallel
+from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
 from lib.geometry import padded_size, to_net
 from lib.inputs import image_header_size, image_size, read_image_bytes, train_pairs
@@ -291,7 +291,7 @@ def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: 
         if changed:
             total = len(meta["sources"]["files"])
             return meta, (f"{len(changed)} of {total} sources changed since the cache was made "
-                          f"({layout.listing([str(sources.root / rel) for rel in changed], 3)})")
+                          f"({listing([str(sources.root / rel) for rel in changed], 3)})")
     return meta, ""
 
 
@@ -364,27 +364,21 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
                    "masks": (folders["images"], (n, height, width), 4)}
     for folder in {f for f in folders.values() if f is not None}:
         folder.mkdir(parents=True, exist_ok=True)
+        files.remove_stale_temps(folder)  # the arrays of a killed build
         (folder / "meta.json").unlink(missing_ok=True)  # written last: arrays without it are never trusted
-    with _atomic_arrays(arrays) as out:
-        workers = min(workers, os.cpu_count() or 1)
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
-        results = pool.map(_item, jobs, chunksize=4) if pool else map(_item, jobs)
-        try:
-            desc = "cache " + " and ".join(name for name, on in (("truth", truth), ("images", images)) if on)
-            for k, item in enumerate(progress(results, desc, total=n)):
-                if tuple(item[1]) != tuple(sizes[k]):
-                    raise PipelineError(f"{paths[k][1]}: mask is {item[1][1]}x{item[1][0]} but its image "
-                                        f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; {_prepare_again()}")
-                if with_fps:
-                    known[k] = item[2]
-                for name, (_, _, slot) in arrays.items():
-                    if name == "truth":
-                        out[name][k, :item[0].size] = item[0]
-                    else:
-                        out[name][k] = item[slot]
-        finally:
-            if pool:
-                pool.shutdown(cancel_futures=True)
+    with _atomic_arrays(arrays) as out, parallel.ordered(_item, jobs, workers, chunksize=4) as results:
+        desc = "cache " + " and ".join(name for name, on in (("truth", truth), ("images", images)) if on)
+        for k, item in enumerate(progress(results, desc, total=n)):
+            if tuple(item[1]) != tuple(sizes[k]):
+                raise PipelineError(f"{paths[k][1]}: mask is {item[1][1]}x{item[1][0]} but its image "
+                                    f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; {_prepare_again()}")
+            if with_fps:
+                known[k] = item[2]
+            for name, (_, _, slot) in arrays.items():
+                if name == "truth":
+                    out[name][k, :item[0].size] = item[0]
+                else:
+                    out[name][k] = item[slot]
     common = common_size(sizes)
     meta = {"version": CACHE_VERSION, "ids": ids, "orig_size": list(common) if common else None,
             "sizes": [list(hw) for hw in sizes], "mask_suffix": mask_suffix, "task": task.record(),
@@ -395,29 +389,21 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
         files.write_text_atomic(folders["images"] / "meta.json", json.dumps(meta | {"size": [height, width]}))
 
 
-class _atomic_arrays:
-    """Open .npy memmaps under temporary names; rename all on success."""
-
-    def __init__(self, arrays: dict):
-        self.arrays = arrays  # name -> (folder, shape, slot)
-
-    def __enter__(self) -> dict[str, np.ndarray]:
-        for name, (folder, _, _) in self.arrays.items():
-            (folder / f".{name}.npy.tmp").unlink(missing_ok=True)  # a link there is never written through
-        self.out = {name: np.lib.format.open_memmap(folder / f".{name}.npy.tmp", "w+", np.uint8, shape)
-                    for name, (folder, shape, _) in self.arrays.items()}
-        return self.out
-
-    def __exit__(self, exc_type, *_) -> None:
-        for name, arr in self.out.items():
-            arr.flush()
-            del arr
-            folder = self.arrays[name][0]
-            tmp = folder / f".{name}.npy.tmp"
-            if exc_type is None:
-                os.replace(tmp, folder / f"{name}.npy")
-            else:
-                tmp.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _atomic_arrays(arrays: dict) -> Iterator[dict[str, np.ndarray]]:
+    """.npy memmaps (name -> (folder, shape, slot)) under files.atomic_path's temporary names; all renamed to
+    ``<folder>/<name>.npy`` on success, all deleted on an error."""
+    with contextlib.ExitStack() as stack:
+        tmps = {name: stack.enter_context(files.atomic_path(folder / f"{name}.npy"))
+                for name, (folder, _, _) in arrays.items()}
+        out = {name: np.lib.format.open_memmap(tmps[name], "w+", np.uint8, shape)
+               for name, (_, shape, _) in arrays.items()}
+        try:
+            yield out
+        finally:
+            for arr in out.values():
+                arr.flush()
+            out.clear()  # the maps are closed before the renames
 
 
 def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int = 2,

@@ -1,7 +1,6 @@
 """Training data on top of lib/cache.py (cached or decoded per item): augmentation, seeded sampling, loaders."""
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import cv2
@@ -11,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lib.cache import Cache
 from lib.errors import PipelineError
+from lib.parallel import cpu_count
 
 
 def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float,
@@ -104,8 +104,7 @@ class TrainSet(Dataset):
 
 def worker_count(workers: int) -> int:
     """``--workers``, at most the CPUs this process may use (more processes than cores only compete)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(workers, cpus))
+    return max(0, min(workers, cpu_count()))
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin: bool,

@@ -5,6 +5,7 @@ import errno
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,12 @@ _OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory")
 
 class PipelineError(Exception):
     """A problem the user can fix (bad input, missing stage output, bad setting)."""
+
+
+def listing(items: Sequence[str], n: int = 5, sep: str = ", ", more: str = " ... and {} more") -> str:
+    """The first ``n`` items joined by ``sep``, then ``more`` with the count of the others when there are any:
+    'a, b ... and 3 more'. Every message that names some of many things says it this way."""
+    return sep.join(items[:n]) + (more.format(len(items) - n) if len(items) > n else "")
 
 
 def steps(*commands: str) -> str:

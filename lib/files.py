@@ -16,8 +16,12 @@ import contextlib
 import os
 import re
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
+
+from lib.errors import listing
+from lib.layout import NAME_EXTS
 
 # --- input (the Kaggle layout) ---
 TRAIN, TRAIN_MASKS, TEST, TEST_MASKS = "train", "train_masks", "test", "test_masks"
@@ -29,16 +33,13 @@ def mask_name(image_id: str) -> str:
     return f"{image_id}_mask.gif"
 
 
-IMAGE_NAME_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif")  # what image_id strips (any case)
-
-
 def image_id(name: str) -> str:
     """The id a file name (or a submission row's ``img``) gives: the name without its image extension.
 
     '00087a6bd4dc_01.jpg' -> '00087a6bd4dc_01'; 'a.b c_é.PNG' -> 'a.b c_é' (ids may hold dots); 'x' -> 'x'."""
     base = Path(name).name
     stem, ext = os.path.splitext(base)
-    return stem if stem and ext.lower() in IMAGE_NAME_EXTS else base
+    return stem if stem and ext.lower() in NAME_EXTS else base
 
 
 def car_of(image_id_: str) -> str:
@@ -204,7 +205,7 @@ def _named(holders: list[Holder]) -> str:
     live = [h for h in holders if not h.gone() and not h.mine()] or holders
     if not live:
         return "pid unknown"
-    return str(live[-1]) + (f", and {len(live) - 1} more" if len(live) > 1 else "")
+    return listing([str(h) for h in reversed(live)], 1, more=", and {} more")
 
 
 def _stale(holders: list[Holder]) -> bool:
@@ -377,29 +378,38 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 class OrderedWriter:
-    """Runs writes on one background thread, in the order given, while the caller goes on computing.
+    """The background writer: runs writes on ``threads`` threads, started in the order given, while the caller goes
+    on computing. One thread (checkpoints) finishes each write before the next; more (test maps, photo masks) run
+    side by side, as PNG and JPEG encoding release the GIL.
 
     After a write fails, the later ones are skipped (so no file claims a state an earlier file lacks)
     and the error is raised by the next ``submit``, ``flush`` or ``close``. ``flush`` waits for every
-    write given so far; use it as a context manager to close it.
+    write given so far; use it as a context manager to close it. ``pending`` > 0 bounds memory: ``submit`` first
+    waits for the oldest write while that many are queued or running.
     """
 
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="writer")
-        self._futures: list = []
+    def __init__(self, threads: int = 1, pending: int = 0):
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="writer")
+        self._futures: list[Future] = []
+        self._pending = pending
         self._error: BaseException | None = None
 
-    def submit(self, fn, *args, **kwargs) -> None:
+    def submit(self, fn, *args, **kwargs) -> Future:
+        """Queue ``fn(*args, **kwargs)``; its future holds what it returns (None if it was skipped)."""
         self._raise()
-        self._futures.append(self._pool.submit(self._run, fn, args, kwargs))
+        while self._pending and len(self._futures) >= self._pending:
+            self._futures.pop(0).result()
+            self._raise()
+        self._futures = [f for f in self._futures if not f.done()] + [self._pool.submit(self._run, fn, args, kwargs)]
+        return self._futures[-1]
 
-    def _run(self, fn, args, kwargs) -> None:
+    def _run(self, fn, args, kwargs):
         if self._error is None:
             try:
-                fn(*args, **kwargs)
+                return fn(*args, **kwargs)
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread by _raise
                 self._error = e
+        return None
 
     def _raise(self) -> None:
         if self._error is not None:

@@ -84,9 +84,8 @@ def of_path(path: Path) -> Fingerprint:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    from lib.layout import MASK_EXTS, split_name
-    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
-                  and split_name(e.name, MASK_EXTS) is not None)
+    from lib.layout import MASK_EXTS, files_in
+    return files_in(folder, MASK_EXTS)
 
 
 def _folder_stat(folder: Path, paths: list[Path]) -> tuple[int, int]:

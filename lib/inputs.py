@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lib import files, fingerprint, layout
-from lib.errors import PipelineError
+from lib import files, fingerprint, layout, parallel
+from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
 from lib.task import BINARY, Task
 
-IMAGE_EXT = ".jpg"  # Carvana's images (other extensions: lib/layout.py)
 Image.MAX_IMAGE_PIXELS = None  # PIL's decompression-bomb traceback gives way to the --max-image-mp check (max_pixels)
 JPEG_EOI = b"\xff\xd9"
 MAX_LISTED = 20  # problems printed before "... and N more"
@@ -323,11 +321,8 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     groups = layout.groups_of(ids, group_regex)  # a bad --group-regex is refused before any image is read
     jobs = [(i, *pairs[i], rle_order, task) for i in ids]
     from lib.progress import progress
-    if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
-            checked = list(progress(pool.map(_check_pair, jobs, chunksize=8), "check training pairs", total=len(jobs)))
-    else:
-        checked = [_check_pair(j) for j in progress(jobs, "check training pairs")]
+    with parallel.ordered(_check_pair, jobs, workers if len(jobs) > 8 else 0, chunksize=8) as results:
+        checked = list(progress(results, "check training pairs", total=len(jobs)))
     problems += [c.problem for c in checked if c.problem]
     group_of = dict(zip(ids, zip(groups.groups, groups.views)))
     good = [c for c in checked if not c.problem]
@@ -342,23 +337,23 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     instances = [i for i in ids if pairs[i][1].is_dir()]
     if instances:
         notes.append(f"{len(instances)} image(s) take their mask from an instance folder (the union of its masks): "
-                     f"{_listing(instances)}")
+                     f"{listing(instances)}")
     notes += task.class_notes([c.class_pixels for c in good])
     empty = table[table.mask_area == 0]
     if len(empty):
-        notes.append(f"{len(empty)} mask(s) are empty (no object): {_listing(list(empty.id))}")
+        notes.append(f"{len(empty)} mask(s) are empty (no object): {listing(list(empty.id))}")
     csv_path = root / files.TRAIN_MASKS_CSV
     rles = {c.image_id: c.rle for c in good if c.rle is not None}  # binary masks only (Task.truth_rle)
     if csv_path.exists() and not problems and rles:
         problems += _check_train_masks_csv(csv_path, {i: m for i, (_, m) in pairs.items()}, rles)
     if problems:
-        raise PipelineError(f"{len(problems)} problem(s) in {root}:\n  " + "\n  ".join(
-            problems[:MAX_LISTED]) + (f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""))
+        raise PipelineError(f"{len(problems)} problem(s) in {root}:\n  "
+                            + listing(problems, MAX_LISTED, "\n  ", "\n  ... and {} more"))
     per_car = table.groupby("car").size()
     if groups.has_views and (per_car.nunique() > 1 or (len(per_car) and per_car.iloc[0] != 16)):
         short = per_car[per_car != per_car.max()]
         notes.append(f"{len(short)} car(s) have fewer views than the others ({per_car.max()}): "
-                     f"{_listing([f'{c} ({n})' for c, n in short.items()])}")
+                     f"{listing([f'{c} ({n})' for c, n in short.items()])}")
     return table.reset_index(drop=True), notes
 
 
@@ -369,13 +364,13 @@ def _check_train_masks_csv(path: Path, masks: dict[str, Path], rles: dict[str, s
     problems = []
     dup = ids[ids.duplicated()]
     if len(dup):
-        problems.append(f"{path}: duplicate rows for {_listing(sorted(set(dup)))}")
+        problems.append(f"{path}: duplicate rows for {listing(sorted(set(dup)))}")
     missing = sorted(set(ids) - set(masks))
     if missing:
-        problems.append(f"{path}: {len(missing)} id(s) with no mask GIF on disk: {_listing(missing)}")
+        problems.append(f"{path}: {len(missing)} id(s) with no mask GIF on disk: {listing(missing)}")
     absent = sorted(set(masks) - set(ids))
     if absent:
-        problems.append(f"{path}: {len(absent)} mask GIF(s) not listed: {_listing(absent)}")
+        problems.append(f"{path}: {len(absent)} mask GIF(s) not listed: {listing(absent)}")
     for img, code in zip(ids, df.rle_mask.fillna("")):
         if img not in masks:
             continue
@@ -419,7 +414,7 @@ def sample_submission_rows(root: Path) -> tuple[list[str], list[str]]:
     df = read_csv(path, ["img", "rle_mask"])
     ids = df.img.map(files.image_id)
     if ids.duplicated().any():
-        raise PipelineError(f"{path}: duplicate ids: {_listing(sorted(set(ids[ids.duplicated()])))}")
+        raise PipelineError(f"{path}: duplicate ids: {listing(sorted(set(ids[ids.duplicated()])))}")
     if not len(ids):
         raise PipelineError(f"{path}: no rows")
     return list(ids), list(df.img)
@@ -451,12 +446,8 @@ def check_test(root: Path, task: Task = BINARY) -> tuple[list[str], dict[str, Pa
     missing = [i for i in ids if i not in on_disk]
     if missing:
         raise PipelineError(f"{root / files.TEST}: {len(missing)} of the {len(ids)} images listed in "
-                            f"{files.SAMPLE_SUBMISSION} are missing: {_listing(missing)}")
+                            f"{files.SAMPLE_SUBMISSION} are missing: {listing(missing)}")
     return ids, {i: on_disk[i] for i in ids}
-
-
-def _listing(items: list[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
 
 
 def test_files(root: Path) -> dict[str, str]:
@@ -502,7 +493,7 @@ def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[
         else:
             pairs.append(hit)
     if bad:
-        raise PipelineError(f"{path}: rows {_listing(bad)} are not <image id>_<class name> with a class of "
+        raise PipelineError(f"{path}: rows {listing(bad)} are not <image id>_<class name> with a class of "
                             f"{', '.join(task.names[c] for c in task.scored)} (--classes, --class-colors/--class-names)")
     if len(set(keys)) != len(keys):
         raise PipelineError(f"{path}: duplicate row ids")

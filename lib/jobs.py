@@ -5,6 +5,11 @@ convolutions of a CPU-sized network do not keep two cores busy, and each process
 (benchmarks/results/recipes.md). Each child is this same command for one fold, with ``--jobs 1`` and ``--threads``
 set to its share of the cores; its lines are its fold's. A failed fold stops the folds not yet started, and the
 folds already running finish; the message names the command that continues it.
+
+These are whole stage processes, not ``lib/parallel.py`` pool workers: each is a command a user could type (its own
+argv, environment, exit status and printed lines), it stops on the SIGINT it is sent by saving its last finished
+epoch (pool workers ignore SIGINT), and it sets up torch's threads before anything else. They share the pools'
+CPU count and die with this process as their workers do.
 """
 from __future__ import annotations
 
@@ -14,21 +19,13 @@ import subprocess
 import sys
 import time
 
-from lib.data import worker_count
 from lib.errors import PipelineError
-
-
-def _die_with_parent() -> None:
-    """In the child, before it starts: on Linux, a SIGTERM when this process dies, even by SIGKILL (a fold never
-    trains on unattended, holding its lock)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+from lib.parallel import cpu_count, die_with_parent
 
 
 def threads_each(jobs: int) -> int:
     """Each process's share of the cores this process may use (at least 1)."""
-    return max(1, worker_count(1 << 16) // jobs)
+    return max(1, cpu_count() // jobs)
 
 
 def train_side_by_side(script: str, argv: list[str], ks: list[int], jobs: int) -> None:
@@ -43,7 +40,7 @@ def train_side_by_side(script: str, argv: list[str], ks: list[int], jobs: int) -
             while waiting and len(running) < jobs and not failed:
                 k = waiting.pop(0)
                 cmd = [sys.executable, script, *argv, "--fold", str(k), "--jobs", "1", "--threads", str(threads)]
-                running[k] = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+                running[k] = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
             if failed:
                 waiting.clear()
             for k, proc in list(running.items()):

@@ -24,24 +24,36 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import PipelineError
+from lib.errors import PipelineError, listing
 
+# --- the extension table: every accepted file name ending, compared in lower case ---
+# Images (train/, test/): the formats segmentation sets come in, each read by OpenCV (pixels) and PIL (header sizes);
+# .jpg first: Carvana's, named first in messages.
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+# Masks (train_masks/, test_masks/, instance folders): lossless formats only (a JPEG's artefacts would blur the
+# labels); .gif is Carvana's.
 MASK_EXTS = (".png", ".gif", ".tif", ".tiff", ".bmp")
+# What files.image_id strips from a file name or a submission row's img: any image's or mask's extension.
+NAME_EXTS = tuple(dict.fromkeys(IMAGE_EXTS + MASK_EXTS))
+# Photos (03_predict.py --images): the images' and WebP, which phones and web pages save: photos come from anywhere,
+# a dataset's images from a dataset.
+PHOTO_EXTS = IMAGE_EXTS + (".webp",)
 AUTO_SUFFIXES = ("_mask", "")  # --mask-suffix empty: tried in this order
 CARVANA_ID = re.compile(r"(?P<car>.+)_(?P<view>\d{2})")  # 00087a6bd4dc_01: car 00087a6bd4dc, view 1
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
-MAX_LISTED = 5
-
-
-def listing(items: Sequence[str], n: int = MAX_LISTED) -> str:
-    return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
 
 
 def split_name(name: str, exts: Sequence[str]) -> str | None:
     """'a.b c_é.JPG' -> 'a.b c_é' when the name's last extension (any case) is one of ``exts``, else None."""
     stem, ext = os.path.splitext(name)
     return stem if stem and ext.lower() in exts else None
+
+
+def files_in(folder: Path, exts: Sequence[str]) -> list[Path]:
+    """The files of ``folder`` whose extension (any case) is one of ``exts``, sorted; hidden ones (a dot first: our
+    temporary files, macOS's ``._photo.jpg`` metadata) are never data."""
+    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
+                  and split_name(e.name, exts) is not None)
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -138,8 +150,7 @@ def mask_hint(image_id: str, suffix: str) -> str:
 
 def instance_files(folder: Path) -> list[Path]:
     """The instance masks of an instance folder, sorted; PipelineError if it holds none."""
-    paths = sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
-                   and split_name(e.name, MASK_EXTS) is not None)
+    paths = files_in(folder, MASK_EXTS)
     if not paths:
         raise PipelineError(f"{folder}: instance folder holds no mask files ({', '.join(MASK_EXTS)}); an image with "
                             f"no object needs one all-0 mask, e.g. {folder / 'empty.png'}")

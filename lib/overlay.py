@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -17,9 +16,10 @@ from torch.utils.data import DataLoader
 
 from lib import files, fingerprint, postprocess, rle
 from lib.data import worker_count
-from lib.errors import PipelineError
+from lib.errors import PipelineError, listing
 from lib.geometry import from_net
 from lib.inputs import image_header_size, read_image_bytes
+from lib.layout import PHOTO_EXTS, files_in
 from lib.metrics import binarize
 from lib.oof import at_size
 from lib.plot import overlay, overlay_labels
@@ -29,7 +29,6 @@ from lib.submission import read_tuning
 from lib.task import BINARY, Task
 from params import Params
 
-PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASKS_CSV = "masks.csv"
 WRITTEN = ".written_by_03_predict.json"  # in the --images-out folder: {file name: digest, null while being written}
 
@@ -65,7 +64,7 @@ def check_overwrites(out: Path, names: list[str], overwrite: bool) -> dict[str, 
         from params import rerun
         again = rerun("--overwrite")
         raise PipelineError(f"{out / theirs[0]}: exists and was not written by 03_predict.py --images (or was changed "
-                            f"since){f', and {len(theirs) - 1} more' if len(theirs) > 1 else ''}; nothing was "
+                            f"since){listing(theirs[1:], 0, more=', and {} more')}; nothing was "
                             f"written: give another --images-out, or replace them: {again}")
     return ours
 
@@ -82,8 +81,7 @@ def photo_paths(sources: list[str]) -> list[Path]:
         path = Path(source)
         if path.is_dir():
             ours = written_before(path)
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_EXTS and p.is_file()
-                           and p.name not in ours)
+            found = [p for p in files_in(path, PHOTO_EXTS) if p.name not in ours]
         elif any(c in source for c in "*?[") and not path.exists():
             found = sorted(Path(p) for p in glob.glob(source, recursive=True)
                            if Path(p).suffix.lower() in PHOTO_EXTS and Path(p).is_file())
@@ -146,20 +144,15 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     print(f"{len(paths)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
     h, w = ens.size
     loader = DataLoader(TestImages(paths, h, w), batch_size=p.predict_batch_size, num_workers=worker_count(p.workers))
-    rows: dict[int, str] = {}
+    written = []
     start = time.perf_counter()
-    with ThreadPoolExecutor(max(2, p.workers)) as writer:
-        pending = []
+    with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:
         for images, index, origs, _ in progress(loader, "photos", leave=True):
             probs = predict_batch(ens, images, mode)
-            pending += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
+            written += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
                                       p.rle_order, ens.task, post)
                         for i, prob, orig in zip(index.tolist(), probs, origs)]
-            for f in [f for f in pending if f.done()]:
-                rows.update([f.result()])
-            pending = [f for f in pending if not f.done()]
-        for f in pending:
-            rows.update([f.result()])
+    rows: dict[int, list[str]] = dict(f.result() for f in written)
     keys = [ens.task.row_ids(paths[i].name, paths[i].stem) for i in range(len(paths))]  # multi-class: a row a class
     lines = [files.csv_row("img", "rle_mask")] + [files.csv_row(k, code) for i in range(len(paths))
                                                    for k, code in zip(keys[i], rows[i])]

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,20 +302,13 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
                         num_workers=worker_count(p.workers), pin_memory=ens.device.type == "cuda")
     start = time.perf_counter()
-    with ThreadPoolExecutor(max(2, p.workers)) as writer:
-        pending = []
+    with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:  # bounded: memory stays flat
         for images, index, origs, sources in progress(loader, f"test {where}".rstrip(": "), leave=True):
             probs = predict_batch(ens, images, mode)
-            for f in [f for f in pending if f.done()]:
-                f.result()  # re-raise a failed write here
-            pending = [f for f in pending if not f.done()] + [
-                writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()),
-                              fingerprint.Fingerprint.from_record(source))
-                for j, prob, orig, source in zip(index.tolist(), probs, origs, sources) if f"{todo[j]}.png" not in done]
-            if len(pending) > 4 * p.predict_batch_size:  # bound memory: wait for the writer
-                pending[0].result()
-        for f in pending:
-            f.result()
+            for j, prob, orig, source in zip(index.tolist(), probs, origs, sources):
+                if f"{todo[j]}.png" not in done:
+                    writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()),
+                                  fingerprint.Fingerprint.from_record(source))
     seconds = time.perf_counter() - start
     return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}
 

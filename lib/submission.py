@@ -9,32 +9,28 @@ are exactly the ones the out-of-fold score counted), RLE-encodes and validates. 
 streams the rows into ``<name>.csv.gz`` under a temporary name and renames it only when every row
 is in and checked; ``<name>.manifest.json`` beside it says what went in.
 
-Memory stays bounded whatever the number of images: at most ``IN_FLIGHT_CHUNKS`` chunks of
-``CHUNKSIZE`` ids per worker are queued, in work or finished-but-unwritten at any time, and only RLE
-strings cross between processes. ``benchmarks/bench_submit.py`` measures speed and peak memory.
+Memory stays bounded whatever the number of images: the workers are ``lib/parallel.py``'s, which queues at most
+``IN_FLIGHT_CHUNKS`` chunks of ``CHUNKSIZE`` ids per worker, in work or finished-but-unwritten at any time, and only
+RLE strings cross between processes. ``benchmarks/bench_submit.py`` measures speed and peak memory.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
-import multiprocessing
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from lib import files, fingerprint, layout, postprocess, rle
-from lib.errors import PipelineError
+from lib import files, fingerprint, layout, parallel, postprocess, rle
+from lib.errors import PipelineError, listing
 from lib.geometry import from_net
 from lib.inputs import image_header_size, read_mask, read_truth
 from lib.metrics import binarize, dice, level_of
@@ -45,11 +41,6 @@ from lib.task import BINARY, RECORD as TASK_RECORD, Task
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
 CHUNKSIZE = 8  # test ids per worker task (~40 ms of work): few messages, and the workers stay evenly busy
-IN_FLIGHT_CHUNKS = 4  # chunks per worker queued, in work or awaiting the writer: bounds memory, keeps workers fed
-# Workers start from a clean process, not a fork of this one: a fork of a process whose OpenCV or OpenMP
-# thread pool is running (after any multi-threaded cv2.resize, or torch) can deadlock in the child.
-POOL_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-RESULT_TIMEOUT_S = 600  # longest wait for one chunk's RLEs before declaring a worker dead
 GZIP_LEVEL = 1  # 0.23 ms and 4.3 kB per full-size row; level 6: 1.2 ms (the writer would be the bottleneck), 3.9 kB
 WRITE_BATCH = 256  # rows joined per gzip write
 MAX_LISTED = 10  # missing files named in an error before "... and N more"
@@ -67,10 +58,6 @@ def submission_path(run: Path, name: str) -> Path:
 def manifest_path(path: Path) -> Path:
     """``x.csv.gz`` -> ``x.manifest.json`` beside it."""
     return path.with_name(path.name[: -len(SUFFIX)] + MANIFEST_SUFFIX)
-
-
-def _listing(items: Sequence[str], n: int = MAX_LISTED) -> str:
-    return ", ".join(items[:n]) + (f" ... and {len(items) - n} more" if len(items) > n else "")
 
 
 # --- prediction folders ---
@@ -254,7 +241,7 @@ def check_maps(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
         missing = missing_maps(p, ids)
         if missing:
             problems.append(f"{p.probs_dir}: {len(missing)} of {len(ids)} test maps missing: "
-                            f"{_listing([m + '.png' for m in missing])}")
+                            f"{listing([m + '.png' for m in missing], MAX_LISTED)}")
     if problems:
         raise PipelineError("; ".join(problems) + f"; run {PREDICT_STAGE} (it continues where it stopped; "
                             "with separate --shard K/N jobs, re-run the shards that did not finish)")
@@ -318,21 +305,10 @@ class EncodeJob:
     repairs: tuple[str, ...] = ()  # per folder: the command that predicts its maps again (``predict_command``)
 
 
-_JOB: EncodeJob | None = None  # set in each worker by _init_worker
-
-
-def _init_worker(job: EncodeJob) -> None:
-    global _JOB
-    _JOB = job
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the pool
-
-
-def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | tuple[str, ...]]:
+def encode_one(image_id: str, job: EncodeJob) -> tuple[str, str | tuple[str, ...]]:
     """(image_id, validated RLE of its ensemble mask at its image's own size), or for a multi-class task
     (image_id, one RLE per class 1..C-1). With ``job.test_dir``, each map must record the fingerprint of the
     test image as it is now (``fingerprint.is_current``: stat first); a map of an image changed since is refused."""
-    job = job or _JOB
     maps, origs, sources = [], set(), []
     for folder, size in zip(job.folders, job.sizes):
         path = folder / f"{image_id}.png"
@@ -378,68 +354,6 @@ def encode_one(image_id: str, job: EncodeJob | None = None) -> tuple[str, str | 
     except ValueError as e:
         raise PipelineError(f"{image_id}: the encoder produced an invalid RLE ({e}); a bug in lib/rle.py") from None
     return image_id, codes[0] if job.task.binary else codes
-
-
-def encode_chunk(image_ids: list[str]) -> list[tuple[str, str]]:
-    """``encode_one`` over a chunk of ids, in a worker (the job set by the pool's initializer)."""
-    return [encode_one(i) for i in image_ids]
-
-
-def _chunks(ids: Sequence[str], size: int) -> Iterator[list[str]]:
-    for k in range(0, len(ids), size):
-        yield list(ids[k:k + size])
-
-
-def _throttled(items: Iterable, slots: threading.Semaphore, stop: threading.Event) -> Iterator:
-    """Yield items only while a slot is free (the writer frees one per chunk written); end early on ``stop``."""
-    for item in items:
-        while not slots.acquire(timeout=0.2):
-            if stop.is_set():
-                return
-        if stop.is_set():
-            return
-        yield item
-
-
-@contextmanager
-def encoded_rles(job: EncodeJob, ids: Sequence[str], workers: int, chunksize: int = CHUNKSIZE
-                 ) -> Iterator[Iterator[str]]:
-    """Context yielding an iterator of RLE strings, one per id in order, computed by ``workers`` processes.
-
-    Ids go to the workers in chunks of ``chunksize``; at most ``workers * IN_FLIGHT_CHUNKS`` chunks are
-    queued, in work or done-but-unwritten at a time. Leaving the context (normally or on an error
-    anywhere) stops the workers. workers <= 1: encode in this process.
-    """
-    if workers <= 1:
-        yield (_checked(i, encode_one(i, job)) for i in ids)
-        return
-    slots, stop = threading.Semaphore(workers * IN_FLIGHT_CHUNKS), threading.Event()
-    pool = multiprocessing.get_context(POOL_START).Pool(workers, _init_worker, (job,))
-    # chunks made here, not by imap's chunksize: only then is the result iterator one with next(timeout)
-    results = pool.imap(encode_chunk, _throttled(_chunks(ids, chunksize), slots, stop))
-
-    def stream() -> Iterator[str]:
-        for chunk in _chunks(ids, chunksize):
-            try:
-                items = results.next(timeout=RESULT_TIMEOUT_S)
-            except multiprocessing.TimeoutError:  # a killed worker's task never returns: do not hang
-                raise PipelineError(f"no result for {chunk[0]} within {RESULT_TIMEOUT_S}s: a worker process "
-                                    "died (out of memory?) or hangs; re-run with fewer --workers") from None
-            slots.release()
-            yield from (_checked(i, item) for i, item in zip(chunk, items, strict=True))
-    try:
-        yield stream()
-        pool.close()
-    finally:
-        stop.set()
-        pool.terminate()
-        pool.join()
-
-
-def _checked(image_id: str, item: tuple[str, str]) -> str:
-    if item[0] != image_id:
-        raise RuntimeError(f"worker returned {item[0]} in the place of {image_id}")
-    return item[1]
 
 
 # --- the file ---
@@ -577,8 +491,8 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
                     tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post, tuple(repairs))
     start = time.perf_counter()
-    with encoded_rles(job, ids, workers, chunksize) as codes:
-        encoded = progress(codes, f"encode {path.name}", total=len(ids))
+    with parallel.ordered(functools.partial(encode_one, job=job), ids, workers, chunksize) as results:
+        encoded = progress((code for _, code in results), f"encode {path.name}", total=len(ids))
         if task.binary:
             rows = write_submission(path, ids, encoded, orig_size, expected_ids=ids, validate_rle=False, keys=keys)
         else:
@@ -627,7 +541,7 @@ def truth_paths(root: Path, ids: Sequence[str], mask_suffix: str = "") -> list[P
         like = next(iter(found.items()), None)  # name the missing masks as the others are named
         rest = like[1].name[len(like[0]):] if like and like[1].is_file() else "_mask.gif"
         raise PipelineError(f"{folder}: {len(missing)} of {len(ids)} truth masks missing: "
-                            f"{_listing([i + rest for i in missing])}")
+                            f"{listing([i + rest for i in missing], MAX_LISTED)}")
     return [found[i] for i in ids]
 
 

@@ -255,9 +255,9 @@ TINY_FLAGS = ["--preset", "demo", "--height", "64", "--width", "96", "--n-folds"
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """Input root with a tiny synthetic demo dataset (read-only for tests: copy before changing)."""
-    from lib import demo
+    from demo import cars
     root = tmp_path_factory.mktemp("tiny") / "input"
-    demo.generate(root, workers=1, **TINY)
+    cars.generate(root, workers=1, **TINY)
     return root
 
 

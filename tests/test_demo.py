@@ -1,4 +1,4 @@
-"""lib.demo: the Kaggle layout, masks and RLE, determinism, view-dependent silhouettes, difficulty."""
+"""demo.cars: the Kaggle layout, masks and RLE, determinism, view-dependent silhouettes, difficulty."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib import demo, rle
+from demo import cars as demo
+from lib import rle
 from lib.errors import PipelineError
 
 W, H = 480, 320

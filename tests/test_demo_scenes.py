@@ -1,4 +1,4 @@
-"""lib.demo_scenes: the multi-class demo's layout, labels, classes.csv, per-class sample submission, scene groups,
+"""demo.scenes: the multi-class demo's layout, labels, classes.csv, per-class sample submission, scene groups,
 determinism, and a task that colour alone does not solve but that is learnable."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from lib import demo_scenes as ds
+from demo import scenes as ds
 from lib.errors import PipelineError
 from lib.layout import CARVANA_ID as CAR_VIEW
 

@@ -46,3 +46,26 @@ def test_error_in_the_caller_still_finishes_the_writes_given_and_keeps_that_erro
             raise ValueError("nan loss")
     assert (tmp_path / "last.pt").read_text() == "epoch 3"
 
+
+
+def test_several_threads_return_each_result_and_bound_what_waits(tmp_path):
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def write(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        files.write_text_atomic(tmp_path / f"{i}.txt", str(i))
+        with lock:
+            running[0] -= 1
+        return i, f"row {i}"
+
+    with files.OrderedWriter(threads=2, pending=3) as writer:
+        futures = []
+        for i in range(8):
+            futures.append(writer.submit(write, i))
+            assert sum(not f.done() for f in futures) <= 3  # submit waited for the oldest beyond the bound
+    assert dict(f.result() for f in futures) == {i: f"row {i}" for i in range(8)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{i}.txt" for i in range(8)) and most[0] <= 2

@@ -582,7 +582,7 @@ def test_cache_build_killed_between_renames_is_rebuilt_not_trusted(tiny_demo, tm
         pass
 
     def dies_after_the_first_array(src, dst):
-        if str(src).endswith(".npy.tmp") and renamed:
+        if f".npy{files.TMP_MARK}" in str(src) and renamed:
             raise Killed  # as a kill between two renames would stop it
         renamed.append(src)
         real_replace(src, dst)

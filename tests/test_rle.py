@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lib import rle
+from lib import parallel, rle
 
 # Official train_masks.csv prefixes (CARVANA.md), the trailing "..." stripped.
 OFFICIAL_PREFIXES = {
@@ -58,8 +56,8 @@ def _check_real_mask(path: Path) -> str | None:
 def test_matches_canonical_on_all_real_masks(carvana_sample: Path) -> None:
     paths = sorted((carvana_sample / "train_masks").glob("*_mask.gif"))
     assert paths, f"no *_mask.gif in {carvana_sample / 'train_masks'}"
-    with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = [p for p in pool.map(_check_real_mask, paths, chunksize=8) if p]
+    with parallel.ordered(_check_real_mask, paths, 8, chunksize=8) as results:
+        problems = [p for p in results if p]
     assert not problems, f"{len(problems)} of {len(paths)} masks fail, e.g. {problems[:3]}"
 
 

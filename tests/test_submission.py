@@ -22,7 +22,7 @@ from PIL import Image
 
 from conftest import run_script
 from lib import baseline, cache as cache_mod, files, fingerprint, inputs, rle, submission
-from lib.errors import PipelineError
+from lib.errors import PipelineError, listing
 from lib.geometry import from_net
 from lib.metrics import binarize, dice, level_of
 
@@ -188,7 +188,6 @@ def test_workers_start_clean_after_opencv_threads_ran_in_this_process(stage, tmp
     base = copy_stage(stage, tmp_path)
     cv2.setNumThreads(2)
     cv2.resize(np.zeros((1280, 1920), np.uint8), (960, 640), interpolation=cv2.INTER_LINEAR)
-    monkeypatch.setattr(submission, "RESULT_TIMEOUT_S", 60)  # fail, not hang, if it regresses
     assert submit(base, workers=2)["rows"] == 8
 
 
@@ -220,16 +219,15 @@ def test_missing_maps_are_listed_and_nothing_is_written(stage, tmp_path):
     assert not list(run.glob(".*tmp*"))
 
 
-def _dying_encode_chunk(image_ids):  # sent to the workers by name: module level
-    if EMPTY_ID in image_ids:
+def _dying_encode_one(image_id, job):  # sent to the workers by name: module level
+    if image_id == EMPTY_ID:
         os._exit(1)  # as the kernel's OOM killer would end it
-    return [submission.encode_one(i) for i in image_ids]
+    return submission.encode_one(image_id, job)
 
 
 def test_a_killed_worker_stops_the_submission_instead_of_hanging(stage, tmp_path, monkeypatch):
     base = copy_stage(stage, tmp_path)
-    monkeypatch.setattr(submission, "encode_chunk", _dying_encode_chunk)
-    monkeypatch.setattr(submission, "RESULT_TIMEOUT_S", 3)
+    monkeypatch.setattr(submission, "encode_one", _dying_encode_one)
     with pytest.raises(PipelineError, match="worker process died"):
         submit(base, workers=2)
     assert not (files.run_dir(base / "output", EXPERIMENT) / "submission.csv.gz").exists()
@@ -237,7 +235,7 @@ def test_a_killed_worker_stops_the_submission_instead_of_hanging(stage, tmp_path
 
 def test_missing_list_is_capped_at_ten():
     missing = [f"x{i}.png" for i in range(25)]
-    text = submission._listing(missing)
+    text = listing(missing, submission.MAX_LISTED)
     assert "x9.png" in text and "x10.png" not in text and "and 15 more" in text
 
 
@@ -249,17 +247,6 @@ def test_unreadable_map_stops_the_submission_and_names_the_file(stage, tmp_path)
     with pytest.raises(PipelineError, match=f"{bad.name}.*03_predict.py"):
         submit(base, workers=2)
     assert not (run / "submission.csv.gz").exists() and not list(run.glob(".*tmp*"))
-
-
-def test_throttle_holds_back_ids_until_the_writer_frees_slots():
-    import threading
-    slots, stop = threading.Semaphore(3), threading.Event()
-    gen = submission._throttled(iter(range(100)), slots, stop)
-    assert [next(gen) for _ in range(3)] == [0, 1, 2]
-    slots.release()
-    assert next(gen) == 3  # one slot freed, one more chunk
-    stop.set()
-    assert list(gen) == []  # no free slot: waits, sees stop, ends
 
 
 def test_bad_rle_ids_mismatch_and_short_streams_are_refused(tmp_path):

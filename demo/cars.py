@@ -1,6 +1,6 @@
 """Synthetic demo data in exactly the Kaggle Carvana layout (the real images cannot be shipped).
 
-    from lib.demo import generate
+    from demo.cars import generate
     generate(Path("input"))  # 16 train + 4 test cars x 16 views, 1918 x 1280, 16-20 s on 2 cores
 
 The scene model (units: metres, car frame x forward, y to the car's left, z up, origin on the
@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import functools
 import io
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lib import files
+from lib import files, parallel
 from lib.errors import PipelineError
 from lib.rle import encode
 
@@ -598,10 +596,6 @@ def _csv(header: str, lines: list[str]) -> str:
     return "".join(f"{line}\n" for line in [header, *lines])
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
-
-
 def _metadata_row(car: str, spec: CarSpec, rng: np.random.Generator) -> str:
     make, model = MAKES[rng.integers(len(MAKES))], MODELS[spec.body_type][rng.integers(3)]
     year, trim1, trim2 = rng.integers(2005, 2018), TRIMS1[rng.integers(len(TRIMS1))], TRIMS2[rng.integers(len(TRIMS2))]
@@ -642,13 +636,8 @@ def generate(root: Path, n_train_cars: int = 16, n_test_cars: int = 4, width: in
         meta.append(_metadata_row(car, spec, rng))
         images, masks = (files.TRAIN, files.TRAIN_MASKS) if i < n_train_cars else (files.TEST, files.TEST_MASKS)
         jobs.append(_Job(root, images, masks, car, spec, (seed, i), width, height))
-    if workers > 1:
-        # spawn, not fork: a child forked after OpenCV ran its thread pool in the parent can hang
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=spawn, initializer=_init_worker) as pool:
-            rows = list(pool.map(_render_car, jobs))
-    else:
-        rows = [_render_car(job) for job in jobs]
+    with parallel.ordered(_render_car, jobs, workers) as results:
+        rows = list(results)
     train_rows = sorted(r for car_rows in rows[:n_train_cars] for r in car_rows)
     test_names = sorted(name for car_rows in rows[n_train_cars:] for name, _ in car_rows)
     files.write_text_atomic(root / files.TRAIN_MASKS_CSV, _csv("img,rle_mask", [f"{n},{r}" for n, r in train_rows]))

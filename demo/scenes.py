@@ -1,12 +1,12 @@
 """Synthetic multi-class demo data: aerial scenes cut into tiles, with a class index per pixel.
 
-    from lib.demo_scenes import generate
+    from demo.scenes import generate
     generate(Path("input/demo_multiclass"), 16, 4, width=480, height=320)  # 256 + 64 tiles, 18 MB, ~30 s on 2 cores
 
 (At the cars demo's 1918 x 1280 the same counts take ~3.5 minutes on 2 busy cores and 185 MB: pass a smaller
 --demo-width/--demo-height for this kind; the demo preset trains at 96 x 160 anyway.)
 
-The sibling of ``lib.demo`` (the binary Carvana-like cars) for ``01_prepare.py --demo --demo-kind multiclass``.
+The sibling of ``demo.cars`` (the binary Carvana-like cars) for ``01_prepare.py --demo --demo-kind multiclass``.
 Classes, in class order (index, name, overlay colour RGB), also written to ``classes.csv``:
 0 background (fields, grass, dirt tracks, shadows on them), 1 road, 2 building, 3 tree, 4 water.
 
@@ -42,16 +42,14 @@ does not depend on the size either (everything is placed in tile-width units), o
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from lib import files
+from lib import files, parallel
 from lib.errors import PipelineError
 
 
@@ -668,10 +666,6 @@ def _render_scene(job: _Job) -> list[str]:
     return ids
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
-
-
 def _check_folders(root: Path, expected: dict[str, set[str]]) -> None:
     """Refuse folders holding files this generation would not write; drop temp files it left when interrupted."""
     for folder_name, names in expected.items():
@@ -711,13 +705,8 @@ def generate(root: Path, n_train_scenes: int = 16, n_test_scenes: int = 4, width
     _check_folders(root, expected)
     jobs = [_Job(root, images, masks, s, digits, seed, width, height) for images, masks, numbers in splits
             for s in numbers]
-    if workers > 1 and len(jobs) > 1:
-        # spawn, not fork, as lib.demo: a child forked after OpenCV ran its thread pool in the parent can hang
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=spawn, initializer=_init_worker) as pool:
-            ids = list(pool.map(_render_scene, jobs))
-    else:
-        ids = [_render_scene(job) for job in jobs]
+    with parallel.ordered(_render_scene, jobs, workers if len(jobs) > 1 else 0) as results:
+        ids = list(results)
     test_ids = [i for scene_ids in ids[n_train_scenes:] for i in scene_ids]
     files.write_text_atomic(root / CLASSES_CSV, classes_csv())
     files.write_text_atomic(root / files.SAMPLE_SUBMISSION, "".join(

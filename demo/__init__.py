@@ -1,0 +1,58 @@
+"""Synthetic demo data in the Kaggle layout (the real images cannot be shipped), for ``01_prepare.py --demo``.
+
+    cars.py     --demo-kind cars: Carvana-like turntable photos of 16 views per car, binary GIF masks
+    scenes.py   --demo-kind multiclass: aerial scenes cut into tiles, label PNGs of 5 classes
+
+Data for demos and tests is not pipeline code: this package sits beside ``lib/``, uses it, and no stage needs it
+except 01's ``--demo``, which calls ``write``.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from lib import files
+from lib.errors import PipelineError
+
+if TYPE_CHECKING:
+    from params import Params
+
+MARKER = "DEMO"  # written beside generated demo data, so --force never deletes real data
+TOP_FILES = ("train_masks.csv", "metadata.csv", "sample_submission.csv", "classes.csv")  # either kind's
+
+
+def marker_text(kind: str) -> str:
+    """The marker's text: says which --demo-kind wrote the data (cars: the text it always had)."""
+    return "synthetic demo data written by 01_prepare.py --demo" + ("" if kind == "cars" else f" --demo-kind {kind}")
+
+
+def write(p: Params) -> None:
+    """Generate the synthetic demo data of --demo-kind into --input (never over data that is not the demo's)."""
+    root, marker = p.input_dir, p.input_dir / MARKER
+    has_data = (root / files.TRAIN).is_dir() and any((root / files.TRAIN).iterdir())
+    if has_data and not marker.exists():
+        raise PipelineError(f"{root}: holds data that is not the demo; give --demo another --input")
+    if has_data and not p.force:
+        if marker.read_text().strip() != marker_text(p.demo_kind):
+            raise PipelineError(f"{root}: holds demo data of another --demo-kind ({marker.read_text().strip()}); "
+                                "--force replaces it, or give another --input")
+        print(f"demo data already in {root} (--force regenerates it)")
+        return
+    if has_data:  # --force on earlier demo data: clear it so another seed, size or kind starts clean
+        marker.unlink()
+        for name in (files.TRAIN, files.TRAIN_MASKS, files.TEST, files.TEST_MASKS):
+            shutil.rmtree(root / name, ignore_errors=True)
+        for name in TOP_FILES:
+            (root / name).unlink(missing_ok=True)
+    start = time.perf_counter()
+    if p.demo_kind == "multiclass":
+        from demo import scenes
+        scenes.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test scenes ({scenes.TILES} tiles each)"
+    else:
+        from demo import cars
+        cars.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test cars"
+    files.write_text_atomic(marker, marker_text(p.demo_kind) + "\n")
+    print(f"demo data: {what} at {p.demo_width}x{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
