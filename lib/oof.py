@@ -99,12 +99,6 @@ def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thresho
     return class_dices(probs_u8, cache, rows, threshold, task, post).mean(axis=1)
 
 
-def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
-                  task: Task = BINARY) -> float:
-    """Mean Dice as Kaggle measures it: maps resized to the original size, thresholded, per image."""
-    return float(np.mean(image_dices(probs_u8, cache, rows, threshold, task)))
-
-
 def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,
                    posts: Sequence[str] = (postprocess.NONE,)) -> dict[str, np.ndarray]:
     """{post-processing: (N, 2, 256) Dice histograms} of network-size binary maps brought back to each image's own

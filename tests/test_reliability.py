@@ -36,7 +36,7 @@ from PIL import Image
 
 import params
 from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, TINY_FLAGS, W, run_script  # noqa: F401  (trained: conftest)
-from lib import cache as cache_mod, files, inputs, predict, submission
+from lib import cache as cache_mod, files, folds as folds_mod, inputs, predict, submission, testmaps, tuning as tuning_mod
 from lib.errors import PipelineError, run_main
 from lib.model import load_model, read_checkpoint
 
@@ -265,7 +265,7 @@ def test_killed_prediction_reruns_to_the_same_maps(trained, tmp_path):
     written = sorted(probs.glob("*.png"))
     assert 0 < len(written) < len(trained.ids), f"killed with {len(written)} maps written: kill earlier or later"
     for path in written:  # no map is partial: each was renamed into place complete
-        assert files.read_prob_png(path).shape == (H, W)
+        assert testmaps.read_map(path).shape == (H, W)
     assert not [p for p in os.listdir(probs) if p.endswith(".png") and files.TMP_MARK in p]
     # what a kill during a write leaves: a temporary file under another name, removed by the re-run
     partial = probs / f".{trained.ids[-1]}.png{files.TMP_MARK}{dead_pid()}"
@@ -366,7 +366,7 @@ def test_predict_rebuilds_each_model_from_its_checkpoint(trained):
     # the reference run was given --encoder resnet34 --height 128 --width 192; the checkpoints say resnet18, 32x64
     tuning = json.loads((trained.run / files.TUNING).read_text())
     assert tuning["size"] == [H, W] and {m["encoder"] for m in tuning["models"]} == {"resnet18"}
-    assert all(files.read_prob_png(trained.reference / f"{i}.png").shape == (H, W) for i in trained.ids)
+    assert all(testmaps.read_map(trained.reference / f"{i}.png").shape == (H, W) for i in trained.ids)
 
 
 def test_checkpoints_that_do_not_fit_are_refused(trained, tmp_path):
@@ -462,7 +462,7 @@ def test_submit_refuses_maps_not_made_by_the_tuned_models(trained, tmp_path):
     meta.write_text(good_meta)
     # one map of another size (from another experiment's folder)
     odd = probs / f"{trained.ids[5]}.png"
-    files.write_prob_png(odd, np.zeros((H * 2, W * 2), np.uint8), (160, 240))
+    testmaps.write_map(odd, np.zeros((H * 2, W * 2), np.uint8), (160, 240))
     line = strict_error(run_script(*submit, check=False))
     assert f"{odd}: map is {W * 2}x{H * 2}, the folder's tuning.json says {W}x{H}; run 03_predict.py again" in line
     assert earlier.read_bytes() == b"an earlier submission" and temp_files(run) == []

@@ -84,7 +84,7 @@ def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET
         if i != EMPTY_ID:  # some noise so that two folders differ
             prob = np.clip(prob.astype(int) + rng.integers(-20, 21, prob.shape), 0, 255).astype(np.uint8)
         source = fingerprint.of_path(test_dir / f"{i}.jpg") if test_dir else None
-        files.write_prob_png(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0), source)
+        testmaps.write_map(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0), source)
     files.write_json(run / files.TUNING, tuning(size, threshold, experiment))
     files.write_json(run / files.TEST_PROBS / files.PROBS_META, files.probs_made_by(tuning(size, threshold, experiment)))
 
@@ -157,7 +157,7 @@ def test_rows_follow_sample_submission_and_decode_to_the_thresholded_upsampled_m
     ids = sample_ids(base)
     assert [img for img, _ in rows] == [f"{i}.jpg" for i in ids]
     for i, (_, code) in zip(ids, rows):
-        prob = files.read_prob_png(run / files.TEST_PROBS / f"{i}.png")
+        prob = testmaps.read_map(run / files.TEST_PROBS / f"{i}.png")
         expected = binarize(from_net(prob, H0, W0), 0.5)
         assert np.array_equal(rle.decode(code, (H0, W0)), expected), i
     assert dict(rows)[f"{EMPTY_ID}.jpg"] == ""  # all-zero map: empty mask, empty string
@@ -198,7 +198,7 @@ def test_fixed_threshold_is_used_and_said(stage, tmp_path):
     assert m["threshold"] == 0.8 and m["threshold_source"] == "--threshold" and m["oof_dice"] is None
     run = files.run_dir(base / "output", EXPERIMENT)
     i, code = sample_ids(base)[0], read_rows(run / "t80.csv.gz")[0][1]
-    prob = files.read_prob_png(run / files.TEST_PROBS / f"{i}.png")
+    prob = testmaps.read_map(run / files.TEST_PROBS / f"{i}.png")
     assert np.array_equal(rle.decode(code, (H0, W0)), from_net(prob, H0, W0) > level_of(0.8))
 
 
@@ -297,8 +297,8 @@ def test_ensemble_of_two_folders_is_the_weighted_average(stage, tmp_path):
     assert m["threshold"] == pytest.approx(0.75 * 0.5 + 0.25 * 0.3) and "weighted mean" in m["threshold_source"]
     assert m["oof_dice"] is None
     for i, (_, code) in zip(ids, read_rows(run / "blend.csv.gz")):
-        a = from_net(files.read_prob_png(run / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
-        b = from_net(files.read_prob_png(other / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
+        a = from_net(testmaps.read_map(run / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
+        b = from_net(testmaps.read_map(other / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
         avg = np.rint(0.75 * a + 0.25 * b).astype(np.uint8)
         assert np.array_equal(rle.decode(code, (H0, W0)), avg > level_of(m["threshold"])), i
 
