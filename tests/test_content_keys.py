@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_FLAGS, run_script
-from lib import cache as cache_mod, files, fingerprint, inputs, predict, testmaps
+from lib import cache as cache_mod, files, fingerprint, inputs, testmaps
 from lib.fingerprint import Fingerprint
 from test_reliability import EXPERIMENT, FLAGS, H, W, clone, digest, error_line, temp_files  # noqa: F401
 from test_reliability2 import advised, own_input

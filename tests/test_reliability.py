@@ -36,9 +36,11 @@ from PIL import Image
 
 import params
 from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, TINY_FLAGS, W, run_script  # noqa: F401  (trained: conftest)
-from lib import cache as cache_mod, files, folds as folds_mod, inputs, predict, submission, testmaps, tuning as tuning_mod
+from lib import cache as cache_mod, files, folds as folds_mod, inputs, predict, submission, testmaps, \
+    tuning as tuning_mod
 from lib.errors import PipelineError, run_main
 from lib.model import load_model, read_checkpoint
+from lib.task import BINARY
 
 
 # --- helpers ---
@@ -179,7 +181,7 @@ def test_bad_training_input_is_named_and_refused(damage, tiny_demo, tmp_path):
 
 def test_car_with_views_missing_is_a_note_not_an_error(tiny_demo, tmp_path):
     root = copy_input(tiny_demo, tmp_path / "input")
-    car = files.car_of(first_id(root))
+    car = first_id(root).rsplit("_", 1)[0]
     gone = [f"{car}_{v:02d}" for v in (2, 7, 16)]
     for i in gone:
         (root / files.TRAIN / f"{i}.jpg").unlink()
@@ -382,7 +384,7 @@ def test_checkpoints_that_do_not_fit_are_refused(trained, tmp_path):
     torch.save({**ck1, "params": {**ck1["params"], "height": 64, "width": 96}}, fold1)  # a fold of another size
     p = params.make_params(**{**params.PRESETS["demo"], "output": str(out), "device": "cpu"})
     with pytest.raises(PipelineError, match="trained at different sizes"):
-        predict.load_ensemble(p)
+        predict.load_ensemble(p, folds_mod.read(out))
 
 
 def test_predict_refuses_a_corrupt_checkpoint(trained, tmp_path):
@@ -486,11 +488,11 @@ def test_threshold_outside_the_open_interval_is_refused(value, tmp_path):
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
 def test_tuned_threshold_outside_the_open_interval_is_refused(threshold, tmp_path):
-    tuning = {"experiment": "x", "tta": "none", "threshold": threshold, "level": 0, "oof_dice": 0.9,
-              "size": [32, 64], "orig_size": [160, 240], "scores": []}
-    (tmp_path / files.TUNING).write_text(json.dumps(tuning))
+    tuning = tuning_mod.Tuning("x", [0], "none", "none", 0.5, 0.9, (32, 64), (160, 240), 8, "auto", "auto", [],
+                               BINARY, [])
+    (tmp_path / files.TUNING).write_text(json.dumps({**tuning.record(), "threshold": threshold, "level": 0}))
     with pytest.raises(PipelineError, match=f"{tmp_path / files.TUNING}: threshold .* open interval"):
-        submission.read_tuning(tmp_path)
+        tuning_mod.read(tmp_path)
 
 
 # === resources ===
