@@ -11,8 +11,9 @@ The test images are those of sample_submission.csv, or without one every image i
 row keyed by its file name). Every one must have its PNG in every prediction folder (else nothing is written); each
 mask is encoded at its image's own size, in --rle-order. The threshold is --threshold when given, else the tuned one
 (an ensemble: the weighted mean of the folders' tuned thresholds). Writes, in output/<experiment>/: <submission>.csv.gz and
-<submission>.manifest.json, comparison.md (out-of-fold Dice of the baselines, each fold model and the
-fold ensemble; with --score also the local test Dice against input/test_masks, where there is one). A second 04 on
+<submission>.manifest.json, comparison.md (out-of-fold Dice of each fold model and the fold ensemble; with
+--baselines also of the baselines: average masks, or the majority class of each pixel for a multi-class task; with
+--score also the local test Dice against input/test_masks, where there is one). A second 04 on
 the experiment, or one while a 03 tunes or replaces the maps it reads, is refused at once, naming that process.
 """
 from __future__ import annotations
@@ -21,12 +22,12 @@ import argparse
 import contextlib
 import time
 
-import pandas as pd
-
 import params
-from lib import baseline, files, folds, inputs, submission
+from lib import baseline, files, folds, inputs, scoring, submission, testmaps
 from lib import cache as training_cache
 from lib.errors import PipelineError, run_main
+from lib.testmaps import Prediction
+from lib.tuning import predict_command
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -39,28 +40,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="score every written submission against input/test_masks (demo data)")
 
 
-def plan_baselines(p: params.Params, results: dict, total: baseline.MaskSums, ids: list[str], keys: list[str],
-                   common: tuple[int, int] | None) -> list[baseline.BaselinePlan]:
-    """The baseline test submissions, made ready (every RLE) before anything is written."""
-    sizes = inputs.test_sizes(p.input_dir, ids, inputs.test_files(p.input_dir), common)
-    run = files.run_dir(p.output_dir, p.experiment)
-    return [baseline.plan_baseline_submission(submission.submission_path(run, f"baseline_{name}"), total, result,
-                                              ids, sizes, keys, p.rle_order) for name, result in results.items()]
-
-
-def score_baselines(p: params.Params, split: pd.DataFrame, pred: submission.Prediction
-                    ) -> tuple[dict, baseline.MaskSums]:
-    """Out-of-fold scores of the average-mask baselines, from the full-resolution training truth."""
+def score_baselines(p: params.Params, pred: Prediction) -> tuple[dict, object]:
+    """The baselines of the prediction folders' task (``Task.score_baselines``) scored out-of-fold from the
+    full-resolution training truth, and what their test submissions are made from."""
     start = time.perf_counter()
+    split = folds.read(p.output_dir)
     h, w = pred.size
     cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
-                                      mask_suffix=p.mask_suffix, lock_timeout=p.lock_timeout)
+                                      mask_suffix=p.mask_suffix, task=pred.task, lock_timeout=p.lock_timeout)
     if cache.orig_size != pred.orig_size:
         raise PipelineError(f"{p.output_dir / 'cache'}: training images are {cache.orig_size or 'of mixed sizes'}, "
                             f"the predictions' {pred.orig_size or 'of mixed sizes'}; prediction and training data differ")
-    results, total = baseline.oof_baselines(cache, split)
+    results, made = pred.task.score_baselines(cache, split)
     print(f"baselines scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")
-    return results, total
+    return results, made
 
 
 def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, score: bool) -> None:
@@ -69,7 +62,7 @@ def main(p: params.Params, pred_specs: list[str] | None, with_baselines: bool, s
     (files.PREDICT_LOCK: 03 --shard jobs may go on writing maps, but no 03 that tunes or deletes maps runs meanwhile).
     A lock held otherwise refuses the run at once, before it writes anything."""
     run = files.run_dir(p.output_dir, p.experiment)
-    specs = [submission.parse_pred_spec(s) for s in pred_specs or [str(run)]]
+    specs = [testmaps.parse_pred_spec(s) for s in pred_specs or [str(run)]]
     with contextlib.ExitStack() as held:
         existed = run.is_dir()
         if existed:
@@ -90,103 +83,55 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
            later: contextlib.ExitStack | None = None) -> None:
     """The submission and comparison of ``specs``; ``later``: where to hold the submit lock once the inputs are
     checked (a new experiment folder), None when it is held already. Every check and every computation that can fail
-    comes first; then the files are written."""
+    comes first; then the files are written. The task of the folders decides the rows (``Task.submission_rows``) and
+    the baselines."""
     run = files.run_dir(p.output_dir, p.experiment)
-    preds = submission.load_predictions(specs)
-    if not preds[0].task.binary:
-        return main_classes(p, run, preds, with_baselines, score, later)
-    test_ids, keys = inputs.test_rows(p.input_dir)
-    split = folds.read(p.output_dir)
+    preds = testmaps.load_predictions(specs)
+    task = preds[0].task
+    test_ids, keys, class_rows = task.submission_rows(p.input_dir)
     if score:
-        submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)
+        scoring.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
     if later is not None:
         hold_submission(p, later)
     out = submission.submission_path(run, p.submission)
-    with_model = bool(test_ids) and ((p.input_dir / files.TEST).is_dir() or any(pr.probs_dir.exists() for pr in preds))
+    test_dir = p.input_dir / files.TEST
+    with_model = bool(test_ids) and (test_dir.is_dir() or any(pr.probs_dir.exists() for pr in preds))
     if with_model:
-        submission.check_maps(preds, test_ids)
-    results, total = score_baselines(p, split, preds[0])
-    plans = plan_baselines(p, results, total, test_ids, keys, preds[0].orig_size) if with_baselines and test_ids \
-        else []
+        testmaps.check(preds, test_ids)
+    results, plans = {}, []
+    if with_baselines:
+        results, made = score_baselines(p, preds[0])
+        sizes = inputs.test_sizes(p.input_dir, test_ids, inputs.test_files(p.input_dir), preds[0].orig_size)
+        plans = task.plan_baselines(run, made, results, test_ids, keys, class_rows, sizes, p.rle_order)
     written, manifest = {}, None  # from here on, files are written
     if with_model:
-        test_dir = p.input_dir / files.TEST
         manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION,
                                               p.threshold, p.workers, test_dir=test_dir if test_dir.is_dir() else None,
                                               keys=keys, test_names=inputs.test_files(p.input_dir),
-                                              rle_order=p.rle_order, post=p.postprocess, checked=True,
-                                              repairs=[submission.predict_command(pr.folder, run=run) for pr in preds])
-        post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
-                if manifest["postprocess"] != "none" else "")
-        print(f"wrote {out}: {manifest['rows']} rows, threshold {manifest['threshold']:.3f} "
-              f"({manifest['threshold_source']}){post}, {manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
+                                              rle_order=p.rle_order, class_rows=class_rows, post=p.postprocess,
+                                              checked=True,
+                                              repairs=[predict_command(pr.folder, run=run) for pr in preds])
+        decided = task.decision_text(manifest["threshold"], manifest["postprocess"])
+        print(f"wrote {out}: {manifest['rows']} rows, {decided} ({manifest['threshold_source']}), "
+              f"{manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
         written[out.name] = out
     else:
-        print(f"note: no {p.input_dir / files.TEST} folder and no test maps (or no test images): no model submission, "
-              "comparison and baselines only")
+        print(f"note: no {test_dir} folder and no test maps (or no test images): no model submission"
+              + (", comparison and baselines only" if with_baselines else ", comparison only"))
     for plan in plans:
         made = baseline.write_baseline_submission(plan, p.input_dir / files.SAMPLE_SUBMISSION)
         extra = (f"; {made['images_without_a_view']} test image(s) with no view of the training masks got the global "
                  "average") if made.get("images_without_a_view") else ""
         print(f"wrote {plan.path} (threshold {made['threshold']:.3f}{extra})")
         written[plan.path.name] = plan.path
-    scores = submission.score_submissions(list(written.values()), p.input_dir, p.mask_suffix,
-                                          p.rle_order) if score and written else {}
-    test_dice = {path.name: dice for path, dice in scores.items()}
-    table = baseline.comparison_table(results, preds, manifest, test_dice)
+    scores = task.score_submissions(list(written.values()), p.input_dir, keys, class_rows, p.mask_suffix,
+                                    p.rle_order) if score and written else {}
+    for path, (dice, per_class) in scores.items():
+        print(f"test Dice of {path.name}: {dice:.5f}"
+              + (" (" + ", ".join(f"{c} {d:.4f}" for c, d in per_class.items()) + ")" if per_class else ""))
+    table = baseline.comparison_table(results, preds, manifest, {path.name: d for path, (d, _) in scores.items()})
     files.write_text_atomic(run / files.COMPARISON, table)
     params.save(p, run / files.SUBMIT_PARAMS)  # what made the files above (a refused run writes nothing)
-    print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
-
-
-def main_classes(p: params.Params, run, preds: list, with_baselines: bool, score: bool,
-                 later: contextlib.ExitStack | None = None) -> None:
-    """04 for a multi-class task: one row per test image and class 1..C-1, the majority-class baseline, Dice per
-    class."""
-    task = preds[0].task
-    test_ids, keys, class_rows = inputs.test_class_rows(p.input_dir, task)
-    split = folds.read(p.output_dir)
-    if score:
-        submission.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
-    if later is not None:
-        hold_submission(p, later)
-    out = submission.submission_path(run, p.submission)
-    if test_ids:
-        submission.check_maps(preds, test_ids)
-    h, w = preds[0].size
-    cache = training_cache.open_cache(p.input_dir, p.output_dir, list(split.id), h, w, p.workers, mode="off",
-                                      mask_suffix=p.mask_suffix, task=task, lock_timeout=p.lock_timeout)
-    start = time.perf_counter()
-    result, counts = baseline.oof_majority(cache, split, task)
-    print(f"baseline scored out-of-fold on {len(split)} images ({time.perf_counter() - start:.1f}s)")
-    sizes = dict(zip(test_ids, inputs.test_sizes(p.input_dir, test_ids, inputs.test_files(p.input_dir),
-                                                  cache.orig_size))) if with_baselines and test_ids else {}
-    written, manifest = {}, None  # from here on, files are written
-    if test_ids:
-        test_dir = p.input_dir / files.TEST
-        manifest = submission.make_submission(out, preds, test_ids, p.input_dir / files.SAMPLE_SUBMISSION, 0.0,
-                                              p.workers, test_dir=test_dir if test_dir.is_dir() else None,
-                                              keys=keys, test_names=inputs.test_files(p.input_dir),
-                                              rle_order=p.rle_order, class_rows=class_rows, checked=True,
-                                              repairs=[submission.predict_command(pr.folder, run=run) for pr in preds])
-        print(f"wrote {out}: {manifest['rows']} rows ({len(test_ids)} images x {len(task.scored)} classes), "
-              f"{manifest['seconds']:.1f}s")
-        written[out.name] = out
-    if with_baselines and test_ids:
-        path = submission.submission_path(run, "baseline_majority")
-        baseline.write_majority_submission(path, counts, result, task, keys, class_rows, sizes,
-                                           p.input_dir / files.SAMPLE_SUBMISSION, p.rle_order)
-        print(f"wrote {path}")
-        written[path.name] = path
-    scores = submission.score_class_submissions(list(written.values()), p.input_dir, task,
-                                                dict(zip(keys, class_rows)), p.mask_suffix,
-                                                p.rle_order) if score and written else {}
-    for path, (dice, per_class) in scores.items():
-        print(f"test Dice of {path.name}: {dice:.5f} (" + ", ".join(f"{c} {d:.4f}" for c, d in per_class.items()) + ")")
-    table = baseline.comparison_table({"majority": result}, preds, manifest,
-                                      {path.name: d for path, (d, _) in scores.items()})
-    files.write_text_atomic(run / files.COMPARISON, table)
-    params.save(p, run / files.SUBMIT_PARAMS)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")
 
 

@@ -11,7 +11,7 @@ separate process timed with /usr/bin/time (wall seconds, peak resident memory):
   predict  03_predict.py over 10,000 and over all 100,064 test ids at a small network size (a model trained for one
            epoch at 64 x 96), as 2 shards running side by side: images/s, peak memory of each process;
   submit   04_submit.py over the 100,064 maps: images/s, peak memory, file size, the validation it does;
-  resume   03_predict.py's resume check (``predict.finished_maps``) over 100,064 finished maps (written directly,
+  resume   03_predict.py's resume check (``testmaps.finished``) over 100,064 finished maps (written directly,
            tiny, each recording its test image's fingerprint): the stat-only path (nothing changed), the re-hash path
            (every image's time differs from the recorded one: each image read and hashed), and the check before
            content keys (each image's header size, read with PIL) for the ratio.
@@ -164,16 +164,16 @@ def check_submission(path: Path, root: Path) -> dict:
 
 
 def stage_resume(work: Path, repeats: int = 2, n: int | None = None) -> dict:
-    """Times of ``predict.finished_maps`` over the test ids of WORK/input (the first ``n`` of them if given): see the
+    """Times of ``testmaps.finished`` over the test ids of WORK/input (the first ``n`` of them if given): see the
     module docstring. Writes WORK/resume/{current,rehash}/<id>.png once (reused by later runs)."""
     import numpy as np
 
-    from lib import files, fingerprint, inputs, predict
+    from lib import fingerprint, inputs, testmaps
     from lib.fingerprint import Fingerprint
     ids, paths = inputs.check_test(work / "input")
     ids = ids[:n] if n else ids
     size = (64, 96)
-    blank = files.prob_png_bytes(np.zeros(size, np.uint8), (1280, 1918))  # only the header matters to the check
+    blank = testmaps.png_bytes(np.zeros(size, np.uint8), (1280, 1918))  # only the header matters to the check
     folders = {"current": work / "resume" / "current", "rehash": work / "resume" / "rehash"}
     by_target: dict[str, Fingerprint] = {}
     for name, folder in folders.items():
@@ -188,7 +188,7 @@ def stage_resume(work: Path, repeats: int = 2, n: int | None = None) -> dict:
             fp = by_target[target]
             if name == "rehash":  # a time that is not the image's: the check must read and hash it
                 fp = Fingerprint(fp.size, fp.mtime_ns + 1, fp.digest)
-            (folder / f"{i}.png").write_bytes(files.prob_png_bytes(np.zeros(size, np.uint8), (1280, 1918), fp))
+            (folder / f"{i}.png").write_bytes(testmaps.png_bytes(np.zeros(size, np.uint8), (1280, 1918), fp))
         print(f"resume: wrote {len(ids)} maps in {folder} ({time.perf_counter() - start:.1f}s)", flush=True)
 
     def before_content_keys(folder: Path) -> set[str]:  # the check of the parent commit (lib/predict.py)
@@ -198,15 +198,15 @@ def stage_resume(work: Path, repeats: int = 2, n: int | None = None) -> dict:
             name = f"{i}.png"
             if name not in present:
                 continue
-            info = files.prob_png_info(folder / name)
+            info = testmaps.header(folder / name)
             if info is not None and info[0] == size and info[1] is not None and \
                     info[1] == inputs.image_header_size(paths[i]):
                 done.add(name)
         return done
 
     checks = {"before (header size, PIL)": lambda: before_content_keys(folders["current"]),
-              "stat only (nothing changed)": lambda: predict.finished_maps(folders["current"], ids, paths, size),
-              "re-hash (every time differs)": lambda: predict.finished_maps(folders["rehash"], ids, paths, size)}
+              "stat only (nothing changed)": lambda: testmaps.finished(folders["current"], ids, paths, size),
+              "re-hash (every time differs)": lambda: testmaps.finished(folders["rehash"], ids, paths, size)}
     results = {"maps": len(ids), "map_bytes": len(blank), "distinct_images": len({str(p.resolve()) for p in
                                                                                    paths.values()})}
     for name, check in checks.items():

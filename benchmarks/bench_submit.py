@@ -6,7 +6,7 @@ Usage: python benchmarks/bench_submit.py [--n 2000] [--sizes 320x480,1280x1920] 
 For each network size, writes N smooth car-like uint8 maps as PNGs (03_predict.py's format) with a
 fake tuning.json into a temporary run folder (not timed), then times ``lib.submission.make_submission``,
 the function 04_submit.py calls: check every PNG exists, read each, resize to 1918 x 1280 (from_net),
-threshold (binarize), RLE-encode, validate, stream into a .csv.gz through a temporary file, manifest.
+threshold (binarize), RLE-encode, stream into a .csv.gz through a temporary file, manifest.
 Peak memory and CPU time: the process tree (this process, the forkserver and its workers) sampled from
 /proc every 100 ms (sum of RSS; utime + stime) and every 500 ms (sum of PSS, which counts shared pages once).
 The canonical reference runs the same path in one process with the well-known np.where encoder
@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_rle import canonical_encode  # noqa: E402
-from lib import files, rle, submission  # noqa: E402
+from lib import files, rle, submission, testmaps, tuning as tuning_mod  # noqa: E402
 from lib.geometry import ORIG_H, ORIG_W, from_net  # noqa: E402
-from lib.metrics import binarize, level_of  # noqa: E402
+from lib.metrics import binarize  # noqa: E402
+from lib.task import BINARY  # noqa: E402
 
 TARGET_IMAGES_PER_S = 170  # 100,064 images in 589 s
 TARGET_PEAK_BYTES = 2 * 1024**3
@@ -70,7 +71,7 @@ def car_map(seed: int, height: int, width: int) -> np.ndarray:
 
 def _write_one(job: tuple[Path, str, int, int, int]) -> None:
     folder, image_id, seed, height, width = job
-    files.write_prob_png(folder / f"{image_id}.png", car_map(seed, height, width), (ORIG_H, ORIG_W))
+    testmaps.write_map(folder / f"{image_id}.png", car_map(seed, height, width), (ORIG_H, ORIG_W))
 
 
 def make_run(folder: Path, n: int, height: int, width: int, workers: int) -> list[str]:
@@ -81,10 +82,10 @@ def make_run(folder: Path, n: int, height: int, width: int, workers: int) -> lis
     jobs = [(probs, i, k, height, width) for k, i in enumerate(ids)]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write_one, jobs, chunksize=32))
-    tuning = {"experiment": "bench", "folds": [0], "tta": "hflip", "threshold": THRESHOLD, "level": level_of(THRESHOLD),
-              "oof_dice": 0.0, "size": [height, width], "orig_size": [ORIG_H, ORIG_W], "scores": []}
-    files.write_json(folder / files.TUNING, tuning)
-    files.write_json(probs / files.PROBS_META, files.probs_made_by(tuning))
+    tuning = tuning_mod.Tuning("bench", [0], "hflip", "none", THRESHOLD, 0.0, (height, width), (ORIG_H, ORIG_W), 0,
+                               "hflip", "none", [], BINARY, [])
+    tuning_mod.write(folder, tuning)
+    testmaps.write_meta(probs, testmaps.MapsMeta.of(tuning))
     return ids
 
 
@@ -164,7 +165,7 @@ def _kb(path: str, key: str) -> int:
 
 # --- the timed paths ---
 def run_pipeline(folder: Path, ids: list[str], workers: int, chunksize: int) -> tuple[float, Path, TreeMemory]:
-    preds = submission.load_predictions([(folder, 1.0)])
+    preds = testmaps.load_predictions([(folder, 1.0)])
     out = folder / f"bench_w{workers}_c{chunksize}.csv.gz"
     with TreeMemory() as mem:
         start = time.perf_counter()
@@ -185,12 +186,12 @@ def run_reference(folder: Path, ids: list[str]) -> tuple[float, Path]:
 
     def codes():
         for i in ids:
-            prob = files.read_prob_png(folder / files.TEST_PROBS / f"{i}.png")
+            prob = testmaps.read_map(folder / files.TEST_PROBS / f"{i}.png")
             code = canonical_encode(binarize(from_net(prob, ORIG_H, ORIG_W), THRESHOLD))
             rle.validate(code, (ORIG_H, ORIG_W))
             yield code
     cpu0, start = cpu_seconds(), time.perf_counter()
-    submission.write_submission(out, ids, codes(), (ORIG_H, ORIG_W), expected_ids=ids, validate_rle=False)
+    submission.write_submission(out, ids, codes(), None, expected_ids=ids)
     return time.perf_counter() - start, cpu_seconds() - cpu0, out
 
 

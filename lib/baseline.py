@@ -20,7 +20,6 @@ current fold), plus the (16, 1280, 1918) uint8 averages; never all masks at once
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from lib.geometry import from_net, to_net
 from lib.progress import progress
 from lib.errors import PipelineError
 from lib.metrics import best_threshold, binarize, dice_histograms, level_of
-from lib.submission import Prediction, write_manifest, write_submission
+from lib.submission import submission_path, write
+from lib.testmaps import Prediction
 
 NAMES = ("global", "view")
 TITLES = {"global": "average mask, global", "view": "average mask, per view", "majority": "majority class per pixel"}
@@ -155,8 +155,8 @@ def oof_baselines(cache, split: pd.DataFrame) -> tuple[dict[str, Baseline], Mask
 
 def baseline_rles(total: MaskSums, name: str, threshold: float, size: tuple[int, int] | None = None,
                   rle_order: str = "row") -> dict[int, str]:
-    """View number -> validated RLE of the baseline test mask at ``size`` (default the frame's; the same string for
-    every view for 'global')."""
+    """View number -> RLE of the baseline test mask at ``size`` (default the frame's; the same string for every view
+    for 'global')."""
     size = tuple(size or total.shape)
     if name == "global":
         code = rle.encode(binarize(from_net(global_average(total), *size), threshold), rle_order)
@@ -166,31 +166,29 @@ def baseline_rles(total: MaskSums, name: str, threshold: float, size: tuple[int,
                  for v, avg in zip(total.views, view_averages(total))}
     else:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(NAMES)}")
-    for code in set(codes.values()):
-        rle.validate(code, size)
     return codes
 
 
 @dataclass
 class BaselinePlan:
-    """A baseline submission made ready before anything is written: its rows' RLEs (one string per distinct size and
-    view, shared) and what its manifest says. ``write_baseline_submission`` writes it."""
+    """A baseline submission made ready before anything is written: its rows' keys and RLEs (one string per distinct
+    size and view or class, shared) and what its manifest says. ``write_baseline_submission`` writes it."""
     path: Path
-    ids: list[str]
-    keys: list[str] | None
+    keys: list[str]
     codes: list[str]
     fields: dict
 
 
-def plan_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids: Sequence[str],
-                             sizes: Sequence[tuple[int, int]] | None = None, keys: Sequence[str] | None = None,
-                             rle_order: str = "row") -> BaselinePlan:
-    """The rows of one baseline for the test ids (submission order), every RLE made and validated, nothing written.
+def plan_baseline_submission(run: Path, total: MaskSums, result: Baseline, ids: Sequence[str],
+                             sizes: Sequence[tuple[int, int]], keys: Sequence[str], rle_order: str = "row"
+                             ) -> BaselinePlan:
+    """``run/baseline_<name>.csv.gz``: the rows of one baseline for the test ids (submission order), every RLE made,
+    nothing written.
 
-    sizes: (H0, W0) of each test image (default: every one the frame's size); each distinct size and view is
-    encoded once and reused. keys: the rows' ``img`` (default ``<id>.jpg``). The per-view baseline gives a test
-    image whose id names no view of the training masks the global average mask (the manifest counts them)."""
-    sizes = [tuple(total.shape)] * len(ids) if sizes is None else [tuple(s) for s in sizes]
+    sizes: (H0, W0) of each test image; each distinct size and view is encoded once and reused. keys: the rows'
+    ``img``. The per-view baseline gives a test image whose id names no view of the training masks the global
+    average mask (the manifest counts them)."""
+    sizes = [tuple(s) for s in sizes]
     views = [None] * len(ids)
     if result.name == "view":
         matches = [layout.CARVANA_ID.fullmatch(i) for i in ids]
@@ -214,15 +212,12 @@ def plan_baseline_submission(path: Path, total: MaskSums, result: Baseline, ids:
         fields["images_without_a_view"] = no_view
         fields["images_without_a_view_note"] = ("test ids with no view of the training masks (not <car>_<NN>, or "
                                                 "a view no training image has) got the global average mask")
-    return BaselinePlan(Path(path), list(ids), None if keys is None else list(keys), codes, fields)
+    return BaselinePlan(submission_path(run, f"baseline_{result.name}"), list(keys), codes, fields)
 
 
 def write_baseline_submission(plan: BaselinePlan, sample_submission: Path) -> dict:
     """Write a planned baseline submission with its manifest; returns the manifest."""
-    start = time.perf_counter()
-    rows = write_submission(plan.path, plan.ids, plan.codes, None, expected_ids=plan.ids, validate_rle=False,
-                            keys=plan.keys)  # each size's and view's string validated by baseline_rles
-    return write_manifest(plan.path, plan.fields, rows, time.perf_counter() - start, sample_submission)
+    return write(plan.path, plan.keys, plan.codes, plan.fields, sample_submission)
 
 
 # --- the comparison table ---
@@ -243,17 +238,17 @@ def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction]
     rows = [(TITLES[b.name], "none", b.threshold, b.oof_dice, test_dice.get(f"baseline_{b.name}.csv.gz"),
              b.class_dice or {}) for b in baselines.values()]
     for p in preds:
-        prefix = f"{p.tuning['experiment']}: " if len(preds) > 1 else ""
-        rows += [(prefix + s["name"], with_post(s["tta"], s.get("postprocess")), s["threshold"], s["dice"], None,
-                  s.get("class_dice") or {}) for s in p.tuning["scores"]]
+        prefix = f"{p.tuning.experiment}: " if len(preds) > 1 else ""
+        rows += [(prefix + s["name"], with_post(s["tta"], s["postprocess"]), s["threshold"], s["dice"], None,
+                  s.get("class_dice") or {}) for s in p.tuning.scores]
     if manifest is not None:
         rows.append((f"submission {manifest['submission']}", with_post(manifest["tta"], manifest.get("postprocess")),
                      manifest["threshold"],
                      manifest["oof_dice"], test_dice.get(manifest["submission"]),
-                     (preds[0].tuning.get("class_dice") or {}) if manifest["oof_dice"] is not None else {}))
+                     preds[0].tuning.class_dice if manifest["oof_dice"] is not None else {}))
     classes = list(dict.fromkeys(name for row in rows for name in row[5]))
     scored = bool(test_dice)
-    n = next(iter(baselines.values())).n_images if baselines else 0
+    n = next(iter(baselines.values())).n_images if baselines else max(p.tuning.n_images for p in preds)
     what = "mean over images of the mean Dice of the classes" if classes else "mean over images"
     lines = [f"Full-resolution Dice, {what}; out-of-fold on {n} training images"
              + ("; test on input/test_masks" if scored else "") + ".", "",
@@ -310,24 +305,22 @@ def oof_majority(cache, split: pd.DataFrame, task) -> tuple[Baseline, NDArray[np
                     {task.names[c]: float(d) for c, d in zip(task.scored, per_class)}), total
 
 
-def write_majority_submission(path: Path, counts: NDArray[np.int32], result: Baseline, task, keys: Sequence[str],
-                              class_rows: Sequence[tuple[str, int]], sizes: dict[str, tuple[int, int]],
-                              sample_submission: Path, rle_order: str = "row") -> dict:
-    """The majority-class baseline as a multi-class submission (rows ``keys``, each (image, class) of
-    ``class_rows``, each image at its size in ``sizes``) with its manifest."""
-    start = time.perf_counter()
+def plan_majority_submission(run: Path, counts: NDArray[np.int32], result: Baseline, task,
+                             keys: Sequence[str], class_rows: Sequence[tuple[str, int]],
+                             sizes: dict[str, tuple[int, int]], rle_order: str = "row") -> BaselinePlan:
+    """``run/baseline_majority.csv.gz``: the majority-class baseline as a multi-class submission (rows ``keys``, each
+    (image, class) of ``class_rows``, each image at its size in ``sizes``), every RLE made, nothing written."""
     by_size: dict[tuple[int, int], dict[int, str]] = {}
     for size in dict.fromkeys(tuple(s) for s in sizes.values()):
         labels = majority_labels(counts, size)
         by_size[size] = {c: rle.encode(labels == c, rle_order) for c in task.scored}
-    codes = (by_size[tuple(sizes[i])][c] for i, c in class_rows)
-    rows = write_submission(path, list(keys), codes, None, validate_rle=False, keys=keys)
+    codes = [by_size[tuple(sizes[i])][c] for i, c in class_rows]
     fields = {"inputs": [{"baseline": TITLES["majority"], "training_masks": int(counts[:, 0, 0].sum())}],
               "threshold": 0.5, "level": level_of(0.5), "threshold_source": "none: the majority class decides",
               "tta": "none", "oof_dice": result.oof_dice, "class_dice": result.class_dice,
               "oof_dice_note": "out-of-fold mean class Dice of the other folds' majority classes",
               "rle_order": rle_order, "task": task.record()}
-    return write_manifest(path, fields, rows, time.perf_counter() - start, sample_submission)
+    return BaselinePlan(submission_path(run, f"baseline_{result.name}"), list(keys), codes, fields)
 
 
 def _fmt(x: float | None) -> str:

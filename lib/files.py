@@ -42,16 +42,6 @@ def image_id(name: str) -> str:
     return stem if stem and ext.lower() in NAME_EXTS else base
 
 
-def car_of(image_id_: str) -> str:
-    """'00087a6bd4dc_01' -> '00087a6bd4dc'."""
-    return image_id_.rsplit("_", 1)[0]
-
-
-def view_of(image_id_: str) -> int:
-    """'00087a6bd4dc_01' -> 1."""
-    return int(image_id_.rsplit("_", 1)[1])
-
-
 # --- output ---
 def folds_csv(output: Path) -> Path:
     return output / "folds.csv"
@@ -78,13 +68,8 @@ TUNING, TEST_PROBS, COMPARISON = "tuning.json", "test_probs", "comparison.md"
 LOCK = ".lock"  # in a fold folder while 02 trains it, in output/ while 01 runs, in output/cache/ while it is built
 PREDICT_LOCK = ".predict.lock"  # experiment folder: 03 writing tuning.json or test_probs/ (--shard jobs share it)
 SUBMIT_LOCK = ".submit.lock"  # experiment folder: 04 writing its submission, manifest, comparison.md, baselines
-PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps (probs_made_by)
+PROBS_META = "meta.json"  # in test_probs/: the models, TTA and size that made its maps (lib/testmaps.py)
 PREPARE_PARAMS, PREDICT_PARAMS, SUBMIT_PARAMS = "prepare_params.json", "predict_params.json", "submit_params.json"
-
-
-def probs_made_by(tuning: dict) -> dict:
-    """What test_probs/meta.json records of a tuning.json: the maps of one folder share it."""
-    return {k: tuning.get(k) for k in ("models", "tta", "size", "task")}
 
 
 # --- atomic writing ---
@@ -562,87 +547,3 @@ def read_json(path: Path, made_by: str, schema=dict, repair: str | None = None) 
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_ORIG_KEY = b"orig"  # tEXt keyword of a map's source image size, "<H>x<W>"
-_SOURCE_KEY = b"source"  # tEXt keyword of its source image's fingerprint, "<bytes> <mtime_ns> <digest>"
-_HEAD_BYTES = 256  # the map's header and text chunks are within its first bytes
-
-
-def prob_png_bytes(prob_u8, orig_size: tuple[int, int], source=None) -> bytes:
-    """The PNG ``write_prob_png`` writes: the map, then text chunks right after the header recording the size
-    (H0, W0) of its image and, when given, that image's ``lib.fingerprint.Fingerprint`` ``source``."""
-    import cv2
-    import zlib
-    ok, png = cv2.imencode(".png", prob_u8, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
-    if not ok:
-        raise OSError("could not encode a probability map")
-    texts = [(_ORIG_KEY, f"{int(orig_size[0])}x{int(orig_size[1])}")] + \
-        ([(_SOURCE_KEY, source.text())] if source is not None else [])
-    chunks = b""
-    for key, value in texts:
-        data = key + b"\0" + value.encode()
-        chunks += len(data).to_bytes(4, "big") + b"tEXt" + data + zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
-    raw = png.tobytes()
-    return raw[:33] + chunks + raw[33:]  # 33 = signature (8) + IHDR chunk (25)
-
-
-def write_prob_png(path: Path, prob_u8, orig_size: tuple[int, int], source=None) -> None:
-    """(H, W) uint8 probability map of an image of ``orig_size`` (H0, W0) -> lossless 8-bit PNG, atomically.
-
-    The map records the size of the image it was made from (a tEXt chunk right after the header), so a map
-    is always brought back to its own image's size, and the image's fingerprint ``source`` (size, time, digest:
-    lib/fingerprint.py), so a map whose image changed since is predicted again (03) or refused (04).
-    No PNG row filter: on these maps (long runs of 0 and 255) it compresses as well as libpng's adaptive
-    filtering and decodes much faster, which is what 04_submit.py spends its time on
-    (benchmarks/results/submit.md).
-    """
-    write_bytes_atomic(path, prob_png_bytes(prob_u8, orig_size, source))
-
-
-def prob_png_header(path: Path):
-    """((h, w) of the map, (H0, W0) of its image or None, its image's Fingerprint or None) from the file's first
-    bytes, or None for a file that is not such a map (missing, empty, truncated header, not 8-bit grey)."""
-    from lib.fingerprint import Fingerprint
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEAD_BYTES)
-    except OSError:
-        return None
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24:26] != b"\x08\x00":
-        return None  # 8-bit depth, colour type 0 (grey) is what write_prob_png writes
-    size = int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    orig = source = None
-    at = 33
-    while at + 8 <= len(head) and head[at + 4:at + 8] == b"tEXt":
-        length = int.from_bytes(head[at:at + 4], "big")
-        if at + 8 + length > len(head):
-            break
-        key, _, value = head[at + 8:at + 8 + length].partition(b"\0")
-        text = value.decode(errors="replace")
-        if key == _ORIG_KEY:
-            h, _, w = text.partition("x")
-            orig = (int(h), int(w)) if h.isdigit() and w.isdigit() else None
-        elif key == _SOURCE_KEY:
-            source = Fingerprint.from_record(text)
-        at += 12 + length  # length, type, data, CRC
-    return size, orig, source
-
-
-def prob_png_info(path: Path) -> tuple[tuple[int, int], tuple[int, int] | None] | None:
-    """((h, w) of the map, (H0, W0) of its image or None if unrecorded) from the file's first bytes, or None
-    for a file that is not such a map (missing, empty, truncated header, not 8-bit grey)."""
-    header = prob_png_header(path)
-    return None if header is None else header[:2]
-
-
-def read_prob_png(path: Path):
-    """(H, W) uint8 map written by write_prob_png; PipelineError if missing or unreadable."""
-    import cv2
-    import numpy as np
-    from lib.errors import PipelineError
-    data = np.fromfile(path, np.uint8) if path.exists() else None
-    prob = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if prob is None or prob.ndim != 2 or prob.dtype != np.uint8:
-        raise PipelineError(f"{path}: missing or not an 8-bit probability map; re-run 03_predict.py (it predicts "
-                            "missing and damaged maps again)")
-    return prob

@@ -20,7 +20,7 @@ from lib import files, postprocess
 from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.metrics import dice_histograms, level_of
-from lib.task import BINARY, Task
+from lib.task import Task
 
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]  # as test maps
 
@@ -95,12 +95,6 @@ def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thresho
     """(N,) full-resolution score of each map: Dice at ``threshold`` after post-processing ``post`` (binary) or the
     mean Dice of the classes of the argmax (multi-class)."""
     return class_dices(probs_u8, cache, rows, threshold, task, post).mean(axis=1)
-
-
-def full_res_dice(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float,
-                  task: Task = BINARY) -> float:
-    """Mean Dice as Kaggle measures it: maps resized to the original size, thresholded, per image."""
-    return float(np.mean(image_dices(probs_u8, cache, rows, threshold, task)))
 
 
 def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,

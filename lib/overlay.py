@@ -14,18 +14,13 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from lib import files, fingerprint, postprocess, rle
+from lib import files, fingerprint, postprocess, rle, tuning as tuning_mod
 from lib.data import worker_count
 from lib.errors import PipelineError, listing
-from lib.geometry import from_net
 from lib.inputs import image_header_size, read_image_bytes
 from lib.layout import PHOTO_EXTS, files_in
-from lib.metrics import binarize
-from lib.oof import at_size
-from lib.plot import overlay, overlay_labels
 from lib.progress import progress
 from lib.predict import DEFAULT_THRESHOLD, Ensemble, TestImages, load_fold_models, predict_batch
-from lib.submission import read_tuning
 from lib.task import BINARY, Task
 from params import Params
 
@@ -109,18 +104,16 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str
     tuning, why = None, f"no {files.TUNING}"
     if (run / files.TUNING).exists():
         try:
-            tuning = read_tuning(run)
-            made_by = tuning.get("models") or []
-            predictor = made_by[-1:] if tuning.get("final") == "full" else made_by  # the full model predicts
-            if predictor != ens.fingerprints:
+            tuning = tuning_mod.read(run)
+            if tuning.predictors != ens.fingerprints:
                 tuning, why = None, f"{files.TUNING} was made by other models"
         except PipelineError as e:
             why = f"unusable {files.TUNING} ({e})"
-    mode = p.tta if p.tta != "auto" else (tuning["tta"] if tuning else "hflip")
-    threshold = p.threshold or (tuning["threshold"] if tuning else DEFAULT_THRESHOLD)
-    post = p.postprocess if p.postprocess != "auto" else (tuning["postprocess"] if tuning else postprocess.NONE)
+    mode = p.tta if p.tta != "auto" else (tuning.tta if tuning else "hflip")
+    threshold = p.threshold or (tuning.threshold if tuning else DEFAULT_THRESHOLD)
+    post = p.postprocess if p.postprocess != "auto" else (tuning.postprocess if tuning else postprocess.NONE)
     source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why
-    return mode, threshold, post if ens.task.binary else postprocess.NONE, source
+    return mode, threshold, ens.task.post_choices(post)[0], source
 
 
 def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, folds: list[int] | None = None,
@@ -138,8 +131,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     record = check_overwrites(out, names, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _record(out, record | dict.fromkeys(names))  # ours from now on, even if this run is killed
-    decided = (f"threshold {threshold:.3f}{', largest region' if post != postprocess.NONE else ''} ({source})"
-               if ens.task.binary else f"argmax over {ens.task.describe()}")
+    decided = f"{ens.task.decision_text(threshold, post)} ({source})"
     models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
     print(f"{len(paths)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
     h, w = ens.size
@@ -167,17 +159,12 @@ def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], th
     """Mask PNG (0/255, or the class index of each pixel), overlay and RLE(s) of one photo at its own size."""
     image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like the mask
-    if task.binary:
-        mask = binarize(postprocess.apply(post, np.ascontiguousarray(from_net(prob, *orig))), threshold)
-        png_values, shown, masks = mask.astype(np.uint8) * 255, overlay(image[..., ::-1], mask), [mask]
-    else:
-        labels = task.decide(at_size(prob, task, *orig), 0)
-        png_values, shown = labels, overlay_labels(image[..., ::-1], labels, task)
-        masks = [labels == c for c in task.scored]
+    decision = task.decide_maps([prob], [1.0], orig, threshold, post)
+    png_values, shown = task.mask_pictures(image[..., ::-1], decision)
     ok1, png = cv2.imencode(".png", png_values)
     ok2, jpg = cv2.imencode(".jpg", shown[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not (ok1 and ok2):
         raise OSError(f"could not encode the mask or overlay of {path}")
     files.write_bytes_atomic(out / f"{path.stem}_mask.png", png.tobytes())
     files.write_bytes_atomic(out / f"{path.stem}_overlay.jpg", jpg.tobytes())
-    return i, [rle.encode(m, rle_order) for m in masks]
+    return i, [rle.encode(m, rle_order) for m in task.class_masks(decision)]

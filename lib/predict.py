@@ -19,16 +19,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, tta
+import pandas as pd
+
+from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tta, tuning as tuning_mod
 from lib.cache import decode_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError, restart_advice
-from lib.metrics import best_threshold, dice_by_level, level_of
 from lib.model import load_model, state_digest
 from lib.progress import progress
-from lib.oof import class_dices, load_oof, oof_histograms
+from lib.oof import load_oof
 from lib.task import Task, task_of_checkpoint
-from lib.submission import read_probs_meta, read_tuning
+from lib.tuning import Tuning
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, shard_of
 import params as params_mod
 from params import Params
@@ -54,11 +55,10 @@ class Ensemble:
         return self.params.height, self.params.width
 
 
-def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0, optional: bool = False
-                  ) -> Ensemble | None:
-    """The fold models of ``p.experiment`` (every fold of the split in folds.csv, or the folds ``only``), each
+def load_ensemble(p: Params, split: pd.DataFrame, only: list[int] | None = None, local_rank: int = 0,
+                  optional: bool = False) -> Ensemble | None:
+    """The fold models of ``p.experiment`` (every fold of the split ``split``, folds.csv, or the folds ``only``), each
     rebuilt from its own checkpoint; None when ``optional`` and no fold has a model."""
-    split = folds_mod.read(p.output_dir)
     k_all = folds_mod.n_folds_of(split)
     ks = list(range(k_all)) if only is None else sorted(set(only))
     outside = [k for k in ks if not 0 <= k < k_all]
@@ -76,13 +76,14 @@ def load_ensemble(p: Params, only: list[int] | None = None, local_rank: int = 0,
     return _load_models(p, ks, pick_device(p.device, local_rank), split)
 
 
-def load_final(p: Params, only: list[int] | None = None, local_rank: int = 0) -> Ensemble | None:
-    """The model fitted on every training image (``02_train.py --fold full``) when it exists and ``--folds`` does
-    not ask for fold models: what predicts the test set then."""
+def load_final(p: Params, split: pd.DataFrame, only: list[int] | None = None, local_rank: int = 0
+               ) -> Ensemble | None:
+    """The model fitted on every training image of ``split`` (``02_train.py --fold full``) when it exists and
+    ``--folds`` does not ask for fold models: what predicts the test set then."""
     path = files.fold_dir(p.output_dir, p.experiment, files.FULL) / files.BEST
     if only is not None or not path.exists():
         return None
-    return _load_models(p, [files.FULL], pick_device(p.device, local_rank), folds_mod.read(p.output_dir))
+    return _load_models(p, [files.FULL], pick_device(p.device, local_rank), split)
 
 
 def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
@@ -150,65 +151,40 @@ def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[n
 
 
 # --- tuning on out-of-fold predictions ---
-def postprocess_candidates(p: Params, task: Task) -> list[str]:
-    """The post-processings tuning tries (binary masks: both with --postprocess auto; labels: none)."""
-    if not task.binary:
-        return [postprocess.NONE]
-    return list(postprocess.CHOICES) if p.postprocess == "auto" else [p.postprocess]
-
-
-def tune(p: Params, ens: Ensemble) -> dict:
-    """Pick TTA mode and post-processing (and for binary masks the threshold) on the pooled out-of-fold images;
-    return the tuning record. Binary: per-image Dice histograms score every threshold in one pass. Multi-class: the
-    argmax decides, scored by the mean Dice of the classes. Ties go to the simpler choice (no TTA, none)."""
-    split = folds_mod.read(p.output_dir)
+def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
+    """Pick TTA mode and post-processing (and for binary masks the threshold) on the pooled out-of-fold images of
+    ``split``: ``Task.oof_stats`` of each fold, ``Task.pick`` over the folds (binary: per-image Dice histograms score
+    every threshold in one pass; multi-class: the argmax decides, scored by the mean Dice of the classes). Ties go to
+    the simpler choice (no TTA, none)."""
     h, w = ens.size
     cache = open_for(p, list(split.id), h, w)
     task = ens.task
     modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
-    posts = postprocess_candidates(p, task)
-    # per (TTA mode, post-processing), per fold: histograms or (N, S) class Dice
+    posts = task.post_choices(p.postprocess)
+    # per (TTA mode, post-processing), per fold: Task.oof_stats
     stats: dict[tuple[str, str], list[np.ndarray]] = {(m, q): [] for m in modes for q in posts}
     for k, model in zip(ens.folds, ens.models):
         val_ids = sorted(split.id[split.fold == k])
         rows = cache.rows(val_ids)
         for mode in modes:
             probs = _oof_probs(p, ens, model, cache, rows, val_ids, k, mode)
-            if task.binary:
-                for q, hists in oof_histograms(probs, cache, rows, posts).items():
-                    stats[mode, q].append(hists)
-            else:
-                stats[mode, postprocess.NONE].append(class_dices(probs, cache, rows, 0.5, task))
-    scores, best, per_class = [], {}, {}
+            for q, fold_stats in task.oof_stats(probs, cache, rows, posts).items():
+                stats[mode, q].append(fold_stats)
+    scores, best = [], {}
     for key, folds_stats in stats.items():
         mode, post = key
-        pooled = np.concatenate(folds_stats)
-        if task.binary:
-            threshold, dice, per_level = best_threshold(pooled)
-            at_default = {"dice_at_default": float(per_level[level_of(DEFAULT_THRESHOLD)])}  # what an untuned run uses
-            level = level_of(threshold)
-            fold_dice = [float(dice_by_level(h_)[:, level].mean()) for h_ in folds_stats]
-            per_class[key] = {}
-        else:
-            threshold, dice, at_default = 0.5, float(pooled.mean()), {}
-            fold_dice = [float(d.mean()) for d in folds_stats]
-            per_class[key] = {task.names[c]: float(v) for c, v in zip(task.scored, pooled.mean(axis=0))}
-        best[key] = (dice, threshold)
+        threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD)
+        best[key] = (dice, threshold, extra.get("class_dice", {}))
         for k, d in zip(ens.folds, fold_dice):
             scores.append({"name": f"fold {k} model", "tta": mode, "postprocess": post, "threshold": threshold,
                            "dice": d})
         scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "postprocess": post,
-                       "threshold": threshold, "dice": float(dice), **at_default,
-                       **({"class_dice": per_class[key]} if per_class[key] else {})})
+                       "threshold": threshold, "dice": float(dice), **extra})
     key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
-    (mode, post), (dice, threshold) = key, best[key]
-    return {"experiment": p.experiment, "folds": ens.folds, "tta": mode, "postprocess": post,
-            "threshold": threshold, "level": level_of(threshold), "oof_dice": dice, "size": [h, w],
-            "orig_size": list(cache.orig_size) if cache.orig_size else [],  # []: the images differ in size
-            "n_images": int(sum(len(x) for x in stats[key])), "tta_asked": p.tta,
-            "postprocess_asked": p.postprocess, "models": ens.fingerprints,
-            "task": task.record(), **({"class_dice": per_class[key]} if per_class[key] else {}),
-            "scores": scores}
+    (mode, post), (dice, threshold, class_dice) = key, best[key]
+    return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
+                  int(sum(len(x) for x in stats[key])), p.tta, p.postprocess, ens.fingerprints, task, scores,
+                  class_dice)
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
@@ -253,25 +229,6 @@ class TestImages(Dataset):
         return torch.from_numpy(image).permute(2, 0, 1), i, torch.tensor(orig), fingerprint.of_bytes(raw, before).text()
 
 
-def finished_maps(out_dir: Path, ids: list[str], paths: dict[str, Path], size: tuple[int, int]) -> set[str]:
-    """Names ``<id>.png`` of the maps in ``out_dir`` that are complete and current: readable 8-bit maps of the
-    map size ``size`` (``Task.map_size`` of the network size) whose recorded image fingerprint its image still
-    matches (``fingerprint.is_current``: a stat, and a hash only for an image whose size or time changed). The others
-    (damaged, empty, of an image changed since, or from a version that recorded no fingerprint) are predicted again."""
-    present = {e.name for e in os.scandir(out_dir)}
-    done = set()
-    for i in ids:
-        name = f"{i}.png"
-        if name not in present:
-            continue
-        header = files.prob_png_header(out_dir / name)
-        if header is None or header[0] != size or header[1] is None or header[2] is None:
-            continue
-        if fingerprint.is_current(paths[i], header[2]):
-            done.add(name)
-    return done
-
-
 def shard_batches(ids: list[str], batch: int, shard: tuple[int, int] = (0, 1)) -> list[list[str]]:
     """The batches of shard K of N: every N-th of the batches ``ids[j * batch:(j + 1) * batch]``, from the K-th.
 
@@ -289,7 +246,7 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     """
     files.remove_stale_temps(out_dir)  # half-written maps of a killed run (never under a final name)
     batches = shard_batches(ids, p.predict_batch_size, shard)
-    done = finished_maps(out_dir, [i for b in batches for i in b], paths, ens.task.map_size(*ens.size))
+    done = testmaps.finished(out_dir, [i for b in batches for i in b], paths, ens.task.map_size(*ens.size))
     todo = [i for batch in batches if any(f"{j}.png" not in done for j in batch) for i in batch]
     mine = sum(len(b) for b in batches)
     missing = sum(f"{i}.png" not in done for batch in batches for i in batch)
@@ -307,7 +264,7 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
             probs = predict_batch(ens, images, mode)
             for j, prob, orig, source in zip(index.tolist(), probs, origs, sources):
                 if f"{todo[j]}.png" not in done:
-                    writer.submit(files.write_prob_png, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()),
+                    writer.submit(testmaps.write_map, out_dir / f"{todo[j]}.png", prob, tuple(orig.tolist()),
                                   fingerprint.Fingerprint.from_record(source))
     seconds = time.perf_counter() - start
     return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}
@@ -319,78 +276,76 @@ def expected_models(ens: Ensemble | None, final: Ensemble | None) -> list[dict]:
     return (ens.fingerprints if ens else []) + (final.fingerprints if final else [])
 
 
-def untuned(p: Params, final: Ensemble) -> dict:
-    """The record for a full model without fold models to tune on: --tta (auto: hflip) and --threshold (0: 0.5)."""
-    split = folds_mod.read(p.output_dir)
+def untuned(p: Params, split: pd.DataFrame, final: Ensemble) -> Tuning:
+    """The record for a full model without fold models to tune on: --tta (auto: hflip), --threshold (0: 0.5) and
+    --postprocess (auto: none)."""
     h, w = final.size
     cache = open_for(p, list(split.id), h, w)
-    threshold = p.threshold or DEFAULT_THRESHOLD
-    post = p.postprocess if p.postprocess != "auto" and final.task.binary else postprocess.NONE
-    return {"experiment": p.experiment, "folds": [], "tta": "hflip" if p.tta == "auto" else p.tta,
-            "postprocess": post, "postprocess_asked": p.postprocess, "threshold": threshold,
-            "level": level_of(threshold), "oof_dice": -1.0, "size": [h, w],
-            "orig_size": list(cache.orig_size) if cache.orig_size else [], "n_images": 0, "tta_asked": p.tta,
-            "models": final.fingerprints, "task": final.task.record(), "scores": [], "tuned": False, "final": "full"}
+    return Tuning(p.experiment, [], "hflip" if p.tta == "auto" else p.tta, final.task.post_choices(p.postprocess)[0],
+                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, p.tta, p.postprocess,
+                  final.fingerprints, final.task, [], tuned=False, final=files.FULL)
 
 
-def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> dict | None:
+def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> Tuning | None:
     """tuning.json if it is sound and was made for these models, --tta and --postprocess, else None (then it is made
     again)."""
     run = files.run_dir(p.output_dir, p.experiment)
     if not (run / files.TUNING).exists():
         return None
     try:
-        old = read_tuning(run, repair="tuning again")
+        old = tuning_mod.read(run, repair="tuning again")
     except PipelineError as e:
         print(f"note: {e}")
         return None
-    return old if (old.get("models") == expected_models(ens, final) and old.get("tta_asked") == p.tta
-                   and old.get("postprocess_asked", "auto") == p.postprocess) else None
+    return old if (old.models == expected_models(ens, final) and old.tta_asked == p.tta
+                   and old.postprocess_asked == p.postprocess) else None
 
 
-def _post_text(tuning: dict) -> str:
+def _post_text(tuning: Tuning) -> str:
     """', post-processing largest' for the tuning's messages; '' when there is none."""
-    return f", post-processing {tuning['postprocess']}" if tuning["postprocess"] != postprocess.NONE else ""
+    return f", post-processing {tuning.postprocess}" if tuning.postprocess != postprocess.NONE else ""
 
 
-def tuning_for(p: Params, ens: Ensemble | None, retune: bool, final: Ensemble | None = None) -> dict:
+def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: bool, final: Ensemble | None = None
+               ) -> Tuning:
     """TTA and threshold tuned out-of-fold on the fold models ``ens``; the full model ``final``, when given,
     predicts the test set with them. Without fold models: ``untuned``."""
-    path = files.run_dir(p.output_dir, p.experiment) / files.TUNING
+    run = files.run_dir(p.output_dir, p.experiment)
+    path = run / files.TUNING
     old = None if retune else current_tuning(p, ens, final)
     if old is not None:
         print(f"tuning: reusing {path}")
         return old
     if ens is None:
-        tuning = untuned(p, final)
-        files.write_json(path, tuning)
-        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning['tta']}"
+        tuning = untuned(p, split, final)
+        tuning_mod.write(run, tuning)
+        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning.tta}"
               f"{_post_text(tuning)}, "
-              f"threshold {tuning['threshold']:.3f} -> {path}")
+              f"threshold {tuning.threshold:.3f} -> {path}")
         return tuning
-    tuning = tune(p, ens)
+    tuning = tune(p, split, ens)
     if final is not None:
-        tuning.update(models=expected_models(ens, final), final="full")
-    files.write_json(path, tuning)
-    for row in tuning["scores"]:
+        tuning = tuning.replace(models=expected_models(ens, final), final=files.FULL)
+    tuning_mod.write(run, tuning)
+    for row in tuning.scores:
         print(f"  {row['name']:<24} TTA {row['tta']:<6} {row['postprocess']:<8} threshold {row['threshold']:.3f}  "
               f"OOF Dice {row['dice']:.5f}")
-    decided = "argmax" if tuning.get("class_dice") else f"threshold {tuning['threshold']:.3f}"
-    print(f"tuning: TTA {tuning['tta']}{_post_text(tuning)}, {decided}, out-of-fold Dice "
-          f"{tuning['oof_dice']:.5f} over {tuning['n_images']} images -> {path}")
-    if tuning.get("class_dice"):
-        print("  per class: " + ", ".join(f"{name} {d:.4f}" for name, d in tuning["class_dice"].items()))
+    decided = "argmax" if tuning.class_dice else f"threshold {tuning.threshold:.3f}"
+    print(f"tuning: TTA {tuning.tta}{_post_text(tuning)}, {decided}, out-of-fold Dice "
+          f"{tuning.oof_dice:.5f} over {tuning.n_images} images -> {path}")
+    if tuning.class_dice:
+        print("  per class: " + ", ".join(f"{name} {d:.4f}" for name, d in tuning.class_dice.items()))
     return tuning
 
 
-def test_dir_for(p: Params, tuning: dict, replace: bool) -> Path:
+def test_dir_for(p: Params, tuning: Tuning, replace: bool) -> Path:
     """The test map folder; refuses (or with --replace clears) maps made by other models/settings."""
     out = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
-    made_by = files.probs_made_by(tuning)
+    made_by = testmaps.MapsMeta.of(tuning)
     meta = out / files.PROBS_META
     if meta.exists():
         try:
-            foreign = read_probs_meta(meta, _replace_advice()) != made_by
+            foreign = testmaps.read_meta(out, _replace_advice()) != made_by
         except PipelineError:
             if not replace:
                 raise
@@ -404,7 +359,7 @@ def test_dir_for(p: Params, tuning: dict, replace: bool) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if not meta.exists() or foreign:  # every shard may get here: the same content, written once
-        files.write_json(meta, made_by)
+        testmaps.write_meta(out, made_by)
     return out
 
 
@@ -440,16 +395,17 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     if (replace or retune) and (dist.active or separate):
         raise PipelineError("--replace and --retune run in one process: use them without torchrun and --shard "
                             "(e.g. with --tune-only before the shards)")
-    final = load_final(p, folds, dist.local_rank)  # the model fitted on every image, if trained
-    ens = load_ensemble(p, folds, dist.local_rank, optional=final is not None)
+    split = folds_mod.read(p.output_dir)  # once per run: every step below gets this table
+    final = load_final(p, split, folds, dist.local_rank)  # the model fitted on every image, if trained
+    ens = load_ensemble(p, split, folds, dist.local_rank, optional=final is not None)
     has_test = (p.input_dir / files.TEST).is_dir()
     ids, paths = inputs.check_test(p.input_dir, (final or ens).task) if has_test else ([], {})  # refuse before writing
-    meta = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS / files.PROBS_META
-    if has_test and not replace and meta.exists():  # damaged: refused before anything is written
-        read_probs_meta(meta, _replace_advice())
+    probs = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
+    if has_test and not replace and (probs / files.PROBS_META).exists():  # damaged: refused before anything is written
+        testmaps.read_meta(probs, _replace_advice())
     if dist.main:  # one writer: before tuning.json or a map is written (under torchrun rank 0 speaks for the job)
         held.enter_context(lock_experiment(p, shards=separate))
-    tuning = tuning_for(p, ens, retune, final) if dist.main and not separate else None
+    tuning = tuning_for(p, split, ens, retune, final) if dist.main and not separate else None
     if dist.main and not separate:
         params_mod.save(p, files.run_dir(p.output_dir, p.experiment) / files.PREDICT_PARAMS)
     dist.barrier()  # the other ranks wait for rank 0's tuning
@@ -468,7 +424,7 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     if final is not None and dist.main:
         print(f"test maps from {files.fold_dir(p.output_dir, p.experiment, files.FULL) / files.BEST} (fitted on every "
               "training image)" + (f"; TTA and threshold from the {len(ens.models)} fold models" if ens else ""))
-    stats = predict_test(p, final or ens, tuning["tta"], ids, paths, out, shard)
+    stats = predict_test(p, final or ens, tuning.tta, ids, paths, out, shard)
     predicted, seconds = dist.sum(stats["predicted"], stats.get("seconds", 0.0))
     if dist.main:
         what = f"shard {shard[0]}/{shard[1]} done, {stats['maps']} of the {len(ids)}" if separate else f"{len(ids)}"

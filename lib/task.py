@@ -267,6 +267,101 @@ class Task:
         """What a checkpoint, tuning or map folder stores about the task."""
         return {"classes": self.classes, "names": list(self.names)}
 
+    # --- what 03/04 ask the task ---
+    @property
+    def postprocessed(self) -> bool:
+        """Whether decisions are post-processed: lib/postprocess.py works on binary maps; labels never are."""
+        return self.binary
+
+    def post_choices(self, asked: str) -> list[str]:
+        """The post-processings for --postprocess ``asked``: every choice for auto, else the one asked; none for a task
+        that is not post-processed. The first is the simplest, what applies where nothing was tuned."""
+        from lib import postprocess
+        if not self.postprocessed:
+            return [postprocess.NONE]
+        return list(postprocess.CHOICES) if asked == "auto" else [asked]
+
+    def decide_maps(self, maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], size: tuple[int, int],
+                    threshold: float, post: str) -> NDArray:
+        """The map -> mask decision of one image, for tuning, photos and submissions alike: stored network-size maps
+        (one per prediction folder, each (channels * h_i, w_i) uint8) -> at the image's ``size`` (H0, W0) a bool mask
+        (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``) or uint8 labels
+        (the argmax of the blended class maps)."""
+        from lib.ensemble import ensemble_labels, ensemble_mask
+        if self.binary:
+            return ensemble_mask(maps, weights, size, threshold, post)
+        return ensemble_labels(maps, weights, size, self)
+
+    def class_masks(self, decision: NDArray) -> list[NDArray[np.bool_]]:
+        """``decide_maps``'s decision -> the bool mask of each scored class (a submission row each)."""
+        return [decision] if self.binary else [decision == c for c in self.scored]
+
+    def mask_pictures(self, image_rgb: NDArray[np.uint8], decision: NDArray) -> tuple[NDArray[np.uint8], NDArray]:
+        """(the mask PNG's values: 0/255 for binary masks, each pixel's class for labels; the decision drawn over the
+        (H, W, 3) RGB image) of one photo."""
+        from lib.plot import overlay, overlay_labels
+        if self.binary:
+            return decision.astype(np.uint8) * 255, overlay(image_rgb, decision)
+        return decision, overlay_labels(image_rgb, decision, self)
+
+    def decision_text(self, threshold: float, post: str) -> str:
+        """How an image is decided, for messages: 'threshold 0.500[, largest region]' or 'argmax over ...'."""
+        if self.binary:
+            return f"threshold {threshold:.3f}" + (", largest region" if post != "none" else "")
+        return f"argmax over {self.describe()}"
+
+    def oof_stats(self, probs: Sequence[NDArray[np.uint8]], cache, rows: NDArray, posts: Sequence[str]
+                  ) -> dict[str, NDArray]:
+        """What tuning pools of one fold's out-of-fold maps, per post-processing in ``posts``: (N, 2, 256) Dice
+        histograms (binary: every threshold in one pass) or (N, S) Dice of each class of the argmax."""
+        from lib.oof import class_dices, oof_histograms
+        if self.binary:
+            return oof_histograms(probs, cache, rows, posts)
+        return {post: class_dices(probs, cache, rows, 0.5, self) for post in posts}
+
+    def pick(self, per_fold: list[NDArray], default_threshold: float) -> tuple[float, float, list[float], dict]:
+        """(threshold, pooled Dice, each fold's Dice at that threshold, what the score row adds) from the folds'
+        ``oof_stats``: binary: the best threshold and the Dice at ``default_threshold`` (what an untuned run uses);
+        multi-class: the argmax (threshold 0.5) and each class's Dice."""
+        pooled = np.concatenate(per_fold)
+        if self.binary:
+            from lib.metrics import best_threshold, dice_by_level, level_of
+            threshold, dice, per_level = best_threshold(pooled)
+            level = level_of(threshold)
+            return (threshold, dice, [float(dice_by_level(h)[:, level].mean()) for h in per_fold],
+                    {"dice_at_default": float(per_level[level_of(default_threshold)])})
+        return (0.5, float(pooled.mean()), [float(d.mean()) for d in per_fold],
+                {"class_dice": {self.names[c]: float(v) for c, v in zip(self.scored, pooled.mean(axis=0))}})
+
+    def score_baselines(self, cache, split) -> tuple[dict, object]:
+        """The baselines scored out-of-fold ({name: baseline.Baseline}) and what their test submissions are made
+        from: the average masks (binary) or the majority class of each pixel."""
+        from lib import baseline
+        if self.binary:
+            return baseline.oof_baselines(cache, split)
+        result, counts = baseline.oof_majority(cache, split, self)
+        return {"majority": result}, counts
+
+    def plan_baselines(self, run: Path, made, results: dict, ids: list[str], keys: list[str],
+                       class_rows: list[tuple[str, int]], sizes: list[tuple[int, int]], rle_order: str) -> list:
+        """The baselines' test submissions (``baseline.BaselinePlan``), every RLE made, nothing written."""
+        from lib import baseline
+        if self.binary:
+            return [baseline.plan_baseline_submission(run, made, result, ids, sizes, keys, rle_order)
+                    for result in results.values()]
+        return [baseline.plan_majority_submission(run, made, results["majority"], self, keys, class_rows,
+                                                  dict(zip(ids, sizes)), rle_order)]
+
+    def score_submissions(self, paths: Sequence[Path], root: Path, keys: list[str],
+                          class_rows: list[tuple[str, int]], mask_suffix: str, rle_order: str
+                          ) -> dict[Path, tuple[float, dict[str, float]]]:
+        """{path: (test Dice, {class name: its Dice} for a multi-class task)} of submissions against
+        ``root/test_masks``."""
+        from lib import scoring
+        if self.binary:
+            return {p: (d, {}) for p, d in scoring.score_submissions(paths, root, mask_suffix, rle_order).items()}
+        return scoring.score_class_submissions(paths, root, self, dict(zip(keys, class_rows)), mask_suffix, rle_order)
+
 
 BINARY = Task()
 

@@ -12,11 +12,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import TINY_FLAGS, run_script
-from lib import cache as cache_mod, files, fingerprint, inputs, predict
+from lib import cache as cache_mod, files, fingerprint, inputs, testmaps
 from lib.fingerprint import Fingerprint
 from lib.task import BINARY
 from test_reliability import EXPERIMENT, FLAGS, H, W, clone, digest, error_line, temp_files  # noqa: F401
@@ -104,18 +103,18 @@ def test_a_map_records_its_images_fingerprint_and_older_maps_are_not_done(tmp_pa
     fp = fingerprint.of_path(image)
     probs = tmp_path / "probs"
     probs.mkdir()
-    files.write_prob_png(probs / "x.png", np.zeros((8, 12), np.uint8), (20, 30), fp)
-    files.write_prob_png(probs / "old.png", np.zeros((8, 12), np.uint8), (20, 30))  # an older version's map
-    assert files.prob_png_header(probs / "x.png") == ((8, 12), (20, 30), fp)
-    assert files.prob_png_info(probs / "x.png") == ((8, 12), (20, 30))
-    assert files.prob_png_header(probs / "old.png") == ((8, 12), (20, 30), None)
-    assert (files.read_prob_png(probs / "x.png") == 0).all()
+    testmaps.write_map(probs / "x.png", np.zeros((8, 12), np.uint8), (20, 30), fp)
+    testmaps.write_map(probs / "old.png", np.zeros((8, 12), np.uint8), (20, 30))  # an older version's map
+    assert testmaps.header(probs / "x.png") == ((8, 12), (20, 30), fp)
+    assert testmaps.header(probs / "x.png")[:2] == ((8, 12), (20, 30))
+    assert testmaps.header(probs / "old.png") == ((8, 12), (20, 30), None)
+    assert (testmaps.read_map(probs / "x.png") == 0).all()
     paths = {"x": image, "old": image}
-    assert predict.finished_maps(probs, ["x", "old"], paths, (8, 12)) == {"x.png"}
+    assert testmaps.finished(probs, ["x", "old"], paths, (8, 12)) == {"x.png"}
     later(image)  # touched: still done (hashed again, same bytes)
-    assert predict.finished_maps(probs, ["x", "old"], paths, (8, 12)) == {"x.png"}
+    assert testmaps.finished(probs, ["x", "old"], paths, (8, 12)) == {"x.png"}
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(image)  # same size, other content
-    assert predict.finished_maps(probs, ["x", "old"], paths, (8, 12)) == set()
+    assert testmaps.finished(probs, ["x", "old"], paths, (8, 12)) == set()
 
 
 # --- the truth and image caches ---
@@ -212,7 +211,7 @@ def test_a_test_image_changed_after_its_map_is_refused_by_04_and_predicted_again
     assert digest(run) == before and temp_files(run) == [] and not (run / "submission.csv.gz").exists()
     proc = run_script("03_predict.py", *advised(line, "03_predict.py"))
     assert f"{len(trained.ids) - 1} of {len(trained.ids)} maps already done" in proc.stdout
-    assert files.prob_png_header(probs / f"{trained.ids[1]}.png")[2] == fingerprint.of_path(changed)
+    assert testmaps.header(probs / f"{trained.ids[1]}.png")[2] == fingerprint.of_path(changed)
     run_script("04_submit.py", *args)
 
     # touched without a change: current for 03 (nothing predicted) and for 04
@@ -222,9 +221,9 @@ def test_a_test_image_changed_after_its_map_is_refused_by_04_and_predicted_again
 
     # a map of an older version (no fingerprint): refused by 04, predicted again by 03
     old = probs / f"{trained.ids[3]}.png"
-    prob = files.read_prob_png(old)
+    prob = testmaps.read_map(old)
     old.unlink()
-    files.write_prob_png(old, prob, files.prob_png_header(probs / f"{trained.ids[0]}.png")[1])
+    testmaps.write_map(old, prob, testmaps.header(probs / f"{trained.ids[0]}.png")[1])
     line = error_line(run_script("04_submit.py", *args, check=False))
     assert f"{old}: records no fingerprint of its image" in line
     proc = run_script("03_predict.py", *advised(line, "03_predict.py"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import run_script
 from lib import files, rle
 from lib.errors import PipelineError
 from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, load_script  # noqa: F401
@@ -180,11 +180,11 @@ def test_a_failure_while_preparing_the_baselines_leaves_the_earlier_submission_u
 def test_every_threshold_keeps_the_pixels_above_it_in_the_submission_masks(threshold):
     """The submission's own mask function: a map's 1.0 pixels (level 255) pass 0.999 (they once gave empty rows),
     and a pixel passes exactly when its stored probability is above the threshold, at any blend of folders."""
-    from lib import submission
+    from lib.task import BINARY
     rng = np.random.default_rng(1)
     prob = rng.integers(0, 256, (32, 64), dtype=np.uint8)
     prob[:4] = 255
-    mask = submission.ensemble_mask([prob, prob], [0.5, 0.5], (32, 64), threshold)
+    mask = BINARY.decide_maps([prob, prob], [0.5, 0.5], (32, 64), threshold, "none")
     assert np.array_equal(mask, prob / 255 > threshold) and mask[:4].all()
 
 

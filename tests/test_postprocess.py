@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_FLAGS, run_script
-from lib import files, rle, tta
+from lib import files, rle, testmaps, tta
 from lib.geometry import from_net
 from lib.metrics import binarize
 from lib.postprocess import apply, largest_region
@@ -69,7 +69,7 @@ def test_tuned_out_of_fold_then_applied_by_04(prepared):
     codes = dict(read_submission(path))
     removed = 0
     for png in sorted((files.run_dir(out, "demo") / files.TEST_PROBS).glob("*.png")):
-        full = from_net(files.read_prob_png(png), *size)
+        full = from_net(testmaps.read_map(png), *size)
         mask = rle.decode(codes[png.stem], size)
         assert np.array_equal(mask, binarize(largest_region(full), threshold)), png.stem
         removed += regions(binarize(full, threshold)) - regions(mask)

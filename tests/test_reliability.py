@@ -34,10 +34,12 @@ import torch
 from PIL import Image
 
 import params
-from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, TINY_FLAGS, W, run_script, start_stopped  # noqa: F401  (trained: conftest)
-from lib import cache as cache_mod, files, inputs, predict, submission
+from conftest import EXPERIMENT, FLAGS, H, PYTHON, ROOT, W, run_script, start_stopped  # noqa: F401  (trained: conftest)
+from lib import cache as cache_mod, files, folds as folds_mod, inputs, predict, submission, testmaps, \
+    tuning as tuning_mod
 from lib.errors import PipelineError, run_main
 from lib.model import load_model, read_checkpoint
+from lib.task import BINARY
 
 
 # --- helpers ---
@@ -178,7 +180,7 @@ def test_bad_training_input_is_named_and_refused(damage, tiny_demo, tmp_path):
 
 def test_car_with_views_missing_is_a_note_not_an_error(tiny_demo, tmp_path):
     root = copy_input(tiny_demo, tmp_path / "input")
-    car = files.car_of(first_id(root))
+    car = first_id(root).rsplit("_", 1)[0]
     gone = [f"{car}_{v:02d}" for v in (2, 7, 16)]
     for i in gone:
         (root / files.TRAIN / f"{i}.jpg").unlink()
@@ -261,7 +263,7 @@ def test_killed_prediction_reruns_to_the_same_maps(trained, tmp_path):
     written = sorted(probs.glob("*.png"))
     assert 0 < len(written) < len(trained.ids), f"killed with {len(written)} maps written: kill earlier or later"
     for path in written:  # no map is partial: each was renamed into place complete
-        assert files.read_prob_png(path).shape == (H, W)
+        assert testmaps.read_map(path).shape == (H, W)
     assert not [p for p in os.listdir(probs) if p.endswith(".png") and files.TMP_MARK in p]
     # what a kill during a write leaves: a temporary file under another name, removed by the re-run
     partial = probs / f".{trained.ids[-1]}.png{files.TMP_MARK}{dead_pid()}"
@@ -362,7 +364,7 @@ def test_predict_rebuilds_each_model_from_its_checkpoint(trained):
     # the reference run was given --encoder resnet34 --height 128 --width 192; the checkpoints say resnet18, 32x64
     tuning = json.loads((trained.run / files.TUNING).read_text())
     assert tuning["size"] == [H, W] and {m["encoder"] for m in tuning["models"]} == {"resnet18"}
-    assert all(files.read_prob_png(trained.reference / f"{i}.png").shape == (H, W) for i in trained.ids)
+    assert all(testmaps.read_map(trained.reference / f"{i}.png").shape == (H, W) for i in trained.ids)
 
 
 def test_checkpoints_that_do_not_fit_are_refused(trained, tmp_path):
@@ -378,7 +380,7 @@ def test_checkpoints_that_do_not_fit_are_refused(trained, tmp_path):
     torch.save({**ck1, "params": {**ck1["params"], "height": 64, "width": 96}}, fold1)  # a fold of another size
     p = params.make_params(**{**params.PRESETS["demo"], "output": str(out), "device": "cpu"})
     with pytest.raises(PipelineError, match="trained at different sizes"):
-        predict.load_ensemble(p)
+        predict.load_ensemble(p, folds_mod.read(out))
 
 
 def test_predict_refuses_a_corrupt_checkpoint(trained, tmp_path):
@@ -458,7 +460,7 @@ def test_submit_refuses_maps_not_made_by_the_tuned_models(trained, tmp_path):
     meta.write_text(good_meta)
     # one map of another size (from another experiment's folder)
     odd = probs / f"{trained.ids[5]}.png"
-    files.write_prob_png(odd, np.zeros((H * 2, W * 2), np.uint8), (160, 240))
+    testmaps.write_map(odd, np.zeros((H * 2, W * 2), np.uint8), (160, 240))
     line = strict_error(run_script(*submit, check=False))
     assert f"{odd}: map is {W * 2}x{H * 2}, the folder's tuning.json says {W}x{H}; run 03_predict.py again" in line
     assert earlier.read_bytes() == b"an earlier submission" and temp_files(run) == []
@@ -482,11 +484,11 @@ def test_threshold_outside_the_open_interval_is_refused(value, tmp_path):
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
 def test_tuned_threshold_outside_the_open_interval_is_refused(threshold, tmp_path):
-    tuning = {"experiment": "x", "tta": "none", "threshold": threshold, "level": 0, "oof_dice": 0.9,
-              "size": [32, 64], "orig_size": [160, 240], "scores": []}
-    (tmp_path / files.TUNING).write_text(json.dumps(tuning))
+    tuning = tuning_mod.Tuning("x", [0], "none", "none", 0.5, 0.9, (32, 64), (160, 240), 8, "auto", "auto", [],
+                               BINARY, [])
+    (tmp_path / files.TUNING).write_text(json.dumps({**tuning.record(), "threshold": threshold, "level": 0}))
     with pytest.raises(PipelineError, match=f"{tmp_path / files.TUNING}: threshold .* open interval"):
-        submission.read_tuning(tmp_path)
+        tuning_mod.read(tmp_path)
 
 
 # === resources ===

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from lib import cache as cache_mod, files, inputs, rle, submission
+from lib import cache as cache_mod, files, inputs, rle, submission, testmaps
 from lib.errors import PipelineError
 from lib.model import read_checkpoint
 from lib.oof import load_oof
@@ -92,7 +92,7 @@ def test_submit_refuses_maps_without_meta_and_replace_repairs(trained, tmp_path)
     for i in trained.ids:  # every map 200: a submission of empty rows if trusted
         path = probs / f"{i}.png"
         path.unlink()
-        files.write_prob_png(path, np.full((32, 64), 200, np.uint8), ORIG)
+        testmaps.write_map(path, np.full((32, 64), 200, np.uint8), ORIG)
     line = strict_error(run_script("04_submit.py", *args_for(trained, out), check=False))
     assert f"{probs}: no meta.json" in line and "03_predict.py --replace" in line
     assert not (files.run_dir(out, EXPERIMENT) / "submission.csv.gz").exists()
@@ -114,7 +114,7 @@ def test_a_test_image_of_another_size_gets_a_mask_of_its_own_size(trained, tmp_p
     assert f"{image}: is 640x448 but its map was made from a 240x160 image" in line and "03_predict.py" in line
     proc = run_script("03_predict.py", *args)
     assert f"{len(trained.ids) - 1} of {len(trained.ids)} maps already done" in proc.stdout
-    assert files.prob_png_info(probs / f"{odd}.png") == ((32, 64), (448, 640))
+    assert testmaps.header(probs / f"{odd}.png")[:2] == ((32, 64), (448, 640))
     run_script("04_submit.py", *args)
     rows = dict(submission.read_submission(files.run_dir(out, EXPERIMENT) / "submission.csv.gz"))
     assert rle.decode(rows[odd], (448, 640)).shape == (448, 640)
@@ -170,7 +170,7 @@ def test_a_damaged_map_is_predicted_again_by_the_advised_re_run(trained, tmp_pat
             "other size": None}[damage]
     path.unlink()
     if data is None:
-        files.write_prob_png(path, np.zeros((16, 16), np.uint8), ORIG)
+        testmaps.write_map(path, np.zeros((16, 16), np.uint8), ORIG)
     else:
         path.write_bytes(data)
     line = error_line(run_script("04_submit.py", *args_for(trained, out), check=False))

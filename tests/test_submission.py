@@ -21,10 +21,12 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from lib import baseline, cache as cache_mod, files, fingerprint, inputs, rle, submission
+from lib import baseline, cache as cache_mod, ensemble, files, fingerprint, inputs, rle, scoring, submission, \
+    testmaps, tuning as tuning_mod
 from lib.errors import PipelineError, listing
 from lib.geometry import from_net
 from lib.metrics import binarize, dice, level_of
+from lib.task import BINARY
 
 H0, W0 = 64, 96  # original size
 NET = (32, 64)  # network size of the fake run
@@ -65,13 +67,20 @@ def prob_map(mask: np.ndarray, size: tuple[int, int] = NET) -> np.ndarray:
     return np.rint(small * 255).astype(np.uint8)
 
 
-def tuning(size=NET, threshold=0.5, experiment=EXPERIMENT, orig=(H0, W0)) -> dict:
-    return {"experiment": experiment, "folds": [0, 1, 2], "tta": "hflip", "threshold": threshold,
-            "level": level_of(threshold), "oof_dice": 0.987654, "size": list(size), "orig_size": list(orig),
-            "scores": [{"name": f"fold {k} model", "tta": "hflip", "threshold": threshold, "dice": 0.98 + k / 1000}
-                       for k in range(3)]
-                      + [{"name": "3-fold out-of-fold", "tta": "none", "threshold": threshold, "dice": 0.985},
-                         {"name": "3-fold out-of-fold", "tta": "hflip", "threshold": threshold, "dice": 0.987654}]}
+def view_of(image_id: str) -> int:
+    """'00087a6bd4dc_01' -> 1."""
+    return int(image_id.rsplit("_", 1)[1])
+
+
+def tuning(size=NET, threshold=0.5, experiment=EXPERIMENT, orig=(H0, W0)) -> tuning_mod.Tuning:
+    scores = ([{"name": f"fold {k} model", "tta": "hflip", "postprocess": "none", "threshold": threshold,
+                "dice": 0.98 + k / 1000} for k in range(3)]
+              + [{"name": "3-fold out-of-fold", "tta": "none", "postprocess": "none", "threshold": threshold,
+                  "dice": 0.985},
+                 {"name": "3-fold out-of-fold", "tta": "hflip", "postprocess": "none", "threshold": threshold,
+                  "dice": 0.987654}])
+    return tuning_mod.Tuning(experiment, [0, 1, 2], "hflip", "none", threshold, 0.987654, tuple(size), tuple(orig),
+                             24, "auto", "auto", [], BINARY, scores)
 
 
 def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET, threshold=0.5,
@@ -84,9 +93,9 @@ def write_run(run: Path, ids: list[str], truths: dict[str, np.ndarray], size=NET
         if i != EMPTY_ID:  # some noise so that two folders differ
             prob = np.clip(prob.astype(int) + rng.integers(-20, 21, prob.shape), 0, 255).astype(np.uint8)
         source = fingerprint.of_path(test_dir / f"{i}.jpg") if test_dir else None
-        files.write_prob_png(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0), source)
-    files.write_json(run / files.TUNING, tuning(size, threshold, experiment))
-    files.write_json(run / files.TEST_PROBS / files.PROBS_META, files.probs_made_by(tuning(size, threshold, experiment)))
+        testmaps.write_map(run / files.TEST_PROBS / f"{i}.png", prob, (H0, W0), source)
+    tuning_mod.write(run, tuning(size, threshold, experiment))
+    testmaps.write_meta(run / files.TEST_PROBS, testmaps.MapsMeta.of(tuning(size, threshold, experiment)))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +113,7 @@ def stage(tmp_path_factory) -> Path:
             write_gif(root / files.TRAIN_MASKS / files.mask_name(i), m)
             rows.append((i, car, v, c // 2))
     test_ids = [f"{car}_{v:02d}" for car in TEST_CARS for v in VIEWS][::-1]  # not sorted: order must be kept
-    truths = {i: box_mask(files.view_of(i), 1) for i in test_ids}
+    truths = {i: box_mask(view_of(i), 1) for i in test_ids}
     truths[EMPTY_ID] = np.zeros((H0, W0), bool)
     for i in test_ids:
         write_gif(root / files.TEST_MASKS / files.mask_name(i), truths[i])
@@ -118,7 +127,7 @@ def stage(tmp_path_factory) -> Path:
     for k in range(3):
         val = sorted(split.id[split.fold == k])
         save_oof(files.fold_dir(out, EXPERIMENT, k) / files.OOF, val,
-                 PngMaps.encode(np.stack([prob_map(box_mask(files.view_of(i), 0)) for i in val])))
+                 PngMaps.encode(np.stack([prob_map(box_mask(view_of(i), 0)) for i in val])))
     cache_mod.open_cache(root, out, list(split.id), *NET, workers=1)  # build_cache from the JPEGs and GIFs
     return base
 
@@ -141,7 +150,7 @@ def read_rows(path: Path) -> list[tuple[str, str]]:
 
 def submit(base: Path, specs=None, workers: int = 2, threshold: float = 0.0, name: str = "submission") -> dict:
     run = files.run_dir(base / "output", EXPERIMENT)
-    preds = submission.load_predictions(specs or [(run, 1.0)])
+    preds = testmaps.load_predictions(specs or [(run, 1.0)])
     path = submission.submission_path(run, name)
     return submission.make_submission(path, preds, sample_ids(base), base / "input" / files.SAMPLE_SUBMISSION,
                                       threshold, workers)
@@ -157,7 +166,7 @@ def test_rows_follow_sample_submission_and_decode_to_the_thresholded_upsampled_m
     ids = sample_ids(base)
     assert [img for img, _ in rows] == [f"{i}.jpg" for i in ids]
     for i, (_, code) in zip(ids, rows):
-        prob = files.read_prob_png(run / files.TEST_PROBS / f"{i}.png")
+        prob = testmaps.read_map(run / files.TEST_PROBS / f"{i}.png")
         expected = binarize(from_net(prob, H0, W0), 0.5)
         assert np.array_equal(rle.decode(code, (H0, W0)), expected), i
     assert dict(rows)[f"{EMPTY_ID}.jpg"] == ""  # all-zero map: empty mask, empty string
@@ -197,7 +206,7 @@ def test_fixed_threshold_is_used_and_said(stage, tmp_path):
     assert m["threshold"] == 0.8 and m["threshold_source"] == "--threshold" and m["oof_dice"] is None
     run = files.run_dir(base / "output", EXPERIMENT)
     i, code = sample_ids(base)[0], read_rows(run / "t80.csv.gz")[0][1]
-    prob = files.read_prob_png(run / files.TEST_PROBS / f"{i}.png")
+    prob = testmaps.read_map(run / files.TEST_PROBS / f"{i}.png")
     assert np.array_equal(rle.decode(code, (H0, W0)), from_net(prob, H0, W0) > level_of(0.8))
 
 
@@ -235,7 +244,7 @@ def test_a_killed_worker_stops_the_submission_instead_of_hanging(stage, tmp_path
 
 def test_missing_list_is_capped_at_ten():
     missing = [f"x{i}.png" for i in range(25)]
-    text = listing(missing, submission.MAX_LISTED)
+    text = listing(missing, testmaps.MAX_LISTED)
     assert "x9.png" in text and "x10.png" not in text and "and 15 more" in text
 
 
@@ -274,7 +283,7 @@ def test_bad_rle_ids_mismatch_and_short_streams_are_refused(tmp_path):
 def test_ensemble_of_two_folders_is_the_weighted_average(stage, tmp_path):
     base = copy_stage(stage, tmp_path)
     ids = sample_ids(base)
-    truths = {i: box_mask(files.view_of(i), 1) for i in ids}
+    truths = {i: box_mask(view_of(i), 1) for i in ids}
     other = base / "output" / "other"
     write_run(other, ids, truths, size=(16, 32), threshold=0.3, experiment="other", seed=5,
               test_dir=base / "input" / files.TEST)
@@ -284,38 +293,38 @@ def test_ensemble_of_two_folders_is_the_weighted_average(stage, tmp_path):
     assert m["threshold"] == pytest.approx(0.75 * 0.5 + 0.25 * 0.3) and "weighted mean" in m["threshold_source"]
     assert m["oof_dice"] is None
     for i, (_, code) in zip(ids, read_rows(run / "blend.csv.gz")):
-        a = from_net(files.read_prob_png(run / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
-        b = from_net(files.read_prob_png(other / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
+        a = from_net(testmaps.read_map(run / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
+        b = from_net(testmaps.read_map(other / files.TEST_PROBS / f"{i}.png"), H0, W0).astype(np.float64)
         avg = np.rint(0.75 * a + 0.25 * b).astype(np.uint8)
         assert np.array_equal(rle.decode(code, (H0, W0)), avg > level_of(m["threshold"])), i
 
 
 def test_blend_rounds_the_weighted_average():
     a, b = np.array([[0, 10, 255]], np.uint8), np.array([[255, 13, 255]], np.uint8)
-    assert submission.blend([a, b], [0.5, 0.5]).tolist() == [[128, 12, 255]]  # 127.5 -> 128, 11.5 -> 12
-    assert submission.blend([a], [1.0]) is a
+    assert ensemble.blend([a, b], [0.5, 0.5]).tolist() == [[128, 12, 255]]  # 127.5 -> 128, 11.5 -> 12
+    assert ensemble.blend([a], [1.0]) is a
 
 
 def test_folders_of_different_original_sizes_are_refused(stage, tmp_path):
     base = copy_stage(stage, tmp_path)
     other = base / "output" / "other"
     other.mkdir()
-    files.write_json(other / files.TUNING, tuning(orig=(128, 192)))
+    tuning_mod.write(other, tuning(orig=(128, 192)))
     with pytest.raises(PipelineError, match="disagree on the original image size"):
-        submission.load_predictions([(files.run_dir(base / "output", EXPERIMENT), 1.0), (other, 1.0)])
+        testmaps.load_predictions([(files.run_dir(base / "output", EXPERIMENT), 1.0), (other, 1.0)])
 
 
 def test_pred_specs_and_broken_tuning(tmp_path):
-    assert submission.parse_pred_spec("out/a:2") == (Path("out/a"), 2.0)
-    assert submission.parse_pred_spec("out/a") == (Path("out/a"), 1.0)
-    assert submission.parse_pred_spec("c:/x") == (Path("c:/x"), 1.0)
+    assert testmaps.parse_pred_spec("out/a:2") == (Path("out/a"), 2.0)
+    assert testmaps.parse_pred_spec("out/a") == (Path("out/a"), 1.0)
+    assert testmaps.parse_pred_spec("c:/x") == (Path("c:/x"), 1.0)
     with pytest.raises(PipelineError, match="positive"):
-        submission.parse_pred_spec("out/a:0")
-    (tmp_path / files.TUNING).write_text(json.dumps({**tuning(), "level": 3}))
+        testmaps.parse_pred_spec("out/a:0")
+    (tmp_path / files.TUNING).write_text(json.dumps({**tuning().record(), "level": 3}))
     with pytest.raises(PipelineError, match="level 3 disagrees"):
-        submission.read_tuning(tmp_path)
+        tuning_mod.read(tmp_path)
     with pytest.raises(PipelineError, match="03_predict.py"):
-        submission.read_tuning(tmp_path / "nothing")
+        tuning_mod.read(tmp_path / "nothing")
 
 
 # --- scoring ---
@@ -326,19 +335,19 @@ def test_score_of_a_perfect_submission_is_one_and_dice_rules_hold(stage, tmp_pat
     path = tmp_path / "perfect.csv.gz"
     submission.write_submission(path, ids, (rle.encode(truths[i]) for i in ids), (H0, W0), ids)
     assert dict(read_rows(path))[f"{EMPTY_ID}.jpg"] == ""  # empty truth, empty prediction: Dice 1
-    assert submission.score_submission(path, root) == 1.0
+    assert scoring.score_submission(path, root) == 1.0
     # all-empty predictions: 0 for every image with a car, 1 for the one without
     empty = tmp_path / "empty.csv.gz"
     submission.write_submission(empty, ids, ["" for _ in ids], (H0, W0), ids)
-    assert submission.score_submission(empty, root) == pytest.approx(1 / len(ids))
+    assert scoring.score_submission(empty, root) == pytest.approx(1 / len(ids))
     # a shifted mask: the mean of the per-image Dice
     shifted = {i: np.roll(truths[i], 3, axis=1) for i in ids}
     moved = tmp_path / "moved.csv.gz"
     submission.write_submission(moved, ids, (rle.encode(shifted[i]) for i in ids), (H0, W0), ids)
     expected = np.mean([dice(shifted[i], truths[i]) for i in ids])
-    assert submission.score_submission(moved, root) == pytest.approx(expected)
+    assert scoring.score_submission(moved, root) == pytest.approx(expected)
     # several at once (each truth decoded once): the same scores
-    together = submission.score_submissions([path, empty, moved], root)
+    together = scoring.score_submissions([path, empty, moved], root)
     assert together == pytest.approx({path: 1.0, empty: 1 / len(ids), moved: expected})
 
 
@@ -350,10 +359,10 @@ def test_score_names_missing_truth(stage, tmp_path):
     path = tmp_path / "s.csv.gz"
     submission.write_submission(path, ids, ["" for _ in ids], (H0, W0), ids)
     with pytest.raises(PipelineError, match=f"1 of 8 truth masks missing: {files.mask_name(ids[0])}"):
-        submission.score_submission(path, root)
+        scoring.score_submission(path, root)
     shutil.rmtree(root / files.TEST_MASKS)
     with pytest.raises(PipelineError, match="no test truth"):
-        submission.score_submission(path, root)
+        scoring.score_submission(path, root)
 
 
 # --- baselines ---
@@ -376,7 +385,7 @@ class FakeCache:
 def test_global_average_of_identical_masks_scores_one():
     mask = box_mask(2, 0)
     ids = [f"{c:012x}_{v:02d}" for c in range(4) for v in (1, 2)]
-    split = pd.DataFrame({"id": ids, "car": [i[:12] for i in ids], "view": [files.view_of(i) for i in ids],
+    split = pd.DataFrame({"id": ids, "car": [i[:12] for i in ids], "view": [view_of(i) for i in ids],
                           "fold": [int(i[11]) % 2 for i in ids]})
     results, total = baseline.oof_baselines(FakeCache({i: mask for i in ids}), split)
     assert results["global"].oof_dice == 1.0 and results["view"].oof_dice == 1.0

@@ -1,0 +1,127 @@
+"""tuning.json: what 03_predict.py chose out-of-fold (TTA, post-processing, threshold) and which models it was for.
+
+03 writes it (``write``); 03 itself (to reuse it), 03 --images, 04 and its comparison table read it (``read``), which
+checks every field's type and that the numbers fit together, so a damaged or foreign file is refused in one line that
+names the 03 command making it again.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lib import files, postprocess
+from lib.errors import PipelineError
+from lib.metrics import level_of
+from lib.task import RECORD as TASK_RECORD, Task
+
+PREDICT_STAGE = "03_predict.py"
+
+# one row of the score table: binary rows add dice_at_default, multi-class rows class_dice
+_SCORE = {"name": str, "tta": str, "threshold": float, "dice": float, "postprocess": str,
+          "dice_at_default?": float, "class_dice?": files.MapOf(float)}
+SCHEMA = {"experiment": str, "folds": files.ListOf((int, str)), "tta": str, "postprocess": str, "threshold": float,
+          "level": int, "oof_dice": float, "size": files.ListOf(int), "orig_size": files.ListOf(int),
+          "n_images": int, "tta_asked": str, "postprocess_asked": str, "models": files.ListOf(dict),
+          "task": TASK_RECORD, "class_dice": files.MapOf(float), "scores": files.ListOf(_SCORE), "tuned": bool,
+          "final": str}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The content of tuning.json."""
+    experiment: str
+    folds: list  # the fold models that tuned it ([] for a full model without fold models)
+    tta: str
+    postprocess: str
+    threshold: float
+    oof_dice: float  # at the chosen settings; -1.0 when not measured (untuned)
+    size: tuple[int, int]  # (h, w) network size of the models and of the test maps
+    orig_size: tuple[int, int] | None  # (H0, W0) of every training image; None when their sizes differ
+    n_images: int  # out-of-fold images scored
+    tta_asked: str  # --tta and --postprocess it was made for: another asks for a new tuning
+    postprocess_asked: str
+    models: list[dict]  # fingerprints of the fold models, then the full model when it predicts (final)
+    task: Task
+    scores: list[dict]  # every (model, TTA, post-processing) tried, as the comparison table lists them
+    class_dice: dict[str, float] = field(default_factory=dict)  # multi-class: Dice per class at the choice
+    tuned: bool = True  # False: a full model's untuned defaults
+    final: str = ""  # files.FULL when the full model predicts the test set
+
+    @property
+    def level(self) -> int:
+        return level_of(self.threshold)
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        """(rows, cols) of the test maps made with it."""
+        return self.task.map_size(*self.size)
+
+    @property
+    def predictors(self) -> list[dict]:
+        """The fingerprints of the models that predict the test set: the full model, else the fold models."""
+        return self.models[-1:] if self.final == files.FULL else self.models
+
+    def record(self) -> dict:
+        """What tuning.json holds."""
+        return {"experiment": self.experiment, "folds": list(self.folds), "tta": self.tta,
+                "postprocess": self.postprocess, "threshold": self.threshold, "level": self.level,
+                "oof_dice": self.oof_dice, "size": list(self.size), "orig_size": list(self.orig_size or ()),
+                "n_images": self.n_images, "tta_asked": self.tta_asked, "postprocess_asked": self.postprocess_asked,
+                "models": self.models, "task": self.task.record(), "class_dice": self.class_dice,
+                "scores": self.scores, "tuned": self.tuned, "final": self.final}
+
+    def replace(self, **changes) -> "Tuning":
+        return dataclasses.replace(self, **changes)
+
+
+def predict_command(folder: Path, *args: str, run: Path | None = None) -> str:
+    """The 03_predict.py command (with ``args`` and the user's own flags) that writes the prediction folder
+    ``folder`` (output/<experiment>) again: --output and --experiment name that folder, unless it is ``run``, the
+    experiment folder this process was given (then the user's own flags already do)."""
+    from params import command
+    if run is not None and Path(folder).resolve() == Path(run).resolve():
+        return command(PREDICT_STAGE, *args)
+    return command(PREDICT_STAGE, *args, "--output", str(Path(folder).parent), "--experiment", Path(folder).name,
+                   drop=("output", "experiment"))
+
+
+def write(folder: Path, tuning: Tuning) -> Path:
+    """Write ``folder/tuning.json`` atomically; returns its path."""
+    path = folder / files.TUNING
+    files.write_json(path, tuning.record())
+    return path
+
+
+def read(folder: Path, repair: str | None = None) -> Tuning:
+    """``folder/tuning.json`` with its fields, their types and how they fit together checked; otherwise a
+    PipelineError naming the file and what is wrong, ending with ``repair`` (default: the 03_predict.py command that
+    tunes again)."""
+    path = folder / files.TUNING
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: no such prediction folder; run {PREDICT_STAGE} for that experiment "
+                            "or fix --preds/--experiment")
+    repair = f"tune again: {predict_command(folder)}" if repair is None else repair
+    r = files.read_json(path, PREDICT_STAGE, SCHEMA, repair)
+    for key in ("size", "orig_size"):
+        if key == "orig_size" and r[key] == []:  # images of several sizes
+            continue
+        if len(r[key]) != 2 or not all(v > 0 for v in r[key]):
+            raise PipelineError(f"{path}: {key} {r[key]} is not [height, width]; {repair}")
+    try:
+        level = level_of(r["threshold"])
+    except ValueError as e:
+        raise PipelineError(f"{path}: {e}; {repair}") from None
+    if level != r["level"]:
+        raise PipelineError(f"{path}: level {r['level']} disagrees with threshold {r['threshold']} "
+                            f"(level {level}); {repair}")
+    if r["postprocess"] not in postprocess.CHOICES:
+        raise PipelineError(f"{path}: postprocess {r['postprocess']!r} is not one of "
+                            f"{', '.join(postprocess.CHOICES)}; {repair}")
+    if r["task"]["classes"] < 1:
+        raise PipelineError(f"{path}: task.classes {r['task']['classes']} is not >= 1; {repair}")
+    return Tuning(r["experiment"], r["folds"], r["tta"], r["postprocess"], float(r["threshold"]),
+                  float(r["oof_dice"]), (r["size"][0], r["size"][1]),
+                  (r["orig_size"][0], r["orig_size"][1]) if r["orig_size"] else None, r["n_images"], r["tta_asked"],
+                  r["postprocess_asked"], r["models"], Task(r["task"]["classes"], tuple(r["task"]["names"])),
+                  r["scores"], r["class_dice"], r["tuned"], r["final"])
