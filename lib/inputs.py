@@ -231,11 +231,6 @@ def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
     return labels
 
 
-def read_truth(path: Path, task: Task) -> np.ndarray:
-    """``task.read_truth(path)``, for lib/submission.py's scoring."""
-    return task.read_truth(path)
-
-
 def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """(256,) uint8: the grey value the palette gives each used index; PipelineError for colours that are not grey."""
     if used.max() >= len(palette):

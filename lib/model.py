@@ -117,7 +117,7 @@ def write_checkpoint(path: Path, state: dict) -> None:
 
 # what model.pt holds (checkpoint_state plus write_best's digest); older checkpoints lack the optional keys
 CHECKPOINT = {"model": files.MapOf(torch.Tensor), "params": dict, "epoch?": int, "val_dice?": float, "split?": str,
-              "digest?": str, "task?": TASK_RECORD}
+              "digest?": str, "task": TASK_RECORD}
 
 
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",

@@ -28,7 +28,7 @@ from lib.errors import PipelineError, restart_advice
 from lib.model import load_model, state_digest
 from lib.progress import progress
 from lib.oof import load_oof
-from lib.task import Task, task_of_checkpoint
+from lib.task import Task
 from lib.tuning import Tuning
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, shard_of
 import params as params_mod
@@ -118,7 +118,7 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         sizes.add((mp.height, mp.width))
-        tasks.add(task_of_checkpoint(ckpt, mp))
+        tasks.add(Task.from_record(ckpt["task"]))
         prints.append({"fold": k, "epoch": int(ckpt.get("epoch", -1)), "val_dice": float(ckpt.get("val_dice", -1)),
                        "arch": mp.arch, "encoder": mp.encoder,
                        "digest": ckpt.get("digest") or state_digest(ckpt["model"])})

@@ -12,7 +12,7 @@ import numpy as np
 
 from lib import files, layout, rle
 from lib.errors import PipelineError, listing
-from lib.inputs import read_mask, read_truth
+from lib.inputs import read_mask
 from lib.metrics import dice
 from lib.submission import read_submission
 from lib.task import Task
@@ -90,7 +90,7 @@ def score_class_submissions(paths: Sequence[Path], root: Path, task: Task, class
             by_image.setdefault(image_id, {})[c] = code
         dices = []
         for image_id, codes in by_image.items():
-            truth = read_truth(truths[image_id], task)
+            truth = task.read_truth(truths[image_id])
             pred = np.zeros(truth.shape, np.uint8)
             for c in task.scored:
                 try:

@@ -394,8 +394,3 @@ def read_class_colors(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int
         raise PipelineError(f"{path}: needs at least 2 classes (the background first), has {len(names)}")
     return tuple(names), tuple(colors)  # type: ignore[return-value]
 
-
-def task_of_checkpoint(ckpt: dict, p) -> Task:
-    """The task a checkpoint was trained for (``Task.from_record`` of what it recorded; its ``--classes`` where it
-    recorded nothing)."""
-    return Task.from_record(ckpt.get("task") or {"classes": p.classes, "names": []})

@@ -128,7 +128,7 @@ def read_meta(probs_dir: Path, repair: str) -> MapsMeta:
     if len(r["size"]) != 2:
         raise PipelineError(f"{path}: size {r['size']} is not [height, width]; {repair}")
     return MapsMeta(r["models"], r["tta"], (r["size"][0], r["size"][1]),
-                    Task(r["task"]["classes"], tuple(r["task"]["names"])))
+                    Task.from_record(r["task"]))
 
 
 # --- which maps are there ---
