@@ -270,7 +270,7 @@ def tiny_prepared(tiny_demo, tmp_path_factory) -> Path:
 
 
 # The trained run the reliability tests share (01 -> 02 --fold all -> 03 on the tiny demo at 32 x 64, one epoch): built
-# once per session; tests copy it (test_reliability.clone) before they change anything.
+# once per session; tests copy it (test_failures.clone) before they change anything.
 H, W = 32, 64  # network size of the trained fixture
 FLAGS = [*TINY_FLAGS, "--height", str(H), "--width", str(W), "--epochs", "1", "--tta", "none",
          "--predict-batch-size", "2"]

@@ -18,8 +18,8 @@ from conftest import TINY_FLAGS, run_script
 from lib import cache as cache_mod, files, fingerprint, inputs, testmaps
 from lib.fingerprint import Fingerprint
 from lib.task import BINARY
-from test_reliability import EXPERIMENT, FLAGS, H, W, clone, digest, error_line, temp_files  # noqa: F401
-from test_reliability2 import advised, own_input
+from test_failures import EXPERIMENT, FLAGS, H, W, clone, digest, error_line, temp_files  # noqa: F401
+from test_repairs import advised, own_input
 
 CACHE_FLAGS = [*TINY_FLAGS, "--height", str(H), "--width", str(W), "--cache", "on"]
 

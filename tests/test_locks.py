@@ -20,7 +20,7 @@ from pathlib import Path
 
 from conftest import PYTHON, ROOT, run_script
 from lib import files
-from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line  # noqa: F401
+from test_failures import EXPERIMENT, FLAGS, clone, digest, error_line  # noqa: F401
 
 HOST = socket.gethostname()
 

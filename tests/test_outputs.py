@@ -19,7 +19,7 @@ import pytest
 from conftest import run_script
 from lib import files, rle
 from lib.errors import PipelineError
-from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, load_script  # noqa: F401
+from test_failures import EXPERIMENT, FLAGS, clone, digest, error_line, load_script  # noqa: F401
 
 
 def args_for(t, out: Path, *extra) -> list:

@@ -24,7 +24,7 @@ from conftest import PYTHON, ROOT, run_script
 from lib import cache as cache_mod, files
 from lib.oof import load_oof
 from lib.task import BINARY
-from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file  # noqa: F401
+from test_failures import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file  # noqa: F401
 
 
 def args_for(t, out) -> list:

@@ -1,4 +1,4 @@
-"""Reliability, round two (docs/RELIABILITY.md, "Stale files and repairs"): no silently wrong result, advice that
+"""Stale files and repairs (docs/RELIABILITY.md): no silently wrong result, advice that
 repairs, a refused run that writes nothing, one line for every damaged stage file.
 
 Every refusal is checked the same way: one line naming the file, the exact command that repairs the state, no
@@ -19,7 +19,7 @@ from lib import cache as cache_mod, files, inputs, rle, submission, testmaps
 from lib.errors import PipelineError
 from lib.model import read_checkpoint
 from lib.oof import load_oof
-from test_reliability import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file, strict_error  # noqa: F401
+from test_failures import EXPERIMENT, FLAGS, clone, digest, error_line, replace_file, strict_error  # noqa: F401
 
 
 ORIG = (160, 240)  # (H, W) of the tiny demo's images
