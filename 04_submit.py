@@ -111,8 +111,10 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
                                               rle_order=p.rle_order, class_rows=class_rows, post=p.postprocess,
                                               checked=True,
                                               repairs=[predict_command(pr.folder, run=run) for pr in preds])
-        decided = task.decision_text(manifest["threshold"], manifest["postprocess"])
-        print(f"wrote {out}: {manifest['rows']} rows, {decided} ({manifest['threshold_source']}), "
+        decided = task.decision_text(manifest["threshold"], "none")
+        post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
+                if manifest["postprocess"] != "none" else "")
+        print(f"wrote {out}: {manifest['rows']} rows, {decided} ({manifest['threshold_source']}){post}, "
               f"{manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
         written[out.name] = out
     else:

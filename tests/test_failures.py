@@ -257,7 +257,7 @@ def test_killed_prediction_reruns_to_the_same_maps(trained, tmp_path):
     out = clone(trained, tmp_path, with_maps=False)
     probs = files.run_dir(out, EXPERIMENT) / files.TEST_PROBS
     # stopped once the background writer has written 4 of the 16 maps, then killed
-    proc = start_stopped("03_predict.py", *args_for(trained.root, out), at="lib.files:write_prob_png", calls=4)
+    proc = start_stopped("03_predict.py", *args_for(trained.root, out), at="lib.testmaps:write_map", calls=4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = sorted(probs.glob("*.png"))
