@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib import files, fingerprint, geometry, tta, tuning as tuning_mod
+from lib import files, geometry, tta
 from lib.deploy import JSON_NAME, ONNX_NAME, RECORD_VERSION, OPSET, onnx_digest
 from lib.errors import PipelineError
 from lib.model import MEAN, STD
@@ -102,7 +102,7 @@ def check(p: Params, n: int, folds: list[int] | None = None, tolerance: float = 
     if [m["digest"] for m in ens.fingerprints] != [m["digest"] for m in model.record["models"]]:
         from params import rerun
         raise PipelineError(f"{model.path}: exported from other models than the run's now (retrained since?); "
-                            f"export again: {rerun()}".replace(" --check", " --no-check"))
+                            f"export again: {rerun()}")
     paths = [path for _, path in sorted(layout.list_images(p.input_dir / files.TRAIN, []).items())][:n]
     h, w = ens.size
     images = np.stack([decode_net_image(read_image_bytes(path), path, h, w)[0] for path in paths]).transpose(0, 3, 1, 2)
