@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from lib import files
 from lib.metrics import level_of
+
+if TYPE_CHECKING:  # pandas only for a type: the torch-free predictor (lib/deploy.py) draws overlays without it
+    import pandas as pd
 
 COLOUR = np.array([255, 40, 200], np.float32)  # RGB magenta
 ALPHA = 0.45
