@@ -20,7 +20,9 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from lib.errors import PipelineError
 from lib.geometry import STRIDE, padded_size, padding
+from lib.inputs import image_size
 
 # Standard deviation of the blending Gaussian as a fraction of the tile side (nnU-Net's choice of 1/8: the centre
 # weighs about 3000 times a corner, so a border pixel counts only where no other tile covers it better).
@@ -126,3 +128,24 @@ def sliding_window(predict: TilePredictor, image: np.ndarray, tile: int, overlap
             weight_sum[y:y + th, x:x + tw] += weight
     total /= weight_sum
     return total[:, top:top + h, left:left + w]
+
+
+def read_scaled(raw: bytes, path, downscale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the (H, W, 3) RGB uint8 image at the network's scale, its original (H0, W0)) of the encoded image ``raw``
+    read from ``path``: decoded at 1/2, 1/4 or 1/8 scale where ``downscale`` allows (libjpeg's DCT scaling: a 70 MP
+    photo at --downscale 4 never exists at full size in memory), then resized to ``scaled_size``."""
+    h0, w0 = image_size(raw, path)
+    h, w = scaled_size(h0, w0, downscale)
+    flag = cv2.IMREAD_COLOR
+    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if downscale >= factor:
+            flag = reduced
+            break
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise PipelineError(f"{path}: not a readable image")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[:2] != (h, w):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return image, (h0, w0)

@@ -2,6 +2,8 @@
 prediction."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,69 @@ def test_overlapping_tiles_stay_close_to_the_whole_image():
     tiled = tiles.sliding_window(tile_predictor(ens, "none"), image, 128, 0.5, batch=4)
     shifted = np.roll(whole, 16, axis=-1)
     assert np.abs(tiled - whole).mean() < 0.5 * np.abs(shifted - whole).mean()
+
+
+# --- 03_predict.py --images by sliding window ---
+def _fold_model(out, experiment: str = "demo") -> None:
+    """An untrained fold model of the 03 --images tests (weights do not matter to agreement and sizes)."""
+    from lib import files
+    from lib.model import checkpoint_state, write_checkpoint
+    torch.manual_seed(0)
+    p = make_params(encoder="resnet18", encoder_weights="none", decoder_channels="32,16,16,16,16", height=96,
+                    width=160, experiment=experiment)
+    folder = files.fold_dir(out, experiment, 0)
+    folder.mkdir(parents=True)
+    write_checkpoint(folder / files.BEST, checkpoint_state(build_model(p), p, epoch=1, val_dice=0.5,
+                                                           task=Task.of(p).record()))
+
+
+def test_photos_by_sliding_window_get_full_size_masks_agreeing_with_whole_images(tmp_path):
+    """03 --images --tile-size: masks at each photo's own size; with the tile covering the photo, the same masks as
+    whole-image prediction at the photo's padded size."""
+    from PIL import Image
+    from tests.conftest import run_script
+    _fold_model(tmp_path / "out")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:90, 0:150]
+    picture = np.stack([(xx * 3) % 256, (yy * 5) % 256, rng.integers(0, 256, (90, 150))], -1).astype(np.uint8)
+    Image.fromarray(picture).save(photos / "a.png")
+    common = ["--output", tmp_path / "out", "--experiment", "demo", "--workers", "0", "--device", "cpu",
+              "--tta", "none", "--threshold", "0.5", "--postprocess", "none", "--images", photos]
+    run_script("03_predict.py", *common, "--images-out", tmp_path / "tiled", "--tile-size", "160")
+    run_script("03_predict.py", *common, "--images-out", tmp_path / "whole", "--height", "96", "--width", "160")
+    tiled = np.asarray(Image.open(tmp_path / "tiled" / "a_mask.png"))
+    whole = np.asarray(Image.open(tmp_path / "whole" / "a_mask.png"))
+    assert tiled.shape == whole.shape == (90, 150)
+    assert 0 < (whole > 0).mean() < 1  # the comparison is not of two empty (or full) masks
+    assert (tiled != whole).mean() < 1e-3  # only pixels within a rounding of the threshold may differ
+    run_script("03_predict.py", *common, "--images-out", tmp_path / "small", "--tile-size", "64",
+               "--tile-overlap", "0.5", "--downscale", "1.5")
+    assert np.asarray(Image.open(tmp_path / "small" / "a_mask.png")).shape == (90, 150)
+
+
+@pytest.mark.parametrize("flags,message", [(["--tile-size", "100"], "--tile-size 100 must be 0 (off) or a positive "
+                                                                    "multiple of 32"),
+                                           (["--tile-overlap", "0.6"], "--tile-overlap 0.6 must be in [0, 0.5]"),
+                                           (["--downscale", "0.5"], "--downscale 0.5 must be in [1"),
+                                           (["--tile-size", "-32"], "--tile-size -32 must be in [0")])
+def test_bad_tile_settings_are_one_line_and_write_nothing(tmp_path, flags, message):
+    from tests.conftest import run_script
+    proc = run_script("03_predict.py", "--output", tmp_path / "out", "--images", tmp_path, *flags, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiles_without_images_are_refused_with_the_command_that_runs(tmp_path, monkeypatch):
+    from tests.conftest import run_script
+    _fold_model(tmp_path / "out")
+    proc = run_script("03_predict.py", "--output", tmp_path / "out", "--experiment", "demo", "--tile-size", "128",
+                      check=False)
+    assert proc.returncode == 1 and "sliding-window prediction serves --images" in proc.stderr
+    from tests.test_repairs import advised
+    import params
+    monkeypatch.setattr(params, "GIVEN", {})  # parse() records the command line it read there: this one is a test's
+    monkeypatch.setattr(params, "RUN", {})
+    repaired, _ = params.parse("03", [str(a) for a in advised(proc.stderr, "03_predict.py")])
+    assert repaired.tile_size == 0 and repaired.experiment == "demo" and Path(repaired.output) == tmp_path / "out"
