@@ -55,6 +55,11 @@ def fold_list(text: str) -> list[int]:
 
 
 def main(p: params.Params, args: argparse.Namespace) -> None:
+    if p.tile_size and not args.images:
+        from lib.errors import PipelineError
+        raise PipelineError(f"--tile-size {p.tile_size}: sliding-window prediction serves --images photos; "
+                            "out-of-fold and test maps are predicted from whole images: run "
+                            f"{params.rerun('--tile-size', '0')}")
     if args.images:  # torch is imported here, after the command line: --help stays fast
         from lib.overlay import predict_photos
         predict_photos(p, args.images, args.images_out, args.folds, args.overwrite)

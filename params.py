@@ -83,6 +83,7 @@ _SIZE = Section("01 02")
 _TRAIN = Section("02")
 _HARDWARE = Section("02 03")
 _OUTPUT = Section("03 04")
+_TILES = Section("03")
 
 
 @dataclass
@@ -200,6 +201,15 @@ class Params:
                           "results/recipes.md)", stages="02", low=1, resumable=True)
     threads: int = _HARDWARE(0, "torch CPU threads per process (0 = torch's default, one per core; give cores / "
                              "processes when several share them)", low=0, resumable=True)
+
+    # --- large images: sliding-window prediction at the image's own scale (lib/tiles.py) ---
+    tile_size: int = _TILES(0, "03 --images: predict by sliding window with tiles of this side at the network's scale "
+                            "(a multiple of 32), blended where they overlap, instead of resizing each photo to "
+                            "--height x --width; 0 = off (whole images)", low=0)
+    downscale: float = _TILES(1.0, "with --tile-size: the photo is shrunk by this factor before tiling (1 = its own "
+                              "resolution, 2 = half each side)", low=1)
+    tile_overlap: float = _TILES(0.25, "with --tile-size: neighbouring tiles share at least this fraction of a tile",
+                                 low=0, high=0.5)
 
     # --- 03_predict / 04_submit ---
     tta: str = _OUTPUT("auto", "auto (pick on out-of-fold Dice) | none | hflip", stages="03",
@@ -332,6 +342,8 @@ def check(p: Params) -> None:
         v = getattr(p, name)
         if v <= 0 or v % 32:
             problems.append(f"--{name} {v} must be a positive multiple of 32")
+    if p.tile_size % 32:
+        problems.append(f"--tile-size {p.tile_size} must be 0 (off) or a positive multiple of 32")
     for name, whole in (("crop_height", p.height), ("crop_width", p.width)):
         v = getattr(p, name)
         if v and (v < 0 or v % 32 or v > whole):

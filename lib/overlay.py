@@ -12,15 +12,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
-from lib import files, fingerprint, postprocess, rle, tuning as tuning_mod
+from lib import files, fingerprint, postprocess, rle, tiles, tuning as tuning_mod
 from lib.data import worker_count
 from lib.errors import PipelineError, listing
 from lib.inputs import image_header_size, read_image_bytes
 from lib.layout import PHOTO_EXTS, files_in
 from lib.progress import progress
-from lib.predict import DEFAULT_THRESHOLD, Ensemble, TestImages, load_fold_models, predict_batch
+from lib.predict import (DEFAULT_THRESHOLD, Ensemble, TestImages, load_fold_models, predict_batch,
+                         tile_predictor)
 from lib.task import BINARY, Task
 from params import Params
 
@@ -134,16 +136,9 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     decided = f"{ens.task.decision_text(threshold, post)} ({source})"
     models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
     print(f"{len(paths)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
-    h, w = ens.size
-    loader = DataLoader(TestImages(paths, h, w), batch_size=p.predict_batch_size, num_workers=worker_count(p.workers))
-    written = []
     start = time.perf_counter()
-    with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:
-        for images, index, origs, _ in progress(loader, "photos", leave=True):
-            probs = predict_batch(ens, images, mode)
-            written += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
-                                      p.rle_order, ens.task, post)
-                        for i, prob, orig in zip(index.tolist(), probs, origs)]
+    written = _tiled(p, ens, mode, paths, threshold, post, out) if p.tile_size else \
+        _whole(p, ens, mode, paths, threshold, post, out)
     rows: dict[int, list[str]] = dict(f.result() for f in written)
     keys = [ens.task.row_ids(paths[i].name, paths[i].stem) for i in range(len(paths))]  # multi-class: a row a class
     lines = [files.csv_row("img", "rle_mask")] + [files.csv_row(k, code) for i in range(len(paths))
@@ -152,6 +147,36 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     _record(out, record | {name: _digest(out / name) for name in names})
     print(f"wrote {len(paths)} masks, overlays and {out / MASKS_CSV} in {time.perf_counter() - start:.1f}s")
     return out
+
+
+def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], threshold: float, post: str, out: Path) -> list:
+    """Each photo resized to the network size, predicted in batches: the futures of ``_write_photo``."""
+    h, w = ens.size
+    loader = DataLoader(TestImages(paths, h, w), batch_size=p.predict_batch_size, num_workers=worker_count(p.workers))
+    written = []
+    with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:
+        for images, index, origs, _ in progress(loader, "photos", leave=True):
+            probs = predict_batch(ens, images, mode)
+            written += [writer.submit(_write_photo, i, paths[i], prob, tuple(orig.tolist()), threshold, out,
+                                      p.rle_order, ens.task, post)
+                        for i, prob, orig in zip(index.tolist(), probs, origs)]
+    return written
+
+
+def _tiled(p: Params, ens: Ensemble, mode: str, paths: list[Path], threshold: float, post: str, out: Path) -> list:
+    """Each photo at its own scale (shrunk by --downscale) predicted by sliding window (``tiles.sliding_window``,
+    --predict-batch-size tiles at a time): the futures of ``_write_photo``. One photo is decoded at a time and at
+    most two stitched maps wait for the writer, so memory follows the photo and the tile batch, not the folder."""
+    predict = tile_predictor(ens, mode)
+    written = []
+    with files.OrderedWriter(2, 2) as writer:
+        for i, path in enumerate(progress(paths, "photos", leave=True)):
+            image, orig = tiles.read_scaled(read_image_bytes(path), path, p.downscale)
+            prob = tiles.sliding_window(predict, image, p.tile_size, p.tile_overlap, p.predict_batch_size)
+            del image
+            written.append(writer.submit(_write_photo, i, path, ens.task.to_maps(torch.from_numpy(prob[None]))[0],
+                                         orig, threshold, out, p.rle_order, ens.task, post))
+    return written
 
 
 def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import pandas as pd
 
-from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tta, tuning as tuning_mod
+from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tiles, tta, tuning as tuning_mod
 from lib.cache import decode_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError, restart_advice
@@ -134,10 +134,10 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
 
 
 @torch.no_grad()
-def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[nn.Module] | None = None
-                  ) -> np.ndarray:
-    """(N, 3, H, W) uint8 -> N maps (``Task.to_maps``: (N, H, W) binary, (N, C * H, W) multi-class) of the mean
-    probability of ``models`` (default all) with TTA ``mode``."""
+def predict_probabilities(ens: Ensemble, images: torch.Tensor, mode: str, models: list[nn.Module] | None = None
+                          ) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, channels, H, W) float32 mean probability of ``models`` (default all) with TTA
+    ``mode``."""
     x = images.to(ens.device, non_blocking=True)
     if ens.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -147,7 +147,23 @@ def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[n
         for model in models:
             prob = tta.predict_proba(model, x, mode, ens.task)
             total = prob if total is None else total + prob
-    return ens.task.to_maps(total / len(models))
+    return total / len(models)
+
+
+def predict_batch(ens: Ensemble, images: torch.Tensor, mode: str, models: list[nn.Module] | None = None
+                  ) -> np.ndarray:
+    """(N, 3, H, W) uint8 -> N maps (``Task.to_maps``: (N, H, W) binary, (N, C * H, W) multi-class) of the mean
+    probability of ``models`` (default all) with TTA ``mode``."""
+    return ens.task.to_maps(predict_probabilities(ens, images, mode, models))
+
+
+def tile_predictor(ens: Ensemble, mode: str, models: list[nn.Module] | None = None) -> tiles.TilePredictor:
+    """``tiles.sliding_window``'s predictor: (N, th, tw, 3) uint8 tiles -> (N, channels, th, tw) float32
+    probabilities of ``models`` (default all) with TTA ``mode``."""
+    def predict(batch: np.ndarray) -> np.ndarray:
+        images = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+        return predict_probabilities(ens, images, mode, models).cpu().numpy()
+    return predict
 
 
 # --- tuning on out-of-fold predictions ---

@@ -29,6 +29,10 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "1.5"
         if f.name in ("crop_height", "crop_width"):
             value = "32"
+        if f.name == "tile_size":
+            value = "64"
+        if f.name == "downscale":
+            value = "2"
         args = [flag] if value is None else [flag, value]
         p, _ = parse("t", args)
         assert getattr(p, f.name) == (True if value is None else type(f.default)(value)), f.name

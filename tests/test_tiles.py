@@ -1,0 +1,178 @@
+"""Sliding-window prediction (lib/tiles.py): the grid, the blending weights, and tiled against whole-image
+prediction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lib import geometry, tiles
+from lib.model import build_model
+from lib.predict import Ensemble, predict_probabilities, tile_predictor
+from lib.runtime import Precision
+from lib.task import Task
+from params import make_params
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(1000, 256, 0.25), (257, 256, 0.5), (4000, 512, 0.0),
+                                                 (640, 128, 0.5), (96, 96, 0.3)])
+def test_starts_cover_the_axis_with_the_overlap(length, tile, overlap):
+    s = tiles.starts(length, tile, overlap)
+    assert s[0] == 0 and s[-1] == length - tile
+    steps = np.diff(s)
+    assert (steps > 0).all() and (steps <= tile * (1 - overlap)).all()
+    covered = np.zeros(length, bool)
+    for x in s:
+        covered[x:x + tile] = True
+    assert covered.all()
+
+
+def test_starts_pinned():
+    assert tiles.starts(1000, 256, 0.25) == [0, 186, 372, 558, 744]
+    assert tiles.starts(512, 256, 0.0) == [0, 256]
+    with pytest.raises(ValueError):
+        tiles.starts(100, 128, 0.25)
+
+
+def test_gaussian_weights_peak_in_the_centre_and_never_vanish():
+    w = tiles.gaussian_weights(64, 96)
+    assert w.shape == (64, 96) and w.dtype == np.float32
+    assert w.max() == pytest.approx(1.0, abs=1e-6) and w.min() >= tiles.MIN_WEIGHT
+    assert np.allclose(w, w[::-1]) and np.allclose(w, w[:, ::-1])
+    assert w[32, 48] > w[32, 70] > w[32, 95]
+
+
+def test_small_axes_are_padded_like_whole_images():
+    assert tiles.tile_shape(100, 1000, 256) == (128, 256)
+    assert tiles.padded_shape(100, 1000, 256) == (128, 1000)
+    image = np.arange(100 * 150 * 3, dtype=np.uint8).reshape(100, 150, 3)
+    padded, (top, left) = tiles.pad_for_tiles(image, 256)
+    assert padded.shape == (128, 160, 3)
+    assert np.array_equal(padded, geometry.to_net(image, 128, 160))
+    assert np.array_equal(padded[top:top + 100, left:left + 150], image)
+
+
+def test_a_pixelwise_predictor_is_stitched_exactly():
+    """A predictor that looks at each pixel alone gives the same value whatever tile covers it: any error in the grid,
+    the weights or the crop shows."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 530, 3), dtype=np.uint8)
+
+    def per_pixel(batch: np.ndarray) -> np.ndarray:
+        return batch.transpose(0, 3, 1, 2).astype(np.float32) / 255
+
+    out = tiles.sliding_window(per_pixel, image, 128, 0.25, batch=5)
+    assert out.shape == (3, 300, 530) and out.dtype == np.float32
+    assert np.allclose(out, image.transpose(2, 0, 1) / 255, atol=1e-6)
+
+
+def test_a_tile_that_is_not_a_multiple_of_32_is_refused():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiles.sliding_window(lambda b: b, np.zeros((64, 64, 3), np.uint8), 100, 0.25, 4)
+
+
+def _ensemble(classes: int) -> Ensemble:
+    torch.manual_seed(0)
+    p = make_params(encoder="resnet18", encoder_weights="none", decoder_channels="32,16,16,16,16", classes=classes,
+                    height=128, width=160)
+    model = build_model(p).eval()
+    return Ensemble([model], [0], [{}], p, torch.device("cpu"), Precision.for_device(torch.device("cpu"), "off"),
+                    Task.of(p), channels_last=False)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+@pytest.mark.parametrize("tile", [160, 256])
+def test_tiled_and_whole_image_prediction_agree(classes, tile):
+    """With --tile-size at least the image's size the sliding window is one window over the image padded as
+    whole-image prediction pads it, so the two give the same maps (binary and multi-class, with TTA)."""
+    torch.set_num_threads(1)
+    ens = _ensemble(classes)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)  # network size 128 x 160
+    net = geometry.to_net(image, 128, 160)
+    whole = predict_probabilities(ens, torch.from_numpy(net).permute(2, 0, 1)[None], "hflip")[0].numpy()
+    whole = np.stack([geometry.from_net(c, 100, 150) for c in whole])
+    tiled = tiles.sliding_window(tile_predictor(ens, "hflip"), image, tile, 0.25, batch=2)
+    assert tiled.shape == whole.shape == (ens.task.channels, 100, 150)
+    assert np.abs(tiled - whole).max() < 1e-5
+
+
+def test_overlapping_tiles_stay_close_to_the_whole_image():
+    """Smaller overlapping tiles see less context, so they differ from the whole image, but blended they stay close
+    (an error in placement would give differences of the order of the maps themselves)."""
+    torch.set_num_threads(1)
+    ens = _ensemble(1)
+    yy, xx = np.mgrid[0:192, 0:256]
+    image = np.stack([(xx % 64) * 4, (yy % 48) * 5, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    whole = predict_probabilities(ens, torch.from_numpy(image).permute(2, 0, 1)[None], "none")[0].numpy()
+    tiled = tiles.sliding_window(tile_predictor(ens, "none"), image, 128, 0.5, batch=4)
+    shifted = np.roll(whole, 16, axis=-1)
+    assert np.abs(tiled - whole).mean() < 0.5 * np.abs(shifted - whole).mean()
+
+
+# --- 03_predict.py --images by sliding window ---
+def _fold_model(out, experiment: str = "demo") -> None:
+    """An untrained fold model of the 03 --images tests (weights do not matter to agreement and sizes)."""
+    from lib import files
+    from lib.model import checkpoint_state, write_checkpoint
+    torch.manual_seed(0)
+    p = make_params(encoder="resnet18", encoder_weights="none", decoder_channels="32,16,16,16,16", height=96,
+                    width=160, experiment=experiment)
+    folder = files.fold_dir(out, experiment, 0)
+    folder.mkdir(parents=True)
+    write_checkpoint(folder / files.BEST, checkpoint_state(build_model(p), p, epoch=1, val_dice=0.5,
+                                                           task=Task.of(p).record()))
+
+
+def test_photos_by_sliding_window_get_full_size_masks_agreeing_with_whole_images(tmp_path):
+    """03 --images --tile-size: masks at each photo's own size; with the tile covering the photo, the same masks as
+    whole-image prediction at the photo's padded size."""
+    from PIL import Image
+    from tests.conftest import run_script
+    _fold_model(tmp_path / "out")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:90, 0:150]
+    picture = np.stack([(xx * 3) % 256, (yy * 5) % 256, rng.integers(0, 256, (90, 150))], -1).astype(np.uint8)
+    Image.fromarray(picture).save(photos / "a.png")
+    common = ["--output", tmp_path / "out", "--experiment", "demo", "--workers", "0", "--device", "cpu",
+              "--tta", "none", "--threshold", "0.5", "--postprocess", "none", "--images", photos]
+    run_script("03_predict.py", *common, "--images-out", tmp_path / "tiled", "--tile-size", "160")
+    run_script("03_predict.py", *common, "--images-out", tmp_path / "whole", "--height", "96", "--width", "160")
+    tiled = np.asarray(Image.open(tmp_path / "tiled" / "a_mask.png"))
+    whole = np.asarray(Image.open(tmp_path / "whole" / "a_mask.png"))
+    assert tiled.shape == whole.shape == (90, 150)
+    assert 0 < (whole > 0).mean() < 1  # the comparison is not of two empty (or full) masks
+    assert (tiled != whole).mean() < 1e-3  # only pixels within a rounding of the threshold may differ
+    run_script("03_predict.py", *common, "--images-out", tmp_path / "small", "--tile-size", "64",
+               "--tile-overlap", "0.5", "--downscale", "1.5")
+    assert np.asarray(Image.open(tmp_path / "small" / "a_mask.png")).shape == (90, 150)
+
+
+@pytest.mark.parametrize("flags,message", [(["--tile-size", "100"], "--tile-size 100 must be 0 (off) or a positive "
+                                                                    "multiple of 32"),
+                                           (["--tile-overlap", "0.6"], "--tile-overlap 0.6 must be in [0, 0.5]"),
+                                           (["--downscale", "0.5"], "--downscale 0.5 must be in [1"),
+                                           (["--tile-size", "-32"], "--tile-size -32 must be in [0")])
+def test_bad_tile_settings_are_one_line_and_write_nothing(tmp_path, flags, message):
+    from tests.conftest import run_script
+    proc = run_script("03_predict.py", "--output", tmp_path / "out", "--images", tmp_path, *flags, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiles_without_images_are_refused_with_the_command_that_runs(tmp_path, monkeypatch):
+    from tests.conftest import run_script
+    _fold_model(tmp_path / "out")
+    proc = run_script("03_predict.py", "--output", tmp_path / "out", "--experiment", "demo", "--tile-size", "128",
+                      check=False)
+    assert proc.returncode == 1 and "sliding-window prediction serves --images" in proc.stderr
+    from tests.test_repairs import advised
+    import params
+    monkeypatch.setattr(params, "GIVEN", {})  # parse() records the command line it read there: this one is a test's
+    monkeypatch.setattr(params, "RUN", {})
+    repaired, _ = params.parse("03", [str(a) for a in advised(proc.stderr, "03_predict.py")])
+    assert repaired.tile_size == 0 and repaired.experiment == "demo" and Path(repaired.output) == tmp_path / "out"
