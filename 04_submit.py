@@ -99,8 +99,9 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
     if with_model:
         testmaps.check(preds, test_ids)
     results, plans = {}, []
-    if with_baselines:
+    if with_baselines or with_model:  # scored every run: the model is compared with them below (a second or so)
         results, made = score_baselines(p, preds[0])
+    if with_baselines:
         sizes = inputs.test_sizes(p.input_dir, test_ids, inputs.test_files(p.input_dir), preds[0].orig_size)
         plans = task.plan_baselines(run, made, results, test_ids, keys, class_rows, sizes, p.rle_order)
     written, manifest = {}, None  # from here on, files are written
@@ -131,6 +132,14 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
     for path, (dice, per_class) in scores.items():
         print(f"test Dice of {path.name}: {dice:.5f}"
               + (" (" + ", ".join(f"{c} {d:.4f}" for c, d in per_class.items()) + ")" if per_class else ""))
+    trivial = max(results.values(), key=lambda b: b.oof_dice, default=None)
+    if manifest is not None and manifest["oof_dice"] is not None and trivial is not None \
+            and manifest["oof_dice"] < trivial.oof_dice:
+        print(f"warning: the model's out-of-fold Dice {manifest['oof_dice']:.5f} is below the trivial "
+              f"baseline's ({baseline.TITLES[trivial.name]}) {trivial.oof_dice:.5f}: train longer or check the data "
+              f"(the submission is written all the same)")
+    if not with_baselines:
+        results = {}
     table = baseline.comparison_table(results, preds, manifest, {path.name: d for path, (d, _) in scores.items()})
     files.write_text_atomic(run / files.COMPARISON, table)
     params.save(p, run / files.SUBMIT_PARAMS)  # what made the files above (a refused run writes nothing)

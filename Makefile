@@ -14,6 +14,7 @@ DEMO_MC := --preset demo --input input/demo_multiclass --output output/demo_mult
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt constraints.txt
+	@echo 'setup: installing PyTorch, segmentation-models-pytorch etc. into $(VENV) (about 1.5 minutes, quiet)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt

@@ -32,7 +32,8 @@ def split(table: pd.DataFrame, n_folds: int, seed: int, metadata: pd.DataFrame |
     """(id, car, view) table -> the same rows with a ``fold`` column in 0..n_folds-1."""
     n_cars = table.car.nunique()
     if n_cars < n_folds:
-        raise PipelineError(f"{n_cars} car(s) cannot make {n_folds} car-grouped folds; lower --n-folds")
+        noun = "car" if len(table) and (table.view > 0).all() else "group"  # Carvana's <car>_<NN> ids, else groups
+        raise PipelineError(f"{n_cars} {noun}(s) cannot make {n_folds} {noun}-grouped folds; lower --n-folds")
     strata = car_strata(table, n_folds, metadata)
     from sklearn.model_selection import StratifiedGroupKFold  # here: a second of import the later stages skip
     sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)

@@ -309,7 +309,8 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     """
     notes: list[str] = []
     if not root.is_dir():
-        raise PipelineError(f"{root}: input folder missing; run `python 01_prepare.py --demo` for demo "
+        import params
+        raise PipelineError(f"{root}: input folder missing; run {params.command('01_prepare.py', '--demo')} for demo "
                             "data or put the Kaggle files there (see README)")
     pairs, problems = train_pairs(root, mask_suffix, notes)
     ids = sorted(pairs)

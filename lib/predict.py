@@ -71,7 +71,7 @@ def load_ensemble(p: Params, split: pd.DataFrame, only: list[int] | None = None,
     if missing:
         trained = ",".join(str(k) for k in ks if k not in missing) or "K"
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
-                            f"`python 02_train.py --fold all` (or --fold K) with --experiment {p.experiment} first, "
+                            f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} (or --fold K) first, "
                             f"or ensemble the trained folds only: --folds {trained}")
     return _load_models(p, ks, pick_device(p.device, local_rank), split)
 
@@ -98,7 +98,7 @@ def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
     missing = [k for k in ks if k not in found]
     if not ks or missing:
         raise PipelineError(f"{run}: no model.pt for fold(s) {missing or 'any'}; train with "
-                            f"`python 02_train.py --fold K --experiment {p.experiment}` first, or give the "
+                            f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} first, or give the "
                             "--experiment (and --output) the models are in")
     return _load_models(p, ks, pick_device(p.device), None)
 
@@ -428,7 +428,7 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     tuning = tuning or current_tuning(p, ens, final)
     if tuning is None:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment) / files.TUNING}: missing or made for other "
-                            "models; run `python 03_predict.py --tune-only` with the same settings first")
+                            f"models; run {params_mod.command('03_predict.py', '--tune-only')} first")
     if not has_test:
         return print(f"note: no {p.input_dir / files.TEST} folder: tuned only, no test maps "
                      "(04_submit.py can still compare with the baselines)")

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pandas as pd
+
 import pytest
 import torch
 from PIL import Image
@@ -236,7 +238,7 @@ def test_empty_input_cli_says_what_is_missing(layout, tiny_demo, tmp_path):
     (out / "folds.csv").write_text("an earlier split\n")
     if layout == "no input folder":
         root = tmp_path / "in put"
-        expect = [f"{root}: input folder missing; run `python 01_prepare.py --demo`"]
+        expect = [f"{root}: input folder missing; run `"]
     elif layout == "empty input folder":
         root = tmp_path / "in put"
         root.mkdir()
@@ -248,6 +250,10 @@ def test_empty_input_cli_says_what_is_missing(layout, tiny_demo, tmp_path):
         expect = [f"{root / files.TRAIN}: no *.jpg files (empty folder?)"]
     proc = run_script("01_prepare.py", "--input", root, "--output", out, *FLAGS, check=False)
     line = strict_error(proc)
+    if layout == "no input folder":  # the advice carries the user's own flags, quoted for the shell
+        named = shlex.split(line.split("`")[1])
+        assert named[1].endswith("01_prepare.py") and "--demo" in named
+        assert named[named.index("--input") + 1] == str(root) and named[named.index("--output") + 1] == str(out)
     assert all(e in line for e in expect), line
     assert (out / "folds.csv").read_text() == "an earlier split\n" and sorted(os.listdir(out)) == ["folds.csv"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -283,3 +284,15 @@ def test_other_names_and_mixed_sizes_run_end_to_end(tiny_demo, tmp_path):
               max(1, rle.decode(c, sizes[i], "column").sum() + truth[i].sum()) for (_, c), i in zip(rows[1:], test_ids)]
     assert np.mean(scores) == pytest.approx(test_dice["submission submission.csv.gz"], abs=1e-5)
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("ids, noun", [(["img_001", "img_002"], "group"), (["0cdf5b5d0ce1_01", "0cdf5b5d0ce1_02"], "car")])
+def test_too_few_groups_for_the_folds_say_groups_unless_the_ids_are_carvanas(ids, noun):
+    from lib import folds
+    g = layout.groups_of(ids)
+    table = pd.DataFrame({"id": ids, "car": g.groups, "view": g.views, "mask_area": [1.0] * len(ids)})
+    with pytest.raises(PipelineError) as e:
+        folds.split(table, 5, 0)
+    n = table.car.nunique()
+    assert str(e.value).startswith(f"{n} {noun}(s) cannot make 5 {noun}-grouped folds"), e.value
+    assert ("car" in str(e.value)) == (noun == "car")

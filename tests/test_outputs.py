@@ -271,3 +271,18 @@ def test_a_link_planted_where_a_lock_file_goes_is_refused_not_written_through(tr
     (out / files.LOCK).unlink()  # as the message says
     run_named(commands_in(line)[0])
     assert (out / "folds.csv").exists() and victim.read_text() == "someone else's file"
+
+
+def test_04_says_in_one_line_when_the_model_scores_below_the_trivial_baseline_and_still_writes(trained, tmp_path):
+    """The baselines are scored out-of-fold on every 04 run (not only with --baselines) to compare the model."""
+    out = clone(trained, tmp_path)
+    proc = run_script("04_submit.py", *args_for(trained, out))
+    run = files.run_dir(out, EXPERIMENT)
+    model = json.loads((run / "submission.manifest.json").read_text())["oof_dice"]
+    run_script("04_submit.py", *args_for(trained, out, "--baselines", "--submission", "again"))
+    best = max(json.loads(m.read_text())["oof_dice"] for m in run.glob("baseline_*.manifest.json"))
+    warned = [line for line in proc.stdout.splitlines() if "below the trivial baseline" in line]
+    assert len(warned) == (model < best), (model, best, proc.stdout)
+    if warned:
+        assert f"{model:.5f}" in warned[0] and f"{best:.5f}" in warned[0]
+    assert (run / "submission.csv.gz").exists()
