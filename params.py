@@ -138,7 +138,11 @@ class Params:
 
     # --- model ---
     arch: str = _TRAIN("Unet", "segmentation_models_pytorch architecture (Unet, UnetPlusPlus, FPN, ...)")
-    encoder: str = _TRAIN("resnet34", "any encoder smp knows: resnet34, efficientnet-b4, tu-convnext_tiny (timm), ...")
+    encoder: str = _TRAIN("resnet34", "any encoder smp knows: resnet34, efficientnet-b4, tu-convnext_tiny (timm), "
+                          "...; slow to train from scratch on a CPU (images/s against resnet18's at the cpu preset's "
+                          "size, bf16): efficientnet-b4 about 1/5, resnet50 and tu-convnext_tiny about 1/3, resnet34 "
+                          "and efficientnet-b0 2/3-3/4; mobilenet_v2 and tu-regnety_002 are faster "
+                          "(benchmarks/results/encoders.md)")
     encoder_weights: str = _TRAIN("imagenet", "pretrained weights smp knows for the encoder (imagenet, ssl, ...; "
                                   "downloaded once), or none")
     decoder_channels: str = _TRAIN("256,128,64,32,16", "Unet/UnetPlusPlus decoder widths, deepest first (5 values)")

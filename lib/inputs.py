@@ -74,7 +74,9 @@ def image_size(raw: bytes, path: Path) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(raw)) as im:  # reads the header only
             w, h = im.size
-    except (UnidentifiedImageError, OSError) as e:
+    except UnidentifiedImageError:  # PIL's words name its BytesIO object, not the file
+        raise PipelineError(f"{path}: not a readable image (its first bytes {raw[:8]!r} begin no image format)") from None
+    except OSError as e:
         raise PipelineError(f"{path}: not a readable image ({e})") from None
     check_pixels(path, h, w)
     return h, w

@@ -96,11 +96,56 @@ def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
     found = sorted(int(d.name[4:]) for d in run.glob("fold*") if d.name[4:].isdigit() and (d / files.BEST).exists())
     ks = found if only is None else sorted(set(only))
     missing = [k for k in ks if k not in found]
-    if not ks or missing:
-        raise PipelineError(f"{run}: no model.pt for fold(s) {missing or 'any'}; train with "
+    if missing:
+        raise PipelineError(f"{run}: no model.pt for fold(s) {missing}; train with "
                             f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} first, or give the "
                             "--experiment (and --output) the models are in")
+    if not ks:
+        raise PipelineError(_no_models(p, run))
     return _load_models(p, ks, pick_device(p.device), None)
+
+
+OUTPUT_GLOB = "output*"  # the folders beside --output where runs are also looked for
+RUN_DEPTH = 2  # trained runs are looked for this many folders deep under an output folder (output/demo/demo)
+
+
+def trained_runs(output: Path) -> list[Path]:
+    """The run folders holding a trained model (fold*/model.pt or full/model.pt) under ``output`` and under each
+    ``output*`` folder beside it, up to RUN_DEPTH folders deep, each once, sorted."""
+    roots = [output] + sorted(d for d in output.parent.glob(OUTPUT_GLOB)
+                              if d.is_dir() and d.resolve() != output.resolve())
+    runs: dict[Path, Path] = {}
+    for root in roots:
+        for depth in range(1, RUN_DEPTH + 1):
+            for model in sorted(root.glob("/".join(["*"] * depth + ["*", files.BEST]))):
+                fold = model.parent.name
+                if fold == files.FULL or (fold.startswith("fold") and fold[4:].isdigit()):
+                    runs.setdefault(model.parent.parent.resolve(), model.parent.parent)
+    return sorted(runs.values())
+
+
+def _no_models(p: Params, run: Path) -> str:
+    """The error when ``run`` has no model: the runs that have one, each with the command that uses it (the user's
+    own arguments and flags, its --output and --experiment), or how to train one."""
+    runs = trained_runs(p.output_dir)
+    if not runs:
+        return (f"{run}: no trained model (fold*/model.pt) here, nor in any run under {p.output_dir} or an output*/ "
+                f"folder beside it; train one first ({params_mod.command('02_train.py', '--fold', 'all')} after "
+                "01_prepare.py, see README), or give the --output and --experiment the models are in")
+    own = params_mod.RUN.get("args", [])
+    own = [a for i, a in enumerate(own) if not a.startswith("--folds")
+           and not (i and own[i - 1] == "--folds")]  # the listed run has its own folds
+    script = params_mod.RUN.get("script", "03_predict.py")
+    lines = [f"{r} ({_models_in(r)}): {params_mod.command(script, *own, '--output', str(r.parent), '--experiment', r.name)}"
+             for r in runs]
+    return (f"{run}: no trained model (fold*/model.pt) in this run (--output {p.output_dir} --experiment "
+            f"{p.experiment}); the runs found that have one, with the command for each:\n  " + "\n  ".join(lines))
+
+
+def _models_in(run: Path) -> str:
+    folds = sorted(int(d.name[4:]) for d in run.glob("fold*") if d.name[4:].isdigit() and (d / files.BEST).exists())
+    full = ["the full model"] if (run / files.FULL / files.BEST).exists() else []
+    return ", ".join(full + ([f"fold(s) {','.join(map(str, folds))}"] if folds else []))
 
 
 def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensemble:
