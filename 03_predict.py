@@ -8,8 +8,9 @@
     torchrun --standalone --nproc_per_node 4 03_predict.py   # test images shared out over 4 processes (GPUs)
     python 03_predict.py --tune-only; python 03_predict.py --shard K/N    # N separate jobs (machines, array job)
 
-Writes output/<experiment>/tuning.json (chosen TTA, threshold, score table) and
-output/<experiment>/test_probs/<id>.png (uint8 probability maps at the network size).
+Writes output/<experiment>/tuning.json (chosen TTA, threshold, score table),
+output/<experiment>/test_probs/<id>.png (uint8 probability maps at the network size) and
+output/<experiment>/overlays/*.jpg (the worst and best out-of-fold predictions and a few test ones on their photos).
 A re-run reuses a tuning made with the same models and skips test maps already written. Shards take every N-th
 batch of the single-process order, so the maps are the same bytes whatever N; each shard resumes on its own, and
 04_submit.py refuses while any map is missing. Under torchrun rank 0 tunes while the others wait; separate

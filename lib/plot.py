@@ -42,7 +42,10 @@ def learning_curve(log: pd.DataFrame, path: Path, title: str) -> None:
                          textcoords="offset points", xytext=(-10, -18), ha="right")
         ax_dice.scatter([best.epoch], [best.val_dice], s=60, facecolors="none", edgecolors="black", zorder=3)
     ax_dice.set(title="val Dice at full resolution (threshold 0.5)", xlabel="epoch", ylabel="Dice")
+    epochs = log.epoch.dropna()
     for ax in (ax_loss, ax_dice):
+        if len(epochs) and epochs.max() - epochs.min() < 2:  # one or two epochs: whole epochs either side
+            ax.set_xlim(epochs.min() - 1, epochs.max() + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -62,23 +65,84 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+# classes without --class-colors: fixed, distinct colours (class 0, the background, is never painted)
+PALETTE = np.array([(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)
+TRUTH_COLOUR = (0, 230, 0)  # RGB green: the outline of the truth in pictures of scored images
+LEGEND_BOX = (25, 25, 25)  # RGB of the legend's background
+
+
 def class_colors(task) -> np.ndarray:
-    """(C, 3) uint8 RGB of each class: --class-colors when given, else a fixed palette (background black)."""
+    """(C, 3) uint8 RGB of each class: --class-colors (kept in the checkpoint) when given, else ``PALETTE``."""
     if task.colors:
         return np.array(task.colors, np.uint8)
-    rng = np.random.default_rng(7)
-    palette = rng.integers(40, 256, (max(task.classes, 2), 3)).astype(np.uint8)
-    palette[0] = 0
-    return palette[:task.classes]
+    return PALETTE[np.arange(task.classes) % len(PALETTE)] if task.classes <= len(PALETTE) else \
+        np.vstack([PALETTE, PALETTE[1:][np.arange(task.classes - len(PALETTE)) % (len(PALETTE) - 1)]])
 
 
-def overlay_labels(image: np.ndarray, labels: np.ndarray, task) -> np.ndarray:
-    """(H, W, 3) uint8 RGB photo with each class 1..C-1 of the (H, W) uint8 ``labels`` tinted in its colour."""
-    colours = class_colors(task).astype(np.float32)
+def line_width(shape: tuple[int, ...]) -> int:
+    """Outline thickness in pixels for a picture of this (H, W, ...) shape: 1 up to 400 pixels, then more."""
+    return max(1, round(min(shape[:2]) / 400))
+
+
+def outline(picture: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 RGB with the outer and inner borders of the (H, W) bool ``mask`` drawn in ``rgb``."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.ascontiguousarray(picture)
+    cv2.drawContours(out, contours, -1, tuple(int(v) for v in rgb), line_width(out.shape), cv2.LINE_8)
+    return out
+
+
+def legend(picture: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 RGB with a legend in its top-left corner: a colour swatch and a name a row, on a
+    dark box (the picture keeps its size)."""
+    out = np.ascontiguousarray(picture).copy()
+    h = out.shape[0]
+    scale = max(0.3, min(1.0, h / 500))
+    row = max(9, round(24 * scale))
+    swatch = row - 3
+    text_w = max(cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for name, _ in entries)
+    box_w, box_h = swatch + text_w + 9, row * len(entries) + 4
+    out[:box_h, :box_w] = LEGEND_BOX
+    for k, (name, rgb) in enumerate(entries):
+        top = 2 + k * row
+        out[top + 1:top + 1 + swatch, 2:2 + swatch] = rgb
+        cv2.putText(out, name, (swatch + 6, top + swatch), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, task, truth: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB photo with each class 1..C-1 of the (H, W) uint8 ``labels`` tinted in its colour, each
+    class of the ``truth`` labels (when given) outlined in its colour, and a legend of the classes."""
+    colours = class_colors(task)
     out = image.astype(np.float32)
     painted = labels > 0
-    out[painted] = (1 - ALPHA) * out[painted] + ALPHA * colours[labels[painted]]
-    return out.astype(np.uint8)
+    out[painted] = (1 - ALPHA) * out[painted] + ALPHA * colours[labels[painted]].astype(np.float32)
+    out = out.astype(np.uint8)
+    entries = [(task.names[c], tuple(int(v) for v in colours[c])) for c in task.scored]
+    if truth is not None:
+        for c in task.scored:
+            out = outline(out, truth == c, tuple(int(v) for v in colours[c]))
+        entries.append(("outline: truth", (255, 255, 255)))
+    return legend(out, entries)
+
+
+def overlay_truth(picture: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """A binary ``overlay`` with the (H, W) bool ``truth`` outlined in green and a legend of the two."""
+    out = outline(picture, truth, TRUTH_COLOUR)
+    return legend(out, [("prediction", tuple(int(v) for v in COLOUR)), ("truth", TRUTH_COLOUR)])
+
+
+def titled(picture: np.ndarray, title: str) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 RGB under a black strip holding ``title`` in white."""
+    w = picture.shape[1]
+    scale = 0.45
+    while scale > 0.25 and cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > w - 8:
+        scale -= 0.05
+    strip = np.zeros((22, w, 3), np.uint8)
+    cv2.putText(strip, title, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([strip, picture])
 
 
 def overlay_map(image: np.ndarray, prob_map: np.ndarray, task) -> np.ndarray:

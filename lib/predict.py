@@ -475,8 +475,9 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment) / files.TUNING}: missing or made for other "
                             f"models; run {params_mod.command('03_predict.py', '--tune-only')} first")
     if not has_test:
-        return print(f"note: no {p.input_dir / files.TEST} folder: tuned only, no test maps "
-                     "(04_submit.py can still compare with the baselines)")
+        print(f"note: no {p.input_dir / files.TEST} folder: tuned only, no test maps "
+              "(04_submit.py can still compare with the baselines)")
+        return _overlays(p, split, tuning, ens, final, [], {}) if dist.main and not separate else None
     out = test_dir_for(p, tuning, replace) if dist.main else None
     dist.barrier()
     out = out or test_dir_for(p, tuning, False)
@@ -491,3 +492,12 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
         what = f"shard {shard[0]}/{shard[1]} done, {stats['maps']} of the {len(ids)}" if separate else f"{len(ids)}"
         speed = f" ({int(predicted)} predicted, {predicted / seconds:.1f} images/s" if predicted else ""
         print(f"test maps: {what} in {out}" + (speed + (" per process)" if dist.active else ")") if speed else ""))
+    if dist.main and not separate:
+        _overlays(p, split, tuning, ens, final, ids, paths)
+
+
+def _overlays(p: Params, split: pd.DataFrame, tuning: Tuning, ens: Ensemble | None, final: Ensemble | None,
+              ids: list[str], paths: dict[str, Path]) -> None:
+    """The run's overlays/ (lib/gallery.py), drawn in the class colours the checkpoints keep."""
+    from lib import gallery
+    gallery.write(p, split, tuning, ens, (final or ens).task, ids, paths)

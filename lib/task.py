@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -41,14 +41,17 @@ from lib.geometry import to_net
 from lib.metrics import dice
 
 
-RECORD = {"classes": int, "names": ListOf(str)}  # what Task.record() writes, as a files.schema_problem schema
+# what Task.record() writes, as a files.schema_problem schema; checkpoints add the colours (pictures draw with them)
+RECORD = {"classes": int, "names": ListOf(str), "colors?": ListOf(ListOf(int))}
 
 
 @dataclass(frozen=True)
 class Task:
     classes: int = 1  # 1: binary masks; C >= 2: labels 0..C-1 per pixel
     names: tuple[str, ...] = ()  # class names in index order (multi-class); "" for binary
-    colors: tuple[tuple[int, int, int], ...] = ()  # RGB of each class in colour masks (--class-colors), if given
+    # RGB of each class in colour masks and pictures (--class-colors), if given: how classes look, not which task
+    # this is (two tasks that differ only in colours are equal, and maps or tunings do not record them)
+    colors: tuple[tuple[int, int, int], ...] = field(default=(), compare=False)
 
     def __post_init__(self):
         if self.classes < 1:
@@ -75,8 +78,10 @@ class Task:
 
     @classmethod
     def from_record(cls, record: dict) -> Task:
-        """The task a checkpoint, tuning or map folder recorded (``record()``; ``RECORD`` is its schema)."""
-        return cls(int(record["classes"]), tuple(record["names"]))
+        """The task a checkpoint, tuning or map folder recorded (``record()``; ``RECORD`` is its schema), with the
+        class colours when it kept them (``checkpoint_record()``)."""
+        colors = tuple(tuple(int(v) for v in c) for c in record.get("colors", ()))
+        return cls(int(record["classes"]), tuple(record["names"]), colors)  # type: ignore[arg-type]
 
     @property
     def binary(self) -> bool:
@@ -222,13 +227,15 @@ class Task:
             return postprocess.apply(post, maps[0]) > level
         return np.argmax(maps, axis=0).astype(np.uint8)
 
-    def overlay(self, image: NDArray[np.uint8], decision: NDArray) -> NDArray[np.uint8]:
+    def overlay(self, image: NDArray[np.uint8], decision: NDArray, truth: NDArray | None = None) -> NDArray[np.uint8]:
         """(H, W, 3) uint8 RGB photo with its ``decide``d mask tinted and outlined, or each class 1..C-1 of its labels
-        tinted in the class's colour."""
+        tinted in the class's colour with a legend of the classes; the ``truth`` (same kind as the decision), when
+        given, outlined (binary: in green, with a legend; labels: each class in its colour)."""
         from lib import plot
         if self.binary:
-            return plot.overlay(image, decision)
-        return plot.overlay_labels(image, decision, self)
+            picture = plot.overlay(image, decision)
+            return picture if truth is None else plot.overlay_truth(picture, truth)
+        return plot.overlay_labels(image, decision, self, truth)
 
     def class_dices(self, pred: NDArray, truth: NDArray) -> NDArray[np.float64]:
         """Dice of each scored class of one image (1 where the class is in neither): (len(scored),).
@@ -267,6 +274,11 @@ class Task:
         """What a checkpoint, tuning or map folder stores about the task."""
         return {"classes": self.classes, "names": list(self.names)}
 
+    def checkpoint_record(self) -> dict:
+        """What a checkpoint stores: ``record()`` and, when --class-colors gave them, the class colours, so that
+        every picture drawn from the models (03's overlays, ``--images``) uses them."""
+        return self.record() | ({"colors": [list(c) for c in self.colors]} if self.colors else {})
+
     # --- what 03/04 ask the task ---
     @property
     def postprocessed(self) -> bool:
@@ -299,10 +311,7 @@ class Task:
     def mask_pictures(self, image_rgb: NDArray[np.uint8], decision: NDArray) -> tuple[NDArray[np.uint8], NDArray]:
         """(the mask PNG's values: 0/255 for binary masks, each pixel's class for labels; the decision drawn over the
         (H, W, 3) RGB image) of one photo."""
-        from lib.plot import overlay, overlay_labels
-        if self.binary:
-            return decision.astype(np.uint8) * 255, overlay(image_rgb, decision)
-        return decision, overlay_labels(image_rgb, decision, self)
+        return (decision.astype(np.uint8) * 255 if self.binary else decision), self.overlay(image_rgb, decision)
 
     def decision_text(self, threshold: float, post: str) -> str:
         """How an image is decided, for messages: 'threshold 0.500[, largest region]' or 'argmax over ...'."""

@@ -399,7 +399,7 @@ class RunWriter:
         if improved or (not run.val_ids and run.epoch == self.p.epochs):
             w.submit(write_best, run.dir, checkpoint_state(unwrap(predictor(run)), self.p, epoch=run.epoch,
                                                            val_dice=ev.dice if ev else -1.0,
-                                                           split=run.split, task=run.task.record()),
+                                                           split=run.split, task=run.task.checkpoint_record()),
                      run.val_ids, ev.probs if ev else None)
         w.submit(self._append_log, row)
         if run.tb is not None:
@@ -408,7 +408,7 @@ class RunWriter:
             run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
             scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split,
-            task=run.task.record(), **({"ema": run.ema.state_dict()} if run.ema is not None else {})))
+            task=run.task.checkpoint_record(), **({"ema": run.ema.state_dict()} if run.ema is not None else {})))
 
     def _tensorboard(self, row: list, ev: Evaluation | None) -> None:
         tb, epoch = self.run.tb, self.run.epoch

@@ -99,8 +99,19 @@ def test_the_multiclass_demo_end_to_end(tmp_path):
     assert "task: 5 classes (background, road, building, tree, water)" in prep.stdout
     assert "classes (share of pixels" in prep.stdout
     run_script("02_train.py", "--fold", "all", *flags)
-    assert read_checkpoint(files.fold_dir(out, "demo", 0) / files.BEST)["task"]["classes"] == 5
-    run_script("03_predict.py", *flags)
+    colours = [[int(v) for v in line.split(",")[1:]] for line in (root / "classes.csv").read_text().split()[1:]]
+    assert read_checkpoint(files.fold_dir(out, "demo", 0) / files.BEST)["task"] == {
+        "classes": 5, "names": ["background", "road", "building", "tree", "water"], "colors": colours}
+    predicted = run_script("03_predict.py", *flags)
+    overlays = files.run_dir(out, "demo") / "overlays"
+    assert f"in {overlays}" in predicted.stdout
+    photos = sorted((root / "test").iterdir())[:2]
+    masks = run_script("03_predict.py", "--images", *photos, "--images-out", tmp_path / "masks", *flags)
+    assert masks.returncode == 0
+    for picture in [*overlays.glob("*.jpg"), *(tmp_path / "masks").glob("*_overlay.jpg")]:  # every class in the legend
+        pixels = np.array(Image.open(picture).convert("RGB")).astype(int)
+        for rgb in colours[1:]:
+            assert (np.abs(pixels - rgb).max(axis=-1) <= 30).any(), (picture.name, rgb)
     tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
     assert set(tuning["class_dice"]) == {"road", "building", "tree", "water"} and tuning["task"]["classes"] == 5
     some_map = next((files.run_dir(out, "demo") / files.TEST_PROBS).glob("*.png"))
