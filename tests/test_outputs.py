@@ -286,3 +286,18 @@ def test_04_says_in_one_line_when_the_model_scores_below_the_trivial_baseline_an
     if warned:
         assert f"{model:.5f}" in warned[0] and f"{best:.5f}" in warned[0]
     assert (run / "submission.csv.gz").exists()
+
+
+def test_04_writes_the_submission_when_the_baselines_cannot_be_scored_without_baselines(trained, tmp_path):
+    """The comparison with the baselines is a courtesy of a plain 04 run: training images gone (only the test maps
+    and test images kept) cost the comparison, said in one line, not the submission."""
+    out = clone(trained, tmp_path)
+    root = tmp_path / "input"
+    shutil.copytree(trained.root, root, ignore=shutil.ignore_patterns(files.TRAIN, files.TRAIN_MASKS))
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    proc = run_script("04_submit.py", "--input", root, "--output", out, *FLAGS)
+    assert (files.run_dir(out, EXPERIMENT) / "submission.csv.gz").exists()
+    assert [line for line in proc.stdout.splitlines() if "not compared with the average-mask baselines" in line]
+    refused = run_script("04_submit.py", "--input", root, "--output", out, *FLAGS, "--baselines", "--submission",
+                         "again", check=False)
+    assert refused.returncode != 0 and not (files.run_dir(out, EXPERIMENT) / "again.csv.gz").exists()
