@@ -136,10 +136,10 @@ def _no_models(p: Params, run: Path) -> str:
     own = [a for i, a in enumerate(own) if not a.startswith("--folds")
            and not (i and own[i - 1] == "--folds")]  # the listed run has its own folds
     script = params_mod.RUN.get("script", "03_predict.py")
-    lines = [f"{r} ({_models_in(r)}): {params_mod.command(script, *own, '--output', str(r.parent), '--experiment', r.name)}"
+    found = [f"{r} ({_models_in(r)}): {params_mod.command(script, *own, '--output', str(r.parent), '--experiment', r.name)}"
              for r in runs]
     return (f"{run}: no trained model (fold*/model.pt) in this run (--output {p.output_dir} --experiment "
-            f"{p.experiment}); the runs found that have one, with the command for each:\n  " + "\n  ".join(lines))
+            f"{p.experiment}); the runs found that have one, with the command for each: " + "; ".join(found))
 
 
 def _models_in(run: Path) -> str:

@@ -67,7 +67,7 @@ def test_export_of_a_run_without_models_is_one_line_and_writes_nothing(exported)
     out = exported.out
     before = digest(out)
     line = error_line(run_script("05_export.py", *exported.args, "--experiment", "nothing_trained", check=False))
-    assert "no model.pt" in line and "02_train.py" in line
+    assert "no trained model" in line and "05_export.py" in line and "--experiment demo" in line  # the run that has
     assert digest(out) == before and not (out / "nothing_trained").exists()
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from conftest import PYTHON, ROOT, run_script
 from lib import files
-from test_failures import EXPERIMENT, clone
+from test_failures import EXPERIMENT, clone, error_line
 from test_outputs import commands_in, run_named
 
 
@@ -67,10 +67,12 @@ def test_no_model_lists_the_runs_found_and_each_listed_command_predicts(trained,
                       "--images-out", masks, "--workers", "0", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{base / 'output' / 'demo'}: no trained model" in proc.stderr and not masks.exists()
-    listed = [line for line in proc.stderr.splitlines() if "`" in line]
-    assert [line.split(" (")[0].strip() for line in listed] == [str(base / "output" / "demo" / "demo"), str(other)]
-    for line, run in zip(listed, (base / "output" / "demo" / "demo", other)):
-        cmd = commands_in(line)[0]
+    line = error_line(proc)  # one line, each run found with its command
+    runs = (base / "output" / "demo" / "demo", other)
+    assert all(f"{run} (fold(s) 0,1): `" in line for run in runs) and line.index(str(runs[0])) < line.index(str(other))
+    listed = commands_in(line)
+    assert len(listed) == len(runs), line
+    for cmd, run in zip(listed, runs):
         assert cmd[cmd.index("--output") + 1] == str(run.parent) and cmd[cmd.index("--experiment") + 1] == run.name
         assert cmd[cmd.index("--preset") + 1] == "demo" and cmd[cmd.index("--images-out") + 1] == str(masks)
         shutil.rmtree(masks, ignore_errors=True)
