@@ -465,13 +465,8 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
     given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
-    import os
-    import shlex
-    import sys
-    root = Path(__file__).resolve().parent
-    python = Path(sys.executable)
-    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"  # .venv/bin/python
-    words = [shown_python, os.path.relpath(root / script), *args]
+    from lib.errors import shell_command
+    words = list(args)
     for name, value in GIVEN.items():
         if name in drop or "--" + name.replace("_", "-") in args:
             continue
@@ -482,7 +477,7 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
             words.append(f"--no-{name.replace('_', '-')}")
         else:
             words += [flag, str(value)]
-    return "`" + " ".join(shlex.quote(str(w)) for w in words) + "`"
+    return shell_command(Path(__file__).resolve().parent / script, words)
 
 
 def rerun(*extra: str) -> str:

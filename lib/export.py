@@ -96,7 +96,7 @@ def check(p: Params, n: int, folds: list[int] | None = None, tolerance: float = 
     difference; PipelineError when the max exceeds ``tolerance``."""
     from lib import deploy, layout
     from lib.cache import decode_net_image
-    from lib.inputs import read_image_bytes
+    from lib.photos import read_image_bytes
     model = deploy.load(export_dir(p) / ONNX_NAME)
     ens = load_fold_models(p, folds)
     if [m["digest"] for m in ens.fingerprints] != [m["digest"] for m in model.record["models"]]:
