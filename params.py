@@ -417,6 +417,17 @@ def decoder_widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def fold_list(text: str) -> list[int]:
+    """'0,2' -> [0, 2] (argparse type of 03's and 05's --folds)."""
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
+    if min(ks) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: fold numbers are >= 0")
+    return ks
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with errors as one line (the usage block is what --help is for); exit status 2 as argparse's."""
 
