@@ -35,7 +35,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "(default output/<experiment>/images)")
     parser.add_argument("--overwrite", action="store_true",
                         help="with --images: replace files in --images-out that 03 did not write (refused otherwise)")
-    parser.add_argument("--folds", type=fold_list, metavar="K[,K...]",
+    parser.add_argument("--folds", type=params.fold_list, metavar="K[,K...]",
                         help="ensemble only these fold models (default: every fold of the split)")
     parser.add_argument("--retune", action="store_true", help="tune again even if tuning.json matches the models")
     parser.add_argument("--replace", action="store_true",
@@ -43,17 +43,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-only", action="store_true",
                         help="tune and prepare the test map folder, predict nothing (before --shard jobs)")
     parser.add_argument("--shard", metavar="K/N", help="predict shard K of N (0 <= K < N) of the test batches")
-
-
-def fold_list(text: str) -> list[int]:
-    """'0,2' -> [0, 2] (argparse type of --folds)."""
-    try:
-        ks = [int(k) for k in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
-    if min(ks) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: fold numbers are >= 0")
-    return ks
 
 
 def main(p: params.Params, args: argparse.Namespace) -> None:

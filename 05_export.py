@@ -16,21 +16,10 @@ from lib.errors import run_main
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--folds", type=fold_list, metavar="K[,K...]",
+    parser.add_argument("--folds", type=params.fold_list, metavar="K[,K...]",
                         help="export these fold models (default: the full model, else every fold model)")
     parser.add_argument("--check", type=int, default=0, metavar="N",
                         help="after exporting, compare onnxruntime with torch on N training images (max, mean diff)")
-
-
-def fold_list(text: str) -> list[int]:
-    """'0,2' -> [0, 2] (argparse type of --folds)."""
-    try:
-        ks = [int(k) for k in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
-    if min(ks) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: fold numbers are >= 0")
-    return ks
 
 
 def main(p: params.Params, args: argparse.Namespace) -> None:

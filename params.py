@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 
-STAGES = ("01", "02", "03", "04")  # the numbered scripts, by the first two characters of their names
+STAGES = ("01", "02", "03", "04", "05")  # the numbered scripts, by the first two characters of their names
 
 
 class Range(typing.NamedTuple):
@@ -91,13 +91,16 @@ class Params:
     """Every setting: its type and default, and beside them its Setting (``SETTINGS``), one field each."""
 
     # --- where things are ---
-    input: str = _EVERY("input", "data folder in the Kaggle layout (train/, train_masks/, test/, ...)", resumable=True)
-    output: str = _EVERY("output", "results folder: folds.csv, cache/, one folder per experiment", resumable=True)
-    experiment: str = _EVERY("unet_resnet34_1280", "run folder name under output/")
+    input: str = _EVERY("input", "data folder in the Kaggle layout (train/, train_masks/, test/, ...)",
+                        stages="01 02 03 04 05", resumable=True)
+    output: str = _EVERY("output", "results folder: folds.csv, cache/, one folder per experiment",
+                         stages="01 02 03 04 05", resumable=True)
+    experiment: str = _EVERY("unet_resnet34_1280", "run folder name under output/", stages="01 02 03 04 05")
     seed: int = _EVERY(42, "seeds the split, the demo data, training and augmentation", stages="01 02",
                        low=0, high=2**32 - 1)
     max_image_mp: float = _EVERY(100.0, "largest image read, in megapixels (images are decoded whole; a larger one "
-                                 "is refused, naming it: raise this where memory allows)", above=0, resumable=True)
+                                 "is refused, naming it: raise this where memory allows)", stages="01 02 03 04 05",
+                                 above=0, resumable=True)
     mask_suffix: str = _EVERY("", "mask of image <id>: train_masks/<id><suffix>.<png|gif|tif|bmp>, or a folder "
                               "<id><suffix>/ of instance masks (merged); empty = auto: \"_mask\" (Carvana's), else "
                               "no suffix")
@@ -192,7 +195,7 @@ class Params:
                                "pip install tensorboard)", resumable=True)
 
     # --- hardware ---
-    device: str = _HARDWARE("auto", "auto | cpu | cuda | cuda:N", resumable=True)
+    device: str = _HARDWARE("auto", "auto | cpu | cuda | cuda:N", stages="02 03 05", resumable=True)
     amp: str = _HARDWARE("auto", "mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: bf16 "
                          "where it has AMX, else off) | bf16 | fp16 | off", choices=("auto", "bf16", "fp16", "off"))
     sync_bn: bool = _HARDWARE(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not "
@@ -204,7 +207,7 @@ class Params:
                           "cores (on a 2-core CPU, 2 single-threaded folds at once beat one 2-thread process: "
                           "results/recipes.md)", stages="02", low=1, resumable=True)
     threads: int = _HARDWARE(0, "torch CPU threads per process (0 = torch's default, one per core; give cores / "
-                             "processes when several share them)", low=0, resumable=True)
+                             "processes when several share them)", stages="02 03 05", low=0, resumable=True)
 
     # --- large images: sliding-window prediction at the image's own scale (lib/tiles.py) ---
     tile_size: int = _TILES(0, "03 --images: predict by sliding window with tiles of this side at the network's scale "
@@ -216,12 +219,12 @@ class Params:
                                  low=0, high=0.5)
 
     # --- 03_predict / 04_submit ---
-    tta: str = _OUTPUT("auto", "auto (pick on out-of-fold Dice) | none | hflip", stages="03",
+    tta: str = _OUTPUT("auto", "auto (pick on out-of-fold Dice) | none | hflip", stages="03 05",
                        choices=("auto", "none", "hflip"))
-    threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)")
+    threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)", stages="03 04 05")
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",
-                               choices=("auto", "none", "largest"))
+                               stages="03 04 05", choices=("auto", "none", "largest"))
     predict_batch_size: int = _OUTPUT(8, "images per inference batch", stages="02 03", low=1, resumable=True)
     submission: str = _OUTPUT("submission", "file name (without .csv.gz) under the experiment folder", stages="04")
     rle_order: str = _OUTPUT("row", "pixel order of run-length codes in submissions and train_masks.csv: row "
@@ -289,7 +292,7 @@ def _help_text(f: dataclasses.Field) -> str:
 
 
 def add_param_flags(parser: argparse.ArgumentParser, stage: str | None = None, script: str | None = None) -> None:
-    """One --flag per Params field (bools as --x/--no-x), plus --preset. With ``stage`` ("01".."04"), --help lists
+    """One --flag per Params field (bools as --x/--no-x), plus --preset. With ``stage`` ("01".."05"), --help lists
     the settings that stage uses, with description, default, preset values and choices; the others are accepted
     and hidden."""
     parser.add_argument("--preset", choices=sorted(PRESETS),
@@ -414,6 +417,17 @@ def decoder_widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def fold_list(text: str) -> list[int]:
+    """'0,2' -> [0, 2] (argparse type of 03's and 05's --folds)."""
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
+    if min(ks) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: fold numbers are >= 0")
+    return ks
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with errors as one line (the usage block is what --help is for); exit status 2 as argparse's."""
 
@@ -465,13 +479,8 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
     given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
-    import os
-    import shlex
-    import sys
-    root = Path(__file__).resolve().parent
-    python = Path(sys.executable)
-    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"  # .venv/bin/python
-    words = [shown_python, os.path.relpath(root / script), *args]
+    from lib.errors import shell_command
+    words = list(args)
     for name, value in GIVEN.items():
         if name in drop or "--" + name.replace("_", "-") in args:
             continue
@@ -482,7 +491,7 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
             words.append(f"--no-{name.replace('_', '-')}")
         else:
             words += [flag, str(value)]
-    return "`" + " ".join(shlex.quote(str(w)) for w in words) + "`"
+    return shell_command(Path(__file__).resolve().parent / script, words)
 
 
 def rerun(*extra: str) -> str:

@@ -52,7 +52,7 @@ def stage(script: str, *args) -> None:
 def bench_preset(preset: str, base: Path, n_photos: int, repeats: int) -> list[tuple[str, float]]:
     from demo import cars
     from lib.cache import decode_net_image
-    from lib.inputs import read_image_bytes
+    from lib.photos import read_image_bytes
     from lib.overlay import predict_photos as torch_photos
     from lib.predict import load_fold_models, predict_batch
     from lib.runtime import Precision

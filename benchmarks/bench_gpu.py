@@ -32,7 +32,8 @@ from lib import files, layout, tta  # noqa: E402
 from lib.cache import Cache  # noqa: E402
 from lib.data import SeededShuffle, TrainSet, make_loader, transform_for  # noqa: E402
 from lib.errors import PipelineError, run_main  # noqa: E402
-from lib.inputs import image_size, read_image_bytes  # noqa: E402
+from lib.inputs import image_size  # noqa: E402
+from lib.photos import read_image_bytes  # noqa: E402
 from lib.losses import BceDice  # noqa: E402
 from lib.model import build_model  # noqa: E402
 from lib.runtime import Precision  # noqa: E402

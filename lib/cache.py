@@ -32,14 +32,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from lib import files, fingerprint, parallel
 from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
-from lib.geometry import padded_size, to_net
-from lib.inputs import image_header_size, image_size, read_image_bytes, train_pairs
+from lib.inputs import image_header_size, image_size, train_pairs
+from lib.photos import decode_to_net, read_image_bytes
 from lib.task import BINARY, Task
 from params import SETTINGS, Params
 
@@ -58,22 +57,10 @@ def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tup
 
 
 def decode_net_image(raw: bytes, path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """``load_net_image`` of the bytes ``raw`` already read from ``path``."""
-    h0, w0 = image_size(raw, path)
-    data = np.frombuffer(raw, np.uint8)
-    flag = cv2.IMREAD_COLOR
-    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if h0 // factor >= height and w0 // factor >= width and (height, width) != padded_size(h0, w0):
-            flag = reduced
-            break
-    image = cv2.imdecode(data, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like its mask and PIL's size
-    if image is None:
-        raise PipelineError(f"{path}: not a readable image")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if flag == cv2.IMREAD_COLOR:
-        return to_net(image, height, width), (h0, w0)
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), (h0, w0)
+    """``load_net_image`` of the bytes ``raw`` already read from ``path`` (its size from the header, checked against
+    --max-image-mp before decoding; the decoding is ``photos.decode_to_net``, which deploy.py shares)."""
+    size = image_size(raw, path)
+    return decode_to_net(raw, path, size, height, width), size
 
 
 # --- what a cache was made from ---

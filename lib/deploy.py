@@ -17,15 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lib import files, rle
+from lib import photos
 from lib.errors import PipelineError
-from lib.geometry import padded_size, to_net
 from lib.task import Task
 
 ONNX_NAME, JSON_NAME = "model.onnx", "export.json"
 OPSET = 17  # the TorchScript exporter's well-supported opset; onnxruntime >= 1.14 runs it
 RECORD_VERSION = 1
-MASKS_CSV = "masks.csv"
 
 
 def onnx_digest(data: bytes) -> str:
@@ -86,52 +84,62 @@ def load(onnx_path: Path, providers: list[str] | None = None) -> Exported:
     return Exported(path, record, session, task)
 
 
+class WrongChannels(PipelineError):
+    """A photo the model cannot take: it refuses the whole run before anything is written (not a skip)."""
+
+
 def net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(3, height, width) uint8 RGB at the network size and the photo's (H0, W0), as 03_predict.py --images makes it
-    (lib.cache.decode_net_image: decoded reduced by 8, 4 or 2 when that is still at least the network size, then
-    INTER_AREA resize; reflect-padded at full resolution). A photo of other than 3 channels is refused."""
-    raw = np.fromfile(path, np.uint8)
-    full = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    """(3, height, width) uint8 RGB at the network size and the photo's (H0, W0), as 03_predict.py --images makes
+    it (``photos.decode_to_net``). PipelineError if it cannot be read (the photo is skipped); ``WrongChannels`` for a
+    photo of other than 3 channels (the run is refused)."""
+    raw = photos.read_image_bytes(path)
+    full = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if full is None:
         raise PipelineError(f"{path}: not a readable image")
     channels = 1 if full.ndim == 2 else full.shape[2]
     if channels != 3:
         fix = shlex.join(["python", "-c", "import cv2, sys; cv2.imwrite(sys.argv[1], cv2.imread(sys.argv[1], "
                           "cv2.IMREAD_COLOR))", str(path)])
-        raise PipelineError(f"{path}: {channels} channel(s); the model takes 3 (RGB); nothing was written: convert "
+        raise WrongChannels(f"{path}: {channels} channel(s); the model takes 3 (RGB); nothing was written: convert "
                             f"it to RGB: `{fix}`")
-    h0, w0 = full.shape[:2]
-    flag = cv2.IMREAD_COLOR
-    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if h0 // factor >= height and w0 // factor >= width and (height, width) != padded_size(h0, w0):
-            flag = reduced
-            break
-    image = cv2.cvtColor(cv2.imdecode(raw, flag | cv2.IMREAD_IGNORE_ORIENTATION), cv2.COLOR_BGR2RGB)
-    image = to_net(image, height, width) if flag == cv2.IMREAD_COLOR else \
-        cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image.transpose(2, 0, 1)), (h0, w0)
+    size = full.shape[:2]
+    del full
+    return np.ascontiguousarray(photos.decode_to_net(raw, path, size, height, width).transpose(2, 0, 1)), size
 
 
-def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8, rle_order: str = "row") -> Path:
-    """Write ``<stem>_mask.png``, ``<stem>_overlay.jpg`` and masks.csv for ``paths`` into ``out`` (every photo is
-    read and checked before anything is written); returns ``out``."""
+def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8, rle_order: str = "row",
+                   overwrite: bool = False, again: str = "") -> tuple[list[int], photos.Skipped]:
+    """Write ``<stem>_mask.png``, ``<stem>_overlay.jpg`` and masks.csv for ``paths`` into ``out``, as
+    03_predict.py --images does (lib/photos.py: the same skips, writing and record): every photo is read first; one
+    that cannot be read is skipped with a line, one of another channel count refuses the run, a file in ``out`` that
+    neither writer wrote refuses it unless ``overwrite`` (``again``: the command that asks), all before anything is
+    written. Returns the indices predicted and those skipped; PipelineError when none could be."""
     h, w = model.size
     threshold, post, task = float(model.record["threshold"]), model.record["postprocess"], model.task
-    loaded = [net_image(path, h, w) for path in paths]  # refuses a bad photo before any file is written
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [files.csv_row("img", "rle_mask")]
-    for start in range(0, len(paths), batch):
-        chunk = loaded[start:start + batch]
-        maps = model.maps(np.stack([image for image, _ in chunk]))
-        for path, (_, orig), m in zip(paths[start:start + batch], chunk, maps):
-            decision = task.decide_maps([m], [1.0], orig, threshold, post)
-            photo = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            png_values, shown = task.mask_pictures(photo[..., ::-1], decision)
-            files.write_bytes_atomic(out / f"{path.stem}_mask.png", cv2.imencode(".png", png_values)[1].tobytes())
-            files.write_bytes_atomic(out / f"{path.stem}_overlay.jpg",
-                                     cv2.imencode(".jpg", shown[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-            lines += [files.csv_row(k, rle.encode(c, rle_order))
-                      for k, c in zip(task.row_ids(path.name, path.stem), task.class_masks(decision))]
-    files.write_text_atomic(out / MASKS_CSV, "".join(lines))
-    return out
+    skipped, loaded = photos.Skipped(), {}
+    for i, path in enumerate(paths):
+        why = photos.not_a_file(path)
+        if why is None:
+            try:
+                loaded[i] = net_image(path, h, w)
+            except WrongChannels:
+                raise
+            except (PipelineError, *photos.DECODER_ERRORS) as e:
+                why = photos.unreadable(path, e)
+        if why is not None:
+            skipped.add(i, why)
+    if not loaded:
+        raise PipelineError(skipped.none_predicted())
+    record = photos.claim(out, paths, overwrite, again)
+    rows: dict[int, list[tuple[str, str]]] = {}
+    todo = sorted(loaded)
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        maps = model.maps(np.stack([loaded[i][0] for i in chunk]))
+        for i, m in zip(chunk, maps):
+            _, photo_rows, why = photos.write_photo(i, paths[i], m, loaded[i][1], threshold, out, rle_order, task, post)
+            if why:
+                skipped.add(i, why)
+            else:
+                rows[i] = photo_rows
+    return photos.finish(out, record, paths, rows, skipped), skipped

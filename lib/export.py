@@ -96,7 +96,7 @@ def check(p: Params, n: int, folds: list[int] | None = None, tolerance: float = 
     difference; PipelineError when the max exceeds ``tolerance``."""
     from lib import deploy, layout
     from lib.cache import decode_net_image
-    from lib.inputs import read_image_bytes
+    from lib.photos import read_image_bytes
     model = deploy.load(export_dir(p) / ONNX_NAME)
     ens = load_fold_models(p, folds)
     if [m["digest"] for m in ens.fingerprints] != [m["digest"] for m in model.record["models"]]:
@@ -108,7 +108,7 @@ def check(p: Params, n: int, folds: list[int] | None = None, tolerance: float = 
     images = np.stack([decode_net_image(read_image_bytes(path), path, h, w)[0] for path in paths]).transpose(0, 3, 1, 2)
     ours = model.probabilities(np.ascontiguousarray(images))
     with torch.no_grad():
-        theirs = Averaged(ens, model.record["tta"]).float()(torch.from_numpy(images)).numpy()
+        theirs = Averaged(ens, model.record["tta"]).to("cpu").float()(torch.from_numpy(images)).numpy()
     diff = np.abs(ours - theirs)
     worst, mean = float(diff.max()), float(diff.mean())
     print(f"--check on {len(images)} image(s): onnxruntime vs torch probabilities: max |diff| {worst:.2e}, "

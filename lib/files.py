@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from lib.errors import listing
+from lib.errors import PipelineError, listing
 from lib.layout import NAME_EXTS
 
 # --- input (the Kaggle layout) ---
@@ -352,6 +352,17 @@ def check_unlocked(path: Path, what: str, shared: bool = False) -> None:
                                 f"wait for it to finish, then run {_rerun()} (nothing was changed)") from None
     finally:
         os.close(fd)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; PipelineError naming the file if it cannot be read or is empty."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise PipelineError(f"{path}: empty file (0 bytes)")
+    return data
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from lib import files, fingerprint, oof as oof_mod, testmaps
 from lib.errors import PipelineError
-from lib.inputs import read_image_bytes
+from lib.photos import read_image_bytes
 from lib.task import Task
 
 FOLDER = "overlays"  # in the run folder

@@ -20,10 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from lib import files, fingerprint, layout, parallel
 from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
+from lib.photos import read_image_bytes
 from lib.task import BINARY, Task
 
 Image.MAX_IMAGE_PIXELS = None  # PIL's decompression-bomb traceback gives way to the --max-image-mp check (max_pixels)
-JPEG_EOI = b"\xff\xd9"
 MAX_LISTED = 20  # problems printed before "... and N more"
 
 
@@ -39,14 +39,6 @@ class Checked:
     problem: str = ""
     image_fp: Fingerprint | None = None  # the image and mask file (or instance folder) as they were read
     mask_fp: Fingerprint | None = None
-
-
-def read_image_bytes(path: Path) -> bytes:
-    """The file's bytes; PipelineError naming the file if it is unreadable, empty or a truncated JPEG."""
-    data = _read_bytes(path)
-    if data[:2] == b"\xff\xd8" and JPEG_EOI not in data[-16:]:
-        raise PipelineError(f"{path}: truncated JPEG (no end-of-image marker); download it again")
-    return data
 
 
 def max_pixels() -> float:
@@ -119,7 +111,7 @@ def read_mask(path: Path) -> np.ndarray:
     makes index 0 the object), not its palette indices."""
     if path.is_dir():
         return read_instances(path)
-    _read_bytes(path)  # empty-file check with a clear message
+    files.read_bytes(path)  # empty-file check with a clear message
     try:
         with Image.open(path) as im:
             check_pixels(path, im.height, im.width)
@@ -172,7 +164,7 @@ def read_labels(path: Path, classes: int, colors: tuple = ()) -> np.ndarray:
     - an instance folder: files ``<anything>__<class name>.<ext>`` (``classes`` of them named by ``colors``' names,
       see ``read_class_instances``) -- handled by the caller, which knows the names.
     """
-    _read_bytes(path)
+    files.read_bytes(path)
     try:
         with Image.open(path) as im:
             check_pixels(path, im.height, im.width)
@@ -244,16 +236,6 @@ def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarr
     grey = np.zeros(256, np.uint8)
     grey[used] = colours[:, 0]
     return grey
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
-    if not data:
-        raise PipelineError(f"{path}: empty file (0 bytes)")
-    return data
 
 
 def _check_pair(args: tuple) -> Checked:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tiles, tta, tuning as tuning_mod
 from lib.cache import decode_net_image, open_for
+from lib.photos import read_image_bytes
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError, restart_advice
 from lib.model import load_model, state_digest
@@ -285,7 +286,7 @@ class TestImages(Dataset):
         fingerprint: the map records it, so that a re-run sees whether the image changed since)."""
         path = self.paths[i]
         before = os.stat(path)  # then read: a file written meanwhile gets a newer time than the one recorded
-        raw = inputs.read_image_bytes(path)
+        raw = read_image_bytes(path)
         image, orig = decode_net_image(raw, path, self.height, self.width)
         return torch.from_numpy(image).permute(2, 0, 1), i, torch.tensor(orig), fingerprint.of_bytes(raw, before).text()
 

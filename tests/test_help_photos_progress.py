@@ -32,6 +32,9 @@ def prepared(tiny_demo, tiny_prepared, tmp_path):
     ("03_predict.py", ["--images", "--images-out", "--shard", "--tune-only"], ["--tta", "--threshold"],
      ["--lr", "--n-folds"]),
     ("04_submit.py", ["--preds", "--baselines", "--score"], ["--threshold", "--submission"], ["--lr", "--epochs"]),
+    ("05_export.py", ["--folds", "--check"], ["--experiment", "--output", "--input", "--tta", "--threshold",
+                                              "--postprocess", "--device", "--threads", "--max-image-mp"],
+     ["--lr", "--n-folds", "--submission", "--classes", "--amp"]),
 ])
 def test_help_lists_the_stage_own_arguments_first_then_its_settings_explained(script, own, shown, hidden):
     proc = run_script(script, "--help")
@@ -60,7 +63,7 @@ def test_help_says_description_default_presets_and_choices():
 
 def test_help_does_not_import_torch():
     """--help answers before the heavy imports (torch takes seconds to import)."""
-    for script in ("01_prepare.py", "02_train.py", "03_predict.py", "04_submit.py"):
+    for script in ("01_prepare.py", "02_train.py", "03_predict.py", "04_submit.py", "05_export.py"):
         code = (f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
                 f"try:\n    runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
                 "except SystemExit:\n    pass\n"
