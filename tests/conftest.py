@@ -252,6 +252,18 @@ TINY_FLAGS = ["--preset", "demo", "--height", "64", "--width", "96", "--n-folds"
               "--batch-size", "8", "--epochs", "2", "--predict-batch-size", "16", "--val-every", "1", "--jobs", "1"]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """torch's thread count as it was before each test: a test that pins it (test_tiles: one thread for a tolerance)
+    must not leak it into the stage runs of later tests, which run in this process and are compared bit for bit with
+    runs in a process of their own (a resumed training against a straight one)."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """Input root with a tiny synthetic demo dataset (read-only for tests: copy before changing)."""
