@@ -39,7 +39,8 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from params import usage  # the standard library only: no PyTorch here either
+    parser = argparse.ArgumentParser(description=usage(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model.onnx written by 05_export.py (export.json beside it)")
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="photos and folders of photos")
     parser.add_argument("--images-out", type=Path, metavar="DIR", help="where masks go (default: beside the model)")

@@ -426,10 +426,11 @@ def parse(description: str, argv: list[str] | None = None,
           ) -> tuple[Params, argparse.Namespace]:
     """Parse a script's command line: its own arguments (``extra``) and every Params field. ``script`` (its file
     name, e.g. "02_train.py") puts its own arguments first in --help and shows only the settings it uses."""
+    import shlex
     stage = script[:2] if script else None
     epilog = ("Settings of the other stages are accepted too, and ignored here, so that one set of flags serves "
-              "every stage. All settings: python params.py") if stage else None
-    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+              f"every stage. All settings: {shlex.join(_invocation('params.py'))}") if stage else None
+    parser = OneLineParser(description=usage(description), formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False, epilog=epilog, prog=script)
     if extra is not None:
         extra(parser.add_argument_group(f"{script or 'this script'}") if script else parser)
@@ -461,17 +462,48 @@ MAX_IMAGE_MP_ENV = "PIPELINE_MAX_IMAGE_MP"  # --max-image-mp, as lib.inputs read
 RUN: dict = {}
 
 
+def python() -> str:
+    """The interpreter this process runs, as a command names it: ``.venv/bin/python`` (its path from the working
+    folder) inside the project, else ``python``."""
+    import os
+    import sys
+    executable = Path(sys.executable)
+    return os.path.relpath(executable) if executable.is_relative_to(Path.cwd()) else "python"
+
+
+def _invocation(script: str, program: str = "python") -> list[str]:
+    """The words that start ``script`` (e.g. "02_train.py") as this process was started: the interpreter it runs
+    (``.venv/bin/python`` inside the project, else ``python``) and the script's path from the working folder.
+    ``program`` "torchrun": the torchrun beside that interpreter (``.venv/bin/torchrun``) instead."""
+    import os
+    shown = python()
+    if program != "python":
+        shown = os.path.join(os.path.dirname(shown), program) if os.path.dirname(shown) else program
+    return [shown, os.path.relpath(Path(__file__).resolve().parent / script)]
+
+
+def usage(doc: str) -> str:
+    """A script's docstring as --help shows it: each example's ``python <script>.py`` (a script of this project)
+    becomes the interpreter and path this process was started with, and ``torchrun <its flags> <script>.py`` the
+    torchrun beside that interpreter and the same path, so that an example pastes as printed."""
+    import re
+    import shlex
+    root = Path(__file__).resolve().parent
+
+    def shown(m: re.Match) -> str:
+        if not (root / m[3]).is_file():
+            return m[0]
+        program, script = _invocation(m[3], m[1])
+        return f"{shlex.quote(program)}{m[2]}{shlex.quote(script)}"
+    return re.sub(r"\b(python|torchrun)((?: +--?[\w-]+(?: +[\w:.]+)?)*? +)([\w.]+\.py)\b", shown, doc)
+
+
 def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
     given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
-    import os
     import shlex
-    import sys
-    root = Path(__file__).resolve().parent
-    python = Path(sys.executable)
-    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"  # .venv/bin/python
-    words = [shown_python, os.path.relpath(root / script), *args]
+    words = [*_invocation(script), *args]
     for name, value in GIVEN.items():
         if name in drop or "--" + name.replace("_", "-") in args:
             continue
@@ -485,13 +517,31 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     return "`" + " ".join(shlex.quote(str(w)) for w in words) + "`"
 
 
-def rerun(*extra: str) -> str:
+def rerun(*extra: str, drop: tuple[str, ...] = ()) -> str:
     """The command that runs this process again as the user gave it (``command`` of its script and own arguments),
-    with ``extra`` arguments (a setting among them replaces the user's): what an error advises once the process that
-    held a lock has finished, or with the flag that lets it through (``--max-image-mp 180``, ``--overwrite``)."""
+    with ``extra`` arguments (a flag among them, a setting or the script's own such as ``--folds 0,1``, replaces the
+    user's with its values): what an error advises once the process that held a lock has finished, or with the flag
+    that lets it through (``--max-image-mp 180``, ``--overwrite``, the folds it can use); less the script's own flags
+    ``drop`` ("--score")."""
     import sys
     script, args = (RUN["script"], RUN["args"]) if RUN else (Path(sys.argv[0]).name, [])
-    return command(script, *args, *[a for a in extra if a not in args or not a.startswith("--")])
+    return command(script, *without_flags(args, [*drop, *(a for a in extra if a.startswith("--"))]), *extra)
+
+
+def without_flags(args: list[str], flags: list[str]) -> list[str]:
+    """``args`` (a command line's words) less each of ``flags`` ("--folds") with the values after it (up to the next
+    word that starts with "--"), and less ``--flag=value`` words: ['--folds', '0,1', '--retune'] less ['--folds'] ->
+    ['--retune']."""
+    kept, skipping = [], False
+    for a in args:
+        if a.startswith("--"):
+            skipping = a in flags
+            if skipping or a.split("=", 1)[0] in flags:
+                continue
+        elif skipping:
+            continue
+        kept.append(a)
+    return kept
 
 
 def save(p: Params, path: Path) -> None:

@@ -24,8 +24,8 @@ import pandas as pd
 from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tiles, tta, tuning as tuning_mod
 from lib.cache import decode_net_image, open_for
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
-from lib.errors import PipelineError, restart_advice
-from lib.model import load_model, state_digest
+from lib.errors import PipelineError, restart_advice, steps
+from lib.model import load_model, read_checkpoint, state_digest
 from lib.progress import progress
 from lib.oof import load_oof
 from lib.task import Task
@@ -69,11 +69,41 @@ def load_ensemble(p: Params, split: pd.DataFrame, only: list[int] | None = None,
     if optional and len(missing) == len(ks):
         return None
     if missing:
-        trained = ",".join(str(k) for k in ks if k not in missing) or "K"
-        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
-                            f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} (or --fold K) first, "
-                            f"or ensemble the trained folds only: --folds {trained}")
+        raise PipelineError(_unfit_folds(p, split, ks, missing))
     return _load_models(p, ks, pick_device(p.device, local_rank), split)
+
+
+def _unfit_folds(p: Params, split: pd.DataFrame, ks: list[int], missing: list[int]) -> str:
+    """The error when folds ``missing`` of ``ks`` have no model: which folds cannot be used (no model, or one trained
+    on another split than ``split``), the 02_train.py commands that train them, and, when some folds fit the split,
+    this command with ``--folds`` of those: advice that names only folds 03 will accept."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    stale = [k for k in ks if k not in missing and _split_of(files.fold_dir(p.output_dir, p.experiment, k)
+                                                             / files.BEST) != folds_mod.fold_digest(split, k)]
+    fit = [k for k in ks if k not in missing and k not in stale]
+    bad = sorted(missing + stale)
+
+    def how(ks: list[int]) -> list[str]:  # 02 refuses a fold folder with files unless told what to do with them
+        started = [k for k in ks if (files.fold_dir(p.output_dir, p.experiment, k) / files.LAST).exists()]
+        return ["--restart"] if set(ks) & set(stale) else ["--resume"] if started else []
+    if bad == list(range(folds_mod.n_folds_of(split))):
+        train = [params_mod.command("02_train.py", "--fold", "all", *how(bad), drop=("folds",))]
+    else:
+        train = [params_mod.command("02_train.py", "--fold", str(k), *how([k]), drop=("folds",)) for k in bad]
+    if stale and (run / files.TEST_PROBS).is_dir():
+        train.append(params_mod.command("03_predict.py", "--replace"))  # the old models' maps go (restart_advice)
+    what = "; ".join(([f"no model for fold(s) {','.join(map(str, missing))}"] if missing else []) + (
+        [f"fold(s) {','.join(map(str, stale))} trained on another split of the images than "
+         f"{files.folds_csv(p.output_dir)} (re-split since, or a checkpoint from elsewhere): their out-of-fold scores "
+         "would be wrong"] if stale else []))
+    only = (f", or ensemble the folds that fit the split only: {params_mod.rerun('--folds', ','.join(map(str, fit)))}"
+            if fit else "")
+    return f"{run}: {what}; train them first: {steps(*train)}{only}"
+
+
+def _split_of(path: Path) -> str | None:
+    """The split digest a checkpoint was trained on (``folds.fold_digest``), None when it records none."""
+    return read_checkpoint(path).get("split")
 
 
 def load_final(p: Params, split: pd.DataFrame, only: list[int] | None = None, local_rank: int = 0
@@ -130,8 +160,9 @@ def _no_models(p: Params, run: Path) -> str:
     runs = trained_runs(p.output_dir)
     if not runs:
         return (f"{run}: no trained model (fold*/model.pt) here, nor in any run under {p.output_dir} or an output*/ "
-                f"folder beside it; train one first ({params_mod.command('02_train.py', '--fold', 'all')} after "
-                "01_prepare.py, see README), or give the --output and --experiment the models are in")
+                f"folder beside it; train one first: {params_mod.command('01_prepare.py')}, then "
+                f"{params_mod.command('02_train.py', '--fold', 'all')}, or give the --output and --experiment the "
+                "models are in")
     own = params_mod.RUN.get("args", [])
     own = [a for i, a in enumerate(own) if not a.startswith("--folds")
            and not (i and own[i - 1] == "--folds")]  # the listed run has its own folds
@@ -156,6 +187,8 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
         advice = restart_advice(k, files.run_dir(p.output_dir, p.experiment))
         model, mp, ckpt = load_model(path, device, advice)
         if split is not None and ckpt.get("split") != folds_mod.fold_digest(split, k):
+            if k != files.FULL:  # every fold that does not fit, each with its command, and the folds that do
+                raise PipelineError(_unfit_folds(p, split, ks, []))
             raise PipelineError(f"{path}: trained on another split of the images than {files.folds_csv(p.output_dir)} "
                                 f"(re-split since, or a checkpoint from elsewhere): its out-of-fold scores would be "
                                 f"wrong; {advice}")
@@ -380,7 +413,8 @@ def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: boo
     if ens is None:
         tuning = untuned(p, split, final)
         tuning_mod.write(run, tuning)
-        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning.tta}"
+        print(f"tuning: no fold models to tune on ({params_mod.command('02_train.py', '--fold', 'all')} trains "
+              f"them): TTA {tuning.tta}"
               f"{_post_text(tuning)}, "
               f"threshold {tuning.threshold:.3f} -> {path}")
         return tuning
@@ -482,7 +516,8 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     dist.barrier()
     out = out or test_dir_for(p, tuning, False)
     if tune_only:
-        return print(f"tuned; test maps go to {out}: predict them with 03_predict.py, torchrun or --shard K/N")
+        return print(f"tuned; test maps go to {out}: predict them with {params_mod.command('03_predict.py')}, or "
+                     f"as N jobs, job K of them {params_mod.command('03_predict.py', '--shard', 'K/N')}")
     if final is not None and dist.main:
         print(f"test maps from {files.fold_dir(p.output_dir, p.experiment, files.FULL) / files.BEST} (fitted on every "
               "training image)" + (f"; TTA and threshold from the {len(ens.models)} fold models" if ens else ""))

@@ -178,8 +178,9 @@ def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None) -> No
 
 def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[str, str]]:
     """Stream (image id, RLE) rows of a submission ``.csv.gz`` (or ``.csv``), checking the header."""
+    from params import command
     if not path.exists():
-        raise PipelineError(f"{path}: missing; write it with 04_submit.py")
+        raise PipelineError(f"{path}: missing; write it with {command('04_submit.py')}")
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", newline="") as f:
@@ -192,7 +193,7 @@ def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[
                     raise PipelineError(f"{path}: line {n} has {len(row)} fields, expected 2")
                 yield (files.image_id(row[0]) if strip_extension else row[0]), row[1]
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: unreadable ({e}); write it again with 04_submit.py") from None
+        raise PipelineError(f"{path}: unreadable ({e}); write it again with {command('04_submit.py')}") from None
 
 
 def file_sha256(path: Path) -> str:

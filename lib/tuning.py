@@ -99,7 +99,7 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
     tunes again)."""
     path = folder / files.TUNING
     if not folder.is_dir():
-        raise PipelineError(f"{folder}: no such prediction folder; run {PREDICT_STAGE} for that experiment "
+        raise PipelineError(f"{folder}: no such prediction folder; make it with {predict_command(folder)} "
                             "or fix --preds/--experiment")
     repair = f"tune again: {predict_command(folder)}" if repair is None else repair
     r = files.read_json(path, PREDICT_STAGE, SCHEMA, repair)
