@@ -127,9 +127,11 @@ def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
     ks = found if only is None else sorted(set(only))
     missing = [k for k in ks if k not in found]
     if missing:
-        raise PipelineError(f"{run}: no model.pt for fold(s) {missing}; train with "
-                            f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} first, or give the "
-                            "--experiment (and --output) the models are in")
+        have = [k for k in ks if k in found] or found
+        raise PipelineError(f"{run}: no model.pt for fold(s) {','.join(map(str, missing))}; train with "
+                            + steps(*(params_mod.command('02_train.py', '--fold', str(k)) for k in missing))
+                            + (f" first, or use the folds that have one: {params_mod.rerun('--folds', ','.join(map(str, have)))}"
+                               if have else " first") + ", or give the --experiment (and --output) the models are in")
     if not ks:
         raise PipelineError(_no_models(p, run))
     return _load_models(p, ks, pick_device(p.device), None)

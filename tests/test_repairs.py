@@ -103,6 +103,17 @@ def test_advice_after_a_resplit_names_only_folds_that_fit_and_runs_as_printed(tr
     assert list((files.run_dir(out, EXPERIMENT) / files.TEST_PROBS).glob("*.png"))
 
 
+def test_photos_with_a_fold_that_has_no_model_name_the_folds_that_do_and_that_command_runs(trained, tmp_path):
+    photo = sorted((trained.root / files.TEST).iterdir())[0]
+    line = error_line(run_script("03_predict.py", *args_for(trained, trained.out), "--images", photo, "--images-out",
+                                 tmp_path / "masks", "--folds", "0,5", check=False))
+    assert "no model.pt for fold(s) 5" in line, line
+    words = printed(line, "03_predict.py")
+    assert words[words.index("--folds") + 1] == "0" and words.count("--folds") == 1, line
+    run_printed(words)
+    assert (tmp_path / "masks" / f"{photo.stem}_mask.png").exists()
+
+
 # --- 2. a replaced model.pt is tuned on its own out-of-fold maps ---
 def test_a_replaced_model_is_tuned_on_maps_it_predicts_not_on_the_old_oof_file(trained, tmp_path):
     out = clone(trained, tmp_path)
