@@ -140,7 +140,9 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
               f"(the submission is written all the same)")
     if not with_baselines:
         results = {}
-    table = baseline.comparison_table(results, preds, manifest, {path.name: d for path, (d, _) in scores.items()})
+    table = baseline.comparison_table(results, preds, manifest, {path.name: d for path, (d, _) in scores.items()},
+                                      scoring.truth_folder(p.input_dir),
+                                      {path.name: per_class for path, (_, per_class) in scores.items()})
     files.write_text_atomic(run / files.COMPARISON, table)
     params.save(p, run / files.SUBMIT_PARAMS)  # what made the files above (a refused run writes nothing)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")

@@ -416,18 +416,15 @@ def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: boo
         tuning = untuned(p, split, final)
         tuning_mod.write(run, tuning)
         print(f"tuning: no fold models to tune on ({params_mod.command('02_train.py', '--fold', 'all')} trains "
-              f"them): TTA {tuning.tta}"
-              f"{_post_text(tuning)}, "
-              f"threshold {tuning.threshold:.3f} -> {path}")
+              f"them): TTA {tuning.tta}{_post_text(tuning)}, "
+              f"{tuning.task.decision_text(tuning.threshold, postprocess.NONE)} -> {path}")
         return tuning
     tuning = tune(p, split, ens)
     if final is not None:
         tuning = tuning.replace(models=expected_models(ens, final), final=files.FULL)
     tuning_mod.write(run, tuning)
-    for row in tuning.scores:
-        print(f"  {row['name']:<24} TTA {row['tta']:<6} {row['postprocess']:<8} threshold {row['threshold']:.3f}  "
-              f"OOF Dice {row['dice']:.5f}")
-    decided = "argmax" if tuning.class_dice else f"threshold {tuning.threshold:.3f}"
+    print("\n".join(tuning_mod.score_lines(tuning)))
+    decided = tuning.task.decision_text(tuning.threshold, postprocess.NONE)
     print(f"tuning: TTA {tuning.tta}{_post_text(tuning)}, {decided}, out-of-fold Dice "
           f"{tuning.oof_dice:.5f} over {tuning.n_images} images -> {path}")
     if tuning.class_dice:

@@ -20,11 +20,16 @@ from lib.task import Task
 MAX_LISTED = 10  # missing truth masks named in an error before "... and N more"
 
 
+def truth_folder(root: Path) -> Path:
+    """The folder of test truth masks that --score reads: ``root/test_masks`` (the demo data has one)."""
+    return root / files.TEST_MASKS
+
+
 def truth_paths(root: Path, ids: Sequence[str], mask_suffix: str = "") -> list[Path]:
     """The mask of each id in ``root/test_masks`` (named as training masks are: lib/layout.py); PipelineError naming
     the missing ones."""
     from params import command, rerun
-    folder = root / files.TEST_MASKS
+    folder = truth_folder(root)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: no test truth to score against (only the demo data has it: "
                             f"{command('01_prepare.py', '--demo')}); for Kaggle data, without --score: {rerun(drop=('--score',))}")
