@@ -449,7 +449,7 @@ def test_dir_for(p: Params, tuning: Tuning, replace: bool) -> Path:
     if foreign:
         if not replace:
             raise PipelineError(f"{out}: holds maps from other models or settings; add --replace to delete them "
-                                "and predict again, or use another --experiment")
+                                f"and predict again ({params_mod.rerun('--replace')}), or use another --experiment")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if not meta.exists() or foreign:  # every shard may get here: the same content, written once

@@ -33,7 +33,7 @@ from lib.metrics import level_of
 from lib.progress import progress
 from lib.task import BINARY, Task
 from lib.testmaps import Prediction
-from lib.tuning import PREDICT_STAGE
+from lib.tuning import PREDICT_STAGE, predict_command
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
@@ -80,11 +80,12 @@ def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
         path = folder / f"{image_id}.png"
         info = testmaps.header(path)
         if info is None or info[1] is None:
-            raise PipelineError(f"{path}: damaged, or records no size of its image; run {PREDICT_STAGE} again: it "
-                                "predicts such maps again")
+            raise PipelineError(f"{path}: damaged, or records no size of its image; run "
+                                f"{predict_command(folder.parent)} again: it predicts such maps again")
         if info[0] != size:
             raise PipelineError(f"{path}: map is {info[0][1]}x{info[0][0]}, the folder's tuning.json says "
-                                f"{size[1]}x{size[0]}; run {PREDICT_STAGE} again: it predicts such maps again")
+                                f"{size[1]}x{size[0]}; run {predict_command(folder.parent)} again: it predicts such "
+                                "maps again")
         origs.add(info[1])
         sources.append((path, info[2]))
         maps.append(testmaps.read_map(path))
