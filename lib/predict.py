@@ -63,8 +63,12 @@ def load_ensemble(p: Params, split: pd.DataFrame, only: list[int] | None = None,
     ks = list(range(k_all)) if only is None else sorted(set(only))
     outside = [k for k in ks if not 0 <= k < k_all]
     if outside:
+        fit = _fitting(p, split, list(range(k_all)))
         raise PipelineError(f"--folds {','.join(map(str, outside))}: the split in {files.folds_csv(p.output_dir)} "
-                            f"has folds 0..{k_all - 1}")
+                            f"has folds 0..{k_all - 1}; " + (
+                                f"the folds with a model of this split: {params_mod.rerun('--folds', _folds(fit))}"
+                                if fit else "no fold has a model of this split yet: train them with "
+                                f"{params_mod.command('02_train.py', '--fold', 'all', '--restart')}"))
     missing = [k for k in ks if not (files.fold_dir(p.output_dir, p.experiment, k) / files.BEST).exists()]
     if optional and len(missing) == len(ks):
         return None
@@ -78,9 +82,8 @@ def _unfit_folds(p: Params, split: pd.DataFrame, ks: list[int], missing: list[in
     on another split than ``split``), the 02_train.py commands that train them, and, when some folds fit the split,
     this command with ``--folds`` of those: advice that names only folds 03 will accept."""
     run = files.run_dir(p.output_dir, p.experiment)
-    stale = [k for k in ks if k not in missing and _split_of(files.fold_dir(p.output_dir, p.experiment, k)
-                                                             / files.BEST) != folds_mod.fold_digest(split, k)]
-    fit = [k for k in ks if k not in missing and k not in stale]
+    fit = _fitting(p, split, [k for k in ks if k not in missing])
+    stale = [k for k in ks if k not in missing and k not in fit]
     bad = sorted(missing + stale)
 
     def how(ks: list[int]) -> list[str]:  # 02 refuses a fold folder with files unless told what to do with them
@@ -96,14 +99,20 @@ def _unfit_folds(p: Params, split: pd.DataFrame, ks: list[int], missing: list[in
         [f"fold(s) {','.join(map(str, stale))} trained on another split of the images than "
          f"{files.folds_csv(p.output_dir)} (re-split since, or a checkpoint from elsewhere): their out-of-fold scores "
          "would be wrong"] if stale else []))
-    only = (f", or ensemble the folds that fit the split only: {params_mod.rerun('--folds', ','.join(map(str, fit)))}"
+    only = (f", or ensemble the folds that fit the split only: {params_mod.rerun('--folds', _folds(fit))}"
             if fit else "")
     return f"{run}: {what}; train them first: {steps(*train)}{only}"
 
 
-def _split_of(path: Path) -> str | None:
-    """The split digest a checkpoint was trained on (``folds.fold_digest``), None when it records none."""
-    return read_checkpoint(path).get("split")
+def _fitting(p: Params, split: pd.DataFrame, ks: list[int]) -> list[int]:
+    """The folds of ``ks`` whose model.pt exists and was trained on the split ``split`` (``folds.fold_digest``)."""
+    paths = {k: files.fold_dir(p.output_dir, p.experiment, k) / files.BEST for k in ks}
+    return [k for k in ks if paths[k].exists()
+            and read_checkpoint(paths[k]).get("split") == folds_mod.fold_digest(split, k)]
+
+
+def _folds(ks: list[int]) -> str:
+    return ",".join(map(str, ks))
 
 
 def load_final(p: Params, split: pd.DataFrame, only: list[int] | None = None, local_rank: int = 0

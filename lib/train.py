@@ -154,7 +154,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     index = k if full else fold  # seeds: the full model's are those a fold K would have
     if not full and not 0 <= fold < k:
         raise PipelineError(f"--fold {fold} is outside the split in {files.folds_csv(p.output_dir)} "
-                            f"(folds 0..{k - 1})")
+                            f"(folds 0..{k - 1}); every fold of it: {rerun('--fold', 'all')}")
     if p.batch_size % dist.world:
         raise PipelineError(f"--batch-size {p.batch_size} (the global batch) does not split over {dist.world} "
                             f"processes; use a multiple of {dist.world}")

@@ -98,6 +98,8 @@ def test_advice_after_a_resplit_names_only_folds_that_fit_and_runs_as_printed(tr
     assert "no model for fold(s) 2" in line and "fold(s) 1 trained on another split" in line, line
     words = printed(line, "03_predict.py")
     assert words[words.index("--folds") + 1] == "0", line  # the one fold that fits
+    outside = error_line(run_script("03_predict.py", *args, "--n-folds", "3", "--folds", "1,4", check=False))
+    assert "--folds 4: the split" in outside and printed(outside, "03_predict.py") == words, outside
     proc = run_printed(words)  # exactly as printed: it tunes on fold 0 and predicts the test maps
     assert "fold 0" in proc.stdout or "1-fold" in proc.stdout, proc.stdout
     assert list((files.run_dir(out, EXPERIMENT) / files.TEST_PROBS).glob("*.png"))
