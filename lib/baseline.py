@@ -261,8 +261,8 @@ def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction]
                + ("" if threshold else " The argmax of the classes decides each pixel: no threshold.")
                + (" Per class: `<class> OOF` out-of-fold" + (", `<class> test` on the test images" if test_classes
                                                              else "") + "." if classes else ""))
-    header = (["system", "TTA"] + (["threshold"] if threshold else []) + ["OOF Dice"] + (["test Dice"] if scored else [])
-              + [f"{c} OOF" for c in classes] + [f"{c} test" for c in test_classes])
+    header = (["system", "TTA"] + (["threshold"] if threshold else []) + ["OOF Dice"]
+              + (["test Dice"] if scored else []) + [f"{c} OOF" for c in classes] + [f"{c} test" for c in test_classes])
     lines, last = [caption, "", "| " + " | ".join(header) + " |",
                    "|---|---|" + "---:|" * (len(header) - 2)], None
     for name, tta, thr, oof, test, per_class, per_class_test in rows:

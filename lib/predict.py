@@ -137,10 +137,11 @@ def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
     missing = [k for k in ks if k not in found]
     if missing:
         have = [k for k in ks if k in found] or found
-        raise PipelineError(f"{run}: no model.pt for fold(s) {','.join(map(str, missing))}; train with "
+        use = (f" first, or use the folds that have one: {params_mod.rerun('--folds', _folds(have))}" if have
+               else " first")
+        raise PipelineError(f"{run}: no model.pt for fold(s) {_folds(missing)}; train with "
                             + steps(*(params_mod.command('02_train.py', '--fold', str(k)) for k in missing))
-                            + (f" first, or use the folds that have one: {params_mod.rerun('--folds', ','.join(map(str, have)))}"
-                               if have else " first") + ", or give the --experiment (and --output) the models are in")
+                            + use + ", or give the --experiment (and --output) the models are in")
     if not ks:
         raise PipelineError(_no_models(p, run))
     return _load_models(p, ks, pick_device(p.device), None)

@@ -32,7 +32,8 @@ def truth_paths(root: Path, ids: Sequence[str], mask_suffix: str = "") -> list[P
     folder = truth_folder(root)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: no test truth to score against (only the demo data has it: "
-                            f"{command('01_prepare.py', '--demo')}); for Kaggle data, without --score: {rerun(drop=('--score',))}")
+                            f"{command('01_prepare.py', '--demo')}); for Kaggle data, without --score: "
+                            f"{rerun(drop=('--score',))}")
     found, ambiguous, _ = layout.match_masks(ids, folder, mask_suffix, [])  # others: not scored
     if ambiguous:
         raise PipelineError(ambiguous[0])

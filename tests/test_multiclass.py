@@ -132,3 +132,4 @@ def test_the_multiclass_demo_end_to_end(tmp_path):
     assert f"test on the masks in {root / 'test_masks'}" in table  # the truth folder it scored against
     assert "threshold" not in predicted.stdout.split("tuning:")[0]  # 03's tuning lines: no threshold either
     assert "test Dice of submission.csv.gz" in done.stdout
+    assert "baseline_majority.csv.gz (none: the majority class decides)" in done.stdout  # no threshold named
