@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from params import usage  # the standard library only: no PyTorch here either
+    from lib.invocation import usage  # the standard library only: no params, no PyTorch
     parser = argparse.ArgumentParser(description=usage(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model.onnx written by 05_export.py (export.json beside it)")
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="photos and folders of photos")

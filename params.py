@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from lib.invocation import invocation, usage
+
 
 STAGES = ("01", "02", "03", "04")  # the numbered scripts, by the first two characters of their names
 
@@ -429,7 +431,7 @@ def parse(description: str, argv: list[str] | None = None,
     import shlex
     stage = script[:2] if script else None
     epilog = ("Settings of the other stages are accepted too, and ignored here, so that one set of flags serves "
-              f"every stage. All settings: {shlex.join(_invocation('params.py'))}") if stage else None
+              f"every stage. All settings: {shlex.join(invocation('params.py'))}") if stage else None
     parser = OneLineParser(description=usage(description), formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False, epilog=epilog, prog=script)
     if extra is not None:
@@ -462,48 +464,12 @@ MAX_IMAGE_MP_ENV = "PIPELINE_MAX_IMAGE_MP"  # --max-image-mp, as lib.inputs read
 RUN: dict = {}
 
 
-def python() -> str:
-    """The interpreter this process runs, as a command names it: ``.venv/bin/python`` (its path from the working
-    folder) inside the project, else ``python``."""
-    import os
-    import sys
-    executable = Path(sys.executable)
-    return os.path.relpath(executable) if executable.is_relative_to(Path.cwd()) else "python"
-
-
-def _invocation(script: str, program: str = "python") -> list[str]:
-    """The words that start ``script`` (e.g. "02_train.py") as this process was started: the interpreter it runs
-    (``.venv/bin/python`` inside the project, else ``python``) and the script's path from the working folder.
-    ``program`` "torchrun": the torchrun beside that interpreter (``.venv/bin/torchrun``) instead."""
-    import os
-    shown = python()
-    if program != "python":
-        shown = os.path.join(os.path.dirname(shown), program) if os.path.dirname(shown) else program
-    return [shown, os.path.relpath(Path(__file__).resolve().parent / script)]
-
-
-def usage(doc: str) -> str:
-    """A script's docstring as --help shows it: each example's ``python <script>.py`` (a script of this project)
-    becomes the interpreter and path this process was started with, and ``torchrun <its flags> <script>.py`` the
-    torchrun beside that interpreter and the same path, so that an example pastes as printed."""
-    import re
-    import shlex
-    root = Path(__file__).resolve().parent
-
-    def shown(m: re.Match) -> str:
-        if not (root / m[3]).is_file():
-            return m[0]
-        program, script = _invocation(m[3], m[1])
-        return f"{shlex.quote(program)}{m[2]}{shlex.quote(script)}"
-    return re.sub(r"\b(python|torchrun)((?: +--?[\w-]+(?: +[\w:.]+)?)*? +)([\w.]+\.py)\b", shown, doc)
-
-
 def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
     given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
     import shlex
-    words = [*_invocation(script), *args]
+    words = [*invocation(script), *args]
     for name, value in GIVEN.items():
         if name in drop or "--" + name.replace("_", "-") in args:
             continue

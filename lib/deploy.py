@@ -34,9 +34,9 @@ def onnx_digest(data: bytes) -> str:
 
 def export_command(onnx_path: Path) -> str:
     """The 05_export.py command that writes ``onnx_path`` and its JSON again (output/<experiment>/export/)."""
-    from params import command  # the standard library only: no PyTorch here either
+    from lib.invocation import invocation  # the standard library only: no params, no PyTorch
     run = Path(onnx_path).resolve().parent.parent
-    return command("05_export.py", "--output", str(run.parent), "--experiment", run.name)
+    return "`" + shlex.join([*invocation("05_export.py"), "--output", str(run.parent), "--experiment", run.name]) + "`"
 
 
 @dataclass
@@ -97,7 +97,7 @@ def net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[in
         raise PipelineError(f"{path}: not a readable image")
     channels = 1 if full.ndim == 2 else full.shape[2]
     if channels != 3:
-        from params import python
+        from lib.invocation import python
         fix = shlex.join([python(), "-c", "import cv2, sys; cv2.imwrite(sys.argv[1], cv2.imread(sys.argv[1], "
                           "cv2.IMREAD_COLOR))", str(path)])
         raise PipelineError(f"{path}: {channels} channel(s); the model takes 3 (RGB); nothing was written: convert "
