@@ -63,11 +63,14 @@ def test_deploy_imports_no_torch_and_writes_the_masks_of_03(exported, trained, t
     assert (out / "masks.csv").read_text() == (masks_03 / "masks.csv").read_text()
 
 
-def test_export_of_a_run_without_models_is_one_line_and_writes_nothing(exported):
+def test_export_of_a_run_without_models_names_the_runs_that_have_one_and_writes_nothing(exported):
     out = exported.out
     before = digest(out)
-    line = error_line(run_script("05_export.py", *exported.args, "--experiment", "nothing_trained", check=False))
-    assert "no model.pt" in line and "02_train.py" in line
+    proc = run_script("05_export.py", *exported.args, "--experiment", "nothing_trained", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    first, *listed = proc.stderr.strip().splitlines()  # one line, then one line per run with a model
+    assert "nothing_trained: no trained model (fold*/model.pt) in this run" in first
+    assert listed and all("05_export.py" in line and "--experiment demo" in line for line in listed), listed
     assert digest(out) == before and not (out / "nothing_trained").exists()
 
 
