@@ -2,7 +2,7 @@
 
     python 03_predict.py --preset demo                  # tune, then every test image in sample_submission.csv
     python 03_predict.py --preset demo --tta hflip      # force a TTA mode (default: the best out-of-fold)
-    python 03_predict.py --preset demo --input input/demo --output output/demo --images photos/ a.jpg 'b*.png' \
+    python 03_predict.py --preset demo --input input/demo --output output/demo --images photos/ a.jpg 'b*.png' \\
         'trip/**/*.jpg' --images-out masks/    # any photos, with the models of make demo
     python 03_predict.py --folds 0                      # only the folds trained so far (tuned on their images)
     torchrun --standalone --nproc_per_node 4 03_predict.py   # test images shared out over 4 processes (GPUs)

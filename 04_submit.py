@@ -130,7 +130,8 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
         made = baseline.write_baseline_submission(plan, p.input_dir / files.SAMPLE_SUBMISSION)
         extra = (f"; {made['images_without_a_view']} test image(s) with no view of the training masks got the global "
                  "average") if made.get("images_without_a_view") else ""
-        print(f"wrote {plan.path} (threshold {made['threshold']:.3f}{extra})")
+        decided = f"threshold {made['threshold']:.3f}" if task.uses_threshold else made["threshold_source"]
+        print(f"wrote {plan.path} ({decided}{extra})")
         written[plan.path.name] = plan.path
     scores = task.score_submissions(list(written.values()), p.input_dir, keys, class_rows, p.mask_suffix,
                                     p.rle_order) if score and written else {}
@@ -145,7 +146,8 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
               f"(the submission is written all the same)")
     if not with_baselines:
         results = {}
-    table = baseline.comparison_table(results, preds, manifest, {path.name: d for path, (d, _) in scores.items()})
+    table = baseline.comparison_table(results, preds, manifest, {path.name: d for path, (d, _) in scores.items()},
+                                      scoring.truth_folder(p.input_dir), {f.name: c for f, (_, c) in scores.items()})
     files.write_text_atomic(run / files.COMPARISON, table)
     params.save(p, run / files.SUBMIT_PARAMS)  # what made the files above (a refused run writes nothing)
     print("\n" + table + f"\n(saved to {run / files.COMPARISON})")

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from lib.errors import run_main, shell_command
+from lib.errors import run_main
+from lib.invocation import suggested
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> None:
@@ -23,7 +24,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> None:
     model = deploy.load(args.model, args.providers.split(","))
     paths = photos.photo_paths(args.images)
     out = args.images_out or args.model.parent / "images"
-    again = shell_command(Path(__file__), [*argv, *([] if args.overwrite else ["--overwrite"])])
+    again = suggested(Path(__file__).name, [*argv, *([] if args.overwrite else ["--overwrite"])])
     start = time.perf_counter()
     done, skipped = deploy.predict_photos(model, paths, out, args.batch_size, args.rle_order, args.overwrite, again)
     decided = model.task.decision_text(model.record["threshold"], model.record["postprocess"])
@@ -34,7 +35,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from lib.invocation import usage  # the standard library only: no params, no PyTorch
+    parser = argparse.ArgumentParser(description=usage(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model.onnx written by 05_export.py (export.json beside it)")
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="photos, folders of photos and globs")
     parser.add_argument("--images-out", type=Path, metavar="DIR", help="where masks go (default: beside the model)")

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from lib.invocation import invocation, suggested, usage
+
 
 STAGES = ("01", "02", "03", "04", "05")  # the numbered scripts, by the first two characters of their names
 
@@ -440,10 +442,11 @@ def parse(description: str, argv: list[str] | None = None,
           ) -> tuple[Params, argparse.Namespace]:
     """Parse a script's command line: its own arguments (``extra``) and every Params field. ``script`` (its file
     name, e.g. "02_train.py") puts its own arguments first in --help and shows only the settings it uses."""
+    import shlex
     stage = script[:2] if script else None
     epilog = ("Settings of the other stages are accepted too, and ignored here, so that one set of flags serves "
-              "every stage. All settings: python params.py") if stage else None
-    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+              f"every stage. All settings: {shlex.join(invocation('params.py'))}") if stage else None
+    parser = OneLineParser(description=usage(description), formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False, epilog=epilog, prog=script)
     if extra is not None:
         extra(parser.add_argument_group(f"{script or 'this script'}") if script else parser)
@@ -479,7 +482,6 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
     """The command line that runs ``script`` (e.g. "02_train.py") with ``args`` and the settings this process was
     given (less the fields in ``drop`` and those ``args`` set), quoted for a POSIX shell and in backticks:
     `.venv/bin/python 02_train.py --fold 0 --restart --preset demo --input 'in put'`."""
-    from lib.errors import shell_command
     words = list(args)
     for name, value in GIVEN.items():
         if name in drop or "--" + name.replace("_", "-") in args:
@@ -491,16 +493,34 @@ def command(script: str, *args: str, drop: tuple[str, ...] = ()) -> str:
             words.append(f"--no-{name.replace('_', '-')}")
         else:
             words += [flag, str(value)]
-    return shell_command(Path(__file__).resolve().parent / script, words)
+    return suggested(script, words)
 
 
-def rerun(*extra: str) -> str:
+def rerun(*extra: str, drop: tuple[str, ...] = ()) -> str:
     """The command that runs this process again as the user gave it (``command`` of its script and own arguments),
-    with ``extra`` arguments (a setting among them replaces the user's): what an error advises once the process that
-    held a lock has finished, or with the flag that lets it through (``--max-image-mp 180``, ``--overwrite``)."""
+    with ``extra`` arguments (a flag among them, a setting or the script's own such as ``--folds 0,1``, replaces the
+    user's with its values): what an error advises once the process that held a lock has finished, or with the flag
+    that lets it through (``--max-image-mp 180``, ``--overwrite``, the folds it can use); less the script's own flags
+    ``drop`` ("--score")."""
     import sys
     script, args = (RUN["script"], RUN["args"]) if RUN else (Path(sys.argv[0]).name, [])
-    return command(script, *args, *[a for a in extra if a not in args or not a.startswith("--")])
+    return command(script, *without_flags(args, [*drop, *(a for a in extra if a.startswith("--"))]), *extra)
+
+
+def without_flags(args: list[str], flags: list[str]) -> list[str]:
+    """``args`` (a command line's words) less each of ``flags`` ("--folds") with the values after it (up to the next
+    word that starts with "--"), and less ``--flag=value`` words: ['--folds', '0,1', '--retune'] less ['--folds'] ->
+    ['--retune']."""
+    kept, skipping = [], False
+    for a in args:
+        if a.startswith("--"):
+            skipping = a in flags
+            if skipping or a.split("=", 1)[0] in flags:
+                continue
+        elif skipping:
+            continue
+        kept.append(a)
+    return kept
 
 
 def save(p: Params, path: Path) -> None:

@@ -227,38 +227,52 @@ def with_post(tta: str, post: str | None) -> str:
 
 
 def comparison_table(baselines: dict[str, Baseline], preds: Sequence[Prediction], manifest: dict | None,
-                     test_dice: dict[str, float] | None = None) -> str:
-    """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored, and a
-    column per class (out-of-fold Dice) for a multi-class task.
+                     test_dice: dict[str, float] | None = None, truth: Path | None = None,
+                     test_class_dice: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown table: baselines, each folder's tuning.json scores, the submission; a test column if scored (against
+    the truth folder ``truth``, named in the caption), a threshold column only where a threshold decides
+    (``Task.uses_threshold``), and for a multi-class task a column per class, out-of-fold ("road OOF") and, if
+    scored, on the test images ("road test"). A row that repeats the one above in every figure is not listed again:
+    its name joins that row's ("fold 0 model = 1-fold out-of-fold").
 
     test_dice: submission file name -> local test Dice (``score_submission``); keys 'baseline_<name>.csv.gz'
-    for the baselines and ``manifest['submission']`` for the model.
+    for the baselines and ``manifest['submission']`` for the model. test_class_dice: the same keys -> Dice per class.
     """
-    test_dice = test_dice or {}
+    test_dice, test_class_dice = test_dice or {}, test_class_dice or {}
     rows = [(TITLES[b.name], "none", b.threshold, b.oof_dice, test_dice.get(f"baseline_{b.name}.csv.gz"),
-             b.class_dice or {}) for b in baselines.values()]
+             b.class_dice or {}, test_class_dice.get(f"baseline_{b.name}.csv.gz", {})) for b in baselines.values()]
     for p in preds:
         prefix = f"{p.tuning.experiment}: " if len(preds) > 1 else ""
         rows += [(prefix + s["name"], with_post(s["tta"], s["postprocess"]), s["threshold"], s["dice"], None,
-                  s.get("class_dice") or {}) for s in p.tuning.scores]
+                  s.get("class_dice") or {}, {}) for s in p.tuning.scores]
     if manifest is not None:
         rows.append((f"submission {manifest['submission']}", with_post(manifest["tta"], manifest.get("postprocess")),
-                     manifest["threshold"],
-                     manifest["oof_dice"], test_dice.get(manifest["submission"]),
-                     preds[0].tuning.class_dice if manifest["oof_dice"] is not None else {}))
+                     manifest["threshold"], manifest["oof_dice"], test_dice.get(manifest["submission"]),
+                     preds[0].tuning.class_dice if manifest["oof_dice"] is not None else {},
+                     test_class_dice.get(manifest["submission"], {})))
     classes = list(dict.fromkeys(name for row in rows for name in row[5]))
+    test_classes = list(dict.fromkeys(name for row in rows for name in row[6]))
     scored = bool(test_dice)
+    threshold = preds[0].tuning.task.uses_threshold if preds else True
     n = next(iter(baselines.values())).n_images if baselines else max(p.tuning.n_images for p in preds)
     what = "mean over images of the mean Dice of the classes" if classes else "mean over images"
-    lines = [f"Full-resolution Dice, {what}; out-of-fold on {n} training images"
-             + ("; test on input/test_masks" if scored else "") + ".", "",
-             "| system | TTA | threshold | OOF Dice |" + (" test Dice |" if scored else "")
-             + "".join(f" {c} |" for c in classes),
-             "|---|---|---:|---:|" + ("---:|" if scored else "") + "---:|" * len(classes)]
-    for name, tta, threshold, oof, test, per_class in rows:
-        cells = [name, tta, "argmax" if classes else f"{threshold:.3f}", _fmt(oof)] + ([_fmt(test)] if scored else [])
-        cells += [_fmt(per_class.get(c)) for c in classes]
-        lines.append("| " + " | ".join(cells) + " |")
+    caption = (f"Full-resolution Dice, {what}; out-of-fold (OOF) on {n} training images"
+               + (f"; test on the masks in {truth if truth is not None else 'test_masks/'}" if scored else "") + "."
+               + ("" if threshold else " The argmax of the classes decides each pixel: no threshold.")
+               + (" Per class: `<class> OOF` out-of-fold" + (", `<class> test` on the test images" if test_classes
+                                                             else "") + "." if classes else ""))
+    header = (["system", "TTA"] + (["threshold"] if threshold else []) + ["OOF Dice"]
+              + (["test Dice"] if scored else []) + [f"{c} OOF" for c in classes] + [f"{c} test" for c in test_classes])
+    lines, last = [caption, "", "| " + " | ".join(header) + " |",
+                   "|---|---|" + "---:|" * (len(header) - 2)], None
+    for name, tta, thr, oof, test, per_class, per_class_test in rows:
+        cells = ([tta] + ([f"{thr:.3f}"] if threshold else []) + [_fmt(oof)] + ([_fmt(test)] if scored else [])
+                 + [_fmt(per_class.get(c)) for c in classes] + [_fmt(per_class_test.get(c)) for c in test_classes])
+        if cells == last:  # the same figures as the row above: one row, both names
+            lines[-1] = lines[-1].replace(" | ", f" = {name} | ", 1)
+            continue
+        lines.append("| " + " | ".join([name] + cells) + " |")
+        last = cells
     return "\n".join(lines) + "\n"
 
 

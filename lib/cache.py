@@ -40,7 +40,7 @@ from lib.fingerprint import Fingerprint
 from lib.inputs import image_header_size, image_size, train_pairs
 from lib.photos import decode_to_net, read_image_bytes
 from lib.task import BINARY, Task
-from params import SETTINGS, Params
+from params import SETTINGS, Params, rerun
 
 CACHE_VERSION = 4  # 3: per-image sizes and the mask suffix in meta.json; 4: the sources' fingerprints
 DISK_MARGIN = 1.05  # 01_prepare.py refuses unless free space covers what it writes plus this fraction
@@ -233,8 +233,8 @@ def check_free_space(output: Path, need: dict[str, int]) -> str:
             f"{need['images'] / GB:.2f} GB); {free / GB:.1f} GB free on {probe}")
     if total * DISK_MARGIN > free:
         raise PipelineError(f"{probe}: {free / GB:.1f} GB free, the cache needs {total * DISK_MARGIN / GB:.1f} GB; "
-                            "free space, or re-run with --cache off (decode images while training) or another "
-                            "--output; nothing was written")
+                            f"free space, or run {rerun('--cache', 'off')} (decode images while training), or use "
+                            "another --output; nothing was written")
     return line
 
 

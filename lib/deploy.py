@@ -32,8 +32,9 @@ def onnx_digest(data: bytes) -> str:
 
 def export_command(onnx_path: Path) -> str:
     """The 05_export.py command that writes ``onnx_path`` and its JSON again (output/<experiment>/export/)."""
+    from lib.invocation import suggested  # the standard library only: no params, no PyTorch
     run = Path(onnx_path).resolve().parent.parent
-    return shlex.join(["python", "05_export.py", "--output", str(run.parent), "--experiment", run.name])
+    return suggested("05_export.py", ["--output", str(run.parent), "--experiment", run.name])
 
 
 @dataclass
@@ -64,7 +65,7 @@ def load(onnx_path: Path, providers: list[str] | None = None) -> Exported:
     sha256); a PipelineError naming the file and the 05_export.py command that writes both again otherwise."""
     import onnxruntime as ort
     path = Path(onnx_path)
-    again = f"export again: `{export_command(path)}`"
+    again = f"export again: {export_command(path)}"
     if not path.is_file():
         raise PipelineError(f"{path}: no such ONNX file; {again}")
     meta = path.with_name(JSON_NAME)
@@ -98,7 +99,8 @@ def net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[in
         raise PipelineError(f"{path}: not a readable image")
     channels = 1 if full.ndim == 2 else full.shape[2]
     if channels != 3:
-        fix = shlex.join(["python", "-c", "import cv2, sys; cv2.imwrite(sys.argv[1], cv2.imread(sys.argv[1], "
+        from lib.invocation import python
+        fix = shlex.join([python(), "-c", "import cv2, sys; cv2.imwrite(sys.argv[1], cv2.imread(sys.argv[1], "
                           "cv2.IMREAD_COLOR))", str(path)])
         raise WrongChannels(f"{path}: {channels} channel(s); the model takes 3 (RGB); nothing was written: convert "
                             f"it to RGB: `{fix}`")

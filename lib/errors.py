@@ -31,17 +31,6 @@ def steps(*commands: str) -> str:
     return ", then ".join(commands)
 
 
-def shell_command(script: Path, args: Sequence[str]) -> str:
-    """The command line that runs ``script`` with ``args`` as this process was run, quoted for a POSIX shell and in
-    backticks, as every repair advice names it: this python (relative where it is under the working folder, e.g.
-    .venv/bin/python) and the script relative to the working folder."""
-    import os
-    import shlex
-    python = Path(sys.executable)
-    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else "python"
-    return "`" + " ".join(shlex.quote(str(w)) for w in [shown_python, os.path.relpath(script), *args]) + "`"
-
-
 def restart_advice(fold: int | str, run: Path | None = None) -> str:
     """The command that repairs a fold whose files cannot be used (damaged, or of another split); when ``run`` (the
     experiment's folder) holds test maps, also the 03_predict.py --replace that the retrained model's maps need

@@ -56,8 +56,9 @@ def save(folds: pd.DataFrame, output: Path, force: bool) -> bool:
         if old is not None and old.equals(folds[COLUMNS]):
             return False
         if not force:
+            from params import rerun
             raise PipelineError(f"{path}: a different split exists (models trained on it would be mixed); "
-                                "re-run with --force to replace it, or use another --output")
+                                f"replace it: {rerun('--force')}, or use another --output")
     files.write_text_atomic(path, folds[COLUMNS].to_csv(index=False))
     return True
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import params as params_mod
 from lib import files
-from lib.errors import PipelineError
+from lib.errors import PipelineError, restart_advice
 from lib.task import RECORD as TASK_RECORD, Task
 from params import Params
 
@@ -120,15 +120,23 @@ CHECKPOINT = {"model": files.MapOf(torch.Tensor), "params": dict, "epoch?": int,
               "digest?": str, "task": TASK_RECORD}
 
 
+def _fold_of(path: Path) -> str:
+    """The --fold of a checkpoint in output/<experiment>/fold<K>/ ("K") or full/ ("full"); "K" for one elsewhere."""
+    name = path.parent.name
+    return name[4:] if name.startswith("fold") and name[4:].isdigit() else name if name == files.FULL else "K"
+
+
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
-                    advice: str = "train that fold again with 02_train.py --restart", schema: dict = CHECKPOINT
-                    ) -> dict:
+                    advice: str | None = None, schema: dict = CHECKPOINT) -> dict:
     """The checkpoint's dict, loaded safely and checked against ``schema`` (keys and their types,
     ``files.schema_problem``); a clear error for a missing, corrupt, unsafe or incomplete file, ending with
     ``advice`` (the command that repairs it, where the caller knows it)."""
     path = Path(path)
+    fold = _fold_of(path)
+    advice = restart_advice(fold) if advice is None else advice
     if not path.exists():
-        raise PipelineError(f"{path}: no checkpoint; run 02_train.py for this fold first")
+        raise PipelineError(f"{path}: no checkpoint; train this fold first: "
+                            f"{params_mod.command('02_train.py', '--fold', fold)}")
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: empty (0 bytes); {advice}")
     try:
@@ -147,8 +155,9 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
 
 
 def load_model(path: Path, device: str | torch.device = "cpu",
-               advice: str = "train that fold again with 02_train.py --restart") -> tuple[nn.Module, Params, dict]:
+               advice: str | None = None) -> tuple[nn.Module, Params, dict]:
     """Rebuild the model from its own checkpoint (its own encoder and size), in eval mode."""
+    advice = restart_advice(_fold_of(Path(path))) if advice is None else advice
     ckpt = read_checkpoint(path, device, advice)
     try:
         p = params_mod.from_dict(ckpt["params"])

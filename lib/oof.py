@@ -63,7 +63,7 @@ class PngMaps(Sequence):
         start = int(self.ends[i - 1]) if i > 0 else 0
         m = cv2.imdecode(self.blob[start:int(self.ends[i])], cv2.IMREAD_UNCHANGED)
         if m is None:
-            raise PipelineError("a damaged out-of-fold map; re-run 02_train.py for this fold")
+            raise PipelineError("a damaged out-of-fold map; train its fold again (02_train.py --restart)")
         return m
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -137,8 +137,10 @@ def load_oof(path: Path, advice: str = OOF_ADVICE) -> OutOfFold:
     ``<path>: <what is wrong>; <advice>`` otherwise."""
     def fail(problem: str) -> PipelineError:
         return PipelineError(f"{path}: {problem}" + (f"; {advice}" if advice else ""))
+    from params import command
     if not path.exists():
-        raise PipelineError(f"{path}: no out-of-fold predictions; run 02_train.py for this fold first")
+        raise PipelineError(f"{path}: no out-of-fold predictions; train this fold first: "
+                            f"{command('02_train.py', '--fold', path.parent.name.removeprefix('fold'))}")
     if path.stat().st_size == 0:
         raise fail("empty (0 bytes)")
     try:

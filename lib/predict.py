@@ -25,8 +25,8 @@ from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, tes
 from lib.cache import decode_net_image, open_for
 from lib.photos import read_image_bytes
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
-from lib.errors import PipelineError, restart_advice
-from lib.model import load_model, state_digest
+from lib.errors import PipelineError, restart_advice, steps
+from lib.model import load_model, read_checkpoint, state_digest
 from lib.progress import progress
 from lib.oof import load_oof
 from lib.task import Task
@@ -64,17 +64,56 @@ def load_ensemble(p: Params, split: pd.DataFrame, only: list[int] | None = None,
     ks = list(range(k_all)) if only is None else sorted(set(only))
     outside = [k for k in ks if not 0 <= k < k_all]
     if outside:
+        fit = _fitting(p, split, list(range(k_all)))
         raise PipelineError(f"--folds {','.join(map(str, outside))}: the split in {files.folds_csv(p.output_dir)} "
-                            f"has folds 0..{k_all - 1}")
+                            f"has folds 0..{k_all - 1}; " + (
+                                f"the folds with a model of this split: {params_mod.rerun('--folds', _folds(fit))}"
+                                if fit else "no fold has a model of this split yet: train them with "
+                                f"{params_mod.command('02_train.py', '--fold', 'all', '--restart')}"))
     missing = [k for k in ks if not (files.fold_dir(p.output_dir, p.experiment, k) / files.BEST).exists()]
     if optional and len(missing) == len(ks):
         return None
     if missing:
-        trained = ",".join(str(k) for k in ks if k not in missing) or "K"
-        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: no model for fold(s) {missing}; run "
-                            f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} (or --fold K) first, "
-                            f"or ensemble the trained folds only: --folds {trained}")
+        raise PipelineError(_unfit_folds(p, split, ks, missing))
     return _load_models(p, ks, pick_device(p.device, local_rank), split)
+
+
+def _unfit_folds(p: Params, split: pd.DataFrame, ks: list[int], missing: list[int]) -> str:
+    """The error when folds ``missing`` of ``ks`` have no model: which folds cannot be used (no model, or one trained
+    on another split than ``split``), the 02_train.py commands that train them, and, when some folds fit the split,
+    this command with ``--folds`` of those: advice that names only folds 03 will accept."""
+    run = files.run_dir(p.output_dir, p.experiment)
+    fit = _fitting(p, split, [k for k in ks if k not in missing])
+    stale = [k for k in ks if k not in missing and k not in fit]
+    bad = sorted(missing + stale)
+
+    def how(ks: list[int]) -> list[str]:  # 02 refuses a fold folder with files unless told what to do with them
+        started = [k for k in ks if (files.fold_dir(p.output_dir, p.experiment, k) / files.LAST).exists()]
+        return ["--restart"] if set(ks) & set(stale) else ["--resume"] if started else []
+    if bad == list(range(folds_mod.n_folds_of(split))):
+        train = [params_mod.command("02_train.py", "--fold", "all", *how(bad), drop=("folds",))]
+    else:
+        train = [params_mod.command("02_train.py", "--fold", str(k), *how([k]), drop=("folds",)) for k in bad]
+    if stale and (run / files.TEST_PROBS).is_dir():
+        train.append(params_mod.command("03_predict.py", "--replace"))  # the old models' maps go (restart_advice)
+    what = "; ".join(([f"no model for fold(s) {','.join(map(str, missing))}"] if missing else []) + (
+        [f"fold(s) {','.join(map(str, stale))} trained on another split of the images than "
+         f"{files.folds_csv(p.output_dir)} (re-split since, or a checkpoint from elsewhere): their out-of-fold scores "
+         "would be wrong"] if stale else []))
+    only = (f", or ensemble the folds that fit the split only: {params_mod.rerun('--folds', _folds(fit))}"
+            if fit else "")
+    return f"{run}: {what}; train them first: {steps(*train)}{only}"
+
+
+def _fitting(p: Params, split: pd.DataFrame, ks: list[int]) -> list[int]:
+    """The folds of ``ks`` whose model.pt exists and was trained on the split ``split`` (``folds.fold_digest``)."""
+    paths = {k: files.fold_dir(p.output_dir, p.experiment, k) / files.BEST for k in ks}
+    return [k for k in ks if paths[k].exists()
+            and read_checkpoint(paths[k]).get("split") == folds_mod.fold_digest(split, k)]
+
+
+def _folds(ks: list[int]) -> str:
+    return ",".join(map(str, ks))
 
 
 def load_final(p: Params, split: pd.DataFrame, only: list[int] | None = None, local_rank: int = 0
@@ -98,9 +137,12 @@ def load_fold_models(p: Params, only: list[int] | None = None) -> Ensemble:
     ks = found if only is None else sorted(set(only))
     missing = [k for k in ks if k not in found]
     if missing:
-        raise PipelineError(f"{run}: no model.pt for fold(s) {missing}; train with "
-                            f"{params_mod.command('02_train.py', '--fold', 'all', drop=('folds',))} first, or give the "
-                            "--experiment (and --output) the models are in")
+        have = [k for k in ks if k in found] or found
+        use = (f" first, or use the folds that have one: {params_mod.rerun('--folds', _folds(have))}" if have
+               else " first")
+        raise PipelineError(f"{run}: no model.pt for fold(s) {_folds(missing)}; train with "
+                            + steps(*(params_mod.command('02_train.py', '--fold', str(k)) for k in missing))
+                            + use + ", or give the --experiment (and --output) the models are in")
     if not ks:
         raise PipelineError(_no_models(p, run))
     return _load_models(p, ks, pick_device(p.device), None)
@@ -131,8 +173,9 @@ def _no_models(p: Params, run: Path) -> str:
     runs = trained_runs(p.output_dir)
     if not runs:
         return (f"{run}: no trained model (fold*/model.pt) here, nor in any run under {p.output_dir} or an output*/ "
-                f"folder beside it; train one first ({params_mod.command('02_train.py', '--fold', 'all')} after "
-                "01_prepare.py, see README), or give the --output and --experiment the models are in")
+                f"folder beside it; train one first: {params_mod.command('01_prepare.py')}, then "
+                f"{params_mod.command('02_train.py', '--fold', 'all')}, or give the --output and --experiment the "
+                "models are in")
     own = params_mod.RUN.get("args", [])
     own = [a for i, a in enumerate(own) if not a.startswith("--folds")
            and not (i and own[i - 1] == "--folds")]  # the listed run has its own folds
@@ -157,6 +200,8 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
         advice = restart_advice(k, files.run_dir(p.output_dir, p.experiment))
         model, mp, ckpt = load_model(path, device, advice)
         if split is not None and ckpt.get("split") != folds_mod.fold_digest(split, k):
+            if k != files.FULL:  # every fold that does not fit, each with its command, and the folds that do
+                raise PipelineError(_unfit_folds(p, split, ks, []))
             raise PipelineError(f"{path}: trained on another split of the images than {files.folds_csv(p.output_dir)} "
                                 f"(re-split since, or a checkpoint from elsewhere): its out-of-fold scores would be "
                                 f"wrong; {advice}")
@@ -381,18 +426,16 @@ def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: boo
     if ens is None:
         tuning = untuned(p, split, final)
         tuning_mod.write(run, tuning)
-        print(f"tuning: no fold models to tune on (02_train.py --fold all trains them): TTA {tuning.tta}"
-              f"{_post_text(tuning)}, "
-              f"threshold {tuning.threshold:.3f} -> {path}")
+        print(f"tuning: no fold models to tune on ({params_mod.command('02_train.py', '--fold', 'all')} trains "
+              f"them): TTA {tuning.tta}{_post_text(tuning)}, "
+              f"{tuning.task.decision_text(tuning.threshold, postprocess.NONE)} -> {path}")
         return tuning
     tuning = tune(p, split, ens)
     if final is not None:
         tuning = tuning.replace(models=expected_models(ens, final), final=files.FULL)
     tuning_mod.write(run, tuning)
-    for row in tuning.scores:
-        print(f"  {row['name']:<24} TTA {row['tta']:<6} {row['postprocess']:<8} threshold {row['threshold']:.3f}  "
-              f"OOF Dice {row['dice']:.5f}")
-    decided = "argmax" if tuning.class_dice else f"threshold {tuning.threshold:.3f}"
+    print("\n".join(tuning_mod.score_lines(tuning)))
+    decided = tuning.task.decision_text(tuning.threshold, postprocess.NONE)
     print(f"tuning: TTA {tuning.tta}{_post_text(tuning)}, {decided}, out-of-fold Dice "
           f"{tuning.oof_dice:.5f} over {tuning.n_images} images -> {path}")
     if tuning.class_dice:
@@ -417,7 +460,7 @@ def test_dir_for(p: Params, tuning: Tuning, replace: bool) -> Path:
     if foreign:
         if not replace:
             raise PipelineError(f"{out}: holds maps from other models or settings; add --replace to delete them "
-                                "and predict again, or use another --experiment")
+                                f"and predict again ({params_mod.rerun('--replace')}), or use another --experiment")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if not meta.exists() or foreign:  # every shard may get here: the same content, written once
@@ -483,7 +526,8 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     dist.barrier()
     out = out or test_dir_for(p, tuning, False)
     if tune_only:
-        return print(f"tuned; test maps go to {out}: predict them with 03_predict.py, torchrun or --shard K/N")
+        return print(f"tuned; test maps go to {out}: predict them with {params_mod.command('03_predict.py')}, or "
+                     f"as N jobs, job K of them {params_mod.command('03_predict.py', '--shard', 'K/N')}")
     if final is not None and dist.main:
         print(f"test maps from {files.fold_dir(p.output_dir, p.experiment, files.FULL) / files.BEST} (fitted on every "
               "training image)" + (f"; TTA and threshold from the {len(ens.models)} fold models" if ens else ""))

@@ -28,7 +28,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise PipelineError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+            from params import rerun
+            raise PipelineError(f"--device {name} asked for, but no CUDA GPU is visible; use the CPU: "
+                                f"{rerun('--device', 'cpu')}")
         index = torch.device(name).index
         index = local_rank if index is None else index
         if index >= torch.cuda.device_count():

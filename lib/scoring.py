@@ -20,13 +20,20 @@ from lib.task import Task
 MAX_LISTED = 10  # missing truth masks named in an error before "... and N more"
 
 
+def truth_folder(root: Path) -> Path:
+    """The folder of test truth masks that --score reads: ``root/test_masks`` (the demo data has one)."""
+    return root / files.TEST_MASKS
+
+
 def truth_paths(root: Path, ids: Sequence[str], mask_suffix: str = "") -> list[Path]:
     """The mask of each id in ``root/test_masks`` (named as training masks are: lib/layout.py); PipelineError naming
     the missing ones."""
-    folder = root / files.TEST_MASKS
+    from params import command, rerun
+    folder = truth_folder(root)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: no test truth to score against (only the demo data has it: "
-                            "01_prepare.py --demo); drop --score for Kaggle data")
+                            f"{command('01_prepare.py', '--demo')}); for Kaggle data, without --score: "
+                            f"{rerun(drop=('--score',))}")
     found, ambiguous, _ = layout.match_masks(ids, folder, mask_suffix, [])  # others: not scored
     if ambiguous:
         raise PipelineError(ambiguous[0])

@@ -33,7 +33,7 @@ from lib.metrics import level_of
 from lib.progress import progress
 from lib.task import BINARY, Task
 from lib.testmaps import Prediction
-from lib.tuning import PREDICT_STAGE
+from lib.tuning import PREDICT_STAGE, predict_command
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
@@ -80,11 +80,12 @@ def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
         path = folder / f"{image_id}.png"
         info = testmaps.header(path)
         if info is None or info[1] is None:
-            raise PipelineError(f"{path}: damaged, or records no size of its image; run {PREDICT_STAGE} again: it "
-                                "predicts such maps again")
+            raise PipelineError(f"{path}: damaged, or records no size of its image; run "
+                                f"{predict_command(folder.parent)} again: it predicts such maps again")
         if info[0] != size:
             raise PipelineError(f"{path}: map is {info[0][1]}x{info[0][0]}, the folder's tuning.json says "
-                                f"{size[1]}x{size[0]}; run {PREDICT_STAGE} again: it predicts such maps again")
+                                f"{size[1]}x{size[0]}; run {predict_command(folder.parent)} again: it predicts such "
+                                "maps again")
         origs.add(info[1])
         sources.append((path, info[2]))
         maps.append(testmaps.read_map(path))
@@ -178,8 +179,9 @@ def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None) -> No
 
 def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[str, str]]:
     """Stream (image id, RLE) rows of a submission ``.csv.gz`` (or ``.csv``), checking the header."""
+    from params import command
     if not path.exists():
-        raise PipelineError(f"{path}: missing; write it with 04_submit.py")
+        raise PipelineError(f"{path}: missing; write it with {command('04_submit.py')}")
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", newline="") as f:
@@ -192,7 +194,7 @@ def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[
                     raise PipelineError(f"{path}: line {n} has {len(row)} fields, expected 2")
                 yield (files.image_id(row[0]) if strip_extension else row[0]), row[1]
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: unreadable ({e}); write it again with 04_submit.py") from None
+        raise PipelineError(f"{path}: unreadable ({e}); write it again with {command('04_submit.py')}") from None
 
 
 def file_sha256(path: Path) -> str:

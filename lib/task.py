@@ -313,6 +313,12 @@ class Task:
         (H, W, 3) RGB image) of one photo."""
         return (decision.astype(np.uint8) * 255 if self.binary else decision), self.overlay(image_rgb, decision)
 
+    @property
+    def uses_threshold(self) -> bool:
+        """Whether a threshold decides a pixel (binary masks) or not (the argmax of the classes): tables and messages
+        show a threshold only where one decides."""
+        return self.binary
+
     def decision_text(self, threshold: float, post: str) -> str:
         """How an image is decided, for messages: 'threshold 0.500[, largest region]' or 'argmax over ...'."""
         if self.binary:

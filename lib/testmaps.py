@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lib import files, fingerprint, tuning as tuning_mod
-from lib.errors import PipelineError, listing
+from lib.errors import PipelineError, listing, steps
 from lib.fingerprint import Fingerprint
 from lib.task import RECORD as TASK_RECORD, Task
 from lib.tuning import PREDICT_STAGE, Tuning, predict_command
@@ -245,8 +245,10 @@ def check(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
             problems.append(f"{p.probs_dir}: {len(gone)} of {len(ids)} test maps missing: "
                             f"{listing([m + '.png' for m in gone], MAX_LISTED)}")
     if problems:
-        raise PipelineError("; ".join(problems) + f"; run {PREDICT_STAGE} (it continues where it stopped; "
-                            "with separate --shard K/N jobs, re-run the shards that did not finish)")
+        raise PipelineError("; ".join(problems) + f"; run {predict_command(preds[0].folder)} (it continues where it "
+                            "stopped; with separate --shard K/N jobs, re-run the shards that did not finish)"
+                            if len(preds) == 1 else "; ".join(problems) + "; run 03 for each of these experiments "
+                            f"({steps(*(predict_command(p.folder) for p in preds))})")
     for p in preds:
         first = read_map(p.map_path(ids[0]))
         if first.shape != p.map_size:

@@ -37,7 +37,7 @@ from lib.plot import learning_curve, overlay_map
 from lib.progress import progress
 from lib.task import RECORD as TASK_RECORD, Task
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, use_compile
-from params import Params
+from params import Params, command, rerun
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "images_per_s", "val_dice_raw"]
 # val_dice_raw: with --ema, the val Dice of the trained weights themselves (val_dice is the average's); else empty
@@ -136,8 +136,10 @@ def check_run_folder(folder: Path, fold: int | str, resume: bool, restart: bool)
         raise PipelineError("--resume continues a run and --restart deletes it: give one of them")
     found = [name for name in PRODUCTS if (folder / name).exists()]
     if found and not (resume or restart):
-        raise PipelineError(f"{folder}: a run exists ({', '.join(found)}); add --resume to continue it, --restart "
-                            "to train it again from the start, or choose another --experiment (nothing was changed)")
+        raise PipelineError(f"{folder}: a run exists ({', '.join(found)}); add --resume to continue it "
+                            f"({rerun('--resume')}), --restart to train it again from the start "
+                            f"({command('02_train.py', '--fold', str(fold), '--restart')}), or choose another "
+                            "--experiment (nothing was changed)")
     if resume and found and files.LAST not in found:
         raise PipelineError(f"{folder}: cannot resume, its {files.LAST} is missing (it holds {', '.join(found)}); "
                             + restart_advice(fold))
@@ -152,7 +154,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     index = k if full else fold  # seeds: the full model's are those a fold K would have
     if not full and not 0 <= fold < k:
         raise PipelineError(f"--fold {fold} is outside the split in {files.folds_csv(p.output_dir)} "
-                            f"(folds 0..{k - 1})")
+                            f"(folds 0..{k - 1}); every fold of it: {rerun('--fold', 'all')}")
     if p.batch_size % dist.world:
         raise PipelineError(f"--batch-size {p.batch_size} (the global batch) does not split over {dist.world} "
                             f"processes; use a multiple of {dist.world}")

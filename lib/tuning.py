@@ -75,6 +75,20 @@ class Tuning:
         return dataclasses.replace(self, **changes)
 
 
+def score_lines(tuning: Tuning) -> list[str]:
+    """03's table of every (model, TTA, post-processing) tuning tried, a header line first; a threshold column only
+    where a threshold decides (``Task.uses_threshold``; the argmax of the classes uses none):
+    '  model                     TTA     post-processing  threshold  OOF Dice'."""
+    threshold = tuning.task.uses_threshold
+    width = max([len("model"), *(len(s["name"]) for s in tuning.scores)])
+
+    def line(name: str, tta: str, post: str, thr: str, dice: str) -> str:
+        return f"  {name:<{width}}  {tta:<6}  {post:<15}  " + (f"{thr:<9}  " if threshold else "") + dice
+    return [line("model", "TTA", "post-processing", "threshold", "OOF Dice")] + [
+        line(s["name"], s["tta"], s["postprocess"], f"{s['threshold']:.3f}", f"{s['dice']:.5f}")
+        for s in tuning.scores]
+
+
 def predict_command(folder: Path, *args: str, run: Path | None = None) -> str:
     """The 03_predict.py command (with ``args`` and the user's own flags) that writes the prediction folder
     ``folder`` (output/<experiment>) again: --output and --experiment name that folder, unless it is ``run``, the
@@ -99,7 +113,7 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
     tunes again)."""
     path = folder / files.TUNING
     if not folder.is_dir():
-        raise PipelineError(f"{folder}: no such prediction folder; run {PREDICT_STAGE} for that experiment "
+        raise PipelineError(f"{folder}: no such prediction folder; make it with {predict_command(folder)} "
                             "or fix --preds/--experiment")
     repair = f"tune again: {predict_command(folder)}" if repair is None else repair
     r = files.read_json(path, PREDICT_STAGE, SCHEMA, repair)

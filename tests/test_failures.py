@@ -468,7 +468,9 @@ def test_submit_refuses_maps_not_made_by_the_tuned_models(trained, tmp_path):
     odd = probs / f"{trained.ids[5]}.png"
     testmaps.write_map(odd, np.zeros((H * 2, W * 2), np.uint8), (160, 240))
     line = strict_error(run_script(*submit, check=False))
-    assert f"{odd}: map is {W * 2}x{H * 2}, the folder's tuning.json says {W}x{H}; run 03_predict.py again" in line
+    assert f"{odd}: map is {W * 2}x{H * 2}, the folder's tuning.json says {W}x{H}; run `" in line
+    assert shlex.split(line.split("`")[1])[1].endswith("03_predict.py") and line.endswith("` again: it predicts such "
+                                                                                          "maps again")
     assert earlier.read_bytes() == b"an earlier submission" and temp_files(run) == []
     assert not (run / "submission.manifest.json").exists()
     # put right, the same command writes the submission

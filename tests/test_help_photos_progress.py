@@ -61,6 +61,46 @@ def test_help_says_description_default_presets_and_choices():
     assert "--lr FLOAT" in every and "--demo-width INT" in every and "--submission STR" in every
 
 
+@pytest.mark.parametrize("script", ["01_prepare.py", "02_train.py", "03_predict.py", "04_submit.py", "05_export.py",
+                                    "deploy.py"])
+def test_help_examples_name_the_interpreter_and_path_that_ran_the_script(script):
+    """The usage lines of --help start each example with the interpreter and script path the user ran (as the
+    advice of an error does), so that an example pastes as printed; torchrun is the one beside that interpreter."""
+    import os
+    import shlex
+    text = run_script(script, "--help").stdout
+    python = os.path.relpath(PYTHON, ROOT)  # what run_script's python is, seen from the working folder ROOT
+    description = text.split("\noptions:")[0].split("\n\n", 1)[1]  # after the usage block, before the flags
+    examples = [line.strip() for line in description.splitlines() if line.startswith("    ") and ".py " in line
+                and not line.strip().startswith(("-", "'"))]
+    assert examples, text
+    for line in examples:
+        words = shlex.split(line.split("#")[0].split(";")[0].rstrip("\\"))
+        words = [w for w in words if "=" not in w or w.startswith("-")]  # CUDA_VISIBLE_DEVICES=1 ...
+        assert words[0] in (python, os.path.join(os.path.dirname(python), "torchrun")), line
+        assert "python 0" not in line.replace(python, "") and (ROOT / [w for w in words if w.endswith(".py")][0]
+                                                               ).is_file(), line
+    if script != "deploy.py":  # the epilog's command for every setting runs as printed
+        listed = " ".join(text.split()).split("All settings: ")[1].split()[:2]
+        assert listed == [python, "params.py"], listed
+        proc = subprocess.run(listed, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0 and "--encoder" in proc.stdout, proc.stderr[-500:]
+
+
+def test_rerun_replaces_the_script_own_flags_with_their_values(monkeypatch):
+    import os
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(params, "RUN", {"script": "03_predict.py",
+                                        "args": ["--images", "a.jpg", "b.jpg", "--folds", "0,1", "--retune"]})
+    monkeypatch.setattr(params, "GIVEN", {"preset": "demo", "input": "in put"})
+    python = os.path.relpath(sys.executable, ROOT)
+    assert params.rerun("--folds", "0") == (f"`{python} 03_predict.py --images a.jpg b.jpg --retune --folds 0 "
+                                            "--preset demo --input 'in put'`")
+    assert params.rerun(drop=("--retune", "--images")) == f"`{python} 03_predict.py --folds 0,1 --preset demo " \
+                                                         "--input 'in put'`"
+    assert params.without_flags(["--folds=3", "--retune"], ["--folds"]) == ["--retune"]
+
+
 def test_help_does_not_import_torch():
     """--help answers before the heavy imports (torch takes seconds to import)."""
     for script in ("01_prepare.py", "02_train.py", "03_predict.py", "04_submit.py", "05_export.py"):

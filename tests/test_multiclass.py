@@ -126,5 +126,10 @@ def test_the_multiclass_demo_end_to_end(tmp_path):
     for row in rows[1:5]:
         rle.validate(row[1], truth.shape)
     table = (files.run_dir(out, "demo") / files.COMPARISON).read_text()
-    assert "| majority class per pixel |" in table and "| road | building | tree | water |" in table
+    assert "| majority class per pixel |" in table
+    assert "| road OOF | building OOF | tree OOF | water OOF | road test | building test | tree test | water test |" \
+        in table and "threshold" not in table.splitlines()[2]  # the argmax decides: no threshold column
+    assert f"test on the masks in {root / 'test_masks'}" in table  # the truth folder it scored against
+    assert "threshold" not in predicted.stdout.split("tuning:")[0]  # 03's tuning lines: no threshold either
     assert "test Dice of submission.csv.gz" in done.stdout
+    assert "baseline_majority.csv.gz (none: the majority class decides)" in done.stdout  # no threshold named

@@ -59,13 +59,61 @@ def test_resume_and_prediction_after_a_resplit_are_refused_and_restart_repairs(t
     line = error_line(run_script("02_train.py", "--fold", "0", *args_for(trained, out), "--resume", check=False))
     assert "trained on another split" in line and "--restart" in line
     line = error_line(run_script("03_predict.py", *args_for(trained, out), check=False))
-    assert f"{run / 'fold0' / files.BEST}: trained on another split" in line
+    assert f"{run}: fold(s) 0,1 trained on another split" in line and "--folds" not in line
     assert digest(run) == before  # refused: nothing changed
-    run_script("02_train.py", *args_for(trained, out), *advised(line, "02_train.py"))
-    run_script("02_train.py", *args_for(trained, out), "--fold", "1", "--restart")
-    run_script("03_predict.py", *args_for(trained, out), "--replace")
+    run_printed(printed(line, "02_train.py"))  # both folds again (--fold all --restart), then the maps they make
+    run_printed(printed(line, "03_predict.py"))
     new = read_checkpoint(run / "fold0" / files.BEST)
     assert load_oof(run / "fold0" / files.OOF).split == new["split"]
+
+
+def printed(line: str, script: str) -> list[str]:
+    """The command a message names for ``script``, whole: interpreter, script path and every argument, as printed."""
+    import shlex
+    commands = [shlex.split(c) for c in line.split("`")[1::2]]
+    found = [c for c in commands if len(c) > 1 and Path(c[1]).name == script]
+    assert found, line
+    return found[-1]
+
+
+def run_printed(words: list[str], check: bool = True):
+    """Run a printed command exactly as it reads (its interpreter is this one, its script one of the stages)."""
+    import os
+    import sys
+    assert os.path.realpath(words[0]) == os.path.realpath(sys.executable), words
+    return run_script(words[1], *words[2:], check=check)
+
+
+def test_advice_after_a_resplit_names_only_folds_that_fit_and_runs_as_printed(trained, tmp_path):
+    # the issue: after a re-split, 03 said "--folds 0,1" and then refused those very folds (trained on the old split)
+    out = clone(trained, tmp_path, with_maps=False)
+    args = args_for(trained, out)
+    run_script("01_prepare.py", *args, "--n-folds", "3", "--force")  # 3 folds now: 0 and 1 stale, 2 missing
+    line = error_line(run_script("03_predict.py", *args, "--n-folds", "3", check=False))
+    assert "no model for fold(s) 2" in line and "fold(s) 0,1 trained on another split" in line, line
+    assert "--folds" not in line, line  # no fold fits the split: nothing to ensemble
+    assert printed(line, "02_train.py")[2:4] == ["--fold", "all"] and "--restart" in printed(line, "02_train.py")
+    run_script("02_train.py", *args, "--n-folds", "3", "--fold", "0", "--restart")  # one fold of the new split
+    line = error_line(run_script("03_predict.py", *args, "--n-folds", "3", check=False))
+    assert "no model for fold(s) 2" in line and "fold(s) 1 trained on another split" in line, line
+    words = printed(line, "03_predict.py")
+    assert words[words.index("--folds") + 1] == "0", line  # the one fold that fits
+    outside = error_line(run_script("03_predict.py", *args, "--n-folds", "3", "--folds", "1,4", check=False))
+    assert "--folds 4: the split" in outside and printed(outside, "03_predict.py") == words, outside
+    proc = run_printed(words)  # exactly as printed: it tunes on fold 0 and predicts the test maps
+    assert "fold 0" in proc.stdout or "1-fold" in proc.stdout, proc.stdout
+    assert list((files.run_dir(out, EXPERIMENT) / files.TEST_PROBS).glob("*.png"))
+
+
+def test_photos_with_a_fold_that_has_no_model_name_the_folds_that_do_and_that_command_runs(trained, tmp_path):
+    photo = sorted((trained.root / files.TEST).iterdir())[0]
+    line = error_line(run_script("03_predict.py", *args_for(trained, trained.out), "--images", photo, "--images-out",
+                                 tmp_path / "masks", "--folds", "0,5", check=False))
+    assert "no model.pt for fold(s) 5" in line, line
+    words = printed(line, "03_predict.py")
+    assert words[words.index("--folds") + 1] == "0" and words.count("--folds") == 1, line
+    run_printed(words)
+    assert (tmp_path / "masks" / f"{photo.stem}_mask.png").exists()
 
 
 # --- 2. a replaced model.pt is tuned on its own out-of-fold maps ---

@@ -449,3 +449,57 @@ def test_cli_without_tuning_fails_with_one_line_naming_03_predict(stage, tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "tuning.json" in lines[0]
     assert "03_predict.py" in lines[0] and "Traceback" not in proc.stderr
+
+
+# --- tables that explain themselves: 03's tuning lines and 04's comparison ---
+def _tuning(task, scores: list[dict], class_dice: dict | None = None):
+    from lib.tuning import Tuning
+    best = scores[-1]
+    return Tuning("demo", [0, 1], best["tta"], best["postprocess"], best["threshold"], best["dice"], (32, 64),
+                  (160, 240), 64, "auto", "auto", [], task, scores, class_dice or {})
+
+
+def _score(name: str, tta: str, dice: float, threshold: float = 0.5, post: str = "none", **extra) -> dict:
+    return {"name": name, "tta": tta, "postprocess": post, "threshold": threshold, "dice": dice, **extra}
+
+
+MULTI = __import__("lib.task", fromlist=["Task"]).Task(3, ("background", "road", "tree"))
+
+
+def test_tuning_lines_have_a_header_and_a_threshold_only_where_one_decides():
+    from lib.tuning import score_lines
+    binary = score_lines(_tuning(BINARY, [_score("fold 0 model", "none", 0.9, 0.49, "largest")]))
+    assert binary[0].split() == ["model", "TTA", "post-processing", "threshold", "OOF", "Dice"]
+    assert binary[1].split() == ["fold", "0", "model", "none", "largest", "0.490", "0.90000"]
+    assert binary[0].index("post-processing") == binary[1].index("largest")  # the column is labelled where it is
+    classes = score_lines(_tuning(MULTI, [_score("fold 0 model", "hflip", 0.6)]))
+    assert "threshold" not in classes[0] and "0.500 " not in classes[1]  # the argmax uses no threshold
+    assert classes[0].split() == ["model", "TTA", "post-processing", "OOF", "Dice"]
+
+
+def test_the_comparison_names_its_truth_folder_labels_class_columns_and_repeats_no_row(tmp_path):
+    from lib.testmaps import Prediction
+    per_class = {"road": 0.7, "tree": 0.5}
+    scores = [_score("fold 0 model", "hflip", 0.6, class_dice=per_class),
+              _score("1-fold out-of-fold", "hflip", 0.6, class_dice=per_class)]
+    pred = Prediction(tmp_path, 1.0, 1.0, _tuning(MULTI, scores, per_class))
+    manifest = {"submission": "submission.csv.gz", "tta": "hflip", "postprocess": "none", "threshold": 0.5,
+                "oof_dice": 0.6}
+    majority = baseline.Baseline("majority", 0.5, 0.3, 64, {"road": 0.2, "tree": 0.4})
+    truth = Path("input/demo") / files.TEST_MASKS
+    table = baseline.comparison_table({"majority": majority}, [pred], manifest, {"submission.csv.gz": 0.62},
+                                      truth, {"submission.csv.gz": {"road": 0.71, "tree": 0.52}})
+    lines = table.splitlines()
+    assert "test on the masks in input/demo/test_masks" in lines[0]
+    assert lines[2] == "| system | TTA | OOF Dice | test Dice | road OOF | tree OOF | road test | tree test |"
+    assert "threshold" not in lines[2] and "| 0.500 |" not in table  # the argmax decides
+    rows = [line.split(" | ")[1:] for line in lines[4:]]
+    assert all(a != b for a, b in zip(rows, rows[1:])), table  # no row repeats the one above
+    assert lines[5].startswith("| fold 0 model = 1-fold out-of-fold | hflip | 0.60000 |"), table
+    assert lines[6] == "| submission submission.csv.gz | hflip | 0.60000 | 0.62000 | 0.70000 | 0.50000 | 0.71000 | " \
+                       "0.52000 |", table
+    # binary: the threshold column stays; an unscored submission row that repeats the best row joins it
+    binary = Prediction(tmp_path, 1.0, 1.0, _tuning(BINARY, [_score("2-fold out-of-fold", "hflip", 0.9, 0.49)]))
+    table = baseline.comparison_table({}, [binary], {**manifest, "threshold": 0.49, "oof_dice": 0.9})
+    assert table.splitlines()[2] == "| system | TTA | threshold | OOF Dice |"
+    assert table.splitlines()[4:] == ["| 2-fold out-of-fold = submission submission.csv.gz | hflip | 0.490 | 0.90000 |"]
