@@ -173,8 +173,13 @@ class Params:
                         "and predicts, and log.csv keeps the weights' own val Dice beside it (val_dice_raw). 0 = off",
                         low=0, below=1)
     patience: int = _TRAIN(10, "early stopping: epochs without val Dice improvement (0 = off)", low=0)
-    bce_weight: float = _TRAIN(1.0, "loss = bce_weight * BCE + dice_weight * soft Dice", low=0)
-    dice_weight: float = _TRAIN(1.0, "weight of the soft Dice term of the loss", low=0)
+    loss: str = _TRAIN("bce_dice", "training loss, smp's (lib/losses.py): bce_dice (BCE, or cross-entropy for "
+                       "classes, + soft Dice: Carvana's) | focal_dice (focal + soft Dice) | lovasz (BCE/CE + Lovasz "
+                       "hinge/softmax) | tversky (BCE/CE + Tversky, alpha 0.3 on false positives, beta 0.7 on false "
+                       "negatives)", choices=("bce_dice", "focal_dice", "lovasz", "tversky"))
+    bce_weight: float = _TRAIN(1.0, "loss = bce_weight * pixel term (BCE, cross-entropy or focal) + dice_weight * "
+                               "region term (soft Dice, Lovasz or Tversky); 0 drops the pixel term", low=0)
+    dice_weight: float = _TRAIN(1.0, "weight of the region term of the loss (soft Dice, Lovasz or Tversky)", low=0)
     augment: bool = _TRAIN(True, "hflip + shift/scale/rotate + HSV, jointly on image and mask")
     hflip_p: float = _TRAIN(0.5, "probability of a horizontal flip", low=0, high=1)
     shift_scale_rotate_p: float = _TRAIN(0.5, "probability of a shift/scale/rotate (affine) change", low=0, high=1)

@@ -6,7 +6,7 @@ The stages ask the task object rather than branching on the number of classes th
 |---|---|---|
 | network output | 1 channel of logits | C channels of logits |
 | probabilities | sigmoid | softmax over the channels |
-| loss | BCE + soft Dice (binary) | cross-entropy + soft Dice (multiclass), smp's losses |
+| loss (``--loss``, lib/losses.py) | smp's binary mode: BCE + soft Dice, ... | multiclass mode: CE + soft Dice, ... |
 | truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels |
 | truth kept at full resolution | its bits | ``truth_bits`` bit planes of the labels |
 | what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask |
@@ -179,9 +179,10 @@ class Task:
         return inputs.test_class_rows(root, self)
 
     # --- training ---
-    def loss(self, bce_weight: float, dice_weight: float):
-        from lib.losses import BceDice, CeDice
-        return BceDice(bce_weight, dice_weight) if self.binary else CeDice(bce_weight, dice_weight)
+    def loss(self, name: str, pixel_weight: float, region_weight: float):
+        """The training loss ``name`` (``--loss``, lib/losses.py) in smp's binary or multiclass mode."""
+        from lib.losses import BINARY, MULTICLASS, make_loss
+        return make_loss(name, BINARY if self.binary else MULTICLASS, pixel_weight, region_weight)
 
     def target(self, masks):
         """A batch of network-size masks from the loader, (N, 1, H, W) uint8 -> what the loss takes:
