@@ -221,8 +221,15 @@ class Params:
                                  low=0, high=0.5)
 
     # --- 03_predict / 04_submit ---
-    tta: str = _OUTPUT("auto", "auto (pick on out-of-fold Dice) | none | hflip", stages="03",
-                       choices=("auto", "none", "hflip"))
+    tta: str = _OUTPUT("auto", "test-time augmentation (lib/tta.py): auto (the best of --tta-modes on out-of-fold Dice) "
+                       "| none | hflip | vflip | hvflip (both flips and the 180-degree rotation: 4 passes) | d4 (the 8 "
+                       "rotations by 90 degrees and their mirrors: square inputs only, --height == --width; on a "
+                       "non-square input a 90-degree turn would change its shape, so auto leaves d4 out there)",
+                       stages="03", choices=("auto", "none", "hflip", "vflip", "hvflip", "d4"))
+    tta_modes: str = _OUTPUT("none,hflip", "--tta auto chooses among these, comma-separated, simplest first (ties go "
+                             "to the earlier); each costs one pass over the out-of-fold images (d4: 8 predictions an "
+                             "image). Cars are not symmetric up/down; aerial or medical data may add vflip,hvflip,d4",
+                             stages="03")
     threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)")
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",
@@ -363,6 +370,10 @@ def check(p: Params) -> None:
                         "leave out --no-augment or the crop flags")
     problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(s.choices)}"
                  for name, s in SETTINGS.items() if s.choices and getattr(p, name) not in s.choices]
+    modes = [m.strip() for m in p.tta_modes.split(",") if m.strip()]
+    if not modes or any(m not in SETTINGS["tta"].choices[1:] for m in modes):
+        problems.append(f"--tta-modes {p.tta_modes!r} must list modes of "
+                        f"{', '.join(SETTINGS['tta'].choices[1:])}, comma-separated")
     if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
     if p.scale_low > p.scale_high:

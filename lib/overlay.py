@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from lib import files, fingerprint, postprocess, rle, tiles, tuning as tuning_mod
+from lib import files, fingerprint, postprocess, rle, tiles, tta, tuning as tuning_mod
 from lib.data import worker_count
 from lib.errors import PipelineError, listing
 from lib.inputs import image_header_size, read_image_bytes
@@ -125,7 +125,8 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str
                 tuning, why = None, f"{files.TUNING} was made by other models"
         except PipelineError as e:
             why = f"unusable {files.TUNING} ({e})"
-    mode = p.tta if p.tta != "auto" else (tuning.tta if tuning else "hflip")
+    mode = p.tta if p.tta != "auto" else (tuning.tta if tuning else tta.AUTO_DEFAULT)
+    tta.check(mode, *ens.size)
     threshold = p.threshold or (tuning.threshold if tuning else DEFAULT_THRESHOLD)
     post = p.postprocess if p.postprocess != "auto" else (tuning.postprocess if tuning else postprocess.NONE)
     source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why

@@ -220,7 +220,7 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     h, w = ens.size
     cache = open_for(p, list(split.id), h, w)
     task = ens.task
-    modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
+    modes = tta.candidates(p.tta, p.tta_modes, h, w)
     posts = task.post_choices(p.postprocess)
     # per (TTA mode, post-processing), per fold: Task.oof_stats
     stats: dict[tuple[str, str], list[np.ndarray]] = {(m, q): [] for m in modes for q in posts}
@@ -244,7 +244,8 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
     (mode, post), (dice, threshold, class_dice) = key, best[key]
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
-                  int(sum(len(x) for x in stats[key])), p.tta, p.postprocess, ens.fingerprints, task, scores,
+                  int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess, ens.fingerprints,
+                  task, scores,
                   class_dice)
 
 
@@ -341,9 +342,12 @@ def untuned(p: Params, split: pd.DataFrame, final: Ensemble) -> Tuning:
     """The record for a full model without fold models to tune on: --tta (auto: hflip), --threshold (0: 0.5) and
     --postprocess (auto: none)."""
     h, w = final.size
+    mode = tta.AUTO_DEFAULT if p.tta == "auto" else p.tta
+    tta.check(mode, h, w)
     cache = open_for(p, list(split.id), h, w)
-    return Tuning(p.experiment, [], "hflip" if p.tta == "auto" else p.tta, final.task.post_choices(p.postprocess)[0],
-                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, p.tta, p.postprocess,
+    return Tuning(p.experiment, [], mode, final.task.post_choices(p.postprocess)[0],
+                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, tta.asked_text(p.tta, p.tta_modes),
+                  p.postprocess,
                   final.fingerprints, final.task, [], tuned=False, final=files.FULL)
 
 
@@ -358,7 +362,7 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
     except PipelineError as e:
         print(f"note: {e}")
         return None
-    return old if (old.models == expected_models(ens, final) and old.tta_asked == p.tta
+    return old if (old.models == expected_models(ens, final) and old.tta_asked == tta.asked_text(p.tta, p.tta_modes)
                    and old.postprocess_asked == p.postprocess) else None
 
 
