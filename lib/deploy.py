@@ -118,6 +118,7 @@ def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8
     read and checked before anything is written); returns ``out``."""
     h, w = model.size
     threshold, post, task = float(model.record["threshold"]), model.record["postprocess"], model.task
+    min_area = float(model.record.get("min_area", 0.0))  # records before gating: none
     loaded = [net_image(path, h, w) for path in paths]  # refuses a bad photo before any file is written
     out.mkdir(parents=True, exist_ok=True)
     lines = [files.csv_row("img", "rle_mask")]
@@ -125,7 +126,7 @@ def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8
         chunk = loaded[start:start + batch]
         maps = model.maps(np.stack([image for image, _ in chunk]))
         for path, (_, orig), m in zip(paths[start:start + batch], chunk, maps):
-            decision = task.decide_maps([m], [1.0], orig, threshold, post)
+            decision = task.decide_maps([m], [1.0], orig, threshold, post, min_area)
             photo = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             png_values, shown = task.mask_pictures(photo[..., ::-1], decision)
             files.write_bytes_atomic(out / f"{path.stem}_mask.png", cv2.imencode(".png", png_values)[1].tobytes())

@@ -113,9 +113,10 @@ def photo_paths(sources: list[str]) -> list[Path]:
     return out
 
 
-def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str]:
-    """(TTA mode, threshold, post-processing, where they come from): --tta/--threshold/--postprocess when given, else
-    a sound tuning.json of these models, else hflip, 0.5 and none."""
+def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, float, str]:
+    """(TTA mode, threshold, post-processing, minimum mask area, where they come from): --tta/--threshold/--postprocess
+    when given, else a sound tuning.json of these models, else hflip, 0.5 and none; the minimum area (a fraction of
+    the image, binary masks) is the tuning's, else 0 (no gating)."""
     run = files.run_dir(p.output_dir, p.experiment)
     tuning, why = None, f"no {files.TUNING}"
     if (run / files.TUNING).exists():
@@ -130,7 +131,7 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str
     threshold = p.threshold or (tuning.threshold if tuning else DEFAULT_THRESHOLD)
     post = p.postprocess if p.postprocess != "auto" else (tuning.postprocess if tuning else postprocess.NONE)
     source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why
-    return mode, threshold, ens.task.post_choices(post)[0], source
+    return mode, threshold, ens.task.post_choices(post)[0], tuning.min_area if tuning else 0.0, source
 
 
 class _Photos(TestImages):
@@ -178,7 +179,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     be. A file there that this function did not write is never replaced, unless ``overwrite``."""
     paths = photo_paths(sources)
     ens = load_fold_models(p, folds)
-    mode, threshold, post, source = choose_tta_threshold(p, ens)
+    mode, threshold, post, min_area, source = choose_tta_threshold(p, ens)
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
     skipped: dict[int, str] = {}
     for i, path in enumerate(paths):
@@ -190,13 +191,13 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     record = check_overwrites(out, names, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _record(out, record | dict.fromkeys(names))  # ours from now on, even if this run is killed
-    decided = f"{ens.task.decision_text(threshold, post)} ({source})"
+    decided = f"{ens.task.decision_text(threshold, post, min_area)} ({source})"
     models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
     todo = [i for i in range(len(paths)) if i not in skipped]
     print(f"{len(todo)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
     start = time.perf_counter()
     predict = _tiled if p.tile_size else _whole
-    written = predict(p, ens, mode, paths, todo, skipped, threshold, post, out)
+    written = predict(p, ens, mode, paths, todo, skipped, threshold, post, min_area, out)
     rows: dict[int, list[str]] = {}
     for i, codes, why in (f.result() for f in written):
         if why:
@@ -222,7 +223,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
 
 
 def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[int], skipped: dict[int, str],
-           threshold: float, post: str, out: Path) -> list:
+           threshold: float, post: str, min_area: float, out: Path) -> list:
     """Photos ``todo`` resized to the network size, predicted in batches: the futures of ``_write_photo``. A photo
     that does not decode is skipped (``_skip``), not the batch."""
     h, w = ens.size
@@ -238,13 +239,13 @@ def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
             images, index, origs, _ = batch
             probs = predict_batch(ens, images, mode)
             written += [writer.submit(_write_photo, todo[j], paths[todo[j]], prob, tuple(orig.tolist()), threshold,
-                                      out, p.rle_order, ens.task, post)
+                                      out, p.rle_order, ens.task, post, min_area)
                         for j, prob, orig in zip(index.tolist(), probs, origs)]
     return written
 
 
 def _tiled(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[int], skipped: dict[int, str],
-           threshold: float, post: str, out: Path) -> list:
+           threshold: float, post: str, min_area: float, out: Path) -> list:
     """Photos ``todo`` at their own scale (shrunk by --downscale) predicted by sliding window (``tiles.sliding_window``,
     --predict-batch-size tiles at a time): the futures of ``_write_photo``. One photo is decoded at a time and at
     most two stitched maps wait for the writer, so memory follows the photo and the tile batch, not the folder. A
@@ -264,7 +265,7 @@ def _tiled(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
             prob = tiles.sliding_window(predict, image, p.tile_size, p.tile_overlap, p.predict_batch_size)
             del image
             written.append(writer.submit(_write_photo, i, paths[i], ens.task.to_maps(torch.from_numpy(prob[None]))[0],
-                                         orig, threshold, out, p.rle_order, ens.task, post))
+                                         orig, threshold, out, p.rle_order, ens.task, post, min_area))
     return written
 
 
@@ -286,7 +287,7 @@ def _drop_skipped(out: Path, record: dict[str, str | None], names: list[str]) ->
 
 
 def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,
-                 rle_order: str = "row", task: Task = BINARY, post: str = postprocess.NONE
+                 rle_order: str = "row", task: Task = BINARY, post: str = postprocess.NONE, min_area: float = 0.0
                  ) -> tuple[int, list[str], str]:
     """Mask PNG (0/255, or the class index of each pixel), overlay and RLE(s) of one photo at its own size:
     (i, the RLEs, ""), or (i, [], why) when the photo does not decode whole (nothing written for it)."""
@@ -297,7 +298,7 @@ def _write_photo(i: int, path: Path, prob: np.ndarray, orig: tuple[int, int], th
         return i, [], str(e)
     if image is None or image.shape[:2] != orig:
         return i, [], f"{path}: not a readable image (it does not decode whole)"
-    decision = task.decide_maps([prob], [1.0], orig, threshold, post)
+    decision = task.decide_maps([prob], [1.0], orig, threshold, post, min_area)
     png_values, shown = task.mask_pictures(image[..., ::-1], decision)
     ok1, png = cv2.imencode(".png", png_values)
     ok2, jpg = cv2.imencode(".jpg", shown[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])

@@ -235,18 +235,18 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     for key, folds_stats in stats.items():
         mode, post = key
         threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD)
-        best[key] = (dice, threshold, extra.get("class_dice", {}))
+        best[key] = (dice, threshold, extra.get("class_dice", {}), extra.get("min_area", 0.0))
+        gated = {"min_area": extra["min_area"]} if "min_area" in extra else {}
         for k, d in zip(ens.folds, fold_dice):
             scores.append({"name": f"fold {k} model", "tta": mode, "postprocess": post, "threshold": threshold,
-                           "dice": d})
+                           "dice": d, **gated})
         scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "postprocess": post,
                        "threshold": threshold, "dice": float(dice), **extra})
     key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
-    (mode, post), (dice, threshold, class_dice) = key, best[key]
+    (mode, post), (dice, threshold, class_dice, min_area) = key, best[key]
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
-                  int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess, ens.fingerprints,
-                  task, scores,
-                  class_dice)
+                  int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess,
+                  ens.fingerprints, task, scores, class_dice, min_area=min_area)
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
@@ -366,6 +366,20 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
                    and old.postprocess_asked == p.postprocess) else None
 
 
+def _area_text(min_area: float, orig_size: tuple[int, int] | None) -> str:
+    """'0.1% of the image (2455 px)' for the tuning's messages (pixels where every image has one size)."""
+    pixels = f" ({round(min_area * orig_size[0] * orig_size[1])} px)" if orig_size else ""
+    return f"{min_area:.2%} of the image{pixels}"
+
+
+def _gating_text(row: dict, orig_size: tuple[int, int] | None) -> str:
+    """What a pooled score row of a binary task adds: the minimum area chosen and the Dice without gating."""
+    if "dice_ungated" not in row:
+        return ""
+    area = _area_text(row["min_area"], orig_size) if row["min_area"] else "0 (no gating)"
+    return f"  min area {area}, without gating {row['dice_ungated']:.5f}"
+
+
 def _post_text(tuning: Tuning) -> str:
     """', post-processing largest' for the tuning's messages; '' when there is none."""
     return f", post-processing {tuning.postprocess}" if tuning.postprocess != postprocess.NONE else ""
@@ -394,8 +408,10 @@ def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: boo
     tuning_mod.write(run, tuning)
     for row in tuning.scores:
         print(f"  {row['name']:<24} TTA {row['tta']:<6} {row['postprocess']:<8} threshold {row['threshold']:.3f}  "
-              f"OOF Dice {row['dice']:.5f}")
+              f"OOF Dice {row['dice']:.5f}" + _gating_text(row, tuning.orig_size))
     decided = "argmax" if tuning.class_dice else f"threshold {tuning.threshold:.3f}"
+    if tuning.min_area:
+        decided += f", masks under {_area_text(tuning.min_area, tuning.orig_size)} emptied"
     print(f"tuning: TTA {tuning.tta}{_post_text(tuning)}, {decided}, out-of-fold Dice "
           f"{tuning.oof_dice:.5f} over {tuning.n_images} images -> {path}")
     if tuning.class_dice:
