@@ -120,6 +120,8 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
         decided = task.decision_text(manifest["threshold"], "none")
         post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
                 if manifest["postprocess"] != "none" else "")
+        post += (f", emptying masks under {manifest['min_area']:.2%} of the image ({manifest['min_area_source']})"
+                 if manifest["min_area"] else "")
         print(f"wrote {out}: {manifest['rows']} rows, {decided} ({manifest['threshold_source']}){post}, "
               f"{manifest['seconds']:.1f}s, {manifest['images_per_s']} images/s")
         written[out.name] = out

@@ -178,8 +178,13 @@ class Params:
                         "and predicts, and log.csv keeps the weights' own val Dice beside it (val_dice_raw). 0 = off",
                         low=0, below=1)
     patience: int = _TRAIN(10, "early stopping: epochs without val Dice improvement (0 = off)", low=0)
-    bce_weight: float = _TRAIN(1.0, "loss = bce_weight * BCE + dice_weight * soft Dice", low=0)
-    dice_weight: float = _TRAIN(1.0, "weight of the soft Dice term of the loss", low=0)
+    loss: str = _TRAIN("bce_dice", "training loss, smp's (lib/losses.py): bce_dice (BCE, or cross-entropy for "
+                       "classes, + soft Dice: Carvana's) | focal_dice (focal + soft Dice) | lovasz (BCE/CE + Lovasz "
+                       "hinge/softmax) | tversky (BCE/CE + Tversky, alpha 0.3 on false positives, beta 0.7 on false "
+                       "negatives)", choices=("bce_dice", "focal_dice", "lovasz", "tversky"))
+    bce_weight: float = _TRAIN(1.0, "loss = bce_weight * pixel term (BCE, cross-entropy or focal) + dice_weight * "
+                               "region term (soft Dice, Lovasz or Tversky); 0 drops the pixel term", low=0)
+    dice_weight: float = _TRAIN(1.0, "weight of the region term of the loss (soft Dice, Lovasz or Tversky)", low=0)
     augment: bool = _TRAIN(True, "hflip + shift/scale/rotate + HSV, jointly on image and mask")
     hflip_p: float = _TRAIN(0.5, "probability of a horizontal flip", low=0, high=1)
     shift_scale_rotate_p: float = _TRAIN(0.5, "probability of a shift/scale/rotate (affine) change", low=0, high=1)
@@ -221,8 +226,15 @@ class Params:
                                  low=0, high=0.5)
 
     # --- 03_predict / 04_submit ---
-    tta: str = _OUTPUT("auto", "auto (pick on out-of-fold Dice) | none | hflip", stages="03 05",
-                       choices=("auto", "none", "hflip"))
+    tta: str = _OUTPUT("auto", "test-time augmentation (lib/tta.py): auto (the best of --tta-modes on out-of-fold Dice) "
+                       "| none | hflip | vflip | hvflip (both flips and the 180-degree rotation: 4 passes) | d4 (the 8 "
+                       "rotations by 90 degrees and their mirrors: square inputs only, --height == --width; on a "
+                       "non-square input a 90-degree turn would change its shape, so auto leaves d4 out there)",
+                       stages="03 05", choices=("auto", "none", "hflip", "vflip", "hvflip", "d4"))
+    tta_modes: str = _OUTPUT("none,hflip", "--tta auto chooses among these, comma-separated, simplest first (ties go "
+                             "to the earlier); each costs one pass over the out-of-fold images (d4: 8 predictions an "
+                             "image). Cars are not symmetric up/down; aerial or medical data may add vflip,hvflip,d4",
+                             stages="03")
     threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)", stages="03 04 05")
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",
@@ -363,6 +375,10 @@ def check(p: Params) -> None:
                         "leave out --no-augment or the crop flags")
     problems += [f"--{name.replace('_', '-')} {getattr(p, name)!r} must be one of {', '.join(s.choices)}"
                  for name, s in SETTINGS.items() if s.choices and getattr(p, name) not in s.choices]
+    modes = [m.strip() for m in p.tta_modes.split(",") if m.strip()]
+    if not modes or any(m not in SETTINGS["tta"].choices[1:] for m in modes):
+        problems.append(f"--tta-modes {p.tta_modes!r} must list modes of "
+                        f"{', '.join(SETTINGS['tta'].choices[1:])}, comma-separated")
     if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
     if p.scale_low > p.scale_high:

@@ -118,6 +118,7 @@ def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8
     written. Returns the indices predicted and those skipped; PipelineError when none could be."""
     h, w = model.size
     threshold, post, task = float(model.record["threshold"]), model.record["postprocess"], model.task
+    min_area = float(model.record.get("min_area", 0.0))  # records before gating: none
     skipped, loaded = photos.Skipped(), {}
     for i, path in enumerate(paths):
         why = photos.not_a_file(path)
@@ -139,7 +140,8 @@ def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8
         chunk = todo[start:start + batch]
         maps = model.maps(np.stack([loaded[i][0] for i in chunk]))
         for i, m in zip(chunk, maps):
-            _, photo_rows, why = photos.write_photo(i, paths[i], m, loaded[i][1], threshold, out, rle_order, task, post)
+            _, photo_rows, why = photos.write_photo(i, paths[i], m, loaded[i][1], threshold, out, rle_order, task, post,
+                                                      min_area)
             if why:
                 skipped.add(i, why)
             else:

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from lib import files, postprocess
 from lib.geometry import from_net
-from lib.metrics import binarize, level_of
+from lib.metrics import binarize, gate, level_of
 from lib.oof import at_size
 from lib.task import Task
 from lib.testmaps import Prediction
@@ -37,12 +37,12 @@ def blend(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float]) -> NDArra
 
 
 def ensemble_mask(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
-                  threshold: float, post: str = postprocess.NONE) -> NDArray[np.bool_]:
+                  threshold: float, post: str = postprocess.NONE, min_area: float = 0.0) -> NDArray[np.bool_]:
     """Network-size maps (each (h_i, w_i) uint8) -> (H0, W0) bool mask: from_net each, blend, post-process
-    (lib/postprocess.py), binarize."""
+    (lib/postprocess.py), binarize, empty it when smaller than ``min_area`` of the image (``metrics.gate``)."""
     h0, w0 = orig_size
     blended = np.ascontiguousarray(blend([from_net(m, h0, w0) for m in maps], weights))
-    return binarize(postprocess.apply(post, blended), threshold)
+    return gate(binarize(postprocess.apply(post, blended), threshold), min_area)
 
 
 def ensemble_labels(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
@@ -77,3 +77,12 @@ def ensemble_postprocess(preds: Sequence[Prediction], override: str = "auto") ->
     if len(tuned) == 1:
         return tuned.pop(), "tuned out-of-fold"
     return postprocess.NONE, "the folders' tunings disagree"
+
+
+def ensemble_min_area(preds: Sequence[Prediction]) -> tuple[float, str]:
+    """(minimum area of a mask as a fraction of its image, where it came from): the tuned one where every folder
+    agrees (0, no gating, on a set without empty images), else 0."""
+    tuned = {p.tuning.min_area for p in preds}
+    if len(tuned) == 1:
+        return tuned.pop(), "tuned out-of-fold"
+    return 0.0, "the folders' tunings disagree: no gating"

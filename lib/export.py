@@ -58,7 +58,8 @@ def onnx_bytes(ens: Ensemble, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-def record(p: Params, ens: Ensemble, mode: str, threshold: float, post: str, source: str, digest: str) -> dict:
+def record(p: Params, ens: Ensemble, mode: str, threshold: float, post: str, source: str, digest: str,
+           min_area: float = 0.0) -> dict:
     """What export.json holds: everything lib/deploy.py needs besides the graph."""
     h, w = ens.size
     return {"version": RECORD_VERSION, "onnx": ONNX_NAME, "onnx_sha256": digest, "opset": OPSET,
@@ -69,7 +70,7 @@ def record(p: Params, ens: Ensemble, mode: str, threshold: float, post: str, sou
             "resize": {"stride": geometry.STRIDE, "full_resolution": "reflect-pad to a multiple of the stride, "
                        "crop back", "other": "INTER_AREA down (decoded reduced when 2/4/8x larger), bilinear back"},
             "orig_size": [geometry.ORIG_H, geometry.ORIG_W],
-            "tta": mode, "threshold": threshold, "postprocess": post, "decided_by": source,
+            "tta": mode, "threshold": threshold, "postprocess": post, "min_area": min_area, "decided_by": source,
             "task": ens.task.record(), "colors": [list(c) for c in ens.task.colors],
             "models": ens.fingerprints}
 
@@ -78,14 +79,15 @@ def export(p: Params, folds: list[int] | None = None) -> Path:
     """Write export/model.onnx and export/export.json of the run (its full model, else its fold models, or
     ``folds``), with the TTA, threshold and post-processing 03_predict.py --images would use; returns the folder."""
     ens = load_fold_models(p, folds)
-    mode, threshold, post, source = choose_tta_threshold(p, ens)
+    mode, threshold, post, min_area, source = choose_tta_threshold(p, ens)
     data = onnx_bytes(ens, mode)
     out = export_dir(p)
     out.mkdir(parents=True, exist_ok=True)
     digest = onnx_digest(data)
     files.write_bytes_atomic(out / ONNX_NAME, data)
-    files.write_json(out / JSON_NAME, record(p, ens, mode, threshold, post, source, digest))
-    print(f"exported {len(ens.models)} model(s), TTA {mode}, {ens.task.decision_text(threshold, post)} ({source}) "
+    files.write_json(out / JSON_NAME, record(p, ens, mode, threshold, post, source, digest, min_area))
+    decided = ens.task.decision_text(threshold, post, min_area)
+    print(f"exported {len(ens.models)} model(s), TTA {mode}, {decided} ({source}) "
           f"-> {out / ONNX_NAME} ({len(data) / 2**20:.1f} MiB, opset {OPSET}) and {out / JSON_NAME}")
     return out
 

@@ -80,21 +80,21 @@ def at_size(m: np.ndarray, task: Task, height: int, width: int) -> np.ndarray:
 
 
 def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float, task: Task,
-                post: str = postprocess.NONE) -> np.ndarray:
+                post: str = postprocess.NONE, min_area: float = 0.0) -> np.ndarray:
     """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
     image's own size, for each scored class of the ``task``'s decision (``Task.decide``: S = 1 binary, at
-    ``threshold`` after post-processing ``post``; S = C - 1 multi-class, of the argmax)."""
+    ``threshold`` after post-processing ``post``, gated at ``min_area``; S = C - 1 multi-class, of the argmax)."""
     level = level_of(threshold)
-    return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), level, post),
+    return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), level, post, min_area),
                                       cache.full_mask(r))
                      for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, len(task.scored))
 
 
 def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float, task: Task,
-                post: str = postprocess.NONE) -> np.ndarray:
-    """(N,) full-resolution score of each map: Dice at ``threshold`` after post-processing ``post`` (binary) or the
-    mean Dice of the classes of the argmax (multi-class)."""
-    return class_dices(probs_u8, cache, rows, threshold, task, post).mean(axis=1)
+                post: str = postprocess.NONE, min_area: float = 0.0) -> np.ndarray:
+    """(N,) full-resolution score of each map: Dice at ``threshold`` after post-processing ``post``, gated at
+    ``min_area`` (binary) or the mean Dice of the classes of the argmax (multi-class)."""
+    return class_dices(probs_u8, cache, rows, threshold, task, post, min_area).mean(axis=1)
 
 
 def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from lib import files, photos, postprocess, tiles, tuning as tuning_mod
+from lib import files, photos, postprocess, tiles, tta, tuning as tuning_mod
 from lib.data import worker_count
 from lib.errors import PipelineError
 from lib.inputs import image_header_size
@@ -28,9 +28,10 @@ from lib.predict import (DEFAULT_THRESHOLD, Ensemble, TestImages, load_fold_mode
 from params import Params, rerun
 
 
-def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str]:
-    """(TTA mode, threshold, post-processing, where they come from): --tta/--threshold/--postprocess when given, else
-    a sound tuning.json of these models, else hflip, 0.5 and none."""
+def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, float, str]:
+    """(TTA mode, threshold, post-processing, minimum mask area, where they come from): --tta/--threshold/--postprocess
+    when given, else a sound tuning.json of these models, else hflip, 0.5 and none; the minimum area (a fraction of
+    the image, binary masks) is the tuning's, else 0 (no gating)."""
     run = files.run_dir(p.output_dir, p.experiment)
     tuning, why = None, f"no {files.TUNING}"
     if (run / files.TUNING).exists():
@@ -40,11 +41,12 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, str
                 tuning, why = None, f"{files.TUNING} was made by other models"
         except PipelineError as e:
             why = f"unusable {files.TUNING} ({e})"
-    mode = p.tta if p.tta != "auto" else (tuning.tta if tuning else "hflip")
+    mode = p.tta if p.tta != "auto" else (tuning.tta if tuning else tta.AUTO_DEFAULT)
+    tta.check(mode, *ens.size)
     threshold = p.threshold or (tuning.threshold if tuning else DEFAULT_THRESHOLD)
     post = p.postprocess if p.postprocess != "auto" else (tuning.postprocess if tuning else postprocess.NONE)
     source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why
-    return mode, threshold, ens.task.post_choices(post)[0], source
+    return mode, threshold, ens.task.post_choices(post)[0], tuning.min_area if tuning else 0.0, source
 
 
 class _Photos(TestImages):
@@ -84,7 +86,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     be. A file there that this function did not write is never replaced, unless ``overwrite`` (lib/photos.py)."""
     paths = photos.photo_paths(sources)
     ens = load_fold_models(p, folds)
-    mode, threshold, post, source = choose_tta_threshold(p, ens)
+    mode, threshold, post, min_area, source = choose_tta_threshold(p, ens)
     out = out_dir or files.run_dir(p.output_dir, p.experiment) / "images"
     skipped = photos.Skipped(lambda line: tqdm.write(line, file=sys.stderr))
     for i, path in enumerate(paths):
@@ -93,13 +95,13 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
     if len(skipped) == len(paths):  # nothing written, nothing decoded
         raise PipelineError(skipped.none_predicted())
     record = photos.claim(out, paths, overwrite, rerun("--overwrite"))
-    decided = f"{ens.task.decision_text(threshold, post)} ({source})"
+    decided = f"{ens.task.decision_text(threshold, post, min_area)} ({source})"
     models = "the full model" if ens.folds == [files.FULL] else f"{len(ens.models)} fold model(s)"
     todo = [i for i in range(len(paths)) if i not in skipped]
     print(f"{len(todo)} photo(s) with {models}, TTA {mode}, {decided} -> {out}", flush=True)
     start = time.perf_counter()
     predict = _tiled if p.tile_size else _whole
-    written = predict(p, ens, mode, paths, todo, skipped, threshold, post, out)
+    written = predict(p, ens, mode, paths, todo, skipped, threshold, post, min_area, out)
     rows: dict[int, list[tuple[str, str]]] = {}
     for i, photo_rows, why in (f.result() for f in written):
         if why:
@@ -114,7 +116,7 @@ def predict_photos(p: Params, sources: list[str], out_dir: Path | None = None, f
 
 
 def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[int], skipped: photos.Skipped,
-           threshold: float, post: str, out: Path) -> list:
+           threshold: float, post: str, min_area: float, out: Path) -> list:
     """Photos ``todo`` resized to the network size, predicted in batches: the futures of ``photos.write_photo``. A photo
     that does not decode is skipped (``skipped.add``), not the batch."""
     h, w = ens.size
@@ -130,13 +132,13 @@ def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
             images, index, origs, _ = batch
             probs = predict_batch(ens, images, mode)
             written += [writer.submit(photos.write_photo, todo[j], paths[todo[j]], prob, tuple(orig.tolist()),
-                                      threshold, out, p.rle_order, ens.task, post)
+                                      threshold, out, p.rle_order, ens.task, post, min_area)
                         for j, prob, orig in zip(index.tolist(), probs, origs)]
     return written
 
 
 def _tiled(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[int], skipped: photos.Skipped,
-           threshold: float, post: str, out: Path) -> list:
+           threshold: float, post: str, min_area: float, out: Path) -> list:
     """Photos ``todo`` at their own scale (shrunk by --downscale) predicted by sliding window (``tiles.sliding_window``,
     --predict-batch-size tiles at a time): the futures of ``photos.write_photo``. One photo is decoded at a time and at
     most two stitched maps wait for the writer, so memory follows the photo and the tile batch, not the folder. A
@@ -154,5 +156,5 @@ def _tiled(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
             del image
             maps = ens.task.to_maps(torch.from_numpy(prob[None]))[0]
             written.append(writer.submit(photos.write_photo, i, paths[i], maps, orig, threshold, out, p.rle_order,
-                                         ens.task, post))
+                                         ens.task, post, min_area))
     return written

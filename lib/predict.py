@@ -266,7 +266,7 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     h, w = ens.size
     cache = open_for(p, list(split.id), h, w)
     task = ens.task
-    modes = list(tta.MODES) if p.tta == "auto" else [p.tta]
+    modes = tta.candidates(p.tta, p.tta_modes, h, w)
     posts = task.post_choices(p.postprocess)
     # per (TTA mode, post-processing), per fold: Task.oof_stats
     stats: dict[tuple[str, str], list[np.ndarray]] = {(m, q): [] for m in modes for q in posts}
@@ -281,17 +281,18 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     for key, folds_stats in stats.items():
         mode, post = key
         threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD)
-        best[key] = (dice, threshold, extra.get("class_dice", {}))
+        best[key] = (dice, threshold, extra.get("class_dice", {}), extra.get("min_area", 0.0))
+        gated = {"min_area": extra["min_area"]} if "min_area" in extra else {}
         for k, d in zip(ens.folds, fold_dice):
             scores.append({"name": f"fold {k} model", "tta": mode, "postprocess": post, "threshold": threshold,
-                           "dice": d})
+                           "dice": d, **gated})
         scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "postprocess": post,
                        "threshold": threshold, "dice": float(dice), **extra})
     key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
-    (mode, post), (dice, threshold, class_dice) = key, best[key]
+    (mode, post), (dice, threshold, class_dice, min_area) = key, best[key]
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
-                  int(sum(len(x) for x in stats[key])), p.tta, p.postprocess, ens.fingerprints, task, scores,
-                  class_dice)
+                  int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess,
+                  ens.fingerprints, task, scores, class_dice, min_area=min_area)
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
@@ -387,9 +388,12 @@ def untuned(p: Params, split: pd.DataFrame, final: Ensemble) -> Tuning:
     """The record for a full model without fold models to tune on: --tta (auto: hflip), --threshold (0: 0.5) and
     --postprocess (auto: none)."""
     h, w = final.size
+    mode = tta.AUTO_DEFAULT if p.tta == "auto" else p.tta
+    tta.check(mode, h, w)
     cache = open_for(p, list(split.id), h, w)
-    return Tuning(p.experiment, [], "hflip" if p.tta == "auto" else p.tta, final.task.post_choices(p.postprocess)[0],
-                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, p.tta, p.postprocess,
+    return Tuning(p.experiment, [], mode, final.task.post_choices(p.postprocess)[0],
+                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, tta.asked_text(p.tta, p.tta_modes),
+                  p.postprocess,
                   final.fingerprints, final.task, [], tuned=False, final=files.FULL)
 
 
@@ -404,7 +408,7 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
     except PipelineError as e:
         print(f"note: {e}")
         return None
-    return old if (old.models == expected_models(ens, final) and old.tta_asked == p.tta
+    return old if (old.models == expected_models(ens, final) and old.tta_asked == tta.asked_text(p.tta, p.tta_modes)
                    and old.postprocess_asked == p.postprocess) else None
 
 
@@ -435,7 +439,7 @@ def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: boo
         tuning = tuning.replace(models=expected_models(ens, final), final=files.FULL)
     tuning_mod.write(run, tuning)
     print("\n".join(tuning_mod.score_lines(tuning)))
-    decided = tuning.task.decision_text(tuning.threshold, postprocess.NONE)
+    decided = tuning.task.decision_text(tuning.threshold, postprocess.NONE, tuning.min_area)
     print(f"tuning: TTA {tuning.tta}{_post_text(tuning)}, {decided}, out-of-fold Dice "
           f"{tuning.oof_dice:.5f} over {tuning.n_images} images -> {path}")
     if tuning.class_dice:

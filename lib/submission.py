@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lib import files, fingerprint, parallel, postprocess, rle, testmaps
-from lib.ensemble import ensemble_postprocess, ensemble_threshold
+from lib.ensemble import ensemble_min_area, ensemble_postprocess, ensemble_threshold
 from lib.errors import PipelineError
 from lib.inputs import image_header_size
 from lib.metrics import level_of
@@ -69,6 +69,7 @@ class EncodeJob:
     task: Task = BINARY  # multi-class: every scored class's RLE, of the argmax of the blended class maps
     postprocess: str = postprocess.NONE  # binary: lib/postprocess.py's, on the blended full-size map
     repairs: tuple[str, ...] = ()  # per folder: the command that predicts its maps again (``predict_command``)
+    min_area: float = 0.0  # binary: a mask under this fraction of its image is emptied (``metrics.gate``)
 
 
 def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
@@ -108,7 +109,7 @@ def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
                     f"has changed since its map {path} was made from it (same size, other bytes)")
             raise PipelineError(f"{image}: {what}; predict it again: {repair} (it predicts the maps of changed "
                                 "images again)")
-    decision = job.task.decide_maps(maps, job.weights, orig, job.threshold, job.postprocess)
+    decision = job.task.decide_maps(maps, job.weights, orig, job.threshold, job.postprocess, job.min_area)
     return image_id, tuple(rle.encode(m, job.rle_order) for m in job.task.class_masks(decision))
 
 
@@ -270,22 +271,25 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
     class_rows = [(i, c) for i in ids for c in task.scored] if class_rows is None else class_rows
     thr, source = ensemble_threshold(preds, threshold)
     post, post_source = ensemble_postprocess(preds, post)
+    min_area, area_source = ensemble_min_area(preds)
     orig_size = preds[0].orig_size
     if test_names is not None:  # only what the workers need; nothing when every name is Carvana's <id>.jpg
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
-                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post, tuple(repairs))
+                    tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post, tuple(repairs),
+                    min_area)
     ttas = sorted({p.tuning.tta for p in preds})
     first = preds[0].tuning
     scored = len(preds) == 1 and not threshold and first.tuned and post == first.postprocess
     fields = {
         "inputs": [{"folder": str(p.folder), "experiment": p.tuning.experiment, "weight": p.weight,
                     "weight_given": p.weight_given, "tta": p.tuning.tta, "postprocess": p.tuning.postprocess,
-                    "threshold": p.tuning.threshold, "oof_dice": p.tuning.oof_dice, "size": list(p.size)}
+                    "threshold": p.tuning.threshold, "oof_dice": p.tuning.oof_dice, "size": list(p.size),
+                    "min_area": p.tuning.min_area}
                    for p in preds],
         "threshold": thr, "level": level_of(thr), "threshold_source": source,
         "tta": ttas[0] if len(ttas) == 1 else "mixed (see inputs)",
-        "postprocess": post, "postprocess_source": post_source,
+        "postprocess": post, "postprocess_source": post_source, "min_area": min_area, "min_area_source": area_source,
         "oof_dice": first.oof_dice if scored else None,
         "oof_dice_note": (("out-of-fold full-resolution Dice of the fold models at this threshold (tuning.json)"
                            + ("; the full model predicted the test set" if first.final == files.FULL else ""))

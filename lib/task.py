@@ -6,13 +6,13 @@ The stages ask the task object rather than branching on the number of classes th
 |---|---|---|
 | network output | 1 channel of logits | C channels of logits |
 | probabilities | sigmoid | softmax over the channels |
-| loss | BCE + soft Dice (binary) | cross-entropy + soft Dice (multiclass), smp's losses |
+| loss (``--loss``, lib/losses.py) | smp's binary mode: BCE + soft Dice, ... | multiclass mode: CE + soft Dice, ... |
 | truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels |
 | truth kept at full resolution | its bits | ``truth_bits`` bit planes of the labels |
 | what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask |
 | training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest |
 | map (stored probabilities) | (H, W) uint8 | (C * H, W) uint8: the C class maps stacked down |
-| decision at the image's size | map (post-processed) > threshold: a bool mask | argmax over the classes: labels |
+| decision at the image's size | map (post-processed) > threshold, emptied below min-area: a bool mask | argmax over the classes: labels |
 | picture of a decision | the mask tinted and outlined | each class tinted in its colour |
 | score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean |
 | figures per class (logs, tuning) | none: the image score is the one class's | ``{name: value}`` of classes 1..C-1 |
@@ -38,7 +38,7 @@ from lib import postprocess, rle
 from lib.errors import PipelineError
 from lib.files import ListOf
 from lib.geometry import to_net
-from lib.metrics import dice
+from lib.metrics import dice, gate
 
 
 # what Task.record() writes, as a files.schema_problem schema; checkpoints add the colours (pictures draw with them)
@@ -179,9 +179,10 @@ class Task:
         return inputs.test_class_rows(root, self)
 
     # --- training ---
-    def loss(self, bce_weight: float, dice_weight: float):
-        from lib.losses import BceDice, CeDice
-        return BceDice(bce_weight, dice_weight) if self.binary else CeDice(bce_weight, dice_weight)
+    def loss(self, name: str, pixel_weight: float, region_weight: float):
+        """The training loss ``name`` (``--loss``, lib/losses.py) in smp's binary or multiclass mode."""
+        from lib.losses import BINARY, MULTICLASS, make_loss
+        return make_loss(name, BINARY if self.binary else MULTICLASS, pixel_weight, region_weight)
 
     def target(self, masks):
         """A batch of network-size masks from the loader, (N, 1, H, W) uint8 -> what the loss takes:
@@ -219,12 +220,14 @@ class Task:
         return m.reshape(c, m.shape[0] // c, m.shape[1])
 
     # --- decisions and scores ---
-    def decide(self, maps: NDArray[np.uint8], level: int, post: str = postprocess.NONE) -> NDArray:
+    def decide(self, maps: NDArray[np.uint8], level: int, post: str = postprocess.NONE, min_area: float = 0.0
+               ) -> NDArray:
         """(channels, H, W) uint8 maps at the image's size -> (H, W) bool mask (binary: the map after
-        post-processing ``post`` (lib/postprocess.py) above the uint8 ``level``) or uint8 labels (argmax; ``level``
-        and ``post`` are unused)."""
+        post-processing ``post`` (lib/postprocess.py) above the uint8 ``level``, emptied when it covers less than
+        ``min_area`` of the image: ``metrics.gate``) or uint8 labels (argmax; ``level``, ``post`` and ``min_area`` are
+        unused)."""
         if self.binary:
-            return postprocess.apply(post, maps[0]) > level
+            return gate(postprocess.apply(post, maps[0]) > level, min_area)
         return np.argmax(maps, axis=0).astype(np.uint8)
 
     def overlay(self, image: NDArray[np.uint8], decision: NDArray, truth: NDArray | None = None) -> NDArray[np.uint8]:
@@ -294,14 +297,14 @@ class Task:
         return list(postprocess.CHOICES) if asked == "auto" else [asked]
 
     def decide_maps(self, maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], size: tuple[int, int],
-                    threshold: float, post: str) -> NDArray:
+                    threshold: float, post: str, min_area: float = 0.0) -> NDArray:
         """The map -> mask decision of one image, for tuning, photos and submissions alike: stored network-size maps
         (one per prediction folder, each (channels * h_i, w_i) uint8) -> at the image's ``size`` (H0, W0) a bool mask
-        (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``) or uint8 labels
-        (the argmax of the blended class maps)."""
+        (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``, emptied below
+        ``min_area`` of the image) or uint8 labels (the argmax of the blended class maps)."""
         from lib.ensemble import ensemble_labels, ensemble_mask
         if self.binary:
-            return ensemble_mask(maps, weights, size, threshold, post)
+            return ensemble_mask(maps, weights, size, threshold, post, min_area)
         return ensemble_labels(maps, weights, size, self)
 
     def class_masks(self, decision: NDArray) -> list[NDArray[np.bool_]]:
@@ -319,10 +322,12 @@ class Task:
         show a threshold only where one decides."""
         return self.binary
 
-    def decision_text(self, threshold: float, post: str) -> str:
-        """How an image is decided, for messages: 'threshold 0.500[, largest region]' or 'argmax over ...'."""
+    def decision_text(self, threshold: float, post: str, min_area: float = 0.0) -> str:
+        """How an image is decided, for messages: 'threshold 0.500[, largest region][, emptied under 0.10% of the
+        image]' or 'argmax over ...'."""
         if self.binary:
-            return f"threshold {threshold:.3f}" + (", largest region" if post != "none" else "")
+            return (f"threshold {threshold:.3f}" + (", largest region" if post != "none" else "")
+                    + (f", emptied under {min_area:.2%} of the image" if min_area else ""))
         return f"argmax over {self.describe()}"
 
     def oof_stats(self, probs: Sequence[NDArray[np.uint8]], cache, rows: NDArray, posts: Sequence[str]
@@ -336,15 +341,18 @@ class Task:
 
     def pick(self, per_fold: list[NDArray], default_threshold: float) -> tuple[float, float, list[float], dict]:
         """(threshold, pooled Dice, each fold's Dice at that threshold, what the score row adds) from the folds'
-        ``oof_stats``: binary: the best threshold and the Dice at ``default_threshold`` (what an untuned run uses);
-        multi-class: the argmax (threshold 0.5) and each class's Dice."""
+        ``oof_stats``: binary: the best threshold and minimum area (``metrics.best_threshold_and_min_area``), the Dice
+        at ``default_threshold`` without gating (what an untuned run uses), the minimum area and the best Dice without
+        gating; multi-class: the argmax (threshold 0.5) and each class's Dice."""
         pooled = np.concatenate(per_fold)
         if self.binary:
-            from lib.metrics import best_threshold, dice_by_level, level_of
-            threshold, dice, per_level = best_threshold(pooled)
+            from lib.metrics import best_threshold, best_threshold_and_min_area, gated_dice_by_level, level_of
+            ungated_threshold, ungated, ungated_per_level = best_threshold(pooled)
+            threshold, min_area, dice, _ = best_threshold_and_min_area(pooled)
             level = level_of(threshold)
-            return (threshold, dice, [float(dice_by_level(h)[:, level].mean()) for h in per_fold],
-                    {"dice_at_default": float(per_level[level_of(default_threshold)])})
+            return (threshold, dice, [float(gated_dice_by_level(h, min_area)[:, level].mean()) for h in per_fold],
+                    {"dice_at_default": float(ungated_per_level[level_of(default_threshold)]), "min_area": min_area,
+                     "dice_ungated": ungated})
         return (0.5, float(pooled.mean()), [float(d.mean()) for d in per_fold],
                 {"class_dice": {self.names[c]: float(v) for c, v in zip(self.scored, pooled.mean(axis=0))}})
 

@@ -202,7 +202,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
                Precision.for_device(device, p.amp), task,
-               task.loss(p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader,
+               task.loss(p.loss, p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader,
                ema=ema)
 
 

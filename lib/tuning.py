@@ -1,4 +1,5 @@
-"""tuning.json: what 03_predict.py chose out-of-fold (TTA, post-processing, threshold) and which models it was for.
+"""tuning.json: what 03_predict.py chose out-of-fold (TTA, post-processing, threshold, minimum mask area) and which
+models it was for.
 
 03 writes it (``write``); 03 itself (to reuse it), 03 --images, 04 and its comparison table read it (``read``), which
 checks every field's type and that the numbers fit together, so a damaged or foreign file is refused in one line that
@@ -19,12 +20,12 @@ PREDICT_STAGE = "03_predict.py"
 
 # one row of the score table: binary rows add dice_at_default, multi-class rows class_dice
 _SCORE = {"name": str, "tta": str, "threshold": float, "dice": float, "postprocess": str,
-          "dice_at_default?": float, "class_dice?": files.MapOf(float)}
+          "dice_at_default?": float, "class_dice?": files.MapOf(float), "min_area?": float, "dice_ungated?": float}
 SCHEMA = {"experiment": str, "folds": files.ListOf((int, str)), "tta": str, "postprocess": str, "threshold": float,
           "level": int, "oof_dice": float, "size": files.ListOf(int), "orig_size": files.ListOf(int),
           "n_images": int, "tta_asked": str, "postprocess_asked": str, "models": files.ListOf(dict),
           "task": TASK_RECORD, "class_dice": files.MapOf(float), "scores": files.ListOf(_SCORE), "tuned": bool,
-          "final": str}
+          "final": str, "min_area?": float}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Tuning:
     class_dice: dict[str, float] = field(default_factory=dict)  # multi-class: Dice per class at the choice
     tuned: bool = True  # False: a full model's untuned defaults
     final: str = ""  # files.FULL when the full model predicts the test set
+    min_area: float = 0.0  # binary: a mask smaller than this fraction of its image is emptied (0: no gating)
 
     @property
     def level(self) -> int:
@@ -69,7 +71,8 @@ class Tuning:
                 "oof_dice": self.oof_dice, "size": list(self.size), "orig_size": list(self.orig_size or ()),
                 "n_images": self.n_images, "tta_asked": self.tta_asked, "postprocess_asked": self.postprocess_asked,
                 "models": self.models, "task": self.task.record(), "class_dice": self.class_dice,
-                "scores": self.scores, "tuned": self.tuned, "final": self.final}
+                "scores": self.scores, "tuned": self.tuned, "final": self.final,
+                "min_area": self.min_area}
 
     def replace(self, **changes) -> "Tuning":
         return dataclasses.replace(self, **changes)
@@ -82,11 +85,28 @@ def score_lines(tuning: Tuning) -> list[str]:
     threshold = tuning.task.uses_threshold
     width = max([len("model"), *(len(s["name"]) for s in tuning.scores)])
 
-    def line(name: str, tta: str, post: str, thr: str, dice: str) -> str:
-        return f"  {name:<{width}}  {tta:<6}  {post:<15}  " + (f"{thr:<9}  " if threshold else "") + dice
-    return [line("model", "TTA", "post-processing", "threshold", "OOF Dice")] + [
-        line(s["name"], s["tta"], s["postprocess"], f"{s['threshold']:.3f}", f"{s['dice']:.5f}")
-        for s in tuning.scores]
+    def line(name: str, tta: str, post: str, thr: str, dice: str, gating: str = "") -> str:
+        return (f"  {name:<{width}}  {tta:<6}  {post:<15}  " + (f"{thr:<9}  " if threshold else "") + dice
+                + (f"  {gating}" if gating else ""))
+    gated = any("dice_ungated" in s for s in tuning.scores)  # binary pooled rows: the gating tried with them
+    return [line("model", "TTA", "post-processing", "threshold", "OOF Dice",
+                 "min area, OOF Dice without gating" if gated else "")] + [
+        line(s["name"], s["tta"], s["postprocess"], f"{s['threshold']:.3f}", f"{s['dice']:.5f}",
+             _gating_text(s, tuning.orig_size)) for s in tuning.scores]
+
+
+def area_text(min_area: float, orig_size: tuple[int, int] | None) -> str:
+    """'0.10% of the image (2455 px)' for messages (pixels where every image has one size)."""
+    pixels = f" ({round(min_area * orig_size[0] * orig_size[1])} px)" if orig_size else ""
+    return f"{min_area:.2%} of the image{pixels}"
+
+
+def _gating_text(row: dict, orig_size: tuple[int, int] | None) -> str:
+    """What a pooled score row of a binary task adds: the minimum area chosen and the Dice without gating."""
+    if "dice_ungated" not in row:
+        return ""
+    area = area_text(row["min_area"], orig_size) if row["min_area"] else "0 (no gating)"
+    return f"{area}, {row['dice_ungated']:.5f}"
 
 
 def predict_command(folder: Path, *args: str, run: Path | None = None) -> str:
@@ -132,10 +152,13 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
     if r["postprocess"] not in postprocess.CHOICES:
         raise PipelineError(f"{path}: postprocess {r['postprocess']!r} is not one of "
                             f"{', '.join(postprocess.CHOICES)}; {repair}")
+    min_area = float(r.get("min_area", 0.0))  # files before gating have none: no gating
+    if not 0.0 <= min_area < 1.0:
+        raise PipelineError(f"{path}: min_area {min_area} is not a fraction of the image in [0, 1); {repair}")
     if r["task"]["classes"] < 1:
         raise PipelineError(f"{path}: task.classes {r['task']['classes']} is not >= 1; {repair}")
     return Tuning(r["experiment"], r["folds"], r["tta"], r["postprocess"], float(r["threshold"]),
                   float(r["oof_dice"]), (r["size"][0], r["size"][1]),
                   (r["orig_size"][0], r["orig_size"][1]) if r["orig_size"] else None, r["n_images"], r["tta_asked"],
                   r["postprocess_asked"], r["models"], Task(r["task"]["classes"], tuple(r["task"]["names"])),
-                  r["scores"], r["class_dice"], r["tuned"], r["final"])
+                  r["scores"], r["class_dice"], r["tuned"], r["final"], min_area)

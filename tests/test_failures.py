@@ -532,7 +532,7 @@ def test_out_of_memory_in_a_training_step_keeps_the_finished_run(trained, tmp_pa
     def oom(*_):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 9663676416 bytes. Error code 12 (Cannot allocate memory)")
-    monkeypatch.setattr("lib.losses.BceDice.forward", oom)  # the first batch's loss
+    monkeypatch.setattr("lib.losses.Combined.forward", oom)  # the first batch's loss
     with pytest.raises(SystemExit) as e:
         run_main(lambda: stage.main(p, args.fold, args.resume))
     assert e.value.code == 1

@@ -31,6 +31,8 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
             value = "32"
         if f.name == "tile_size":
             value = "64"
+        if f.name == "tta_modes":
+            value = "none,vflip"
         if f.name == "downscale":
             value = "2"
         args = [flag] if value is None else [flag, value]
@@ -46,7 +48,8 @@ def test_bool_flags_are_not_type_bool():
 
 
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["--epochs", "two"], ["--height", "100"],
-                                  ["--threshold", "1.5"], ["--preset", "nope"], ["--tta", "vflip"],
+                                  ["--threshold", "1.5"], ["--preset", "nope"], ["--tta", "rot45"],
+                                      ["--tta-modes", "none,rot45"], ["--tta-modes", ","],
                                   ["--lr", "nan"], ["--lr", "-0.001"], ["--lr", "0"], ["--weight-decay", "-1"],
                                   ["--warmup-epochs", "nan"], ["--seed", "-1"], ["--patience", "-1"],
                                   ["--min-lr-ratio", "2"], ["--grad-clip", "inf"], ["--out", "x"],

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY_FLAGS, run_script
-from lib import files, rle, testmaps, tta
+from lib import files, rle, testmaps
 from lib.geometry import from_net
 from lib.metrics import binarize
 from lib.postprocess import apply, largest_region
 from lib.submission import read_submission
+import params
 
 
 def regions(mask: np.ndarray) -> int:
@@ -51,7 +52,8 @@ def test_tuned_out_of_fold_then_applied_by_04(prepared):
     run_script("03_predict.py", *flags)
     tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
     pooled = [s for s in tuning["scores"] if s["name"].endswith("out-of-fold")]
-    assert {(s["tta"], s["postprocess"]) for s in pooled} == {(t, q) for t in tta.MODES for q in ("none", "largest")}
+    modes = params.Params().tta_modes.split(",")  # what --tta auto tries
+    assert {(s["tta"], s["postprocess"]) for s in pooled} == {(t, q) for t in modes for q in ("none", "largest")}
     best = max(pooled, key=lambda s: s["dice"])
     assert tuning["oof_dice"] == best["dice"] and tuning["postprocess"] == best["postprocess"]
 

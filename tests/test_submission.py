@@ -178,7 +178,7 @@ def test_rows_follow_sample_submission_and_decode_to_the_thresholded_upsampled_m
     assert "tuned" in m["threshold_source"]
     assert m["inputs"] == [{"folder": str(run), "experiment": EXPERIMENT, "weight": 1.0, "weight_given": 1.0,
                             "tta": "hflip", "postprocess": "none", "threshold": 0.5, "oof_dice": 0.987654,
-                            "size": list(NET)}]
+                            "size": list(NET), "min_area": 0.0}]
     assert m["sample_submission"].endswith(files.SAMPLE_SUBMISSION) and m["seconds"] > 0 and m["created"]
     assert m["sha256"] == submission.file_sha256(path)
     assert not list(run.glob(".*tmp*"))  # no temporary file left behind

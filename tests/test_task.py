@@ -7,7 +7,7 @@ import torch
 
 from lib import tta
 from lib.errors import PipelineError
-from lib.losses import BceDice, CeDice
+from lib.losses import Combined
 from lib.metrics import dice
 from lib.task import BINARY, Task, read_class_colors
 import params
@@ -15,7 +15,7 @@ import params
 
 def test_binary_is_todays_task():
     assert BINARY.binary and BINARY.channels == 1 and BINARY.scored == [1] and BINARY.truth_bits == 1
-    assert isinstance(BINARY.loss(1.0, 1.0), BceDice)
+    assert isinstance(BINARY.loss("bce_dice", 1.0, 1.0), Combined)
     logits = torch.tensor([[[[0.0, 2.0], [-2.0, 10.0]]]])
     prob = BINARY.probabilities(logits)
     assert torch.allclose(prob, torch.sigmoid(logits))
@@ -36,7 +36,7 @@ def test_multiclass_maps_stack_the_classes_and_sum_to_one():
     assert np.array_equal(per_class[2], (prob[1, 2] * 255).round().to(torch.uint8).numpy())
     # argmax of the stored maps is the argmax of the probabilities (up to ties at uint8 rounding)
     assert (task.decide(per_class, 0) == prob[1].argmax(0).numpy()).mean() > 0.9
-    assert isinstance(task.loss(1.0, 1.0), CeDice)
+    assert isinstance(task.loss("bce_dice", 1.0, 1.0), Combined)
     assert task.truth_bits == 2 and Task(5).truth_bits == 3 and Task(2).truth_bits == 1
 
 
@@ -59,7 +59,7 @@ def test_losses_train_a_multiclass_net_direction():
     task = Task(3)
     logits = torch.zeros(1, 3, 4, 4, requires_grad=True)
     labels = torch.randint(0, 3, (1, 4, 4))
-    loss = task.loss(1.0, 1.0)(logits, labels)
+    loss = task.loss("bce_dice", 1.0, 1.0)(logits, labels)
     loss.backward()
     # the gradient pushes each pixel's true class up
     grad = logits.grad[0]
