@@ -207,9 +207,10 @@ class Params:
                              "processes when several share them)", low=0, resumable=True)
 
     # --- large images: sliding-window prediction at the image's own scale (lib/tiles.py) ---
-    tile_size: int = _TILES(0, "03 --images: predict by sliding window with tiles of this side at the network's scale "
-                            "(a multiple of 32), blended where they overlap, instead of resizing each photo to "
-                            "--height x --width; 0 = off (whole images)", low=0)
+    tile_size: int = _TILES(0, "03 (out-of-fold, test and --images maps): predict by sliding window with tiles of this "
+                            "side at the network's scale (a multiple of 32), blended where they overlap, instead of "
+                            "resizing each image to --height x --width; each map is stored at its image's size shrunk "
+                            "by --downscale; 0 = off (whole images)", low=0)
     downscale: float = _TILES(1.0, "with --tile-size: the photo is shrunk by this factor before tiling (1 = its own "
                               "resolution, 2 = half each side)", low=1)
     tile_overlap: float = _TILES(0.25, "with --tile-size: neighbouring tiles share at least this fraction of a tile",
