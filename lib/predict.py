@@ -251,12 +251,9 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
                fold: int, mode: str) -> np.ndarray:
     """(N, h, w) uint8 out-of-fold maps: for mode 'none' training's oof.npz when this very model made it for these
-    images, else (and for the other modes) predicted now; with --tile-size by sliding window (``_tiled_maps``: each
-    at its image's size at the network's scale; oof.npz holds whole-image maps, so it is not used)."""
+    images with this tiling, else (and for the other modes) predicted now; with --tile-size by sliding window
+    (``_tiled_maps``: each at its image's size at the network's scale)."""
     tiling = tiles.Tiling.of(p)
-    if tiling is not None:
-        return _tiled_maps(p, ens, tiling, [cache.pair(int(r))[0] for r in rows], mode, [model],
-                           f"oof fold {fold} {mode} tiles")
     if mode == "none":
         path = files.fold_dir(p.output_dir, p.experiment, fold) / files.OOF
         digest = ens.fingerprints[ens.folds.index(fold)]["digest"]
@@ -266,10 +263,18 @@ def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarr
             print(f"note: {e}: predicting its out-of-fold maps now from fold {fold}'s model.pt (the file is "
                   "left as it is)")
         else:
-            if oof is not None and oof.ids == val_ids and oof.model == digest:
+            if oof is not None and oof.ids == val_ids and oof.model == digest and \
+                    oof.tiling == (tiling.record() if tiling else {}):
                 return oof.probs
-            print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
-                  "predicting its out-of-fold maps now")
+            if oof is not None and oof.ids == val_ids and oof.model == digest:
+                print(f"note: {path} holds maps of other tiling settings than this run's: predicting its "
+                      "out-of-fold maps now")
+            else:
+                print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
+                      "predicting its out-of-fold maps now")
+    if tiling is not None:
+        return _tiled_maps(p, ens, tiling, [cache.pair(int(r))[0] for r in rows], mode, [model],
+                           f"oof fold {fold} {mode} tiles")
     loader = make_loader(TrainSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size,
                          loader_workers(p.workers, ens.device, cache.cached), ens.device.type == "cuda")
     out = [predict_batch(ens, images, mode, [model])
