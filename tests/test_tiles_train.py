@@ -151,3 +151,30 @@ def test_a_mask_of_another_size_than_its_image_names_both_in_01_with_tiles(tmp_p
     assert "60x40" in proc.stderr and "70x50" in proc.stderr
     assert not (tmp_path / "out").exists()
 
+
+# --- the large-image demo ---
+@pytest.mark.slow
+def test_the_aerial_large_demo_has_thin_fences_and_small_poles_and_01_prepares_it_with_tiles(tmp_path):
+    """--demo-kind aerial-large: 4 classes in classes.csv, per-class sample rows; fences keep their 2-3 px width
+    whatever the photo's size (what resizing loses), poles are small discs; 01 prepares it with --tile-size."""
+    from demo.aerial import render
+    from lib.task import read_class_colors
+    from tests.conftest import run_script
+    small, label_small = render(np.random.default_rng([0, 0]), 900, 600)
+    _, label_large = render(np.random.default_rng([0, 0]), 3600, 2400)
+    assert small.shape == (600, 900, 3) and set(np.unique(label_small)) == {0, 1, 2, 3}
+    import cv2
+    fence = (label_large == 1).astype(np.uint8)
+    inside = cv2.distanceTransform(fence, cv2.DIST_L2, 3)[fence > 0]  # distance to the nearest non-fence pixel
+    assert np.median(inside) <= 2  # 2-3 px wide lines in a 3600 x 2400 photo (a 6 px band would give ~2.9)
+    n, _, stats, _ = cv2.connectedComponentsWithStats((label_large == 2).astype(np.uint8))
+    assert n > 20 and stats[1:, 4].max() <= 11 * 11  # discs of radius <= 5 px
+    root = tmp_path / "in"
+    proc = run_script("01_prepare.py", "--demo", "--demo-kind", "aerial-large", "--demo-train-cars", "4",
+                      "--demo-test-cars", "1", "--demo-width", "640", "--demo-height", "480", "--input", root,
+                      "--output", tmp_path / "out", "--classes", "4", "--class-colors", root / "classes.csv",
+                      "--tile-size", "128", "--downscale", "2", "--n-folds", "2", "--workers", "0")
+    assert "demo data: 4 train + 1 test photos at 640x480" in proc.stdout and "tile cache: " in proc.stdout
+    assert read_class_colors(root / "classes.csv")[0] == ("background", "fence", "pole", "building")
+    assert (root / "sample_submission.csv").read_text().splitlines()[1:] == [
+        f"aerial004_{c},1 1" for c in ("fence", "pole", "building")]
