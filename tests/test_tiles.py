@@ -179,18 +179,21 @@ def test_tiling_records_round_trip_and_size_the_maps():
 
 
 # --- 03's out-of-fold and test maps by sliding window ---
-def _untrained_run(root, out, height: int, width: int, experiment: str = "demo") -> None:
+def _untrained_run(root, out, height: int, width: int, experiment: str = "demo", task_flags: tuple = ()) -> None:
     """folds.csv and the truth cache of ``root`` (01), then an untrained fold model per fold at ``height`` x
-    ``width`` recording the split (the weights do not matter to agreement and sizes)."""
+    ``width`` recording the split (the weights do not matter to agreement and sizes); ``task_flags``: --classes
+    and --class-colors of a multi-class set."""
     from lib import files, folds as folds_mod
     from lib.model import checkpoint_state, write_checkpoint
     from tests.conftest import run_script
     run_script("01_prepare.py", "--input", root, "--output", out, "--preset", "demo", "--n-folds", "2", "--workers",
-               "0", "--height", str(height), "--width", str(width), "--cache", "off")
+               "0", "--height", str(height), "--width", str(width), "--cache", "off", *task_flags)
     split = folds_mod.read(out)
     torch.manual_seed(0)
+    named = dict(zip([f[2:].replace("-", "_") for f in task_flags[::2]], task_flags[1::2]))
     p = make_params(encoder="resnet18", encoder_weights="none", decoder_channels="32,16,16,16,16", height=height,
-                    width=width, experiment=experiment)
+                    width=width, experiment=experiment, **{k: int(v) if k == "classes" else str(v)
+                                                           for k, v in named.items()})
     for k in range(2):
         folder = files.fold_dir(out, experiment, k)
         folder.mkdir(parents=True)
@@ -238,3 +241,32 @@ def test_tiled_test_maps_agree_with_whole_images_and_submit_at_full_size(tiny_de
     assert half.keys() == masks.keys()
     key = next(iter(half))
     assert rle.decode(half[key], (160, 240)).shape == (160, 240)
+
+
+@pytest.mark.slow
+def test_multiclass_tiled_maps_agree_with_whole_images_and_submit_per_class(tmp_path):
+    """The same agreement for class maps (4 classes of the aerial-large demo, at 240 x 160): tuning by argmax, test
+    maps stacked per class at the image's own size, 04's per-class rows."""
+    from demo.aerial import generate
+    from lib import files, testmaps, tuning as tuning_mod
+    from lib.submission import read_submission
+    from tests.conftest import run_script
+    root, out = tmp_path / "in", tmp_path / "out"
+    generate(root, 4, 1, width=240, height=160, workers=0)
+    task = ("--classes", "4", "--class-colors", str(root / "classes.csv"))
+    _untrained_run(root, out, 160, 256, task_flags=task)
+    common = ["--input", root, "--output", out, "--preset", "demo", "--workers", "0", "--device", "cpu", "--tta",
+              "none", "--cache", "off", "--predict-batch-size", "4", *task]
+    run = files.run_dir(out, "demo")
+    run_script("03_predict.py", *common)
+    whole_dice = tuning_mod.read(run).oof_dice
+    whole = testmaps.read_map(run / files.TEST_PROBS / "aerial004.png")
+    run_script("03_predict.py", *common, "--tile-size", "256", "--replace")
+    assert abs(tuning_mod.read(run).oof_dice - whole_dice) < 1e-3
+    tiled = testmaps.read_map(run / files.TEST_PROBS / "aerial004.png")
+    assert whole.shape == (4 * 160, 256) and tiled.shape == (4 * 160, 240)
+    whole_at = np.concatenate([geometry.from_net(c, 160, 240) for c in whole.reshape(4, 160, 256)])
+    assert np.abs(whole_at.astype(int) - tiled).max() <= 1
+    run_script("04_submit.py", *common)
+    rows = dict(read_submission(run / "submission.csv.gz"))
+    assert sorted(rows) == ["aerial004_building", "aerial004_fence", "aerial004_pole"]
