@@ -16,7 +16,7 @@ import time
 
 import demo
 import params
-from lib import cache, files, folds, inputs, layout
+from lib import cache, files, folds, inputs, layout, tilecache
 from lib.errors import run_main
 from lib.task import Task
 
@@ -39,13 +39,16 @@ def main(p: params.Params) -> None:
     metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
     split = folds.split(table, p.n_folds, p.seed, metadata)
     ids = list(split.id)
-    cache_images = cache.use_image_cache(p.cache, len(ids), p.height, p.width, p.cache_budget_gb)
+    cache_images = cache.use_image_cache(cache.image_cache(p), len(ids), p.height, p.width, p.cache_budget_gb)
     largest = table.loc[(table.height * table.width).idxmax()]  # every truth row takes the largest image's bytes
     orig = (int(largest.height), int(largest.width))
     sources = cache.Sources(p.input_dir, cache.checked_sources(p.input_dir, table))  # the files as just read
     # free space, before any write:
     print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
                                                                  cache_images, p.mask_suffix, task, sources)))
+    if p.tile_size:
+        print(tilecache.disk_line(p.output_dir, ids, [(int(h), int(w)) for h, w in zip(table.height, table.width)],
+                                  p.downscale, task, p.mask_suffix, sources))
     with files.exclusive(p.output_dir / files.LOCK, "this output folder's split and cache"):  # one 01 at a time
         written = folds.save(split, p.output_dir, p.force)
         per_fold = split.groupby("fold").agg(cars=("car", "nunique"), images=("id", "size"))
@@ -53,6 +56,8 @@ def main(p: params.Params) -> None:
               + ", ".join(f"fold {k} {r.cars} {'cars' if groups.has_views else 'groups'}/{r.images} images"
                           for k, r in per_fold.iterrows()))
         data = cache.open_for(p, ids, sources=sources)  # rebuilt where a source changed since it was made
+        if p.tile_size:
+            tilecache.open_for(p, ids, sources)
         params.save(p, p.output_dir / files.PREPARE_PARAMS)
     report_cache(p, data, len(ids))
 
@@ -69,6 +74,9 @@ def check_test_set(p: params.Params) -> None:
 
 
 def report_cache(p: params.Params, data: cache.Cache, n: int) -> None:
+    if p.tile_size:
+        return print(f"training truth and tile cache ready in {p.output_dir / 'cache'}: 02 trains on tiles of "
+                     f"{p.tile_size} px at 1/{p.downscale:g} scale")
     size = cache.projected_bytes(n, p.height, p.width) / cache.GB
     if data.cached:
         print(f"training cache ready: truth and {p.height}x{p.width} images in {p.output_dir / 'cache'} (--cache "

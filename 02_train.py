@@ -6,6 +6,7 @@
     python 02_train.py --fold full --preset cpu        # one model on every training image, for the submission
     python 02_train.py --fold 0 --preset demo --resume # continue an interrupted run
     python 02_train.py --fold 0 --preset demo --restart    # train it again from the start
+    python 02_train.py --fold all --tile-size 512 --downscale 2   # large images: random tiles (01 with the same flags)
     CUDA_VISIBLE_DEVICES=1 python 02_train.py --fold 1 # folds side by side, one process per GPU
     torchrun --standalone --nproc_per_node 4 02_train.py --fold 0      # one fold on 4 GPUs (DDP)
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 02_train.py --fold 0

@@ -9,7 +9,8 @@
     python 03_predict.py --tune-only; python 03_predict.py --shard K/N    # N separate jobs (machines, array job)
 
 Writes output/<experiment>/tuning.json (chosen TTA, threshold, score table),
-output/<experiment>/test_probs/<id>.png (uint8 probability maps at the network size) and
+output/<experiment>/test_probs/<id>.png (uint8 probability maps at the network size; with --tile-size by
+sliding window, each at its image's own size shrunk by --downscale) and
 output/<experiment>/overlays/*.jpg (the worst and best out-of-fold predictions and a few test ones on their photos).
 A re-run reuses a tuning made with the same models and skips test maps already written. Shards take every N-th
 batch of the single-process order, so the maps are the same bytes whatever N; each shard resumes on its own, and
@@ -46,11 +47,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(p: params.Params, args: argparse.Namespace) -> None:
-    if p.tile_size and not args.images:
-        from lib.errors import PipelineError
-        raise PipelineError(f"--tile-size {p.tile_size}: sliding-window prediction serves --images photos; "
-                            "out-of-fold and test maps are predicted from whole images: run "
-                            f"{params.rerun('--tile-size', '0')}")
     if args.images:  # torch is imported here, after the command line: --help stays fast
         from lib.overlay import predict_photos
         predict_photos(p, args.images, args.images_out, args.folds, args.overwrite)

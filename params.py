@@ -118,7 +118,9 @@ class Params:
     # --- 01_prepare ---
     demo: bool = _PREPARE(False, "generate the synthetic demo dataset into --input first")
     demo_kind: str = _PREPARE("cars", "demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 "
-                              "classes)", choices=("cars", "multiclass"))
+                              "classes) | aerial-large (large photos with 2-3 px fences and small poles, 4 classes: "
+                              "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000)",
+                              choices=("cars", "multiclass", "aerial-large"))
     demo_train_cars: int = _PREPARE(16, "demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 "
                                     "tiles each)", low=2)
     demo_test_cars: int = _PREPARE(4, "demo: cars (multiclass: scenes) in test/ (truth in test_masks/)", low=0)
@@ -216,14 +218,20 @@ class Params:
     threads: int = _HARDWARE(0, "torch CPU threads per process (0 = torch's default, one per core; give cores / "
                              "processes when several share them)", stages="02 03 05", low=0, resumable=True)
 
-    # --- large images: sliding-window prediction at the image's own scale (lib/tiles.py) ---
-    tile_size: int = _TILES(0, "03 --images: predict by sliding window with tiles of this side at the network's scale "
-                            "(a multiple of 32), blended where they overlap, instead of resizing each photo to "
-                            "--height x --width; 0 = off (whole images)", low=0)
-    downscale: float = _TILES(1.0, "with --tile-size: the photo is shrunk by this factor before tiling (1 = its own "
-                              "resolution, 2 = half each side)", low=1)
-    tile_overlap: float = _TILES(0.25, "with --tile-size: neighbouring tiles share at least this fraction of a tile",
-                                 low=0, high=0.5)
+    # --- large images: tiles at the image's own scale (lib/tiles.py, lib/tilecache.py) ---
+    tile_size: int = _TILES(0, "large images by tiles of this side at the network's scale (a multiple of 32) instead of "
+                            "resizing each image to --height x --width: 01 caches the images at 1/--downscale scale, 02 "
+                            "trains on random tiles and validates whole images by sliding window, 03 predicts "
+                            "out-of-fold, test and --images maps by sliding window (blended where tiles overlap), each "
+                            "map stored at its image's size shrunk by --downscale; 0 = off (whole images)",
+                            stages="01 02 03", low=0)
+    downscale: float = _TILES(1.0, "with --tile-size: images are shrunk by this factor first (1 = their own "
+                              "resolution, 2 = half each side)", stages="01 02 03", low=1)
+    tile_overlap: float = _TILES(0.25, "with --tile-size: neighbouring sliding-window tiles share at least this "
+                                 "fraction of a tile (02's validation, 03)", stages="02 03", low=0, high=0.5)
+    tile_foreground: float = _TILES(0.5, "with --tile-size: the fraction of training tiles centred on a foreground "
+                                    "pixel (a class other than 0), the rest placed uniformly: sparse masks and rare "
+                                    "classes are seen more often", stages="02", low=0, high=1)
 
     # --- 03_predict / 04_submit ---
     tta: str = _OUTPUT("auto", "test-time augmentation (lib/tta.py): auto (the best of --tta-modes on out-of-fold Dice) "

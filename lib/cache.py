@@ -7,7 +7,7 @@
     meta.json   ids, each image's size, the common size (null when sizes differ), --mask-suffix, and the
                 fingerprint of every source file (``sources``: image and mask, lib/fingerprint.py)
                 (written last: arrays without it are never trusted)
-``output/cache/<H>x<W>/``, only when the image cache is on (``--cache``):
+``output/cache/<H>x<W>/``, only when the image cache is on (``--cache``; never with ``--tile-size``: lib/tilecache.py):
     images.npy  (N, H, W, 3) uint8 RGB at the network size
     masks.npy   (N, H, W)    uint8 soft masks (fraction of car pixels x 255, area-downscaled), or labels (nearest)
     meta.json   ids, original size, network size, the sources' fingerprints
@@ -455,9 +455,15 @@ def _build_missing(root: Path, output: Path, ids: list[str], height: int, width:
                     images=cache_images and image_meta is None, mask_suffix=mask_suffix, task=task, sources=sources)
 
 
+def image_cache(p) -> str:
+    """The --cache mode of Params ``p``: "off" with --tile-size (tiles come from the tile cache)."""
+    return "off" if p.tile_size else p.cache
+
+
 def open_for(p, ids: list[str], height: int | None = None, width: int | None = None,
              sources: Sources | None = None) -> Cache:
     """``open_cache`` with a run's settings (Params ``p``: input, output, workers, --cache, --cache-budget-gb,
-    --mask-suffix, --lock-timeout), at ``height`` x ``width`` (default the run's size)."""
-    return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, p.cache,
+    --mask-suffix, --lock-timeout), at ``height`` x ``width`` (default the run's size). With --tile-size the
+    network-size image cache is off: tiles are read from lib/tilecache.py's."""
+    return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, image_cache(p),
                       p.cache_budget_gb, p.mask_suffix, Task.of(p), p.lock_timeout, sources)

@@ -112,3 +112,56 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
     workers = worker_count(workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       drop_last=drop_last, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+
+def tile_rows(rows: np.ndarray, sizes: list[tuple[int, int]], tile: int) -> np.ndarray:
+    """The rows of an epoch of tiles: each row of ``rows`` (network-scale size ``sizes[row]``) repeated
+    ceil(h * w / tile^2) times, so an epoch draws about as many tile pixels as its images hold."""
+    counts = [max(1, -(-sizes[r][0] * sizes[r][1] // (tile * tile))) for r in rows.tolist()]
+    return np.repeat(rows, counts)
+
+
+def tile_window(size: tuple[int, int], tile: int, points: np.ndarray, foreground: float,
+                rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, th, tw) of a random window of at most ``tile`` x ``tile`` inside an image of ``size`` (h, w):
+    with probability ``foreground`` (and foreground ``points`` (K, 2) (y, x) to choose from) one that holds a
+    foreground pixel drawn from them, else one placed uniformly."""
+    h, w = size
+    th, tw = min(tile, h), min(tile, w)
+    if len(points) and rng.random() < foreground:
+        cy, cx = (int(v) for v in points[rng.integers(len(points))])
+        top = int(rng.integers(max(0, cy - th + 1), min(cy, h - th) + 1))
+        left = int(rng.integers(max(0, cx - tw + 1), min(cx, w - tw) + 1))
+    else:
+        top, left = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
+    return top, left, th, tw
+
+
+class TileSet(Dataset):
+    """Items (image (3, T, T) uint8, mask (1, T, T) uint8) of random ``tile`` x ``tile`` windows of a TileCache's
+    rows (``tile_window``, read from the memory-mapped arrays), augmented per (row, seed); an image shorter than the
+    tile is reflect-padded to it, as whole-image prediction pads."""
+
+    def __init__(self, tiles, tile: int, foreground: float, transform=None):
+        self.tiles, self.tile, self.foreground, self.transform = tiles, tile, foreground, transform
+
+    def __len__(self) -> int:
+        return len(self.tiles.ids)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        row, seed = item
+        rng = np.random.default_rng(seed)
+        top, left, th, tw = tile_window(self.tiles.sizes[row], self.tile, self.tiles.points(row), self.foreground,
+                                        rng)
+        image = np.array(self.tiles.image(row)[top:top + th, left:left + tw])
+        mask = np.array(self.tiles.mask(row)[top:top + th, left:left + tw])
+        if (th, tw) != (self.tile, self.tile):
+            pad = (0, self.tile - th, 0, self.tile - tw)
+            image = cv2.copyMakeBorder(image, *pad, cv2.BORDER_REFLECT_101)
+            mask = cv2.copyMakeBorder(mask, *pad, cv2.BORDER_REFLECT_101)
+        if self.transform is not None:
+            self.transform.set_random_seed(int(rng.integers(0, 2**31 - 1)))
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+                torch.from_numpy(np.ascontiguousarray(mask))[None])

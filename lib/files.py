@@ -51,6 +51,11 @@ def cache_dir(output: Path, height: int, width: int) -> Path:
     return output / "cache" / f"{height}x{width}"
 
 
+def tile_cache_dir(output: Path, downscale: float) -> Path:
+    """The tile cache of --downscale ``downscale`` (lib/tilecache.py): output/cache/tiles_2, tiles_1.5, ..."""
+    return output / "cache" / f"tiles_{downscale:g}"
+
+
 def run_dir(output: Path, experiment: str) -> Path:
     return output / experiment
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Iterator, Sequence
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,11 +122,15 @@ class OutOfFold:
     probs: Sequence[np.ndarray]  # N maps (H, W) uint8 (PngMaps)
     model: str  # state_digest of the model that predicted them ("" if unrecorded)
     split: str  # folds.fold_digest of the split they belong to ("" if unrecorded)
+    tiling: dict = dataclasses.field(default_factory=dict)  # Tiling.record() of sliding-window maps; {}: whole images
 
 
-def save_oof(path: Path, ids: list[str], maps: PngMaps, model: str = "", split: str = "") -> None:
+def save_oof(path: Path, ids: list[str], maps: PngMaps, model: str = "", split: str = "",
+             tiling: dict | None = None) -> None:
+    """``tiling``: the Tiling.record() of maps predicted by sliding window (each at its image's scaled size)."""
     buf = io.BytesIO()
-    np.savez(buf, ids=np.array(ids), png=maps.blob, ends=maps.ends, model=np.array(model), split=np.array(split))
+    np.savez(buf, ids=np.array(ids), png=maps.blob, ends=maps.ends, model=np.array(model), split=np.array(split),
+             tiling=np.array(json.dumps(tiling or {})))
     files.write_bytes_atomic(path, buf.getvalue())
 
 
@@ -152,7 +158,18 @@ def load_oof(path: Path, advice: str = OOF_ADVICE) -> OutOfFold:
     if problem:
         raise fail(f"damaged or not written by 02_train.py: {problem}")
     maps = PngMaps(arrays["png"], arrays["ends"]) if "png" in arrays else arrays["probs"]  # raw: older versions
-    return OutOfFold(list(arrays["ids"]), maps, str(arrays.get("model", "")), str(arrays.get("split", "")))
+    return OutOfFold(list(arrays["ids"]), maps, str(arrays.get("model", "")), str(arrays.get("split", "")),
+                     _tiling(arrays))
+
+
+def _tiling(a: dict[str, np.ndarray]) -> dict:
+    """The tiling record of an oof.npz's arrays ({} when absent: whole-image maps); ValueError when unreadable."""
+    if "tiling" not in a:
+        return {}
+    record = json.loads(str(a["tiling"]))
+    if not isinstance(record, dict):
+        raise ValueError("not a dict")
+    return record
 
 
 def _oof_problem(a: dict[str, np.ndarray]) -> str | None:
@@ -160,7 +177,7 @@ def _oof_problem(a: dict[str, np.ndarray]) -> str | None:
     ids = a.get("ids")
     if ids is None or ids.ndim != 1 or ids.dtype.kind != "U":
         return "no 1-D array of image ids 'ids'"
-    for name in ("model", "split"):
+    for name in ("model", "split", "tiling"):
         if name in a and (a[name].ndim != 0 or a[name].dtype.kind != "U"):
             return f"{name!r} is not a string"
     if "png" not in a:
@@ -182,6 +199,10 @@ def _oof_problem(a: dict[str, np.ndarray]) -> str | None:
         if head[:8] != files.PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24:26] != b"\x08\x00":
             return f"map {i} ({ids[i]}) is not an 8-bit grey PNG"
         sizes.add((int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")))
-    if len(sizes) > 1:
+    try:
+        tiled = bool(_tiling(a))
+    except ValueError:
+        return "'tiling' is not a JSON record"
+    if len(sizes) > 1 and not tiled:  # sliding-window maps are each at their image's scaled size
         return f"maps of different sizes {sorted(sizes)}"
     return None

@@ -28,7 +28,7 @@ from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError, restart_advice, steps
 from lib.model import load_model, read_checkpoint, state_digest
 from lib.progress import progress
-from lib.oof import load_oof
+from lib.oof import PngMaps, load_oof
 from lib.task import Task
 from lib.tuning import Tuning
 from lib.runtime import Dist, Precision, loader_workers, pick_device, set_threads, shard_of
@@ -292,13 +292,16 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     (mode, post), (dice, threshold, class_dice, min_area) = key, best[key]
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
                   int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess,
-                  ens.fingerprints, task, scores, class_dice, min_area=min_area)
+                  ens.fingerprints, task, scores, class_dice, min_area=min_area,
+                  tiling=tiles.Tiling.of(p))
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
                fold: int, mode: str) -> np.ndarray:
     """(N, h, w) uint8 out-of-fold maps: for mode 'none' training's oof.npz when this very model made it for these
-    images, else (and for the other modes) predicted now."""
+    images with this tiling, else (and for the other modes) predicted now; with --tile-size by sliding window
+    (``_tiled_maps``: each at its image's size at the network's scale)."""
+    tiling = tiles.Tiling.of(p)
     if mode == "none":
         path = files.fold_dir(p.output_dir, p.experiment, fold) / files.OOF
         digest = ens.fingerprints[ens.folds.index(fold)]["digest"]
@@ -308,15 +311,67 @@ def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarr
             print(f"note: {e}: predicting its out-of-fold maps now from fold {fold}'s model.pt (the file is "
                   "left as it is)")
         else:
-            if oof is not None and oof.ids == val_ids and oof.model == digest:
+            if oof is not None and oof.ids == val_ids and oof.model == digest and \
+                    oof.tiling == (tiling.record() if tiling else {}):
                 return oof.probs
-            print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
-                  "predicting its out-of-fold maps now")
+            if oof is not None and oof.ids == val_ids and oof.model == digest:
+                print(f"note: {path} holds maps of other tiling settings than this run's: predicting its "
+                      "out-of-fold maps now")
+            else:
+                print(f"note: {path} was not made by fold {fold}'s model.pt for these images (model replaced?): "
+                      "predicting its out-of-fold maps now")
+    if tiling is not None:
+        return _tiled_maps(p, ens, tiling, [cache.pair(int(r))[0] for r in rows], mode, [model],
+                           f"oof fold {fold} {mode} tiles")
     loader = make_loader(TrainSet(cache), SeededShuffle(rows, 0, shuffle=False), p.predict_batch_size,
                          loader_workers(p.workers, ens.device, cache.cached), ens.device.type == "cuda")
     out = [predict_batch(ens, images, mode, [model])
            for images, _ in progress(loader, f"oof fold {fold} {mode}")]
     return np.concatenate(out)
+
+
+def tiled_map(ens: Ensemble, tiling: tiles.Tiling, image: np.ndarray, mode: str, batch: int,
+              models: list[nn.Module] | None = None) -> np.ndarray:
+    """(h, w, 3) uint8 image at the network's scale -> its stored map (``Task.to_maps``: (h, w) binary, (C * h, w)
+    multi-class) by sliding window of ``models`` (default all) with TTA ``mode``, ``batch`` tiles at a time."""
+    prob = tiles.sliding_window(tile_predictor(ens, mode, models), image, tiling.tile, tiling.overlap, batch)
+    return ens.task.to_maps(torch.from_numpy(prob[None]))[0]
+
+
+class ScaledImages(Dataset):
+    """Images read at the network's scale (``tiles.read_scaled``) for sliding-window prediction, one per item."""
+
+    def __init__(self, paths: list[Path], downscale: float):
+        self.paths, self.downscale = paths, downscale
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, tuple[int, int], str]:
+        """((h, w, 3) uint8 image at the network's scale, i, its original (H0, W0), its file's fingerprint text)."""
+        path = self.paths[i]
+        before = os.stat(path)
+        raw = inputs.read_image_bytes(path)
+        image, orig = tiles.read_scaled(raw, path, self.downscale)
+        return image, i, orig, fingerprint.of_bytes(raw, before).text()
+
+
+def _one(batch: list) -> tuple:
+    return batch[0]
+
+
+def scaled_images(p: Params, paths: list[Path], downscale: float) -> DataLoader:
+    """``ScaledImages`` one at a time, decoded ahead in at most one worker (memory follows one or two images)."""
+    return DataLoader(ScaledImages(paths, downscale), batch_size=1, collate_fn=_one,
+                      num_workers=min(1, worker_count(p.workers)))
+
+
+def _tiled_maps(p: Params, ens: Ensemble, tiling: tiles.Tiling, paths: list[Path], mode: str,
+                models: list[nn.Module], desc: str) -> PngMaps:
+    """The stored maps (``tiled_map``) of the images ``paths`` by ``models``, in order, kept as PNG bytes (a fold of
+    large images is held compressed, not as raw maps)."""
+    return PngMaps.join([PngMaps.encode(tiled_map(ens, tiling, image, mode, p.predict_batch_size, models)[None])
+                         for image, _, _, _ in progress(scaled_images(p, paths, tiling.downscale), desc)])
 
 
 # --- test inference ---
@@ -354,7 +409,9 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
     """
     files.remove_stale_temps(out_dir)  # half-written maps of a killed run (never under a final name)
     batches = shard_batches(ids, p.predict_batch_size, shard)
-    done = testmaps.finished(out_dir, [i for b in batches for i in b], paths, ens.task.map_size(*ens.size))
+    tiling = tiles.Tiling.of(p)
+    done = testmaps.finished(out_dir, [i for b in batches for i in b], paths, ens.task.map_size(*ens.size), ens.task,
+                             tiling)
     todo = [i for batch in batches if any(f"{j}.png" not in done for j in batch) for i in batch]
     mine = sum(len(b) for b in batches)
     missing = sum(f"{i}.png" not in done for batch in batches for i in batch)
@@ -363,10 +420,14 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
           f"with {len(ens.models)} model(s), TTA {mode}", flush=True)
     if not todo:
         return {"predicted": 0, "maps": mine, "images_per_s": float("nan")}
+    start = time.perf_counter()
+    if tiling is not None:
+        _predict_tiled(p, ens, tiling, mode, [paths[i] for i in todo], todo, done, out_dir, where)
+        seconds = time.perf_counter() - start
+        return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}
     h, w = ens.size
     loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
                         num_workers=worker_count(p.workers), pin_memory=ens.device.type == "cuda")
-    start = time.perf_counter()
     with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:  # bounded: memory stays flat
         for images, index, origs, sources in progress(loader, f"test {where}".rstrip(": "), leave=True):
             probs = predict_batch(ens, images, mode)
@@ -376,6 +437,20 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
                                   fingerprint.Fingerprint.from_record(source))
     seconds = time.perf_counter() - start
     return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}
+
+
+def _predict_tiled(p: Params, ens: Ensemble, tiling: tiles.Tiling, mode: str, image_files: list[Path], todo: list[str],
+                   done: set[str], out_dir: Path, where: str) -> None:
+    """Test maps by sliding window, one image at a time (a tile batch in the network, at most two stitched maps
+    waiting for the writer): each map at its image's size at the network's scale."""
+    with files.OrderedWriter(2, 2) as writer:
+        for image, j, orig, source in progress(scaled_images(p, image_files, tiling.downscale),
+                                               f"test {where.rstrip(': ')} tiles".replace("  ", " "), leave=True):
+            if f"{todo[j]}.png" in done:
+                continue
+            m = tiled_map(ens, tiling, image, mode, p.predict_batch_size)
+            writer.submit(testmaps.write_map, out_dir / f"{todo[j]}.png", m, orig,
+                          fingerprint.Fingerprint.from_record(source))
 
 
 # --- the stage ---
@@ -393,8 +468,8 @@ def untuned(p: Params, split: pd.DataFrame, final: Ensemble) -> Tuning:
     cache = open_for(p, list(split.id), h, w)
     return Tuning(p.experiment, [], mode, final.task.post_choices(p.postprocess)[0],
                   p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, tta.asked_text(p.tta, p.tta_modes),
-                  p.postprocess,
-                  final.fingerprints, final.task, [], tuned=False, final=files.FULL)
+                  p.postprocess, final.fingerprints, final.task, [], tuned=False, final=files.FULL,
+                  tiling=tiles.Tiling.of(p))
 
 
 def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> Tuning | None:
@@ -409,7 +484,7 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
         print(f"note: {e}")
         return None
     return old if (old.models == expected_models(ens, final) and old.tta_asked == tta.asked_text(p.tta, p.tta_modes)
-                   and old.postprocess_asked == p.postprocess) else None
+                   and old.postprocess_asked == p.postprocess and old.tiling == tiles.Tiling.of(p)) else None
 
 
 def _post_text(tuning: Tuning) -> str:

@@ -33,7 +33,8 @@ from lib.metrics import level_of
 from lib.progress import progress
 from lib.task import BINARY, Task
 from lib.testmaps import Prediction
-from lib.tuning import PREDICT_STAGE, predict_command
+from lib.tiles import Tiling
+from lib.tuning import PREDICT_STAGE, map_size, predict_command
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
 HEADER = ("img", "rle_mask")
@@ -70,6 +71,7 @@ class EncodeJob:
     postprocess: str = postprocess.NONE  # binary: lib/postprocess.py's, on the blended full-size map
     repairs: tuple[str, ...] = ()  # per folder: the command that predicts its maps again (``predict_command``)
     min_area: float = 0.0  # binary: a mask under this fraction of its image is emptied (``metrics.gate``)
+    tilings: tuple[Tiling | None, ...] = ()  # per folder: its maps' sliding window (each at its image's scaled size)
 
 
 def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
@@ -77,12 +79,14 @@ def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
     masks). With ``job.test_dir``, each map must record the fingerprint of the test image as it is now
     (``fingerprint.is_current``: stat first); a map of an image changed since is refused."""
     maps, origs, sources = [], set(), []
-    for folder, size in zip(job.folders, job.sizes):
+    for k, (folder, size) in enumerate(zip(job.folders, job.sizes)):
         path = folder / f"{image_id}.png"
         info = testmaps.header(path)
         if info is None or info[1] is None:
             raise PipelineError(f"{path}: damaged, or records no size of its image; run "
                                 f"{predict_command(folder.parent)} again: it predicts such maps again")
+        tiling = job.tilings[k] if k < len(job.tilings) else None
+        size = map_size(job.task, size, tiling, info[1]) if tiling else size
         if info[0] != size:
             raise PipelineError(f"{path}: map is {info[0][1]}x{info[0][0]}, the folder's tuning.json says "
                                 f"{size[1]}x{size[0]}; run {predict_command(folder.parent)} again: it predicts such "
@@ -277,7 +281,7 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
                     tuple(p.weight for p in preds), thr, test_dir, test_names, rle_order, task, post, tuple(repairs),
-                    min_area)
+                    min_area, tuple(p.tuning.tiling for p in preds))
     ttas = sorted({p.tuning.tta for p in preds})
     first = preds[0].tuning
     scored = len(preds) == 1 and not threshold and first.tuned and post == first.postprocess
@@ -285,7 +289,8 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
         "inputs": [{"folder": str(p.folder), "experiment": p.tuning.experiment, "weight": p.weight,
                     "weight_given": p.weight_given, "tta": p.tuning.tta, "postprocess": p.tuning.postprocess,
                     "threshold": p.tuning.threshold, "oof_dice": p.tuning.oof_dice, "size": list(p.size),
-                    "min_area": p.tuning.min_area}
+                    "min_area": p.tuning.min_area,
+                    **({"tiling": p.tuning.tiling.record()} if p.tuning.tiling else {})}
                    for p in preds],
         "threshold": thr, "level": level_of(thr), "threshold_source": source,
         "tta": ttas[0] if len(ttas) == 1 else "mixed (see inputs)",

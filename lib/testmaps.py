@@ -1,6 +1,7 @@
 """Test maps: ``<experiment>/test_probs/<id>.png`` and ``test_probs/meta.json``, written by 03, read by 04.
 
-A map is a uint8 PNG of the network-size probabilities (multi-class: the class maps stacked down) with two text
+A map is a uint8 PNG of the network-size probabilities (with --tile-size: of the stitched probabilities at its image's
+size shrunk by --downscale; multi-class: the class maps stacked down) with two text
 chunks right after the header: the size of its image and that image's fingerprint (lib/fingerprint.py), so a map is
 always brought back to its own image's size and a map of an image changed since is predicted again (03) or refused
 (04). meta.json says which models, TTA, size and task made the folder's maps; 03 and 04 refuse maps of other ones.
@@ -22,7 +23,8 @@ from lib import files, fingerprint, tuning as tuning_mod
 from lib.errors import PipelineError, listing, steps
 from lib.fingerprint import Fingerprint
 from lib.task import RECORD as TASK_RECORD, Task
-from lib.tuning import PREDICT_STAGE, Tuning, predict_command
+from lib.tiles import Tiling
+from lib.tuning import PREDICT_STAGE, Tuning, map_size, predict_command
 
 _ORIG_KEY = b"orig"  # tEXt keyword of a map's source image size, "<H>x<W>"
 _SOURCE_KEY = b"source"  # tEXt keyword of its source image's fingerprint, "<bytes> <mtime_ns> <digest>"
@@ -96,7 +98,8 @@ def read_map(path: Path) -> NDArray[np.uint8]:
 
 
 # --- what made a folder's maps: meta.json ---
-META_SCHEMA = {"models": files.ListOf(dict), "tta": str, "size": files.ListOf(int), "task": TASK_RECORD}
+META_SCHEMA = {"models": files.ListOf(dict), "tta": str, "size": files.ListOf(int), "task": TASK_RECORD,
+               "tiling?": dict}
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,16 @@ class MapsMeta:
     tta: str
     size: tuple[int, int]  # network size
     task: Task
+    tiling: Tiling | None = None  # maps by sliding window, each at its image's size at the network's scale
 
     @classmethod
     def of(cls, tuning: Tuning) -> "MapsMeta":
         """What the maps made with ``tuning`` record."""
-        return cls(tuning.models, tuning.tta, tuning.size, tuning.task)
+        return cls(tuning.models, tuning.tta, tuning.size, tuning.task, tuning.tiling)
 
     def record(self) -> dict:
-        return {"models": self.models, "tta": self.tta, "size": list(self.size), "task": self.task.record()}
+        return {"models": self.models, "tta": self.tta, "size": list(self.size), "task": self.task.record(),
+                "tiling": self.tiling.record() if self.tiling else {}}
 
 
 def write_meta(probs_dir: Path, meta: MapsMeta) -> None:
@@ -127,14 +132,19 @@ def read_meta(probs_dir: Path, repair: str) -> MapsMeta:
     r = files.read_json(path, PREDICT_STAGE, META_SCHEMA, repair)
     if len(r["size"]) != 2:
         raise PipelineError(f"{path}: size {r['size']} is not [height, width]; {repair}")
-    return MapsMeta(r["models"], r["tta"], (r["size"][0], r["size"][1]),
-                    Task.from_record(r["task"]))
+    try:
+        tiling = Tiling.from_record(r.get("tiling"))
+    except ValueError as e:
+        raise PipelineError(f"{path}: {e}; {repair}") from None
+    return MapsMeta(r["models"], r["tta"], (r["size"][0], r["size"][1]), Task.from_record(r["task"]), tiling)
 
 
 # --- which maps are there ---
-def finished(probs_dir: Path, ids: list[str], paths: dict[str, Path], size: tuple[int, int]) -> set[str]:
+def finished(probs_dir: Path, ids: list[str], paths: dict[str, Path], size: tuple[int, int],
+             task: Task | None = None, tiling: Tiling | None = None) -> set[str]:
     """Names ``<id>.png`` of the maps in ``probs_dir`` that are complete and current: readable 8-bit maps of the map
-    size ``size`` (``Task.map_size`` of the network size) whose recorded image fingerprint its image still matches
+    size ``size`` (``Task.map_size`` of the network size; with ``tiling``, of the ``task``'s maps at each image's
+    size at the network's scale, ``tuning.map_size``) whose recorded image fingerprint its image still matches
     (``fingerprint.is_current``: a stat, and a hash only for an image whose size or time changed). The others
     (damaged, empty, of an image changed since, or recording no fingerprint) are predicted again."""
     present = {e.name for e in os.scandir(probs_dir)}
@@ -144,7 +154,9 @@ def finished(probs_dir: Path, ids: list[str], paths: dict[str, Path], size: tupl
         if name not in present:
             continue
         head = header(probs_dir / name)
-        if head is None or head[0] != size or head[1] is None or head[2] is None:
+        if head is None or head[1] is None or head[2] is None:
+            continue
+        if head[0] != (map_size(task, size, tiling, head[1]) if tiling else size):
             continue
         if fingerprint.is_current(paths[i], head[2]):
             done.add(name)
@@ -178,6 +190,10 @@ class Prediction:
     def map_size(self) -> tuple[int, int]:
         """(rows, cols) of the folder's maps: the network size, times the classes for multi-class."""
         return self.tuning.map_size
+
+    def map_size_of(self, orig: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the map of an image of ``orig`` (H0, W0): ``Tuning.map_size_of``."""
+        return self.tuning.map_size_of(orig)
 
     @property
     def probs_dir(self) -> Path:
@@ -251,7 +267,9 @@ def check(preds: Sequence[Prediction], ids: Sequence[str]) -> None:
                             f"({steps(*(predict_command(p.folder) for p in preds))})")
     for p in preds:
         first = read_map(p.map_path(ids[0]))
-        if first.shape != p.map_size:
+        head = header(p.map_path(ids[0]))
+        expected = p.map_size_of(head[1]) if head is not None and head[1] is not None else p.map_size
+        if first.shape != expected:
             raise PipelineError(f"{p.map_path(ids[0])}: map is {first.shape[1]}x{first.shape[0]} but "
-                                f"{p.folder / files.TUNING} says {p.map_size[1]}x{p.map_size[0]}; re-run "
+                                f"{p.folder / files.TUNING} says {expected[1]}x{expected[0]}; re-run "
                                 f"{PREDICT_STAGE}")

@@ -15,6 +15,7 @@ ever holds ``batch`` tiles.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import cv2
@@ -36,6 +37,44 @@ TilePredictor = Callable[[np.ndarray], np.ndarray]  # (N, th, tw, 3) uint8 tiles
 def scaled_size(height: int, width: int, downscale: float) -> tuple[int, int]:
     """(H, W) of an image of ``height`` x ``width`` at the network's scale, ``downscale`` times smaller (at least 1)."""
     return max(1, round(height / downscale)), max(1, round(width / downscale))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a run's maps are made by sliding window (--tile-size, --downscale, --tile-overlap): tuning.json and
+    test_probs/meta.json record it, so that maps of other tiling settings are predicted again, and each stored map is
+    at its image's size at the network's scale (``map_hw``), not at --height x --width."""
+    tile: int  # tile side at the network's scale, a multiple of 32
+    downscale: float  # the image is shrunk by this factor (1 = its own resolution)
+    overlap: float  # neighbouring tiles share at least this fraction of a tile
+
+    @classmethod
+    def of(cls, p) -> "Tiling | None":
+        """The tiling Params ``p`` ask for; None with --tile-size 0 (whole images at --height x --width)."""
+        return cls(p.tile_size, float(p.downscale), float(p.tile_overlap)) if p.tile_size else None
+
+    def record(self) -> dict:
+        return {"tile_size": self.tile, "downscale": self.downscale, "tile_overlap": self.overlap}
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> "Tiling | None":
+        """The inverse of ``record``; None for {} or None (whole-image maps); ValueError for another dict."""
+        if not record:
+            return None
+        try:
+            tile, downscale, overlap = int(record["tile_size"]), float(record["downscale"]), float(record["tile_overlap"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"tiling {record} is not {{tile_size, downscale, tile_overlap}}") from None
+        if tile <= 0 or tile % STRIDE or downscale < 1 or not 0 <= overlap <= 0.5:
+            raise ValueError(f"tiling {record} is out of range")
+        return cls(tile, downscale, overlap)
+
+    def map_hw(self, orig: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the stored map of an image of ``orig`` (H0, W0): its size at the network's scale."""
+        return scaled_size(int(orig[0]), int(orig[1]), self.downscale)
+
+    def describe(self) -> str:
+        return f"tiles of {self.tile} px, overlap {self.overlap:g}, downscale {self.downscale:g}"
 
 
 def starts(length: int, tile: int, overlap: float) -> list[int]:

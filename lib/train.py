@@ -26,9 +26,9 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import params as params_mod
-from lib import files, folds as folds_mod
+from lib import files, folds as folds_mod, tilecache, tiles as tiles_mod
 from lib.cache import Cache, open_for
-from lib.data import SeededShuffle, TrainSet, make_loader, transform_for
+from lib.data import SeededShuffle, TileSet, TrainSet, make_loader, tile_rows, train_transform, transform_for
 from lib.errors import PipelineError, restart_advice
 from lib.model import (CHECKPOINT, build_model, checkpoint_state, read_checkpoint, state_digest, unwrap,
                        write_checkpoint)
@@ -122,12 +122,13 @@ class Run:
     schedule: Schedule  # the scheduler's factor by step (checkpoints keep it: an extended run's is not the default)
     sampler: SeededShuffle
     train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None  # None with --tile-size: validation by sliding window
     epoch: int = 0
     best: float = -1.0
     bad_epochs: int = 0
     tb: object | None = None  # a TensorBoard SummaryWriter on rank 0 with --tensorboard
     ema: AveragedModel | None = None  # --ema: the moving average of net's weights (what validates and predicts)
+    tiles: tilecache.TileCache | None = None  # --tile-size: the images at the network's scale (same rows as cache)
 
 
 def check_run_folder(folder: Path, fold: int | str, resume: bool, restart: bool) -> None:
@@ -166,8 +167,11 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     device = pick_device(p.device, dist.local_rank)
     set_threads(p.threads)
     cache = open_cache_once(p, list(split.id), dist)
+    tiles = open_tiles_once(p, list(split.id), dist) if p.tile_size else None
     val_ids = [] if full else sorted(split.id[split.fold == fold])
     train_rows = cache.rows(sorted(split.id) if full else sorted(split.id[split.fold != fold]))
+    if tiles is not None:  # an epoch of tiles: each image about as often as it holds tiles
+        train_rows = tile_rows(train_rows, tiles.sizes, p.tile_size)
     if p.batch_size > len(train_rows):
         raise PipelineError(f"--batch-size {p.batch_size} is larger than the {len(train_rows)} "
                             f"training images of fold {fold}; lower it")
@@ -187,14 +191,18 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     optimizer = make_optimizer(p, net, device)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(p.ema), use_buffers=True) if p.ema else None
 
-    pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached)
+    pin, workers = device.type == "cuda", loader_workers(p.workers, device, cache.cached or tiles is not None)
     task = Task.of(p)
-    transform = transform_for(p, task.mask_interpolation)
     sampler = SeededShuffle(train_rows, p.seed * 1000 + index, rank=dist.rank, world=dist.world, batch=p.batch_size)
-    train_loader = make_loader(TrainSet(cache, transform), sampler, p.batch_size // dist.world, workers, pin,
-                               drop_last=True)
-    val_loader = make_loader(TrainSet(cache), SeededShuffle(val_rows, 0, shuffle=False),
-                             p.predict_batch_size, workers, pin)
+    if tiles is None:
+        train_set = TrainSet(cache, transform_for(p, task.mask_interpolation))
+        val_loader = make_loader(TrainSet(cache), SeededShuffle(val_rows, 0, shuffle=False),
+                                 p.predict_batch_size, workers, pin)
+    else:  # tiles are the crops: --crop-height/--crop-width do not apply
+        transform = train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p, task.mask_interpolation,
+                                    (p.scale_low, p.scale_high), p.translate, p.border) if p.augment else None
+        train_set, val_loader = TileSet(tiles, p.tile_size, p.tile_foreground, transform), None
+    train_loader = make_loader(train_set, sampler, p.batch_size // dist.world, workers, pin, drop_last=True)
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
     schedule = Schedule(total, warmup, p.min_lr_ratio)
@@ -202,8 +210,8 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
                Precision.for_device(device, p.amp), task,
-               task.loss(p.loss, p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader, val_loader,
-               ema=ema)
+               task.loss(p.loss, p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader,
+               val_loader, ema=ema, tiles=tiles)
 
 
 def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
@@ -212,6 +220,14 @@ def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
         cache = open_for(p, ids)
     dist.barrier()
     return cache if dist.main else open_for(p, ids)
+
+
+def open_tiles_once(p: Params, ids: list[str], dist: Dist) -> tilecache.TileCache:
+    """The tile cache (--tile-size); under torchrun rank 0 builds what is missing while the other ranks wait."""
+    if dist.main:
+        tiles = tilecache.open_for(p, ids)
+    dist.barrier()
+    return tiles if dist.main else tilecache.open_for(p, ids)
 
 
 def may_change_on_resume(name: str) -> bool:
@@ -334,6 +350,8 @@ def evaluate(run: Run, model: torch.nn.Module | None = None) -> Evaluation:
     the ranks and every map gathered on rank 0."""
     model = model if model is not None else predictor(run)
     model.eval()
+    if run.tiles is not None:
+        return _evaluate_tiled(run, model)
     losses, probs, examples = 0.0, [], None
     for images, masks in progress(run.val_loader, f"fold {run.fold} validation", disable=not run.dist.main):
         if examples is None:
@@ -354,14 +372,40 @@ def evaluate(run: Run, model: torch.nn.Module | None = None) -> Evaluation:
                       run.task.by_class([s / max(count, 1) for s in class_sums]))
 
 
+def _evaluate_tiled(run: Run, model: torch.nn.Module) -> Evaluation:
+    """``evaluate`` with --tile-size: each validation image of this rank at the network's scale (the tile cache)
+    predicted by sliding window, scored at full resolution like whole images. No validation loss (the stitched map
+    is not one forward pass: NaN in log.csv)."""
+    p, task = run.p, run.task
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        images = _to_device(run, torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2))
+        with run.precision.autocast(run.device):
+            logits = model(images)
+        return task.probabilities(logits).cpu().numpy()
+
+    maps = []
+    for row in progress(run.val_rows.tolist(), f"fold {run.fold} validation tiles", disable=not run.dist.main):
+        prob = tiles_mod.sliding_window(predict, np.asarray(run.tiles.image(row)), p.tile_size, p.tile_overlap,
+                                        p.predict_batch_size)
+        maps.append(task.to_maps(torch.from_numpy(prob[None]))[0])
+    per_class = class_dices(maps, run.cache, run.val_rows, VAL_THRESHOLD, task)  # (N, S); N may be 0 on a rank
+    dice_sum, count, *class_sums = run.dist.sum(float(per_class.mean(1).sum()), len(maps), *per_class.sum(0).tolist())
+    gathered = run.dist.gather(PngMaps.join([PngMaps.encode(m[None]) for m in maps]))
+    return Evaluation(float("nan"), dice_sum / max(count, 1), PngMaps.join(gathered) if gathered is not None else None,
+                      None, task.by_class([s / max(count, 1) for s in class_sums]))
+
+
 # --- files (rank 0) ---
-def write_best(folder: Path, state: dict, val_ids: list[str], probs: PngMaps | None) -> None:
+def write_best(folder: Path, state: dict, val_ids: list[str], probs: PngMaps | None, tiling: dict | None = None
+               ) -> None:
     """model.pt, then oof.npz; both record the model's digest (and the split), so 03 never tunes one model with
-    another one's out-of-fold maps. The full model (no validation images) has no oof.npz."""
+    another one's out-of-fold maps; oof.npz records the ``tiling`` of sliding-window maps. The full model (no
+    validation images) has no oof.npz."""
     state["digest"] = state_digest(state["model"])
     write_checkpoint(folder / files.BEST, state)
     if probs is not None:
-        save_oof(folder / files.OOF, val_ids, probs, state["digest"], state["split"])
+        save_oof(folder / files.OOF, val_ids, probs, state["digest"], state["split"], tiling)
 
 
 
@@ -402,7 +446,8 @@ class RunWriter:
             w.submit(write_best, run.dir, checkpoint_state(unwrap(predictor(run)), self.p, epoch=run.epoch,
                                                            val_dice=ev.dice if ev else -1.0,
                                                            split=run.split, task=run.task.checkpoint_record()),
-                     run.val_ids, ev.probs if ev else None)
+                     run.val_ids, ev.probs if ev else None,
+                     tiling.record() if (tiling := tiles_mod.Tiling.of(self.p)) else None)
         w.submit(self._append_log, row)
         if run.tb is not None:
             self._tensorboard(row, ev)
@@ -509,8 +554,15 @@ def _start_line(run: Run, resume: bool, ckpt: dict | None) -> str:
                  if before != run.dist.world else "\n")
     procs = f" x {run.dist.world} processes" if run.dist.active else ""
     amp = f" with {run.precision.name}" if run.precision.enabled else ""
-    return (head + f"fold {run.fold}: {len(run.sampler.rows)} train / {len(run.val_ids)} val images, {p.arch}-{p.encoder} "
-            f"at {p.height}x{p.width} on {run.device}{procs}{amp}, global batch {p.batch_size}")
+    if run.tiles is not None:
+        size = (f"{len(run.sampler.rows)} tiles of {p.tile_size} px an epoch from {len(set(run.sampler.rows.tolist()))} "
+                f"train images at 1/{p.downscale:g} scale ({p.tile_foreground:.0%} on foreground) / {len(run.val_ids)} "
+                f"val images by sliding window, {p.arch}-{p.encoder}")
+    else:
+        size = (f"{len(run.sampler.rows)} train / {len(run.val_ids)} val images, {p.arch}-{p.encoder} at "
+                f"{p.height}x{p.width}")
+    return head + f"fold {run.fold}: {size} on {run.device}{procs}{amp}, global batch {p.batch_size}"
+
 
 
 def _say(run: Run, line: str) -> None:

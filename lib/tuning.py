@@ -15,6 +15,7 @@ from lib import files, postprocess
 from lib.errors import PipelineError
 from lib.metrics import level_of
 from lib.task import RECORD as TASK_RECORD, Task
+from lib.tiles import Tiling
 
 PREDICT_STAGE = "03_predict.py"
 
@@ -25,7 +26,7 @@ SCHEMA = {"experiment": str, "folds": files.ListOf((int, str)), "tta": str, "pos
           "level": int, "oof_dice": float, "size": files.ListOf(int), "orig_size": files.ListOf(int),
           "n_images": int, "tta_asked": str, "postprocess_asked": str, "models": files.ListOf(dict),
           "task": TASK_RECORD, "class_dice": files.MapOf(float), "scores": files.ListOf(_SCORE), "tuned": bool,
-          "final": str, "min_area?": float}
+          "final": str, "min_area?": float, "tiling?": dict}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Tuning:
     tuned: bool = True  # False: a full model's untuned defaults
     final: str = ""  # files.FULL when the full model predicts the test set
     min_area: float = 0.0  # binary: a mask smaller than this fraction of its image is emptied (0: no gating)
+    tiling: Tiling | None = None  # maps by sliding window (each at its image's size at the network's scale)
 
     @property
     def level(self) -> int:
@@ -56,8 +58,13 @@ class Tuning:
 
     @property
     def map_size(self) -> tuple[int, int]:
-        """(rows, cols) of the test maps made with it."""
+        """(rows, cols) of the test maps made with it (whole images; tiled maps: ``map_size_of``)."""
         return self.task.map_size(*self.size)
+
+    def map_size_of(self, orig: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the test map of an image of ``orig`` (H0, W0): the network size, or with tiles the
+        image's size at the network's scale."""
+        return map_size(self.task, self.size, self.tiling, orig)
 
     @property
     def predictors(self) -> list[dict]:
@@ -72,7 +79,7 @@ class Tuning:
                 "n_images": self.n_images, "tta_asked": self.tta_asked, "postprocess_asked": self.postprocess_asked,
                 "models": self.models, "task": self.task.record(), "class_dice": self.class_dice,
                 "scores": self.scores, "tuned": self.tuned, "final": self.final,
-                "min_area": self.min_area}
+                "min_area": self.min_area, "tiling": self.tiling.record() if self.tiling else {}}
 
     def replace(self, **changes) -> "Tuning":
         return dataclasses.replace(self, **changes)
@@ -107,6 +114,12 @@ def _gating_text(row: dict, orig_size: tuple[int, int] | None) -> str:
         return ""
     area = area_text(row["min_area"], orig_size) if row["min_area"] else "0 (no gating)"
     return f"{area}, {row['dice_ungated']:.5f}"
+
+
+def map_size(task: Task, size: tuple[int, int], tiling: Tiling | None, orig: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of a stored map of an image of ``orig`` (H0, W0): ``Task.map_size`` of the network size
+    ``size``, or with ``tiling`` of the image's size at the network's scale."""
+    return task.map_size(*(tiling.map_hw(orig) if tiling else size))
 
 
 def predict_command(folder: Path, *args: str, run: Path | None = None) -> str:
@@ -157,8 +170,12 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
         raise PipelineError(f"{path}: min_area {min_area} is not a fraction of the image in [0, 1); {repair}")
     if r["task"]["classes"] < 1:
         raise PipelineError(f"{path}: task.classes {r['task']['classes']} is not >= 1; {repair}")
+    try:
+        tiling = Tiling.from_record(r.get("tiling"))
+    except ValueError as e:
+        raise PipelineError(f"{path}: {e}; {repair}") from None
     return Tuning(r["experiment"], r["folds"], r["tta"], r["postprocess"], float(r["threshold"]),
                   float(r["oof_dice"]), (r["size"][0], r["size"][1]),
                   (r["orig_size"][0], r["orig_size"][1]) if r["orig_size"] else None, r["n_images"], r["tta_asked"],
                   r["postprocess_asked"], r["models"], Task(r["task"]["classes"], tuple(r["task"]["names"])),
-                  r["scores"], r["class_dice"], r["tuned"], r["final"], min_area)
+                  r["scores"], r["class_dice"], r["tuned"], r["final"], min_area, tiling)

@@ -244,3 +244,18 @@ def test_torchrun_and_separate_shards_write_the_single_process_maps(tiny_demo, t
     again = run_script("03_predict.py", *args, "--shard", "2/3")  # each shard resumes on its own
     assert "to predict" in again.stdout and ", 0 to predict" in again.stdout
     run_script("04_submit.py", *args)
+
+
+def test_torchrun_trains_on_tiles_and_validates_every_image_by_sliding_window(tiny_demo, tmp_path):
+    """02 --tile-size under torchrun: rank 0 builds the tile cache while rank 1 waits, the ranks share each global
+    batch of tiles, validation is sharded and its maps gathered: oof.npz holds every validation image's map at the
+    network's scale, with the tiling."""
+    out = tmp_path / "out"
+    tiled = ["--tile-size", "32", "--downscale", "4", "--epochs", "1", "--cache", "off"]
+    run_script("01_prepare.py", *flags(tiny_demo, out, "--tile-size", "32", "--downscale", "4"))
+    shutil.rmtree(out / "cache" / "tiles_4")  # built again by rank 0 under torchrun
+    proc = torchrun("02_train.py", "--fold", "0", *flags(tiny_demo, out, *tiled))
+    assert proc.stdout.count("fold 0: best val Dice") == 1  # rank 0 alone prints
+    made = load_oof(files.fold_dir(out, "demo", 0) / files.OOF)
+    assert len(made.ids) == 32 and made.tiling["tile_size"] == 32
+    assert {m.shape for m in made.probs} == {(40, 60)}

@@ -2,6 +2,7 @@
 prediction."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,15 +165,108 @@ def test_bad_tile_settings_are_one_line_and_write_nothing(tmp_path, flags, messa
     assert not (tmp_path / "out").exists()
 
 
-def test_tiles_without_images_are_refused_with_the_command_that_runs(tmp_path, monkeypatch):
+def test_tiling_records_round_trip_and_size_the_maps():
+    from lib.tuning import map_size
+    t = tiles.Tiling(256, 2.0, 0.25)
+    assert tiles.Tiling.from_record(t.record()) == t and tiles.Tiling.from_record({}) is None
+    assert tiles.Tiling.of(make_params(tile_size=0)) is None
+    assert tiles.Tiling.of(make_params(tile_size=64, downscale=3, tile_overlap=0.5)) == tiles.Tiling(64, 3.0, 0.5)
+    with pytest.raises(ValueError):
+        tiles.Tiling.from_record({"tile_size": 100, "downscale": 1, "tile_overlap": 0.25})
+    assert map_size(Task.of(make_params()), (128, 160), t, (1001, 3000)) == (500, 1500)  # the image at 1/2
+    assert map_size(Task.of(make_params(classes=3)), (128, 160), t, (1001, 3000)) == (1500, 1500)  # 3 class maps
+    assert map_size(Task.of(make_params()), (128, 160), None, (1001, 3000)) == (128, 160)  # whole images
+
+
+# --- 03's out-of-fold and test maps by sliding window ---
+def _untrained_run(root, out, height: int, width: int, experiment: str = "demo", task_flags: tuple = ()) -> None:
+    """folds.csv and the truth cache of ``root`` (01), then an untrained fold model per fold at ``height`` x
+    ``width`` recording the split (the weights do not matter to agreement and sizes); ``task_flags``: --classes
+    and --class-colors of a multi-class set."""
+    from lib import files, folds as folds_mod
+    from lib.model import checkpoint_state, write_checkpoint
     from tests.conftest import run_script
-    _fold_model(tmp_path / "out")
-    proc = run_script("03_predict.py", "--output", tmp_path / "out", "--experiment", "demo", "--tile-size", "128",
-                      check=False)
-    assert proc.returncode == 1 and "sliding-window prediction serves --images" in proc.stderr
-    from tests.test_repairs import advised
-    import params
-    monkeypatch.setattr(params, "GIVEN", {})  # parse() records the command line it read there: this one is a test's
-    monkeypatch.setattr(params, "RUN", {})
-    repaired, _ = params.parse("03", [str(a) for a in advised(proc.stderr, "03_predict.py")])
-    assert repaired.tile_size == 0 and repaired.experiment == "demo" and Path(repaired.output) == tmp_path / "out"
+    run_script("01_prepare.py", "--input", root, "--output", out, "--preset", "demo", "--n-folds", "2", "--workers",
+               "0", "--height", str(height), "--width", str(width), "--cache", "off", *task_flags)
+    split = folds_mod.read(out)
+    torch.manual_seed(0)
+    named = dict(zip([f[2:].replace("-", "_") for f in task_flags[::2]], task_flags[1::2]))
+    p = make_params(encoder="resnet18", encoder_weights="none", decoder_channels="32,16,16,16,16", height=height,
+                    width=width, experiment=experiment, **{k: int(v) if k == "classes" else str(v)
+                                                           for k, v in named.items()})
+    for k in range(2):
+        folder = files.fold_dir(out, experiment, k)
+        folder.mkdir(parents=True)
+        write_checkpoint(folder / files.BEST, checkpoint_state(build_model(p), p, epoch=1, val_dice=0.5,
+                                                               task=Task.of(p).record(),
+                                                               split=folds_mod.fold_digest(split, k)))
+
+
+def test_tiled_test_maps_agree_with_whole_images_and_submit_at_full_size(tiny_demo, tmp_path):
+    """03 --tile-size at least the image (240 x 160, padded 256 x 160 as the models' size): the out-of-fold tuning and
+    the test maps are the whole-image ones (maps stored at the image's own size instead of the padded one); tiles
+    changed since are refused without --replace; with --downscale 2 the maps are stored at half size and 04 still
+    writes full-size masks."""
+    from lib import files, rle, testmaps, tuning as tuning_mod
+    from lib.submission import read_submission
+    from tests.conftest import run_script
+    out = tmp_path / "out"
+    _untrained_run(tiny_demo, out, 160, 256)
+    common = ["--input", tiny_demo, "--output", out, "--preset", "demo", "--workers", "0", "--device", "cpu",
+              "--tta", "none", "--postprocess", "none", "--cache", "off", "--predict-batch-size", "4"]
+    run = files.run_dir(out, "demo")
+    run_script("03_predict.py", *common)
+    whole_tuning = tuning_mod.read(run)
+    shutil.move(run / files.TEST_PROBS, tmp_path / "whole")
+    run_script("03_predict.py", *common, "--tile-size", "256", "--tile-overlap", "0.5")
+    tiled_tuning = tuning_mod.read(run)
+    assert tiled_tuning.tiling == tiles.Tiling(256, 1.0, 0.5) and whole_tuning.tiling is None
+    assert abs(tiled_tuning.oof_dice - whole_tuning.oof_dice) < 1e-3
+    names = sorted(n.name for n in (tmp_path / "whole").glob("*.png"))
+    assert names and names == sorted(n.name for n in (run / files.TEST_PROBS).glob("*.png"))
+    for name in names:
+        whole = testmaps.read_map(tmp_path / "whole" / name)
+        tiled = testmaps.read_map(run / files.TEST_PROBS / name)
+        assert whole.shape == (160, 256) and tiled.shape == (160, 240)
+        assert np.abs(geometry.from_net(whole, 160, 240).astype(int) - tiled).max() <= 1
+    run_script("04_submit.py", *common)
+    masks = dict(read_submission(run / "submission.csv.gz"))
+    assert len(masks) == len(names) and rle.decode(next(iter(masks.values())), (160, 240)).shape == (160, 240)
+    proc = run_script("03_predict.py", *common, "--tile-size", "64", "--downscale", "2", check=False)
+    assert proc.returncode == 1 and "holds maps from other models or settings" in proc.stderr
+    run_script("03_predict.py", *common, "--tile-size", "64", "--downscale", "2", "--replace")
+    assert testmaps.read_map(run / files.TEST_PROBS / names[0]).shape == (80, 120)
+    run_script("04_submit.py", *common, "--tile-size", "64", "--downscale", "2")
+    half = dict(read_submission(run / "submission.csv.gz"))
+    assert half.keys() == masks.keys()
+    key = next(iter(half))
+    assert rle.decode(half[key], (160, 240)).shape == (160, 240)
+
+
+@pytest.mark.slow
+def test_multiclass_tiled_maps_agree_with_whole_images_and_submit_per_class(tmp_path):
+    """The same agreement for class maps (4 classes of the aerial-large demo, at 240 x 160): tuning by argmax, test
+    maps stacked per class at the image's own size, 04's per-class rows."""
+    from demo.aerial import generate
+    from lib import files, testmaps, tuning as tuning_mod
+    from lib.submission import read_submission
+    from tests.conftest import run_script
+    root, out = tmp_path / "in", tmp_path / "out"
+    generate(root, 4, 1, width=240, height=160, workers=0)
+    task = ("--classes", "4", "--class-colors", str(root / "classes.csv"))
+    _untrained_run(root, out, 160, 256, task_flags=task)
+    common = ["--input", root, "--output", out, "--preset", "demo", "--workers", "0", "--device", "cpu", "--tta",
+              "none", "--cache", "off", "--predict-batch-size", "4", *task]
+    run = files.run_dir(out, "demo")
+    run_script("03_predict.py", *common)
+    whole_dice = tuning_mod.read(run).oof_dice
+    whole = testmaps.read_map(run / files.TEST_PROBS / "aerial004.png")
+    run_script("03_predict.py", *common, "--tile-size", "256", "--replace")
+    assert abs(tuning_mod.read(run).oof_dice - whole_dice) < 1e-3
+    tiled = testmaps.read_map(run / files.TEST_PROBS / "aerial004.png")
+    assert whole.shape == (4 * 160, 256) and tiled.shape == (4 * 160, 240)
+    whole_at = np.concatenate([geometry.from_net(c, 160, 240) for c in whole.reshape(4, 160, 256)])
+    assert np.abs(whole_at.astype(int) - tiled).max() <= 1
+    run_script("04_submit.py", *common)
+    rows = dict(read_submission(run / "submission.csv.gz"))
+    assert sorted(rows) == ["aerial004_building", "aerial004_fence", "aerial004_pole"]
