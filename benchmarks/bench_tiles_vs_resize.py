@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ways", default="resize,tiles", help="which ways to run, comma-separated")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     root, out = a.work / "input", a.work / "output"
@@ -94,7 +95,7 @@ def main() -> None:
             "tiles": (["--experiment", "tiles", "--tile-size", str(a.tile_size), "--downscale", str(a.downscale)],
                       tile_epochs, f"tiles of {a.tile_size} at 1/{a.downscale:g} ({tw}x{th})")}
     results = {}
-    for name, (flags, epochs, what) in ways.items():
+    for name, (flags, epochs, what) in ((k, v) for k, v in ways.items() if k in a.ways.split(",")):
         times = {"01": run("01_prepare.py", *common, *flags, *demo)}
         names = [line.split(",")[0] for line in (root / "classes.csv").read_text().splitlines()[1:]]
         times["02"] = run("02_train.py", "--fold", "0", "--restart", *common, *flags, "--epochs", str(epochs))
