@@ -83,9 +83,10 @@ def bench_preset(preset: str, base: Path, n_photos: int, repeats: int) -> list[t
                 predict_batch(ens, torch.from_numpy(b), mode)
         return run
     fp32 = Precision.for_device(torch.device("cpu"), "off")
-    rows.append(("network, torch fp32", best_rate(torch_net(fp32), len(images), repeats)))
+    on = ens.device.type  # --device auto: the GPU where there is one
+    rows.append((f"network, torch {on} fp32", best_rate(torch_net(fp32), len(images), repeats)))
     if auto.enabled:
-        rows.append((f"network, torch --amp {p.amp} ({str(auto.dtype).split('.')[-1]})",
+        rows.append((f"network, torch {on} --amp {p.amp} ({str(auto.dtype).split('.')[-1]})",
                      best_rate(torch_net(auto), len(images), repeats)))
     rows.append(("network, onnxruntime CPU fp32", best_rate(lambda: [model.maps(b) for b in batches], len(images),
                                                             repeats)))
