@@ -23,7 +23,6 @@ import numpy as np
 
 from lib.errors import PipelineError
 from lib.geometry import STRIDE, padded_size, padding
-from lib.inputs import image_size
 
 # Standard deviation of the blending Gaussian as a fraction of the tile side (nnU-Net's choice of 1/8: the centre
 # weighs about 3000 times a corner, so a border pixel counts only where no other tile covers it better).
@@ -173,6 +172,7 @@ def read_scaled(raw: bytes, path, downscale: float) -> tuple[np.ndarray, tuple[i
     """(the (H, W, 3) RGB uint8 image at the network's scale, its original (H0, W0)) of the encoded image ``raw``
     read from ``path``: decoded at 1/2, 1/4 or 1/8 scale where ``downscale`` allows (libjpeg's DCT scaling: a 70 MP
     photo at --downscale 4 never exists at full size in memory), then resized to ``scaled_size``."""
+    from lib.inputs import image_size  # PIL: not for the torch-free predictor, which imports this module's Tiling
     h0, w0 = image_size(raw, path)
     h, w = scaled_size(h0, w0, downscale)
     flag = cv2.IMREAD_COLOR

@@ -108,7 +108,7 @@ def test_a_run_without_empty_images_submits_the_ungated_masks(trained, tmp_path)
     cut = sorted(areas.values())[len(areas) // 2]  # about half the masks are smaller
     record = json.loads((run / files.TUNING).read_text())
     record["min_area"] = cut / (size[0] * size[1])
-    (run / files.TUNING).write_text(json.dumps(record))
+    files.write_text_atomic(run / files.TUNING, json.dumps(record))  # a new file: the clone's is a hard link of trained's
     sub = run_script("04_submit.py", *args_for(trained.root, out))
     assert "emptying masks under" in sub.stdout
     gated = dict(read_submission(next(run.glob("submission*.csv.gz"))))

@@ -306,7 +306,8 @@ def test_04_writes_the_submission_when_the_baselines_cannot_be_scored_without_ba
 def test_03_prints_its_tuning_lines_under_a_header_that_labels_every_column(trained):
     lines = trained.predict.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "TTA"])
-    assert lines[at].split() == ["model", "TTA", "post-processing", "threshold", "OOF", "Dice"], lines[at]
+    assert lines[at].split()[:6] == ["model", "TTA", "post-processing", "threshold", "OOF", "Dice"], lines[at]
+    assert lines[at].split()[6:] == "min area, OOF Dice without gating".split(), lines[at]  # the pooled row's gating
     rows = lines[at + 1:at + 4]  # fold 0, fold 1, the 2-fold out-of-fold row (--tta none; --postprocess auto)
     assert [r.split()[:3] for r in rows] == [["fold", "0", "model"], ["fold", "1", "model"], ["2-fold", "out-of-fold",
                                                                                             "none"]], rows
