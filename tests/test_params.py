@@ -8,6 +8,11 @@ import params
 from params import PRESETS, Params, make_params, parse
 
 
+VALID = {"group_regex": "(x)", "height": "64", "width": "64", "demo_width": "64", "demo_height": "64",
+         "encoder_weights": "none", "decoder_channels": "64,32,16,16,8", "scale_high": "1.5", "crop_height": "32",
+         "crop_width": "32", "tile_size": "64", "tta_modes": "none,vflip", "downscale": "2"}  # a valid other value
+
+
 def test_every_field_is_a_flag_and_flags_beat_presets():
     p, _ = parse("t", ["--preset", "demo", "--epochs", "3", "--no-augment", "--lr", "0.01"])
     assert p.epochs == 3 and p.augment is False and p.lr == 0.01
@@ -17,24 +22,7 @@ def test_every_field_is_a_flag_and_flags_beat_presets():
         value = {bool: None, int: "7", float: "0.5", str: "x"}[type(f.default)]
         if choices := params.SETTINGS[f.name].choices:
             value = next(c for c in choices if c != f.default)
-        if f.name == "group_regex":
-            value = "(x)"
-        if f.name in ("height", "width", "demo_width", "demo_height"):
-            value = "64"
-        if f.name == "encoder_weights":
-            value = "none"
-        if f.name == "decoder_channels":
-            value = "64,32,16,16,8"
-        if f.name == "scale_high":
-            value = "1.5"
-        if f.name in ("crop_height", "crop_width"):
-            value = "32"
-        if f.name == "tile_size":
-            value = "64"
-        if f.name == "tta_modes":
-            value = "none,vflip"
-        if f.name == "downscale":
-            value = "2"
+        value = VALID.get(f.name, value)
         args = [flag] if value is None else [flag, value]
         p, _ = parse("t", args)
         assert getattr(p, f.name) == (True if value is None else type(f.default)(value)), f.name
