@@ -176,9 +176,7 @@ def _no_models(p: Params, run: Path) -> str:
                 f"folder beside it; train one first: {params_mod.command('01_prepare.py')}, then "
                 f"{params_mod.command('02_train.py', '--fold', 'all')}, or give the --output and --experiment the "
                 "models are in")
-    own = params_mod.RUN.get("args", [])
-    own = [a for i, a in enumerate(own) if not a.startswith("--folds")
-           and not (i and own[i - 1] == "--folds")]  # the listed run has its own folds
+    own = params_mod.without_flags(params_mod.RUN.get("args", []), ["--folds"])  # the listed run has its own folds
     script = params_mod.RUN.get("script", "03_predict.py")
     found = [f"{r} ({_models_in(r)}): {params_mod.command(script, *own, '--output', str(r.parent), '--experiment', r.name)}"
              for r in runs]
@@ -351,7 +349,7 @@ class ScaledImages(Dataset):
         """((h, w, 3) uint8 image at the network's scale, i, its original (H0, W0), its file's fingerprint text)."""
         path = self.paths[i]
         before = os.stat(path)
-        raw = inputs.read_image_bytes(path)
+        raw = read_image_bytes(path)
         image, orig = tiles.read_scaled(raw, path, self.downscale)
         return image, i, orig, fingerprint.of_bytes(raw, before).text()
 
