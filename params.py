@@ -243,6 +243,10 @@ class Params:
                              "to the earlier); each costs one pass over the out-of-fold images (d4: 8 predictions an "
                              "image). Cars are not symmetric up/down; aerial or medical data may add vflip,hvflip,d4",
                              stages="03")
+    gating: str = _OUTPUT("auto", "binary masks: auto (a mask smaller than a minimum area is emptied, the area tuned "
+                          "out-of-fold jointly with the threshold and post-processing: lib/metrics.gate) | off (minimum "
+                          "area 0, not searched); tuning.json records it, so a change tunes again",
+                          stages="03", choices=("auto", "off"))
     threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)", stages="03 04 05")
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",

@@ -278,7 +278,7 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     scores, best = [], {}
     for key, folds_stats in stats.items():
         mode, post = key
-        threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD)
+        threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD, p.gating == "auto")
         best[key] = (dice, threshold, extra.get("class_dice", {}), extra.get("min_area", 0.0))
         gated = {"min_area": extra["min_area"]} if "min_area" in extra else {}
         for k, d in zip(ens.folds, fold_dice):
@@ -291,7 +291,7 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
                   int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess,
                   ens.fingerprints, task, scores, class_dice, min_area=min_area,
-                  tiling=tiles.Tiling.of(p))
+                  tiling=tiles.Tiling.of(p), gating_asked=p.gating)
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
@@ -467,7 +467,7 @@ def untuned(p: Params, split: pd.DataFrame, final: Ensemble) -> Tuning:
     return Tuning(p.experiment, [], mode, final.task.post_choices(p.postprocess)[0],
                   p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, tta.asked_text(p.tta, p.tta_modes),
                   p.postprocess, final.fingerprints, final.task, [], tuned=False, final=files.FULL,
-                  tiling=tiles.Tiling.of(p))
+                  tiling=tiles.Tiling.of(p), gating_asked=p.gating)
 
 
 def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> Tuning | None:
@@ -482,7 +482,8 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
         print(f"note: {e}")
         return None
     return old if (old.models == expected_models(ens, final) and old.tta_asked == tta.asked_text(p.tta, p.tta_modes)
-                   and old.postprocess_asked == p.postprocess and old.tiling == tiles.Tiling.of(p)) else None
+                   and old.postprocess_asked == p.postprocess and old.gating_asked == p.gating
+                   and old.tiling == tiles.Tiling.of(p)) else None
 
 
 def _post_text(tuning: Tuning) -> str:
