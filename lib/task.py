@@ -344,10 +344,12 @@ class Task:
         """(threshold, pooled Dice, each fold's Dice at that threshold, what the score row adds) from the folds'
         ``oof_stats``: binary: the best threshold and minimum area (``metrics.best_threshold_and_min_area``), the Dice
         at ``default_threshold`` without gating (what an untuned run uses), the minimum area and the best Dice without
-        gating (``gating`` False: minimum area 0, not searched); multi-class: the argmax (threshold 0.5) and each class's Dice."""
+        gating (``gating`` False: minimum area 0, not searched); multi-class: the argmax (threshold 0.5) and each
+        class's Dice."""
         pooled = np.concatenate(per_fold)
         if self.binary:
-            from lib.metrics import MIN_AREAS, best_threshold, best_threshold_and_min_area, gated_dice_by_level, level_of
+            from lib.metrics import (MIN_AREAS, best_threshold, best_threshold_and_min_area, gated_dice_by_level,
+                                     level_of)
             ungated_threshold, ungated, ungated_per_level = best_threshold(pooled)
             threshold, min_area, dice, _ = best_threshold_and_min_area(pooled, MIN_AREAS if gating else (0.0,))
             level = level_of(threshold)

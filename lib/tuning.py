@@ -51,7 +51,7 @@ class Tuning:
     final: str = ""  # files.FULL when the full model predicts the test set
     min_area: float = 0.0  # binary: a mask smaller than this fraction of its image is emptied (0: no gating)
     tiling: Tiling | None = None  # maps by sliding window (each at its image's size at the network's scale)
-    gating_asked: str = "auto"  # --gating it was made for (off: min_area 0, not searched): another asks for a new tuning
+    gating_asked: str = "auto"  # --gating it was made for (off: min_area 0, not searched): another asks for a new one
 
     @property
     def level(self) -> int:
