@@ -197,7 +197,7 @@ def predict_proba(model: Callable[[torch.Tensor], torch.Tensor], images: torch.T
     if flips in SQUARE_ONLY and images.shape[-2] != images.shape[-1]:
         raise ValueError(f"TTA {mode} needs square inputs, got {tuple(images.shape[-2:])}")
     pairs = MODES[flips]
-    size = tuple(images.shape[-2:])
+    size = (int(images.shape[-2]), int(images.shape[-1]))  # ints also while exported (H x W are fixed there)
     total = None
     for scale in scales:
         x = _resized(images, scaled_size(*size, scale))

@@ -267,3 +267,27 @@ def test_03_records_the_scales_and_refuses_one_too_small_before_writing(trained,
     again = run_script("03_predict.py", *args_for(trained.root, out, "--tta", "hflip"), check=False)
     assert again.returncode != 0 and "holds maps from other models or settings" in again.stderr
     assert json.loads((run / files.TUNING).read_text())["tta"] == "hflip"  # tuned again for scale 1
+
+
+@pytest.mark.parametrize("task", [BINARY, Task(3)], ids=["binary", "multiclass"])
+def test_05_exports_the_scales_into_the_onnx_graph(task):
+    """05's graph holds the resizing of every scale: onnxruntime gives torch's probabilities."""
+    from types import SimpleNamespace
+    import onnxruntime as ort
+    from lib import export
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, task.channels, 3, padding=1)
+    ens = SimpleNamespace(models=[torch.nn.Sequential(_Float(), conv)], task=task, size=(64, 96))
+    mode = "hflip@0.75,1,1.25"
+    x = _smooth_images(2, 64, 96)
+    with torch.no_grad():
+        ours = export.Averaged(ens, mode)(x).numpy()
+    theirs = ort.InferenceSession(export.onnx_bytes(ens, mode)).run(None, {"images": x.numpy()})[0]
+    assert theirs.shape == ours.shape == (2, task.channels, 64, 96)
+    assert np.abs(theirs - ours).max() < 1e-5
+
+
+class _Float(torch.nn.Module):
+    """uint8 pictures -> float in [0, 1] (the models' normalisation, in short)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255
