@@ -243,6 +243,15 @@ class Params:
                              "to the earlier); each costs one pass over the out-of-fold images (d4: 8 predictions an "
                              "image). Cars are not symmetric up/down; aerial or medical data may add vflip,hvflip,d4",
                              stages="03")
+    gating: str = _OUTPUT("auto", "binary masks: auto (a mask smaller than a minimum area is emptied, the area tuned "
+                          "out-of-fold jointly with the threshold and post-processing: lib/metrics.gate) | off (minimum "
+                          "area 0, not searched); tuning.json records it, so a change tunes again",
+                          stages="03", choices=("auto", "off"))
+    tta_scales: str = _OUTPUT("1", "multi-scale TTA (lib/tta.py): the network input is also resized by each of these "
+                              "comma-separated scales (each side rounded to the nearest multiple of 32, at least 32; "
+                              "with --tile-size the tile), each prediction resized back and averaged with the flips: "
+                              "e.g. 0.75,1,1.25 (3 times the passes); --tta auto tries each of --tta-modes at scale 1 "
+                              "and at these; 1 = off", stages="03 05")
     threshold: float = _OUTPUT(0.0, "0 = use the tuned threshold; else a fixed one in (0, 1)", stages="03 04 05")
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",
@@ -387,6 +396,12 @@ def check(p: Params) -> None:
     if not modes or any(m not in SETTINGS["tta"].choices[1:] for m in modes):
         problems.append(f"--tta-modes {p.tta_modes!r} must list modes of "
                         f"{', '.join(SETTINGS['tta'].choices[1:])}, comma-separated")
+    if p.tta_scales != "1":  # lib.tta brings torch: only for scales other than the default
+        from lib.tta import parse_scales
+        try:
+            parse_scales(p.tta_scales)
+        except ValueError as e:
+            problems.append(f"--tta-scales {e}")
     if not 0.0 <= p.threshold < 1.0:  # also NaN
         problems.append(f"--threshold {p.threshold} must be in (0, 1), or 0 for the tuned one")
     if p.scale_low > p.scale_high:

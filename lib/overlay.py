@@ -41,8 +41,9 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, flo
                 tuning, why = None, f"{files.TUNING} was made by other models"
         except PipelineError as e:
             why = f"unusable {files.TUNING} ({e})"
-    mode = p.tta if p.tta != "auto" else (tuning.tta if tuning else tta.AUTO_DEFAULT)
-    tta.check(mode, *ens.size)
+    mode = tta.fixed(p.tta, p.tta_scales) if p.tta != "auto" else (tuning.tta if tuning
+                                                                  else tta.fixed(tta.AUTO_DEFAULT, p.tta_scales))
+    tta.check(mode, *((p.tile_size,) * 2 if p.tile_size else ens.size))
     threshold = p.threshold or (tuning.threshold if tuning else DEFAULT_THRESHOLD)
     post = p.postprocess if p.postprocess != "auto" else (tuning.postprocess if tuning else postprocess.NONE)
     source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why

@@ -262,9 +262,9 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     every threshold in one pass; multi-class: the argmax decides, scored by the mean Dice of the classes). Ties go to
     the simpler choice (no TTA, none)."""
     h, w = ens.size
+    modes = tta.candidates(p.tta, p.tta_modes, *input_size(p, ens.size), p.tta_scales)
     cache = open_for(p, list(split.id), h, w)
     task = ens.task
-    modes = tta.candidates(p.tta, p.tta_modes, h, w)
     posts = task.post_choices(p.postprocess)
     # per (TTA mode, post-processing), per fold: Task.oof_stats
     stats: dict[tuple[str, str], list[np.ndarray]] = {(m, q): [] for m in modes for q in posts}
@@ -278,7 +278,7 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     scores, best = [], {}
     for key, folds_stats in stats.items():
         mode, post = key
-        threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD)
+        threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD, p.gating == "auto")
         best[key] = (dice, threshold, extra.get("class_dice", {}), extra.get("min_area", 0.0))
         gated = {"min_area": extra["min_area"]} if "min_area" in extra else {}
         for k, d in zip(ens.folds, fold_dice):
@@ -289,9 +289,9 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
     (mode, post), (dice, threshold, class_dice, min_area) = key, best[key]
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
-                  int(sum(len(x) for x in stats[key])), tta.asked_text(p.tta, p.tta_modes), p.postprocess,
+                  int(sum(len(x) for x in stats[key])), tta_asked(p), p.postprocess,
                   ens.fingerprints, task, scores, class_dice, min_area=min_area,
-                  tiling=tiles.Tiling.of(p))
+                  tiling=tiles.Tiling.of(p), gating_asked=p.gating)
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
@@ -452,6 +452,16 @@ def _predict_tiled(p: Params, ens: Ensemble, tiling: tiles.Tiling, mode: str, im
 
 
 # --- the stage ---
+def tta_asked(p: Params) -> str:
+    """What tuning.json records as the TTA asked (--tta, --tta-modes for auto, --tta-scales): ``tta.asked_text``."""
+    return tta.asked_text(p.tta, p.tta_modes, p.tta_scales)
+
+
+def input_size(p: Params, size: tuple[int, int]) -> tuple[int, int]:
+    """What the network is given: the tile (--tile-size) when tiled, else the models' ``size`` (h, w)."""
+    return (p.tile_size, p.tile_size) if p.tile_size else size
+
+
 def expected_models(ens: Ensemble | None, final: Ensemble | None) -> list[dict]:
     """The fingerprints a tuning.json records: the fold models that tuned it, then the full model if it predicts."""
     return (ens.fingerprints if ens else []) + (final.fingerprints if final else [])
@@ -461,13 +471,14 @@ def untuned(p: Params, split: pd.DataFrame, final: Ensemble) -> Tuning:
     """The record for a full model without fold models to tune on: --tta (auto: hflip), --threshold (0: 0.5) and
     --postprocess (auto: none)."""
     h, w = final.size
-    mode = tta.AUTO_DEFAULT if p.tta == "auto" else p.tta
-    tta.check(mode, h, w)
+    mode = tta.fixed(tta.AUTO_DEFAULT if p.tta == "auto" else p.tta, p.tta_scales)
+    tta.check(mode, *input_size(p, (h, w)))
     cache = open_for(p, list(split.id), h, w)
     return Tuning(p.experiment, [], mode, final.task.post_choices(p.postprocess)[0],
-                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0, tta.asked_text(p.tta, p.tta_modes),
+                  p.threshold or DEFAULT_THRESHOLD, -1.0, (h, w), cache.orig_size, 0,
+                  tta_asked(p),
                   p.postprocess, final.fingerprints, final.task, [], tuned=False, final=files.FULL,
-                  tiling=tiles.Tiling.of(p))
+                  tiling=tiles.Tiling.of(p), gating_asked=p.gating)
 
 
 def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = None) -> Tuning | None:
@@ -481,8 +492,10 @@ def current_tuning(p: Params, ens: Ensemble | None, final: Ensemble | None = Non
     except PipelineError as e:
         print(f"note: {e}")
         return None
-    return old if (old.models == expected_models(ens, final) and old.tta_asked == tta.asked_text(p.tta, p.tta_modes)
-                   and old.postprocess_asked == p.postprocess and old.tiling == tiles.Tiling.of(p)) else None
+    return old if (old.models == expected_models(ens, final)
+                   and old.tta_asked == tta_asked(p)
+                   and old.postprocess_asked == p.postprocess and old.gating_asked == p.gating
+                   and old.tiling == tiles.Tiling.of(p)) else None
 
 
 def _post_text(tuning: Tuning) -> str:
@@ -582,6 +595,7 @@ def _run(p: Params, folds: list[int] | None, retune: bool, replace: bool, tune_o
     ens = load_ensemble(p, split, folds, dist.local_rank, optional=final is not None)
     has_test = (p.input_dir / files.TEST).is_dir()
     ids, paths = inputs.check_test(p.input_dir, (final or ens).task) if has_test else ([], {})  # refuse before writing
+    tta.candidates(p.tta, p.tta_modes, *input_size(p, (final or ens).size), p.tta_scales)  # scales that fit: likewise
     probs = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
     if has_test and not replace and (probs / files.PROBS_META).exists():  # damaged: refused before anything is written
         testmaps.read_meta(probs, _replace_advice())

@@ -339,16 +339,19 @@ class Task:
             return oof_histograms(probs, cache, rows, posts)
         return {post: class_dices(probs, cache, rows, 0.5, self) for post in posts}
 
-    def pick(self, per_fold: list[NDArray], default_threshold: float) -> tuple[float, float, list[float], dict]:
+    def pick(self, per_fold: list[NDArray], default_threshold: float, gating: bool = True
+             ) -> tuple[float, float, list[float], dict]:
         """(threshold, pooled Dice, each fold's Dice at that threshold, what the score row adds) from the folds'
         ``oof_stats``: binary: the best threshold and minimum area (``metrics.best_threshold_and_min_area``), the Dice
         at ``default_threshold`` without gating (what an untuned run uses), the minimum area and the best Dice without
-        gating; multi-class: the argmax (threshold 0.5) and each class's Dice."""
+        gating (``gating`` False: minimum area 0, not searched); multi-class: the argmax (threshold 0.5) and each
+        class's Dice."""
         pooled = np.concatenate(per_fold)
         if self.binary:
-            from lib.metrics import best_threshold, best_threshold_and_min_area, gated_dice_by_level, level_of
+            from lib.metrics import (MIN_AREAS, best_threshold, best_threshold_and_min_area, gated_dice_by_level,
+                                     level_of)
             ungated_threshold, ungated, ungated_per_level = best_threshold(pooled)
-            threshold, min_area, dice, _ = best_threshold_and_min_area(pooled)
+            threshold, min_area, dice, _ = best_threshold_and_min_area(pooled, MIN_AREAS if gating else (0.0,))
             level = level_of(threshold)
             return (threshold, dice, [float(gated_dice_by_level(h, min_area)[:, level].mean()) for h in per_fold],
                     {"dice_at_default": float(ungated_per_level[level_of(default_threshold)]), "min_area": min_area,

@@ -26,7 +26,7 @@ SCHEMA = {"experiment": str, "folds": files.ListOf((int, str)), "tta": str, "pos
           "level": int, "oof_dice": float, "size": files.ListOf(int), "orig_size": files.ListOf(int),
           "n_images": int, "tta_asked": str, "postprocess_asked": str, "models": files.ListOf(dict),
           "task": TASK_RECORD, "class_dice": files.MapOf(float), "scores": files.ListOf(_SCORE), "tuned": bool,
-          "final": str, "min_area?": float, "tiling?": dict}
+          "final": str, "min_area": float, "gating_asked": str, "tiling?": dict}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Tuning:
     final: str = ""  # files.FULL when the full model predicts the test set
     min_area: float = 0.0  # binary: a mask smaller than this fraction of its image is emptied (0: no gating)
     tiling: Tiling | None = None  # maps by sliding window (each at its image's size at the network's scale)
+    gating_asked: str = "auto"  # --gating it was made for (off: min_area 0, not searched): another asks for a new one
 
     @property
     def level(self) -> int:
@@ -79,7 +80,8 @@ class Tuning:
                 "n_images": self.n_images, "tta_asked": self.tta_asked, "postprocess_asked": self.postprocess_asked,
                 "models": self.models, "task": self.task.record(), "class_dice": self.class_dice,
                 "scores": self.scores, "tuned": self.tuned, "final": self.final,
-                "min_area": self.min_area, "tiling": self.tiling.record() if self.tiling else {}}
+                "min_area": self.min_area, "gating_asked": self.gating_asked,
+                "tiling": self.tiling.record() if self.tiling else {}}
 
     def replace(self, **changes) -> "Tuning":
         return dataclasses.replace(self, **changes)
@@ -165,7 +167,7 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
     if r["postprocess"] not in postprocess.CHOICES:
         raise PipelineError(f"{path}: postprocess {r['postprocess']!r} is not one of "
                             f"{', '.join(postprocess.CHOICES)}; {repair}")
-    min_area = float(r.get("min_area", 0.0))  # files before gating have none: no gating
+    min_area = float(r["min_area"])
     if not 0.0 <= min_area < 1.0:
         raise PipelineError(f"{path}: min_area {min_area} is not a fraction of the image in [0, 1); {repair}")
     if r["task"]["classes"] < 1:
@@ -178,4 +180,5 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
                   float(r["oof_dice"]), (r["size"][0], r["size"][1]),
                   (r["orig_size"][0], r["orig_size"][1]) if r["orig_size"] else None, r["n_images"], r["tta_asked"],
                   r["postprocess_asked"], r["models"], Task(r["task"]["classes"], tuple(r["task"]["names"])),
-                  r["scores"], r["class_dice"], r["tuned"], r["final"], min_area, tiling)
+                  r["scores"], r["class_dice"], r["tuned"], r["final"], min_area, tiling,
+                  r["gating_asked"])

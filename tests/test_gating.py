@@ -2,6 +2,7 @@
 in the same one pass over the pixels (lib/metrics.py), stored in tuning.json and applied by 04 and 03 --images."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from demo.noisy import noisy_maps
 from lib import files, metrics, rle, testmaps, tuning as tuning_mod
+from lib.errors import PipelineError
 from lib.geometry import from_net
 from lib.metrics import (best_threshold, best_threshold_and_min_area, dice, dice_histograms, gate,
                          gated_dice_by_level, predicted_area_by_level)
@@ -54,6 +56,9 @@ def test_gating_raises_out_of_fold_dice_with_half_the_images_empty():
     t, d, per_fold, extra = BINARY.pick([hists[:30], hists[30:]], 0.5)
     assert (t, d) == (threshold, gated) and extra["min_area"] == min_area and extra["dice_ungated"] == ungated
     assert np.mean(per_fold) == pytest.approx(gated)
+    # --gating off: minimum area 0, not searched: the best ungated threshold and Dice
+    t, d, _, extra = BINARY.pick([hists[:30], hists[30:]], 0.5, gating=False)
+    assert extra["min_area"] == 0.0 and d == ungated and d < gated
 
 
 def test_without_empty_images_the_minimum_area_stays_zero():
@@ -65,15 +70,17 @@ def test_without_empty_images_the_minimum_area_stays_zero():
         best_threshold_and_min_area(hists[:0])
 
 
-def test_tuning_json_keeps_the_minimum_area_and_reads_older_files(tmp_path):
+def test_tuning_json_keeps_the_minimum_area_and_gating_and_refuses_files_without_them(tmp_path):
     from test_submission import tuning as make_tuning
-    tuning = make_tuning().replace(min_area=0.002)
+    tuning = make_tuning().replace(min_area=0.002, gating_asked="off")
     tuning_mod.write(tmp_path, tuning)
-    assert tuning_mod.read(tmp_path).min_area == 0.002
+    back = tuning_mod.read(tmp_path)
+    assert (back.min_area, back.gating_asked) == (0.002, "off")
     record = json.loads((tmp_path / files.TUNING).read_text())
-    del record["min_area"]  # a tuning.json from before gating: no gating
-    (tmp_path / files.TUNING).write_text(json.dumps(record))
-    assert tuning_mod.read(tmp_path).min_area == 0.0
+    for key in ("min_area", "gating_asked"):  # a tuning.json from before gating (or before --gating): tune again
+        (tmp_path / files.TUNING).write_text(json.dumps({k: v for k, v in record.items() if k != key}))
+        with pytest.raises(PipelineError, match=f"{key}.*tune again: .*03_predict.py"):
+            tuning_mod.read(tmp_path)
     record["min_area"] = 1.5
     (tmp_path / files.TUNING).write_text(json.dumps(record))
     with pytest.raises(Exception, match="min_area 1.5 is not a fraction"):
@@ -120,3 +127,24 @@ def test_a_run_without_empty_images_submits_the_ungated_masks(trained, tmp_path)
                "--images-out", photos)
     photo_areas = [np.count_nonzero(rle.decode(code, size)) for _, code in read_submission(photos / "masks.csv")]
     assert len(photo_areas) == len(areas) and 0 in photo_areas and all(a == 0 or a >= cut for a in photo_areas)
+
+
+def test_a_change_of_gating_tunes_again(tmp_path):
+    """03 keeps a tuning.json only when it was made for the --gating asked now: auto's file is not off's."""
+    from types import SimpleNamespace
+    import params
+    from lib import tta
+    from lib.predict import current_tuning
+    from test_submission import tuning as make_tuning
+    p = params.make_params(output=str(tmp_path), experiment="demo")
+    ens = SimpleNamespace(fingerprints=[{"digest": "fold0"}])
+    run = files.run_dir(tmp_path, "demo")
+    run.mkdir(parents=True)
+    made = make_tuning().replace(tta_asked=tta.asked_text(p.tta, p.tta_modes), models=ens.fingerprints,
+                                 experiment="demo")
+    tuning_mod.write(run, made)
+    assert current_tuning(p, ens) == made
+    assert current_tuning(dataclasses.replace(p, gating="off"), ens) is None
+    tuning_mod.write(run, made.replace(gating_asked="off", min_area=0.0))
+    assert current_tuning(dataclasses.replace(p, gating="off"), ens).gating_asked == "off"
+    assert current_tuning(p, ens) is None

@@ -10,7 +10,8 @@ from params import PRESETS, Params, make_params, parse
 
 VALID = {"group_regex": "(x)", "height": "64", "width": "64", "demo_width": "64", "demo_height": "64",
          "encoder_weights": "none", "decoder_channels": "64,32,16,16,8", "scale_high": "1.5", "crop_height": "32",
-         "crop_width": "32", "tile_size": "64", "tta_modes": "none,vflip", "downscale": "2"}  # a valid other value
+         "crop_width": "32", "tile_size": "64", "tta_modes": "none,vflip", "downscale": "2",
+         "tta_scales": "0.75,1"}  # a valid other value
 
 
 def test_every_field_is_a_flag_and_flags_beat_presets():
