@@ -110,6 +110,8 @@ class Params:
     # --- the task ---
     classes: int = _EVERY(1, "1: binary masks (Carvana); C >= 2: a label 0..C-1 per pixel, class 0 the background",
                           low=1, high=255)
+    multilabel: bool = _EVERY(False, "overlapping labels (clouds, steel defects, organs): --classes C labels, a "
+                              "sigmoid each, no background; masks are instance folders <id>/<n>__<label>.png")
     class_colors: str = _EVERY("", "multi-class: CSV of name,r,g,b per class in class order (names; RGB colour "
                                "masks map through it)")
     class_names: str = _EVERY("", "multi-class without --class-colors: names of the C classes, comma-separated "

@@ -204,25 +204,45 @@ def _labels_of_colours(path: Path, rgb: np.ndarray, colors: tuple) -> np.ndarray
     return labels
 
 
-def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
-    """(H, W) uint8 labels from an instance folder of a multi-class set: each file ``<anything>__<class name>.<ext>``
-    is a binary mask of one object of that class; later files (in name order) paint over earlier ones."""
+def _named_instances(folder: Path, names: Sequence[str], first: int) -> list[tuple[int, np.ndarray]]:
+    """(index in ``names``, (H, W) bool mask) of each file ``<anything>__<name>.<ext>`` of an instance folder, in name
+    order; PipelineError naming the file when its name is not one of ``names[first:]`` or its size differs."""
     paths = layout.instance_files(folder)
-    labels = None
+    out: list[tuple[int, np.ndarray]] = []
     for path in paths:
         stem = path.name.rsplit(".", 1)[0]
         name = stem.rpartition("__")[2] if "__" in stem else None
-        if name not in names or names.index(name) == 0:
+        if name not in names or names.index(name) < first:
             raise PipelineError(f"{path}: an instance file of a multi-class set is named <anything>__<class>.<ext> "
-                                f"with a class of {', '.join(names[1:])}; rename it")
+                                f"with a class of {', '.join(names[first:])}; rename it")
         mask = read_mask(path)
-        if labels is None:
-            labels = np.zeros(mask.shape, np.uint8)
-        elif mask.shape != labels.shape:
+        if out and mask.shape != out[0][1].shape:
+            shape = out[0][1].shape
             raise PipelineError(f"{path}: instance mask is {mask.shape[1]}x{mask.shape[0]} but {paths[0].name} in "
-                                f"the same folder is {labels.shape[1]}x{labels.shape[0]}")
-        labels[mask] = names.index(name)
+                                f"the same folder is {shape[1]}x{shape[0]}")
+        out.append((names.index(name), mask))
+    return out
+
+
+def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
+    """(H, W) uint8 labels from an instance folder of a multi-class set: each file ``<anything>__<class name>.<ext>``
+    is a binary mask of one object of that class; later files (in name order) paint over earlier ones."""
+    masks = _named_instances(folder, names, first=1)
+    labels = np.zeros(masks[0][1].shape, np.uint8)
+    for index, mask in masks:
+        labels[mask] = index
     return labels
+
+
+def read_label_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
+    """(C, H, W) bool truth of a multi-label set (``--multilabel``) from an instance folder: each file
+    ``<anything>__<label name>.<ext>`` is a binary mask of one object with that label; overlaps are kept (a pixel
+    holds every label whose masks cover it)."""
+    masks = _named_instances(folder, names, first=0)
+    truth = np.zeros((len(names), *masks[0][1].shape), bool)
+    for index, mask in masks:
+        truth[index] |= mask
+    return truth
 
 
 def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:

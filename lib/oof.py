@@ -115,6 +115,14 @@ def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,
     return {post: np.stack(h) if h else np.zeros((0, 2, 256), np.int64) for post, h in hists.items()}
 
 
+def label_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, task: Task) -> np.ndarray:
+    """(N, C, 2, 256) Dice histograms of each label of a multi-label task: the maps (C * h, w) uint8 brought back to
+    each image's own size, counted against row ``rows[i]`` of ``cache`` (C, H, W) bool, a label at a time."""
+    out = [np.stack([dice_histograms(m, t) for m, t in zip(at_size(pr, task, *cache.size_of(r)), cache.full_mask(r))])
+           for pr, r in zip(probs_u8, rows)]
+    return np.stack(out) if out else np.zeros((0, task.classes, 2, 256), np.int64)
+
+
 @dataclass
 class OutOfFold:
     """A fold's out-of-fold maps and what made them."""
