@@ -271,8 +271,8 @@ def _check_pair(args: tuple) -> Checked:
     except OSError as e:  # the mask, gone since it was read
         return Checked(image_id_, problem=f"{e.filename or mask_path}: cannot read ({e.strerror})")
     sources = {"image_fp": fingerprint.of_bytes(raw, before), "mask_fp": mask_fp}
-    if (height, width) != mask.shape:
-        return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+    if (height, width) != task.truth_size(mask):
+        return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[-1]}x{mask.shape[-2]} but its image "
                                          f"{image_path.name} is {width}x{height}")
     return Checked(image_id_, height, width, int(np.count_nonzero(mask)), task.truth_rle(mask, rle_order),
                    task.class_pixels(mask), **sources)
@@ -476,12 +476,13 @@ def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[
     """Multi-class submission rows: (test image ids in first-row order, row ids, (image id, class) of each row).
 
     With sample_submission.csv its rows, each ``<image id>_<class name>`` of a class 1..C-1 (the longest class name
-    that ends the row id wins); without one every test image sorted by id, each with a row per class in class order.
+    that ends the row id wins; a multi-label task's rows are ``<file name>_<label name>``, Severstal's and Clouds'
+    form); without one every test image sorted by id, each with a row per class in class order.
     """
     path = root / files.SAMPLE_SUBMISSION
     if not path.exists():
-        ids, _ = test_rows(root)
-        keys = [key for i in ids for key in task.row_ids("", i)]
+        ids, file_names = test_rows(root)
+        keys = [key for i, name in zip(ids, file_names) for key in task.row_ids(name, i)]
         return ids, keys, [(i, c) for i in ids for c in task.scored]
     keys = list(read_csv(path, ["img", "rle_mask"]).img)
     names = sorted(((task.names[c], c) for c in task.scored), key=lambda x: -len(x[0]))
@@ -491,9 +492,10 @@ def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[
         if hit is None:
             bad.append(key)
         else:
-            pairs.append(hit)
+            pairs.append((files.image_id(hit[0]), hit[1]) if task.multilabel else hit)
     if bad:
-        raise PipelineError(f"{path}: rows {listing(bad)} are not <image id>_<class name> with a class of "
+        form = "<file name>_<label name>" if task.multilabel else "<image id>_<class name>"
+        raise PipelineError(f"{path}: rows {listing(bad)} are not {form} with a class of "
                             f"{', '.join(task.names[c] for c in task.scored)} (--classes, --class-colors/--class-names)")
     if len(set(keys)) != len(keys):
         raise PipelineError(f"{path}: duplicate row ids")

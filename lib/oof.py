@@ -86,7 +86,7 @@ def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thresho
     """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
     image's own size, for each scored class of the ``task``'s decision (``Task.decide``: S = 1 binary, at
     ``threshold`` after post-processing ``post``, gated at ``min_area``; S = C - 1 multi-class, of the argmax)."""
-    level = level_of(threshold)
+    level = level_of(threshold) if np.isscalar(threshold) else [level_of(t) for t in threshold]  # multi-label: each
     return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), level, post, min_area),
                                       cache.full_mask(r))
                      for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, len(task.scored))

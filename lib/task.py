@@ -41,7 +41,7 @@ from lib import postprocess, rle
 from lib.errors import PipelineError
 from lib.files import ListOf
 from lib.geometry import to_net
-from lib.metrics import dice, gate
+from lib.metrics import dice, gate, level_of
 
 
 # what Task.record() writes, as a files.schema_problem schema; checkpoints add the colours (pictures draw with them)
@@ -138,6 +138,11 @@ class Task:
         if path.is_dir():
             return inputs.read_class_instances(path, list(self.names))
         return inputs.read_labels(path, self.classes, self.colors)
+
+    @staticmethod
+    def truth_size(truth: NDArray) -> tuple[int, int]:
+        """(H0, W0) of a truth: (H0, W0) bool or labels, or (C, H0, W0) bool (multi-label)."""
+        return truth.shape[-2], truth.shape[-1]
 
     def truth_rle(self, truth: NDArray, order: str) -> str | None:
         """The RLE (in ``order``) that ``train_masks.csv`` lists for this truth: a binary mask's; None for labels,
@@ -275,11 +280,14 @@ class Task:
     def overlay(self, image: NDArray[np.uint8], decision: NDArray, truth: NDArray | None = None) -> NDArray[np.uint8]:
         """(H, W, 3) uint8 RGB photo with its ``decide``d mask tinted and outlined, or each class 1..C-1 of its labels
         tinted in the class's colour with a legend of the classes; the ``truth`` (same kind as the decision), when
-        given, outlined (binary: in green, with a legend; labels: each class in its colour)."""
+        given, outlined (binary: in green, with a legend; labels: each class in its colour); a multi-label decision
+        (C, H, W) has each label tinted (overlaps mix the tints) and its truth outlined in the label's colour."""
         from lib import plot
         if self.binary:
             picture = plot.overlay(image, decision)
             return picture if truth is None else plot.overlay_truth(picture, truth)
+        if self.multilabel:
+            return plot.overlay_multilabel(image, decision, self, truth)
         return plot.overlay_labels(image, decision, self, truth)
 
     def class_dices(self, pred: NDArray, truth: NDArray) -> NDArray[np.float64]:
@@ -345,12 +353,16 @@ class Task:
         return list(postprocess.CHOICES) if asked == "auto" else [asked]
 
     def decide_maps(self, maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], size: tuple[int, int],
-                    threshold: float, post: str, min_area: float = 0.0) -> NDArray:
+                    threshold: float | Sequence[float], post: str, min_area: float | Sequence[float] = 0.0) -> NDArray:
         """The map -> mask decision of one image, for tuning, photos and submissions alike: stored network-size maps
         (one per prediction folder, each (channels * h_i, w_i) uint8) -> at the image's ``size`` (H0, W0) a bool mask
         (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``, emptied below
-        ``min_area`` of the image) or uint8 labels (the argmax of the blended class maps)."""
-        from lib.ensemble import ensemble_labels, ensemble_mask
+        ``min_area`` of the image), uint8 labels (the argmax of the blended class maps) or (C, H0, W0) bool (multi-label:
+        each blended label map above its threshold, gated at its minimum area; one value for all or one per label)."""
+        from lib.ensemble import blended_maps, ensemble_labels, ensemble_mask
+        if self.multilabel:
+            levels = [level_of(t) for t in np.broadcast_to(threshold, (self.classes,))]
+            return self.decide(blended_maps(maps, weights, size, self), levels, post, min_area)
         if self.binary:
             return ensemble_mask(maps, weights, size, threshold, post, min_area)
         return ensemble_labels(maps, weights, size, self)
@@ -361,9 +373,28 @@ class Task:
             return list(decision)
         return [decision] if self.binary else [decision == c for c in self.scored]
 
+    def decision_of_rles(self, codes: dict[int, str], size: tuple[int, int], order: str) -> NDArray:
+        """The decision a submission's rows of one image hold ({scored class: RLE}, a missing one empty) at ``size``
+        (H0, W0): uint8 labels (multi-class) or (C, H0, W0) bool (multi-label); ValueError naming the class of a
+        bad RLE."""
+        def mask(c: int) -> NDArray[np.bool_]:
+            try:
+                return rle.decode(codes.get(c, ""), size, order)
+            except ValueError as e:
+                raise ValueError(f"class {self.names[c]}: {e}") from None
+        if self.multilabel:
+            return np.stack([mask(c) for c in self.scored])
+        labels = np.zeros(size, np.uint8)
+        for c in self.scored:
+            labels[mask(c)] = c
+        return labels
+
     def mask_pictures(self, image_rgb: NDArray[np.uint8], decision: NDArray) -> tuple[NDArray[np.uint8], NDArray]:
         """(the mask PNG's values: 0/255 for binary masks, each pixel's class for labels; the decision drawn over the
-        (H, W, 3) RGB image) of one photo."""
+        (H, W, 3) RGB image) of one photo; a multi-label decision's PNG is its C label masks 0/255 stacked down
+        (C * H, W), as its maps are."""
+        if self.multilabel:
+            return decision.reshape(-1, decision.shape[-1]).astype(np.uint8) * 255, self.overlay(image_rgb, decision)
         return (decision.astype(np.uint8) * 255 if self.binary else decision), self.overlay(image_rgb, decision)
 
     @property
@@ -372,9 +403,14 @@ class Task:
         show a threshold only where one decides."""
         return self.binary or self.multilabel
 
-    def decision_text(self, threshold: float, post: str, min_area: float = 0.0) -> str:
+    def decision_text(self, threshold: float | Sequence[float], post: str, min_area: float | Sequence[float] = 0.0
+                      ) -> str:
         """How an image is decided, for messages: 'threshold 0.500[, largest region][, emptied under 0.10% of the
-        image]' or 'argmax over ...'."""
+        image]', 'argmax over ...' or 'per label: 1 threshold 0.400 emptied under 0.10%, ...'."""
+        if self.multilabel:
+            pairs = zip(self.names, np.broadcast_to(threshold, (self.classes,)), np.broadcast_to(min_area, (self.classes,)))
+            return "per label: " + ", ".join(f"{name} threshold {t:.3f}" + (f" emptied under {a:.2%}" if a else "")
+                                             for name, t, a in pairs)
         if self.binary:
             return (f"threshold {threshold:.3f}" + (", largest region" if post != "none" else "")
                     + (f", emptied under {min_area:.2%} of the image" if min_area else ""))
@@ -436,6 +472,9 @@ class Task:
         """The baselines scored out-of-fold ({name: baseline.Baseline}) and what their test submissions are made
         from: the average masks (binary) or the majority class of each pixel."""
         from lib import baseline
+        if self.multilabel:
+            raise PipelineError("no baselines for --multilabel (they are average masks or the majority class); "
+                                "drop --baselines")
         if self.binary:
             return baseline.oof_baselines(cache, split)
         result, counts = baseline.oof_majority(cache, split, self)
