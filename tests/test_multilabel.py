@@ -2,15 +2,20 @@
 losses, decisions, per-label Dice, row ids) and per-label threshold and minimum-area tuning against brute force."""
 from __future__ import annotations
 
+import gzip
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from segmentation_models_pytorch.losses import DiceLoss
 
-from lib import losses
+from conftest import TINY_FLAGS, run_script
+from lib import files, inputs, losses, rle, testmaps
 from lib.errors import PipelineError
 from lib.metrics import MIN_AREAS, dice_histograms, level_of, threshold_of
+from lib.model import read_checkpoint
 from lib.task import BINARY, Task
 import params
 
@@ -144,3 +149,75 @@ def test_per_label_threshold_and_min_area_equal_brute_force():
     decided = [TASK.score(TASK.decide(maps[i], [level_of(t) for t in thresholds], min_area=min_areas), truths[i])
                for i in range(n)]
     assert folds == pytest.approx([np.mean(decided[:4]), np.mean(decided[4:])])
+
+
+def test_sample_submission_rows_name_the_file_and_the_label(tmp_path):
+    (tmp_path / "test").mkdir()
+    for i in ("a_1", "b.x"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "test" / f"{i}.png")
+    ids, keys, pairs = inputs.test_class_rows(tmp_path, TASK)  # without a sample: every image, a row per label
+    assert ids == ["a_1", "b.x"] and keys[:3] == ["a_1.png_Fish", "a_1.png_Flower", "a_1.png_Gravel"]
+    assert pairs[3:] == [("b.x", 0), ("b.x", 1), ("b.x", 2)]
+    (tmp_path / "sample_submission.csv").write_text("img,rle_mask\nb.x.png_Gravel,1 1\na_1.png_Fish,1 1\n")
+    assert inputs.test_class_rows(tmp_path, TASK) == (["b.x", "a_1"], ["b.x.png_Gravel", "a_1.png_Fish"],
+                                                      [("b.x", 2), ("a_1", 0)])
+    (tmp_path / "sample_submission.csv").write_text("img,rle_mask\nb.x.png_Sugar,1 1\n")
+    with pytest.raises(PipelineError, match=r"b\.x\.png_Sugar.* not <file name>_<label name>"):
+        inputs.test_class_rows(tmp_path, TASK)
+
+
+def test_the_decision_of_a_submissions_rows():
+    mask = np.zeros((4, 5), bool)
+    mask[1, 2:4] = True
+    codes = {0: rle.encode(mask, "row"), 2: rle.encode(mask, "row")}
+    decision = TASK.decision_of_rles(codes, (4, 5), "row")
+    assert decision.shape == (3, 4, 5) and np.array_equal(decision[0], mask) and not decision[1].any()
+    with pytest.raises(ValueError, match="class Flower"):
+        TASK.decision_of_rles({1: "1 500"}, (4, 5), "row")
+
+
+@pytest.mark.slow
+def test_the_multilabel_demo_end_to_end(tmp_path):
+    """01 -> 04 on a tiny multi-label demo: overlapping labels read, per-label thresholds and minimum areas tuned and
+    applied, a row per test image and label in sample_submission.csv's order, the test score read back."""
+    root, out = tmp_path / "input", tmp_path / "out"
+    flags = [*TINY_FLAGS, "--classes", "3", "--multilabel", "--batch-size", "4", "--epochs", "1", "--input", str(root),
+             "--output", str(out)]
+    prep = run_script("01_prepare.py", "--demo", "--demo-kind", "multilabel", "--demo-train-cars", "8",
+                      "--demo-test-cars", "2", "--demo-width", "96", "--demo-height", "64", *flags)
+    assert "task: 3 overlapping labels (1, 2, 3)" in prep.stdout and "2 mask(s) are empty" in prep.stdout
+    run_script("02_train.py", "--fold", "all", *flags)
+    assert read_checkpoint(files.fold_dir(out, "demo", 0) / files.BEST)["task"] == {
+        "classes": 3, "names": ["1", "2", "3"], "multilabel": True}
+    predicted = run_script("03_predict.py", *flags)
+    assert "per label: threshold, min area, OOF Dice" in predicted.stdout
+    tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
+    assert len(tuning["label_thresholds"]) == 3 and len(tuning["label_min_areas"]) == 3
+    assert tuning["task"] == {"classes": 3, "names": ["1", "2", "3"], "multilabel": True}
+    some_map = next((files.run_dir(out, "demo") / files.TEST_PROBS).glob("*.png"))
+    assert testmaps.read_map(some_map).shape == (3 * 64, 96)  # the label maps stacked
+    done = run_script("04_submit.py", "--score", *flags)
+    assert "no baselines for --multilabel" in done.stdout and "test Dice of submission.csv.gz" in done.stdout
+    with gzip.open(files.run_dir(out, "demo") / "submission.csv.gz", "rt") as f:
+        rows = [line.rstrip("\n").split(",") for line in f]
+    sample = (root / "sample_submission.csv").read_text().splitlines()
+    assert [r[0] for r in rows] == [line.split(",")[0] for line in sample] and rows[1][0] == "ml008.jpg_1"
+    for row in rows[1:]:
+        rle.validate(row[1], (64, 96))
+    assert "| 1 OOF | 2 OOF | 3 OOF |" in (files.run_dir(out, "demo") / files.COMPARISON).read_text()
+
+
+@pytest.mark.slow
+def test_a_mask_of_a_label_that_is_not_a_class_is_refused_until_renamed(tmp_path):
+    root, out = tmp_path / "input", tmp_path / "out"
+    flags = [*TINY_FLAGS, "--classes", "3", "--multilabel", "--input", str(root), "--output", str(out)]
+    demo = ["--demo", "--demo-kind", "multilabel", "--demo-train-cars", "4", "--demo-test-cars", "0",
+            "--demo-width", "64", "--demo-height", "32"]
+    run_script("01_prepare.py", *demo, *flags)
+    bad = root / "train_masks" / "ml000" / "0__1.png"
+    bad.rename(bad.with_name("0__Fish.png"))
+    failed = run_script("01_prepare.py", "--force", *flags, check=False)
+    assert failed.returncode != 0 and f"{bad.with_name('0__Fish.png')}: an instance file" in failed.stderr
+    assert "with a class of 1, 2, 3; rename it" in failed.stderr
+    bad.with_name("0__Fish.png").rename(bad)  # the repair named
+    assert run_script("01_prepare.py", "--force", *flags).returncode == 0
