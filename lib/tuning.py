@@ -131,7 +131,8 @@ def _gating_text(row: dict, orig_size: tuple[int, int] | None) -> str:
     """What a pooled score row of a binary task adds: the minimum area chosen and the Dice without gating; of a
     multi-label task: each label's threshold, minimum area and Dice."""
     if "thresholds" in row:
-        return "; ".join(f"{name}: {t:.3f}, {area_text(row['min_areas'][name], orig_size)}, "
+        return "; ".join(f"{name}: {t:.3f}, "
+                         f"{area_text(row['min_areas'][name], orig_size) if row['min_areas'][name] else 'no gating'}, "
                          f"Dice {row['class_dice'][name]:.5f}" for name, t in row["thresholds"].items())
     if "dice_ungated" not in row:
         return ""

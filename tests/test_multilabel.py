@@ -221,3 +221,27 @@ def test_a_mask_of_a_label_that_is_not_a_class_is_refused_until_renamed(tmp_path
     assert "with a class of 1, 2, 3; rename it" in failed.stderr
     bad.with_name("0__Fish.png").rename(bad)  # the repair named
     assert run_script("01_prepare.py", "--force", *flags).returncode == 0
+
+
+def test_tuning_json_keeps_each_labels_decision_and_refuses_a_tuning_without_them(tmp_path):
+    from lib import tuning as tuning_mod
+    row = {"name": "2-fold out-of-fold", "tta": "none", "postprocess": "none", "threshold": 0.5, "dice": 0.7,
+           "thresholds": {"Fish": 0.4, "Flower": 0.5, "Gravel": 0.6}, "min_areas": {"Fish": 0.0, "Flower": 0.001,
+                                                                                    "Gravel": 0.0},
+           "class_dice": {"Fish": 0.6, "Flower": 0.7, "Gravel": 0.8}}
+    made = tuning_mod.Tuning("demo", [0, 1], "none", "none", 0.5, 0.7, (64, 96), (64, 96), 8, "none", "auto", [],
+                             TASK, [row], row["class_dice"], label_thresholds=(0.4, 0.5, 0.6),
+                             label_min_areas=(0.0, 0.001, 0.0))
+    tuning_mod.write(tmp_path, made)
+    back = tuning_mod.read(tmp_path)
+    assert back == made and back.decision_threshold == (0.4, 0.5, 0.6) and back.decision_min_area == (0.0, 0.001, 0.0)
+    table = "\n".join(tuning_mod.score_lines(back))
+    assert "per label: threshold, min area, OOF Dice" in table
+    assert "Fish: 0.400, no gating, Dice 0.60000; Flower: 0.500, 0.10% of the image (6 px), Dice 0.70000" in table
+    binary = made.replace(task=BINARY, label_thresholds=(), label_min_areas=(), scores=[], class_dice={})
+    assert "label_thresholds" not in binary.record() and binary.decision_threshold == 0.5  # the others as before
+    text = (tmp_path / files.TUNING).read_text().replace('"label_thresholds"', '"other"')
+    (tmp_path / files.TUNING).write_text(text)
+    with pytest.raises(PipelineError, match=r"tuning\.json: a multi-label tuning needs label_thresholds .* tune "
+                                            r"again: `.*03_predict\.py"):
+        tuning_mod.read(tmp_path)
