@@ -72,6 +72,7 @@ def generate(root: Path, n_train: int = 16, n_test: int = 4, width: int = 96, he
     root = Path(root)
     for i in range(n_train):
         _write(root, files.TRAIN, files.TRAIN_MASKS, i, seed, width, height)
-    tests = [_write(root, files.TEST, files.TEST_MASKS, i, seed, width, height) for i in range(n_train, n_train + n_test)]
+    tests = [_write(root, files.TEST, files.TEST_MASKS, i, seed, width, height)
+             for i in range(n_train, n_train + n_test)]
     rows = [f"{i}.jpg_{label},1 1" for i in tests for label in LABELS]
     files.write_text_atomic(root / files.SAMPLE_SUBMISSION, "".join(f"{line}\n" for line in ["img,rle_mask", *rows]))

@@ -336,7 +336,8 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
                      f"for {sizes.iloc[0]} images): each is brought to the network size and its prediction back")
     instances = [i for i in ids if pairs[i][1].is_dir()]
     if instances:
-        notes.append(f"{len(instances)} image(s) take their mask from an instance folder (the union of its masks): "
+        merged = "a label per mask, overlaps kept" if task.multilabel else "the union of its masks"
+        notes.append(f"{len(instances)} image(s) take their mask from an instance folder ({merged}): "
                      f"{listing(instances)}")
     notes += task.class_notes([c.class_pixels for c in good])
     empty = table[table.mask_area == 0]
@@ -496,7 +497,8 @@ def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[
     if bad:
         form = "<file name>_<label name>" if task.multilabel else "<image id>_<class name>"
         raise PipelineError(f"{path}: rows {listing(bad)} are not {form} with a class of "
-                            f"{', '.join(task.names[c] for c in task.scored)} (--classes, --class-colors/--class-names)")
+                            f"{', '.join(task.names[c] for c in task.scored)} "
+                            "(--classes, --class-colors/--class-names)")
     if len(set(keys)) != len(keys):
         raise PipelineError(f"{path}: duplicate row ids")
     return list(dict.fromkeys(i for i, _ in pairs)), keys, pairs

@@ -12,7 +12,8 @@ Each is ``pixel_weight * pixel term + region_weight * region term`` (``--bce-wei
 A weight of 0 drops its term (``--loss lovasz --bce-weight 0``: Lovasz alone). The task (lib/task.py) picks the mode:
 binary (logits (N, 1, H, W), soft target (N, 1, H, W) in [0, 1]), multiclass (logits (N, C, H, W), labels (N, H, W)
 int64) or multilabel (``--multilabel``: logits (N, C, H, W), 0/1 target (N, C, H, W) float, one sigmoid per label;
-the pixel term is BCE on every label). The Lovasz hinge is defined on 0/1 labels: a binary target is rounded for it (soft only at object edges).
+the pixel term is BCE on every label). The Lovasz hinge is defined on 0/1 labels: a binary target is rounded for it
+(soft only at object edges).
 """
 from __future__ import annotations
 

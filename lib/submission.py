@@ -283,7 +283,8 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
                     tuple(p.weight for p in preds), labels[0] if labels else thr, test_dir, test_names, rle_order,
-                    task, post, tuple(repairs), labels[1] if labels else min_area, tuple(p.tuning.tiling for p in preds))
+                    task, post, tuple(repairs), labels[1] if labels else min_area,
+                    tuple(p.tuning.tiling for p in preds))
     ttas = sorted({p.tuning.tta for p in preds})
     first = preds[0].tuning
     scored = len(preds) == 1 and not threshold and first.tuned and post == first.postprocess

@@ -165,11 +165,13 @@ class Task:
             return []
         total = np.sum(pixels, axis=0)
         present = np.sum([np.array(c) > 0 for c in pixels], axis=0)
-        notes = ["classes (share of pixels, images holding it): " + ", ".join(
+        what = "labels (share of the labelled pixels" if self.multilabel else "classes (share of pixels"
+        notes = [f"{what}, images holding it): " + ", ".join(
             f"{name} {t / total.sum():.1%} {n}" for name, t, n in zip(self.names, total, present))]
         absent = [name for name, n in zip(self.names, present) if n == 0]
         if absent:
-            notes.append(f"class(es) {', '.join(absent)} in no training mask: the model cannot learn them")
+            notes.append(f"{'label' if self.multilabel else 'class'}(es) {', '.join(absent)} in no training mask: the "
+                         "model cannot learn them")
         return notes
 
     def pack_truth(self, truth: NDArray) -> NDArray[np.uint8]:
@@ -357,8 +359,9 @@ class Task:
         """The map -> mask decision of one image, for tuning, photos and submissions alike: stored network-size maps
         (one per prediction folder, each (channels * h_i, w_i) uint8) -> at the image's ``size`` (H0, W0) a bool mask
         (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``, emptied below
-        ``min_area`` of the image), uint8 labels (the argmax of the blended class maps) or (C, H0, W0) bool (multi-label:
-        each blended label map above its threshold, gated at its minimum area; one value for all or one per label)."""
+        ``min_area`` of the image), uint8 labels (the argmax of the blended class maps) or (C, H0, W0) bool
+        (multi-label: each blended label map above its threshold, gated at its minimum area; one value for all or
+        one per label)."""
         from lib.ensemble import blended_maps, ensemble_labels, ensemble_mask
         if self.multilabel:
             levels = [level_of(t) for t in np.broadcast_to(threshold, (self.classes,))]
@@ -408,7 +411,8 @@ class Task:
         """How an image is decided, for messages: 'threshold 0.500[, largest region][, emptied under 0.10% of the
         image]', 'argmax over ...' or 'per label: 1 threshold 0.400 emptied under 0.10%, ...'."""
         if self.multilabel:
-            pairs = zip(self.names, np.broadcast_to(threshold, (self.classes,)), np.broadcast_to(min_area, (self.classes,)))
+            pairs = zip(self.names, np.broadcast_to(threshold, (self.classes,)),
+                        np.broadcast_to(min_area, (self.classes,)))
             return "per label: " + ", ".join(f"{name} threshold {t:.3f}" + (f" emptied under {a:.2%}" if a else "")
                                              for name, t, a in pairs)
         if self.binary:
@@ -454,8 +458,9 @@ class Task:
                 {"class_dice": {self.names[c]: float(v) for c, v in zip(self.scored, pooled.mean(axis=0))}})
 
     def label_thresholds(self, hists: NDArray[np.int64]) -> tuple[list[float], list[float], list[float]]:
-        """(threshold, minimum area, mean Dice) of each label, each label's best (``metrics.best_threshold_and_min_area``)
-        from (N, C, 2, 256) ``oof.label_histograms``, in one pass over them."""
+        """(threshold, minimum area, mean Dice) of each label, each label's best
+        (``metrics.best_threshold_and_min_area``) from (N, C, 2, 256) ``oof.label_histograms``, in one pass over
+        them."""
         from lib.metrics import best_threshold_and_min_area
         best = [best_threshold_and_min_area(hists[:, c]) for c in range(self.classes)]
         return [b[0] for b in best], [b[1] for b in best], [b[2] for b in best]
