@@ -181,8 +181,8 @@ def test_the_multilabel_demo_end_to_end(tmp_path):
     """01 -> 04 on a tiny multi-label demo: overlapping labels read, per-label thresholds and minimum areas tuned and
     applied, a row per test image and label in sample_submission.csv's order, the test score read back."""
     root, out = tmp_path / "input", tmp_path / "out"
-    flags = [*TINY_FLAGS, "--classes", "3", "--multilabel", "--batch-size", "4", "--epochs", "1", "--input", str(root),
-             "--output", str(out)]
+    flags = [*TINY_FLAGS, "--classes", "3", "--multilabel", "--batch-size", "4", "--epochs", "1", "--tta", "none",
+             "--input", str(root), "--output", str(out)]
     prep = run_script("01_prepare.py", "--demo", "--demo-kind", "multilabel", "--demo-train-cars", "8",
                       "--demo-test-cars", "2", "--demo-width", "96", "--demo-height", "64", *flags)
     assert "task: 3 overlapping labels (1, 2, 3)" in prep.stdout and "2 mask(s) are empty" in prep.stdout
@@ -205,6 +205,10 @@ def test_the_multilabel_demo_end_to_end(tmp_path):
     for row in rows[1:]:
         rle.validate(row[1], (64, 96))
     assert "| 1 OOF | 2 OOF | 3 OOF |" in (files.run_dir(out, "demo") / files.COMPARISON).read_text()
+    tiled = [*flags, "--tile-size", "64"]  # sliding windows over the stacked label maps
+    run_script("03_predict.py", "--replace", *tiled)
+    assert json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())["tiling"]
+    assert "test Dice of submission.csv.gz" in run_script("04_submit.py", "--score", *tiled).stdout
 
 
 @pytest.mark.slow
