@@ -117,7 +117,8 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
                                               rle_order=p.rle_order, class_rows=class_rows, post=p.postprocess,
                                               checked=True,
                                               repairs=[predict_command(pr.folder, run=run) for pr in preds])
-        decided = task.decision_text(manifest["threshold"], "none")
+        decided = task.decision_text(manifest.get("label_thresholds", manifest["threshold"]), "none",
+                                     manifest.get("label_min_areas", 0.0))
         post = (f", keeping each mask's largest region ({manifest['postprocess_source']})"
                 if manifest["postprocess"] != "none" else "")
         post += (f", emptying masks under {manifest['min_area']:.2%} of the image ({manifest['min_area_source']})"

@@ -110,6 +110,8 @@ class Params:
     # --- the task ---
     classes: int = _EVERY(1, "1: binary masks (Carvana); C >= 2: a label 0..C-1 per pixel, class 0 the background",
                           low=1, high=255)
+    multilabel: bool = _EVERY(False, "overlapping labels (clouds, steel defects, organs): --classes C labels, a "
+                              "sigmoid each, no background; masks are instance folders <id>/<n>__<label>.png")
     class_colors: str = _EVERY("", "multi-class: CSV of name,r,g,b per class in class order (names; RGB colour "
                                "masks map through it)")
     class_names: str = _EVERY("", "multi-class without --class-colors: names of the C classes, comma-separated "
@@ -119,8 +121,9 @@ class Params:
     demo: bool = _PREPARE(False, "generate the synthetic demo dataset into --input first")
     demo_kind: str = _PREPARE("cars", "demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 "
                               "classes) | aerial-large (large photos with 2-3 px fences and small poles, 4 classes: "
-                              "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000)",
-                              choices=("cars", "multiclass", "aerial-large"))
+                              "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000) | multilabel (3 "
+                              "overlapping labels, some photos with none: give --classes 3 --multilabel)",
+                              choices=("cars", "multiclass", "aerial-large", "multilabel"))
     demo_train_cars: int = _PREPARE(16, "demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 "
                                     "tiles each)", low=2)
     demo_test_cars: int = _PREPARE(4, "demo: cars (multiclass: scenes) in test/ (truth in test_masks/)", low=0)

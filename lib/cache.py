@@ -173,10 +173,10 @@ class Cache:
         image_file, mask_file = self.pair(row)
         image, orig = load_net_image(image_file, *self.size)
         mask = self.task.read_truth(mask_file)
-        expected = self.size_of(row)
-        if orig != expected or mask.shape != orig:
+        expected, size = self.size_of(row), self.task.truth_size(mask)
+        if orig != expected or size != orig:
             raise PipelineError(f"{image_file}: image {orig[1]}x{orig[0]} and mask "
-                                f"{mask.shape[1]}x{mask.shape[0]}, but the prepared data is "
+                                f"{size[1]}x{size[0]}, but the prepared data is "
                                 f"{expected[1]}x{expected[0]}; {_prepare_again()}")
         return image, self.task.net_target(mask, *self.size)
 
@@ -300,10 +300,10 @@ def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
             raise PipelineError(f"{e.filename}: cannot read ({e.strerror}); {_prepare_again()}") from None
     mask = task.read_truth(mask_file)
     if not with_images:
-        return task.pack_truth(mask), mask.shape, fps
+        return task.pack_truth(mask), task.truth_size(mask), fps
     image, orig = load_net_image(image_file, height, width)
-    if mask.shape != orig:
-        raise PipelineError(f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+    if task.truth_size(mask) != orig:
+        raise PipelineError(f"{mask_file}: mask is {mask.shape[-1]}x{mask.shape[-2]} but its image is "
                             f"{orig[1]}x{orig[0]}; {_prepare_again()}")
     return task.pack_truth(mask), orig, fps, image, task.net_target(mask, height, width)
 

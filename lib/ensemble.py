@@ -49,10 +49,16 @@ def ensemble_labels(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float],
                     task: Task) -> NDArray[np.uint8]:
     """Multi-class network-size maps (each (C * h_i, w_i) uint8) -> (H0, W0) uint8 labels: each class map brought
     to the image's size, blended over the folders, argmax."""
+    return task.decide(blended_maps(maps, weights, orig_size, task), 0)
+
+
+def blended_maps(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
+                 task: Task) -> NDArray[np.uint8]:
+    """Network-size maps of several folders (each (C * h_i, w_i) uint8) -> (C, H0, W0) uint8: each class or label
+    map brought to the image's size and blended over the folders."""
     h0, w0 = orig_size
     per_folder = [at_size(m, task, h0, w0) for m in maps]  # each (C, H0, W0)
-    blended = np.stack([blend([f[c] for f in per_folder], weights) for c in range(task.classes)])
-    return task.decide(blended, 0)
+    return np.stack([blend([f[c] for f in per_folder], weights) for c in range(task.classes)])
 
 
 def ensemble_threshold(preds: Sequence[Prediction], override: float = 0.0) -> tuple[float, str]:
@@ -64,6 +70,25 @@ def ensemble_threshold(preds: Sequence[Prediction], override: float = 0.0) -> tu
         return float(preds[0].tuning.threshold), f"tuned out-of-fold ({preds[0].folder / files.TUNING})"
     mean = float(sum(p.weight * p.tuning.threshold for p in preds))
     return mean, "weighted mean of the folders' tuned thresholds (the ensemble itself was not tuned)"
+
+
+def ensemble_label_decision(preds: Sequence[Prediction], override: float = 0.0
+                            ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """A multi-label task's (threshold of each label, minimum area of each label): ``override`` for every label when
+    non-zero, else the weighted mean of the folders' tuned thresholds; the tuned minimum areas where every folder
+    agrees, else none. None for the other tasks (``ensemble_threshold`` and ``ensemble_min_area`` decide them)."""
+    task = preds[0].task
+    if not task.multilabel:
+        return None
+    zeros = (0.0,) * task.classes
+    if override:
+        level_of(override)
+        thresholds = (float(override),) * task.classes
+    else:
+        thresholds = tuple(float(t) for t in sum(p.weight * np.broadcast_to(p.tuning.decision_threshold, task.classes)
+                                                 for p in preds))
+    areas = {tuple(np.broadcast_to(p.tuning.decision_min_area, task.classes).tolist()) for p in preds}
+    return thresholds, areas.pop() if len(areas) == 1 else zeros
 
 
 def ensemble_postprocess(preds: Sequence[Prediction], override: str = "auto") -> tuple[str, str]:

@@ -93,12 +93,12 @@ def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: di
         ids, maps = oof_maps(p, ens, cache, split)
         if ids:
             rows = cache.rows(ids)
-            scores = oof_mod.image_dices(maps, cache, rows, tuning.threshold, task, tuning.postprocess,
-                                         tuning.min_area)
+            scores = oof_mod.image_dices(maps, cache, rows, tuning.decision_threshold, task,
+                                         tuning.postprocess, tuning.decision_min_area)
             for kind, rank, i in pick(scores):
                 image = read_photo(cache.pair(int(rows[i]))[0])
-                decision = task.decide_maps([maps[i]], [1.0], image.shape[:2], tuning.threshold, tuning.postprocess,
-                                            tuning.min_area)
+                decision = task.decide_maps([maps[i]], [1.0], image.shape[:2], tuning.decision_threshold,
+                                            tuning.postprocess, tuning.decision_min_area)
                 picture = task.overlay(image, decision, cache.full_mask(int(rows[i])))
                 fold = int(split.fold[split.id == ids[i]].iloc[0])
                 pictures[f"oof_{kind}{rank}_dice{scores[i]:.4f}_{ids[i]}.jpg"] = _titled(
@@ -106,7 +106,7 @@ def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: di
     for image_id in shown_test:
         image = read_photo(test_paths[image_id])
         decision = task.decide_maps([testmaps.read_map(probs / f"{image_id}.png")], [1.0], image.shape[:2],
-                                    tuning.threshold, tuning.postprocess, tuning.min_area)
+                                    tuning.decision_threshold, tuning.postprocess, tuning.decision_min_area)
         pictures[f"test_{image_id}.jpg"] = _titled(task.overlay(image, decision), f"{image_id} test")
     out.mkdir(parents=True, exist_ok=True)
     for name, picture in pictures.items():

@@ -204,25 +204,45 @@ def _labels_of_colours(path: Path, rgb: np.ndarray, colors: tuple) -> np.ndarray
     return labels
 
 
-def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
-    """(H, W) uint8 labels from an instance folder of a multi-class set: each file ``<anything>__<class name>.<ext>``
-    is a binary mask of one object of that class; later files (in name order) paint over earlier ones."""
+def _named_instances(folder: Path, names: Sequence[str], first: int) -> list[tuple[int, np.ndarray]]:
+    """(index in ``names``, (H, W) bool mask) of each file ``<anything>__<name>.<ext>`` of an instance folder, in name
+    order; PipelineError naming the file when its name is not one of ``names[first:]`` or its size differs."""
     paths = layout.instance_files(folder)
-    labels = None
+    out: list[tuple[int, np.ndarray]] = []
     for path in paths:
         stem = path.name.rsplit(".", 1)[0]
         name = stem.rpartition("__")[2] if "__" in stem else None
-        if name not in names or names.index(name) == 0:
+        if name not in names or names.index(name) < first:
             raise PipelineError(f"{path}: an instance file of a multi-class set is named <anything>__<class>.<ext> "
-                                f"with a class of {', '.join(names[1:])}; rename it")
+                                f"with a class of {', '.join(names[first:])}; rename it")
         mask = read_mask(path)
-        if labels is None:
-            labels = np.zeros(mask.shape, np.uint8)
-        elif mask.shape != labels.shape:
+        if out and mask.shape != out[0][1].shape:
+            shape = out[0][1].shape
             raise PipelineError(f"{path}: instance mask is {mask.shape[1]}x{mask.shape[0]} but {paths[0].name} in "
-                                f"the same folder is {labels.shape[1]}x{labels.shape[0]}")
-        labels[mask] = names.index(name)
+                                f"the same folder is {shape[1]}x{shape[0]}")
+        out.append((names.index(name), mask))
+    return out
+
+
+def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
+    """(H, W) uint8 labels from an instance folder of a multi-class set: each file ``<anything>__<class name>.<ext>``
+    is a binary mask of one object of that class; later files (in name order) paint over earlier ones."""
+    masks = _named_instances(folder, names, first=1)
+    labels = np.zeros(masks[0][1].shape, np.uint8)
+    for index, mask in masks:
+        labels[mask] = index
     return labels
+
+
+def read_label_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
+    """(C, H, W) bool truth of a multi-label set (``--multilabel``) from an instance folder: each file
+    ``<anything>__<label name>.<ext>`` is a binary mask of one object with that label; overlaps are kept (a pixel
+    holds every label whose masks cover it)."""
+    masks = _named_instances(folder, names, first=0)
+    truth = np.zeros((len(names), *masks[0][1].shape), bool)
+    for index, mask in masks:
+        truth[index] |= mask
+    return truth
 
 
 def _grey_palette(path: Path, used: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -251,8 +271,8 @@ def _check_pair(args: tuple) -> Checked:
     except OSError as e:  # the mask, gone since it was read
         return Checked(image_id_, problem=f"{e.filename or mask_path}: cannot read ({e.strerror})")
     sources = {"image_fp": fingerprint.of_bytes(raw, before), "mask_fp": mask_fp}
-    if (height, width) != mask.shape:
-        return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+    if (height, width) != task.truth_size(mask):
+        return Checked(image_id_, problem=f"{mask_path}: mask is {mask.shape[-1]}x{mask.shape[-2]} but its image "
                                          f"{image_path.name} is {width}x{height}")
     return Checked(image_id_, height, width, int(np.count_nonzero(mask)), task.truth_rle(mask, rle_order),
                    task.class_pixels(mask), **sources)
@@ -316,7 +336,8 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
                      f"for {sizes.iloc[0]} images): each is brought to the network size and its prediction back")
     instances = [i for i in ids if pairs[i][1].is_dir()]
     if instances:
-        notes.append(f"{len(instances)} image(s) take their mask from an instance folder (the union of its masks): "
+        merged = "a label per mask, overlaps kept" if task.multilabel else "the union of its masks"
+        notes.append(f"{len(instances)} image(s) take their mask from an instance folder ({merged}): "
                      f"{listing(instances)}")
     notes += task.class_notes([c.class_pixels for c in good])
     empty = table[table.mask_area == 0]
@@ -456,12 +477,13 @@ def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[
     """Multi-class submission rows: (test image ids in first-row order, row ids, (image id, class) of each row).
 
     With sample_submission.csv its rows, each ``<image id>_<class name>`` of a class 1..C-1 (the longest class name
-    that ends the row id wins); without one every test image sorted by id, each with a row per class in class order.
+    that ends the row id wins; a multi-label task's rows are ``<file name>_<label name>``, Severstal's and Clouds'
+    form); without one every test image sorted by id, each with a row per class in class order.
     """
     path = root / files.SAMPLE_SUBMISSION
     if not path.exists():
-        ids, _ = test_rows(root)
-        keys = [key for i in ids for key in task.row_ids("", i)]
+        ids, file_names = test_rows(root)
+        keys = [key for i, name in zip(ids, file_names) for key in task.row_ids(name, i)]
         return ids, keys, [(i, c) for i in ids for c in task.scored]
     keys = list(read_csv(path, ["img", "rle_mask"]).img)
     names = sorted(((task.names[c], c) for c in task.scored), key=lambda x: -len(x[0]))
@@ -471,10 +493,12 @@ def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[
         if hit is None:
             bad.append(key)
         else:
-            pairs.append(hit)
+            pairs.append((files.image_id(hit[0]), hit[1]) if task.multilabel else hit)
     if bad:
-        raise PipelineError(f"{path}: rows {listing(bad)} are not <image id>_<class name> with a class of "
-                            f"{', '.join(task.names[c] for c in task.scored)} (--classes, --class-colors/--class-names)")
+        form = "<file name>_<label name>" if task.multilabel else "<image id>_<class name>"
+        raise PipelineError(f"{path}: rows {listing(bad)} are not {form} with a class of "
+                            f"{', '.join(task.names[c] for c in task.scored)} "
+                            "(--classes, --class-colors/--class-names)")
     if len(set(keys)) != len(keys):
         raise PipelineError(f"{path}: duplicate row ids")
     return list(dict.fromkeys(i for i, _ in pairs)), keys, pairs

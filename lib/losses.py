@@ -10,15 +10,17 @@ Each is ``pixel_weight * pixel term + region_weight * region term`` (``--bce-wei
 | tversky | BCE / cross-entropy | Tversky (alpha 0.3 on false positives, beta 0.7 on false negatives) |
 
 A weight of 0 drops its term (``--loss lovasz --bce-weight 0``: Lovasz alone). The task (lib/task.py) picks the mode:
-binary (logits (N, 1, H, W), soft target (N, 1, H, W) in [0, 1]) or multiclass (logits (N, C, H, W), labels (N, H, W)
-int64). The Lovasz hinge is defined on 0/1 labels: a binary target is rounded for it (soft only at object edges).
+binary (logits (N, 1, H, W), soft target (N, 1, H, W) in [0, 1]), multiclass (logits (N, C, H, W), labels (N, H, W)
+int64) or multilabel (``--multilabel``: logits (N, C, H, W), 0/1 target (N, C, H, W) float, one sigmoid per label;
+the pixel term is BCE on every label). The Lovasz hinge is defined on 0/1 labels: a binary target is rounded for it
+(soft only at object edges).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-BINARY, MULTICLASS = "binary", "multiclass"  # smp's modes
+BINARY, MULTICLASS, MULTILABEL = "binary", "multiclass", "multilabel"  # smp's modes
 CHOICES = ("bce_dice", "focal_dice", "lovasz", "tversky")
 FOCAL_GAMMA = 2.0  # smp's default: the weight (1 - p_t) ** gamma of each pixel's term
 TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7  # false positives, false negatives; 0.5, 0.5 would be Dice
@@ -43,11 +45,11 @@ class Combined(nn.Module):
 
 
 def make_loss(name: str, mode: str, pixel_weight: float = 1.0, region_weight: float = 1.0) -> Combined:
-    """The loss ``name`` (one of CHOICES) for smp's ``mode`` (BINARY or MULTICLASS)."""
+    """The loss ``name`` (one of CHOICES) for smp's ``mode`` (BINARY, MULTICLASS or MULTILABEL)."""
     from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss, TverskyLoss
-    if mode not in (BINARY, MULTICLASS):
-        raise ValueError(f"unknown loss mode {mode!r}; one of {BINARY}, {MULTICLASS}")
-    pixel: nn.Module = nn.BCEWithLogitsLoss() if mode == BINARY else nn.CrossEntropyLoss()
+    if mode not in (BINARY, MULTICLASS, MULTILABEL):
+        raise ValueError(f"unknown loss mode {mode!r}; one of {BINARY}, {MULTICLASS}, {MULTILABEL}")
+    pixel: nn.Module = nn.CrossEntropyLoss() if mode == MULTICLASS else nn.BCEWithLogitsLoss()
     if name == "bce_dice":
         return Combined(pixel, DiceLoss(mode=mode, from_logits=True), pixel_weight, region_weight)
     if name == "focal_dice":

@@ -86,7 +86,7 @@ def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thresho
     """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
     image's own size, for each scored class of the ``task``'s decision (``Task.decide``: S = 1 binary, at
     ``threshold`` after post-processing ``post``, gated at ``min_area``; S = C - 1 multi-class, of the argmax)."""
-    level = level_of(threshold)
+    level = level_of(threshold) if np.isscalar(threshold) else [level_of(t) for t in threshold]  # multi-label: each
     return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), level, post, min_area),
                                       cache.full_mask(r))
                      for pr, r in zip(probs_u8, rows)], dtype=np.float64).reshape(-1, len(task.scored))
@@ -113,6 +113,14 @@ def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,
             done += [] if same else [(m, dice_histograms(m, truth))]
             hists[post].append(same[0] if same else done[-1][1])
     return {post: np.stack(h) if h else np.zeros((0, 2, 256), np.int64) for post, h in hists.items()}
+
+
+def label_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, task: Task) -> np.ndarray:
+    """(N, C, 2, 256) Dice histograms of each label of a multi-label task: the maps (C * h, w) uint8 brought back to
+    each image's own size, counted against row ``rows[i]`` of ``cache`` (C, H, W) bool, a label at a time."""
+    out = [np.stack([dice_histograms(m, t) for m, t in zip(at_size(pr, task, *cache.size_of(r)), cache.full_mask(r))])
+           for pr, r in zip(probs_u8, rows)]
+    return np.stack(out) if out else np.zeros((0, task.classes, 2, 256), np.int64)
 
 
 @dataclass

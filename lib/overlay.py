@@ -44,10 +44,10 @@ def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, flo
     mode = tta.fixed(p.tta, p.tta_scales) if p.tta != "auto" else (tuning.tta if tuning
                                                                   else tta.fixed(tta.AUTO_DEFAULT, p.tta_scales))
     tta.check(mode, *((p.tile_size,) * 2 if p.tile_size else ens.size))
-    threshold = p.threshold or (tuning.threshold if tuning else DEFAULT_THRESHOLD)
+    threshold = p.threshold or (tuning.decision_threshold if tuning else DEFAULT_THRESHOLD)
     post = p.postprocess if p.postprocess != "auto" else (tuning.postprocess if tuning else postprocess.NONE)
     source = "tuned" if tuning and not (p.tta != "auto" and p.threshold and p.postprocess != "auto") else why
-    return mode, threshold, ens.task.post_choices(post)[0], tuning.min_area if tuning else 0.0, source
+    return mode, threshold, ens.task.post_choices(post)[0], tuning.decision_min_area if tuning else 0.0, source
 
 
 class _Photos(TestImages):

@@ -128,6 +128,24 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, task, truth: np.ndarra
     return legend(out, entries)
 
 
+def overlay_multilabel(image: np.ndarray, decision: np.ndarray, task, truth: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB photo with each label of the (C, H, W) bool ``decision`` tinted in its colour, one over the
+    other (where labels overlap the tints mix), each label of the (C, H, W) bool ``truth`` (when given) outlined in its
+    colour, and a legend of the labels. Label c's colour: --class-colors' row c, else ``PALETTE[c + 1]`` (a
+    multi-label task has no background to leave black)."""
+    colours = np.array(task.colors, np.uint8) if task.colors else class_colors(type(task)(task.classes + 1))[1:]
+    out = image.astype(np.float32)
+    for c, mask in enumerate(decision):
+        out[mask] = (1 - ALPHA) * out[mask] + ALPHA * colours[c].astype(np.float32)
+    out = out.astype(np.uint8)
+    entries = [(task.names[c], tuple(int(v) for v in colours[c])) for c in task.scored]
+    if truth is not None:
+        for c in task.scored:
+            out = outline(out, truth[c], tuple(int(v) for v in colours[c]))
+        entries.append(("outline: truth", (255, 255, 255)))
+    return legend(out, entries)
+
+
 def overlay_truth(picture: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """A binary ``overlay`` with the (H, W) bool ``truth`` outlined in green and a legend of the two."""
     out = outline(picture, truth, TRUTH_COLOUR)

@@ -279,7 +279,8 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     for key, folds_stats in stats.items():
         mode, post = key
         threshold, dice, fold_dice, extra = task.pick(folds_stats, DEFAULT_THRESHOLD, p.gating == "auto")
-        best[key] = (dice, threshold, extra.get("class_dice", {}), extra.get("min_area", 0.0))
+        best[key] = (dice, threshold, extra.get("class_dice", {}), extra.get("min_area", 0.0),
+                     tuple(extra.get("thresholds", {}).values()), tuple(extra.get("min_areas", {}).values()))
         gated = {"min_area": extra["min_area"]} if "min_area" in extra else {}
         for k, d in zip(ens.folds, fold_dice):
             scores.append({"name": f"fold {k} model", "tta": mode, "postprocess": post, "threshold": threshold,
@@ -287,11 +288,12 @@ def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
         scores.append({"name": f"{len(ens.folds)}-fold out-of-fold", "tta": mode, "postprocess": post,
                        "threshold": threshold, "dice": float(dice), **extra})
     key = max(stats, key=lambda k_: best[k_][0])  # the first of equals: the simpler one
-    (mode, post), (dice, threshold, class_dice, min_area) = key, best[key]
+    (mode, post), (dice, threshold, class_dice, min_area, label_thresholds, label_min_areas) = key, best[key]
     return Tuning(p.experiment, ens.folds, mode, post, threshold, dice, (h, w), cache.orig_size,
                   int(sum(len(x) for x in stats[key])), tta_asked(p), p.postprocess,
                   ens.fingerprints, task, scores, class_dice, min_area=min_area,
-                  tiling=tiles.Tiling.of(p), gating_asked=p.gating)
+                  tiling=tiles.Tiling.of(p), gating_asked=p.gating, label_thresholds=label_thresholds,
+                  label_min_areas=label_min_areas)
 
 
 def _oof_probs(p: Params, ens: Ensemble, model: nn.Module, cache, rows: np.ndarray, val_ids: list[str],
@@ -525,7 +527,7 @@ def tuning_for(p: Params, split: pd.DataFrame, ens: Ensemble | None, retune: boo
         tuning = tuning.replace(models=expected_models(ens, final), final=files.FULL)
     tuning_mod.write(run, tuning)
     print("\n".join(tuning_mod.score_lines(tuning)))
-    decided = tuning.task.decision_text(tuning.threshold, postprocess.NONE, tuning.min_area)
+    decided = tuning.task.decision_text(tuning.decision_threshold, postprocess.NONE, tuning.decision_min_area)
     print(f"tuning: TTA {tuning.tta}{_post_text(tuning)}, {decided}, out-of-fold Dice "
           f"{tuning.oof_dice:.5f} over {tuning.n_images} images -> {path}")
     if tuning.class_dice:

@@ -98,12 +98,10 @@ def score_class_submissions(paths: Sequence[Path], root: Path, task: Task, class
         dices = []
         for image_id, codes in by_image.items():
             truth = task.read_truth(truths[image_id])
-            pred = np.zeros(truth.shape, np.uint8)
-            for c in task.scored:
-                try:
-                    pred[rle.decode(codes.get(c, ""), truth.shape, rle_order)] = c
-                except ValueError as e:
-                    raise PipelineError(f"{path}: bad RLE for {image_id} class {task.names[c]}: {e}") from None
+            try:
+                pred = task.decision_of_rles(codes, task.truth_size(truth), rle_order)
+            except ValueError as e:
+                raise PipelineError(f"{path}: bad RLE for {image_id}: {e}") from None
             dices.append(task.class_dices(pred, truth))
         per_class = np.mean(dices, axis=0)
         out[path] = (float(per_class.mean()), {task.names[c]: float(per_class[slot[c]]) for c in task.scored})

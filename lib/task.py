@@ -1,27 +1,30 @@
-"""What depends on the task, in one place: binary masks (``--classes 1``, Carvana) or C classes, one label per pixel.
+"""What depends on the task, in one place: binary masks (``--classes 1``, Carvana), C classes, one label per pixel, or
+C overlapping labels (``--classes C --multilabel``: clouds, steel defects, organs).
 
 The stages ask the task object rather than branching on the number of classes themselves:
 
-| fact | binary (C = 1) | multi-class (C >= 2) |
-|---|---|---|
-| network output | 1 channel of logits | C channels of logits |
-| probabilities | sigmoid | softmax over the channels |
-| loss (``--loss``, lib/losses.py) | smp's binary mode: BCE + soft Dice, ... | multiclass mode: CE + soft Dice, ... |
-| truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels |
-| truth kept at full resolution | its bits | ``truth_bits`` bit planes of the labels |
-| what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask |
-| training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest |
-| map (stored probabilities) | (H, W) uint8 | (C * H, W) uint8: the C class maps stacked down |
-| decision at the image's size | map (post-processed) > threshold, emptied below min-area: a bool mask | argmax over the classes: labels |
-| picture of a decision | the mask tinted and outlined | each class tinted in its colour |
-| score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean |
-| figures per class (logs, tuning) | none: the image score is the one class's | ``{name: value}`` of classes 1..C-1 |
-| submission rows of an image | ``<file name>`` | ``<image id>_<class name>`` for class 1..C-1 |
+| fact | binary (C = 1) | multi-class (C >= 2) | multi-label (--multilabel, C labels, C <= 8) |
+|---|---|---|---|
+| network output | 1 channel of logits | C channels of logits | C channels of logits |
+| probabilities | sigmoid | softmax over the channels | a sigmoid per channel |
+| loss (``--loss``, lib/losses.py) | smp's binary mode: BCE + soft Dice, ... | multiclass mode: CE + soft Dice, ... | multilabel mode: BCE + soft Dice, ... |
+| truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels | (C, H, W) bool from an instance folder ``<n>__<label>.png``, overlaps kept |
+| truth kept at full resolution | its bits | ``truth_bits`` bit planes of the labels | C bit planes, one per label |
+| what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask | each label's share of the pixels, labels in no mask |
+| training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest | (H, W) uint8, bit c set where label c is (nearest); ``target`` unpacks it to (N, C, H, W) 0/1 |
+| map (stored probabilities) | (H, W) uint8 | (C * H, W) uint8: the C class maps stacked down | (C * H, W) uint8, stacked as multi-class |
+| decision at the image's size | map (post-processed) > threshold, emptied below min-area: a bool mask | argmax over the classes: labels | each label's map > its threshold, emptied below its min-area: (C, H, W) bool |
+| picture of a decision | the mask tinted and outlined | each class tinted in its colour | each label tinted and outlined (overlaps blend) |
+| score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean | Dice of each label 0..C-1 (1 when both are empty), their mean |
+| figures per class (logs, tuning) | none: the image score is the one class's | ``{name: value}`` of classes 1..C-1 | ``{name: value}`` of every label |
+| submission rows of an image | ``<file name>`` | ``<image id>_<class name>`` for class 1..C-1 | ``<file name>_<label name>`` for every label (Severstal: names 1..C, the default; Clouds: Fish, ...) |
 
 A Task is made in one of two ways: ``Task.of(p)`` from a run's settings, ``Task.from_record(record)`` from what a
 file recorded (``record()``); ``BINARY`` is the binary task's value.
 
-Class 0 is the background in both: it is never a submission row and never scored on its own.
+Class 0 is the background of the binary and multi-class tasks: it is never a submission row and never scored on its
+own. A multi-label task has no background channel: its C channels are the C labels (0..C-1, names default to "1".."C",
+Severstal's ClassIds), each scored and submitted; a pixel in no label is background.
 """
 from __future__ import annotations
 
@@ -38,11 +41,13 @@ from lib import postprocess, rle
 from lib.errors import PipelineError
 from lib.files import ListOf
 from lib.geometry import to_net
-from lib.metrics import dice, gate
+from lib.metrics import dice, gate, level_of
 
 
 # what Task.record() writes, as a files.schema_problem schema; checkpoints add the colours (pictures draw with them)
-RECORD = {"classes": int, "names": ListOf(str), "colors?": ListOf(ListOf(int))}
+RECORD = {"classes": int, "names": ListOf(str), "multilabel?": bool, "colors?": ListOf(ListOf(int))}
+
+MAX_LABELS = 8  # a multi-label network-size target holds a pixel's labels as the bits of one uint8
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,17 @@ class Task:
     # RGB of each class in colour masks and pictures (--class-colors), if given: how classes look, not which task
     # this is (two tasks that differ only in colours are equal, and maps or tunings do not record them)
     colors: tuple[tuple[int, int, int], ...] = field(default=(), compare=False)
+    multilabel: bool = False  # C overlapping labels, a sigmoid each (--multilabel)
 
     def __post_init__(self):
         if self.classes < 1:
             raise ValueError(f"classes must be >= 1, got {self.classes}")
+        if self.multilabel and self.classes > MAX_LABELS:
+            raise PipelineError(f"--multilabel takes at most {MAX_LABELS} labels, --classes is {self.classes}")
         if not self.binary and len(self.names) != self.classes:
-            object.__setattr__(self, "names", tuple(f"class{k}" for k in range(self.classes)))
+            first = 1 if self.multilabel else 0
+            object.__setattr__(self, "names", tuple(f"{'' if first else 'class'}{k + first}"
+                                                    for k in range(self.classes)))
 
     @classmethod
     def of(cls, p) -> Task:
@@ -74,18 +84,19 @@ class Task:
             names = tuple(x.strip() for x in p.class_names.split(","))
             if len(names) != p.classes:
                 raise PipelineError(f"--class-names lists {len(names)} classes but --classes is {p.classes}")
-        return cls(p.classes, names, colors)
+        return cls(p.classes, names, colors, multilabel=p.multilabel)
 
     @classmethod
     def from_record(cls, record: dict) -> Task:
         """The task a checkpoint, tuning or map folder recorded (``record()``; ``RECORD`` is its schema), with the
         class colours when it kept them (``checkpoint_record()``)."""
         colors = tuple(tuple(int(v) for v in c) for c in record.get("colors", ()))
-        return cls(int(record["classes"]), tuple(record["names"]), colors)  # type: ignore[arg-type]
+        return cls(int(record["classes"]), tuple(record["names"]), colors,  # type: ignore[arg-type]
+                   multilabel=bool(record.get("multilabel", False)))
 
     @property
     def binary(self) -> bool:
-        return self.classes == 1
+        return self.classes == 1 and not self.multilabel
 
     @property
     def channels(self) -> int:
@@ -94,28 +105,44 @@ class Task:
 
     @property
     def scored(self) -> list[int]:
-        """The classes a score and a submission are about: [1] (the object) or 1..C-1."""
+        """The classes a score and a submission are about: [1] (the object), 1..C-1 or every label 0..C-1."""
+        if self.multilabel:
+            return list(range(self.classes))
         return [1] if self.binary else list(range(1, self.classes))
 
     @property
     def truth_bits(self) -> int:
-        """Bit planes that hold one pixel's truth at full resolution: 1 (binary) or ceil(log2 C)."""
+        """Bit planes that hold one pixel's truth at full resolution: 1 (binary), ceil(log2 C) or C (multi-label)."""
+        if self.multilabel:
+            return self.classes
         return 1 if self.binary else max(1, math.ceil(math.log2(self.classes)))
 
     def describe(self) -> str:
+        if self.multilabel:
+            return f"{self.classes} overlapping labels ({', '.join(self.names)})"
         return "binary masks" if self.binary else f"{self.classes} classes ({', '.join(self.names)})"
 
     # --- the truth: read, checked, stored ---
     def read_truth(self, path: Path) -> NDArray:
         """The truth of one image from its mask file or instance folder: (H, W) bool (``inputs.read_mask``) or uint8
-        labels (``inputs.read_labels``, or ``inputs.read_class_instances`` for a folder); PipelineError naming the
-        file when it is not one."""
+        labels (``inputs.read_labels``, or ``inputs.read_class_instances`` for a folder) or (C, H, W) bool labels
+        (``inputs.read_label_instances``); PipelineError naming the file when it is not one."""
         from lib import inputs
         if self.binary:
             return inputs.read_mask(path)
+        if self.multilabel:
+            if not path.is_dir():
+                raise PipelineError(f"{path}: --multilabel reads a folder per image of masks <n>__<label>.png (labels "
+                                    f"{', '.join(self.names)}); move this mask into {path.parent / path.stem}/")
+            return inputs.read_label_instances(path, list(self.names))
         if path.is_dir():
             return inputs.read_class_instances(path, list(self.names))
         return inputs.read_labels(path, self.classes, self.colors)
+
+    @staticmethod
+    def truth_size(truth: NDArray) -> tuple[int, int]:
+        """(H0, W0) of a truth: (H0, W0) bool or labels, or (C, H0, W0) bool (multi-label)."""
+        return truth.shape[-2], truth.shape[-1]
 
     def truth_rle(self, truth: NDArray, order: str) -> str | None:
         """The RLE (in ``order``) that ``train_masks.csv`` lists for this truth: a binary mask's; None for labels,
@@ -127,6 +154,8 @@ class Task:
         mask, whose area says it all."""
         if self.binary:
             return ()
+        if self.multilabel:
+            return tuple(int(n) for n in np.count_nonzero(truth.reshape(self.classes, -1), axis=1))
         return tuple(int(c) for c in np.bincount(truth.ravel(), minlength=self.classes))
 
     def class_notes(self, pixels: Sequence[tuple[int, ...]]) -> list[str]:
@@ -136,17 +165,19 @@ class Task:
             return []
         total = np.sum(pixels, axis=0)
         present = np.sum([np.array(c) > 0 for c in pixels], axis=0)
-        notes = ["classes (share of pixels, images holding it): " + ", ".join(
+        what = "labels (share of the labelled pixels" if self.multilabel else "classes (share of pixels"
+        notes = [f"{what}, images holding it): " + ", ".join(
             f"{name} {t / total.sum():.1%} {n}" for name, t, n in zip(self.names, total, present))]
         absent = [name for name, n in zip(self.names, present) if n == 0]
         if absent:
-            notes.append(f"class(es) {', '.join(absent)} in no training mask: the model cannot learn them")
+            notes.append(f"{'label' if self.multilabel else 'class'}(es) {', '.join(absent)} in no training mask: the "
+                         "model cannot learn them")
         return notes
 
     def pack_truth(self, truth: NDArray) -> NDArray[np.uint8]:
         """(H0, W0) bool mask or uint8 labels -> packed bits: the mask's bits, or the labels' ``truth_bits`` bit
         planes one after another (bit 0 first)."""
-        if self.binary:
+        if self.binary or self.multilabel:  # (C, H0, W0) bool: its C planes already
             return np.packbits(truth.ravel())
         return np.packbits(np.stack([(truth >> b) & 1 for b in range(self.truth_bits)]).ravel())
 
@@ -155,6 +186,8 @@ class Task:
         h0, w0 = size
         if self.binary:
             return np.unpackbits(row, count=h0 * w0).reshape(h0, w0).astype(bool)
+        if self.multilabel:
+            return np.unpackbits(row, count=self.classes * h0 * w0).reshape(self.classes, h0, w0).astype(bool)
         planes = np.unpackbits(row, count=self.truth_bits * h0 * w0).reshape(self.truth_bits, h0, w0)
         labels = np.zeros((h0, w0), np.uint8)
         for b in range(self.truth_bits):
@@ -163,9 +196,14 @@ class Task:
 
     def net_target(self, truth: NDArray, height: int, width: int) -> NDArray[np.uint8]:
         """Full-size truth -> (height, width) uint8 at the network size: a soft mask 0..255 (the area fraction at
-        edges) or labels (nearest)."""
+        edges), labels (nearest) or a multi-label truth's labels as bits (bit c: label c; nearest)."""
         if self.binary:
             return to_net(truth.astype(np.uint8) * 255, height, width, interpolation=cv2.INTER_AREA)
+        if self.multilabel:
+            bits = np.zeros(truth.shape[1:], np.uint8)
+            for c in range(self.classes):
+                bits |= truth[c].astype(np.uint8) << c
+            return to_net(bits, height, width, interpolation=cv2.INTER_NEAREST)
         return to_net(truth, height, width, interpolation=cv2.INTER_NEAREST)
 
     def submission_rows(self, root: Path) -> tuple[list[str], list[str], list[tuple[str, int]]]:
@@ -181,12 +219,18 @@ class Task:
     # --- training ---
     def loss(self, name: str, pixel_weight: float, region_weight: float):
         """The training loss ``name`` (``--loss``, lib/losses.py) in smp's binary or multiclass mode."""
-        from lib.losses import BINARY, MULTICLASS, make_loss
-        return make_loss(name, BINARY if self.binary else MULTICLASS, pixel_weight, region_weight)
+        from lib.losses import BINARY, MULTICLASS, MULTILABEL, make_loss
+        mode = MULTILABEL if self.multilabel else BINARY if self.binary else MULTICLASS
+        return make_loss(name, mode, pixel_weight, region_weight)
 
     def target(self, masks):
         """A batch of network-size masks from the loader, (N, 1, H, W) uint8 -> what the loss takes:
-        (N, 1, H, W) float in [0, 1] (binary, soft) or (N, H, W) int64 labels."""
+        (N, 1, H, W) float in [0, 1] (binary, soft), (N, H, W) int64 labels or (N, C, H, W) float 0/1 (multi-label:
+        bit c of each pixel)."""
+        if self.multilabel:
+            import torch
+            bits = torch.arange(self.classes, device=masks.device).view(1, -1, 1, 1)
+            return ((masks.long() >> bits) & 1).float()
         return masks.float() / 255 if self.binary else masks[:, 0].long()
 
     @property
@@ -198,7 +242,7 @@ class Task:
         """(N, channels, H, W) logits -> float32 probabilities of the same shape."""
         import torch
         logits = logits.float()
-        return torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
+        return torch.sigmoid(logits) if self.binary or self.multilabel else torch.softmax(logits, dim=1)
 
     def to_maps(self, prob) -> NDArray[np.uint8]:
         """(N, channels, H, W) probabilities -> N maps as uint8 levels round(p * 255): (N, H, W) binary,
@@ -220,12 +264,17 @@ class Task:
         return m.reshape(c, m.shape[0] // c, m.shape[1])
 
     # --- decisions and scores ---
-    def decide(self, maps: NDArray[np.uint8], level: int, post: str = postprocess.NONE, min_area: float = 0.0
-               ) -> NDArray:
+    def decide(self, maps: NDArray[np.uint8], level: int | Sequence[int], post: str = postprocess.NONE,
+               min_area: float | Sequence[float] = 0.0) -> NDArray:
         """(channels, H, W) uint8 maps at the image's size -> (H, W) bool mask (binary: the map after
         post-processing ``post`` (lib/postprocess.py) above the uint8 ``level``, emptied when it covers less than
-        ``min_area`` of the image: ``metrics.gate``) or uint8 labels (argmax; ``level``, ``post`` and ``min_area`` are
-        unused)."""
+        ``min_area`` of the image: ``metrics.gate``), uint8 labels (argmax; ``level``, ``post`` and ``min_area`` are
+        unused) or (C, H, W) bool (multi-label: each label's map above its ``level``, gated at its ``min_area``; one
+        value for every label, or a sequence of C)."""
+        if self.multilabel:
+            levels = np.broadcast_to(level, (self.classes,))
+            areas = np.broadcast_to(min_area, (self.classes,))
+            return np.stack([gate(m > lv, float(a)) for m, lv, a in zip(maps, levels, areas)])
         if self.binary:
             return gate(postprocess.apply(post, maps[0]) > level, min_area)
         return np.argmax(maps, axis=0).astype(np.uint8)
@@ -233,19 +282,24 @@ class Task:
     def overlay(self, image: NDArray[np.uint8], decision: NDArray, truth: NDArray | None = None) -> NDArray[np.uint8]:
         """(H, W, 3) uint8 RGB photo with its ``decide``d mask tinted and outlined, or each class 1..C-1 of its labels
         tinted in the class's colour with a legend of the classes; the ``truth`` (same kind as the decision), when
-        given, outlined (binary: in green, with a legend; labels: each class in its colour)."""
+        given, outlined (binary: in green, with a legend; labels: each class in its colour); a multi-label decision
+        (C, H, W) has each label tinted (overlaps mix the tints) and its truth outlined in the label's colour."""
         from lib import plot
         if self.binary:
             picture = plot.overlay(image, decision)
             return picture if truth is None else plot.overlay_truth(picture, truth)
+        if self.multilabel:
+            return plot.overlay_multilabel(image, decision, self, truth)
         return plot.overlay_labels(image, decision, self, truth)
 
     def class_dices(self, pred: NDArray, truth: NDArray) -> NDArray[np.float64]:
         """Dice of each scored class of one image (1 where the class is in neither): (len(scored),).
 
-        pred, truth: (H, W) bool masks (binary) or uint8 labels 0..C-1."""
+        pred, truth: (H, W) bool masks (binary), uint8 labels 0..C-1 or (C, H, W) bool (multi-label)."""
         if pred.shape != truth.shape:
             raise ValueError(f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}")
+        if self.multilabel:
+            return np.array([dice(p, t) for p, t in zip(pred, truth)], dtype=np.float64)
         if self.binary:
             return np.array([dice(pred, truth)], dtype=np.float64)  # the same number, counted without a bincount
         k = self.classes
@@ -259,7 +313,7 @@ class Task:
         return np.array(out, dtype=np.float64)
 
     def score(self, pred: NDArray, truth: NDArray) -> float:
-        """The image's score: Dice (binary) or the mean Dice over the classes 1..C-1."""
+        """The image's score: Dice (binary), the mean Dice over the classes 1..C-1 or over the labels 0..C-1."""
         return float(self.class_dices(pred, truth).mean())
 
     def by_class(self, values: Sequence[float]) -> dict[str, float]:
@@ -270,12 +324,16 @@ class Task:
     # --- submissions ---
     def row_ids(self, key: str, image_id: str) -> list[str]:
         """The submission ids of one image: its key (binary: the file name, as Carvana's sample submission) or
-        ``<image id>_<class name>`` for each class 1..C-1."""
+        ``<image id>_<class name>`` for each class 1..C-1, or ``<key>_<label name>`` for every label (multi-label:
+        Severstal's ``<file>_<ClassId>``, Clouds' ``<file>_<label>``)."""
+        if self.multilabel:
+            return [f"{key}_{name}" for name in self.names]
         return [key] if self.binary else [f"{image_id}_{self.names[c]}" for c in self.scored]
 
     def record(self) -> dict:
-        """What a checkpoint, tuning or map folder stores about the task."""
-        return {"classes": self.classes, "names": list(self.names)}
+        """What a checkpoint, tuning or map folder stores about the task (``multilabel`` only when set: the other
+        tasks' records are as before)."""
+        return {"classes": self.classes, "names": list(self.names)} | ({"multilabel": True} if self.multilabel else {})
 
     def checkpoint_record(self) -> dict:
         """What a checkpoint stores: ``record()`` and, when --class-colors gave them, the class colours, so that
@@ -297,34 +355,66 @@ class Task:
         return list(postprocess.CHOICES) if asked == "auto" else [asked]
 
     def decide_maps(self, maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], size: tuple[int, int],
-                    threshold: float, post: str, min_area: float = 0.0) -> NDArray:
+                    threshold: float | Sequence[float], post: str, min_area: float | Sequence[float] = 0.0) -> NDArray:
         """The map -> mask decision of one image, for tuning, photos and submissions alike: stored network-size maps
         (one per prediction folder, each (channels * h_i, w_i) uint8) -> at the image's ``size`` (H0, W0) a bool mask
         (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``, emptied below
-        ``min_area`` of the image) or uint8 labels (the argmax of the blended class maps)."""
-        from lib.ensemble import ensemble_labels, ensemble_mask
+        ``min_area`` of the image), uint8 labels (the argmax of the blended class maps) or (C, H0, W0) bool
+        (multi-label: each blended label map above its threshold, gated at its minimum area; one value for all or
+        one per label)."""
+        from lib.ensemble import blended_maps, ensemble_labels, ensemble_mask
+        if self.multilabel:
+            levels = [level_of(t) for t in np.broadcast_to(threshold, (self.classes,))]
+            return self.decide(blended_maps(maps, weights, size, self), levels, post, min_area)
         if self.binary:
             return ensemble_mask(maps, weights, size, threshold, post, min_area)
         return ensemble_labels(maps, weights, size, self)
 
     def class_masks(self, decision: NDArray) -> list[NDArray[np.bool_]]:
         """``decide_maps``'s decision -> the bool mask of each scored class (a submission row each)."""
+        if self.multilabel:
+            return list(decision)
         return [decision] if self.binary else [decision == c for c in self.scored]
+
+    def decision_of_rles(self, codes: dict[int, str], size: tuple[int, int], order: str) -> NDArray:
+        """The decision a submission's rows of one image hold ({scored class: RLE}, a missing one empty) at ``size``
+        (H0, W0): uint8 labels (multi-class) or (C, H0, W0) bool (multi-label); ValueError naming the class of a
+        bad RLE."""
+        def mask(c: int) -> NDArray[np.bool_]:
+            try:
+                return rle.decode(codes.get(c, ""), size, order)
+            except ValueError as e:
+                raise ValueError(f"class {self.names[c]}: {e}") from None
+        if self.multilabel:
+            return np.stack([mask(c) for c in self.scored])
+        labels = np.zeros(size, np.uint8)
+        for c in self.scored:
+            labels[mask(c)] = c
+        return labels
 
     def mask_pictures(self, image_rgb: NDArray[np.uint8], decision: NDArray) -> tuple[NDArray[np.uint8], NDArray]:
         """(the mask PNG's values: 0/255 for binary masks, each pixel's class for labels; the decision drawn over the
-        (H, W, 3) RGB image) of one photo."""
+        (H, W, 3) RGB image) of one photo; a multi-label decision's PNG is its C label masks 0/255 stacked down
+        (C * H, W), as its maps are."""
+        if self.multilabel:
+            return decision.reshape(-1, decision.shape[-1]).astype(np.uint8) * 255, self.overlay(image_rgb, decision)
         return (decision.astype(np.uint8) * 255 if self.binary else decision), self.overlay(image_rgb, decision)
 
     @property
     def uses_threshold(self) -> bool:
         """Whether a threshold decides a pixel (binary masks) or not (the argmax of the classes): tables and messages
         show a threshold only where one decides."""
-        return self.binary
+        return self.binary or self.multilabel
 
-    def decision_text(self, threshold: float, post: str, min_area: float = 0.0) -> str:
+    def decision_text(self, threshold: float | Sequence[float], post: str, min_area: float | Sequence[float] = 0.0
+                      ) -> str:
         """How an image is decided, for messages: 'threshold 0.500[, largest region][, emptied under 0.10% of the
-        image]' or 'argmax over ...'."""
+        image]', 'argmax over ...' or 'per label: 1 threshold 0.400 emptied under 0.10%, ...'."""
+        if self.multilabel:
+            pairs = zip(self.names, np.broadcast_to(threshold, (self.classes,)),
+                        np.broadcast_to(min_area, (self.classes,)))
+            return "per label: " + ", ".join(f"{name} threshold {t:.3f}" + (f" emptied under {a:.2%}" if a else "")
+                                             for name, t, a in pairs)
         if self.binary:
             return (f"threshold {threshold:.3f}" + (", largest region" if post != "none" else "")
                     + (f", emptied under {min_area:.2%} of the image" if min_area else ""))
@@ -333,8 +423,11 @@ class Task:
     def oof_stats(self, probs: Sequence[NDArray[np.uint8]], cache, rows: NDArray, posts: Sequence[str]
                   ) -> dict[str, NDArray]:
         """What tuning pools of one fold's out-of-fold maps, per post-processing in ``posts``: (N, 2, 256) Dice
-        histograms (binary: every threshold in one pass) or (N, S) Dice of each class of the argmax."""
-        from lib.oof import class_dices, oof_histograms
+        histograms (binary: every threshold in one pass), (N, S) Dice of each class of the argmax or (N, C, 2, 256)
+        histograms of each label (multi-label; not post-processed)."""
+        from lib.oof import class_dices, label_histograms, oof_histograms
+        if self.multilabel:
+            return {post: label_histograms(probs, cache, rows, self) for post in posts}
         if self.binary:
             return oof_histograms(probs, cache, rows, posts)
         return {post: class_dices(probs, cache, rows, 0.5, self) for post in posts}
@@ -345,8 +438,16 @@ class Task:
         ``oof_stats``: binary: the best threshold and minimum area (``metrics.best_threshold_and_min_area``), the Dice
         at ``default_threshold`` without gating (what an untuned run uses), the minimum area and the best Dice without
         gating (``gating`` False: minimum area 0, not searched); multi-class: the argmax (threshold 0.5) and each
-        class's Dice."""
+        class's Dice; multi-label: each label's own best threshold and minimum area (``label_thresholds``; the image
+        score is the labels' mean, so the best of each label is the best of all), the mean of the thresholds and, per
+        label, the threshold, minimum area and Dice."""
         pooled = np.concatenate(per_fold)
+        if self.multilabel:
+            thresholds, min_areas, dices = self.label_thresholds(pooled, gating)
+            return (float(np.mean(thresholds)), float(np.mean(dices)),
+                    [float(self.label_dices(h, thresholds, min_areas).mean()) for h in per_fold],
+                    {"thresholds": dict(zip(self.names, thresholds)), "min_areas": dict(zip(self.names, min_areas)),
+                     "class_dice": dict(zip(self.names, dices))})
         if self.binary:
             from lib.metrics import (MIN_AREAS, best_threshold, best_threshold_and_min_area, gated_dice_by_level,
                                      level_of)
@@ -359,10 +460,30 @@ class Task:
         return (0.5, float(pooled.mean()), [float(d.mean()) for d in per_fold],
                 {"class_dice": {self.names[c]: float(v) for c, v in zip(self.scored, pooled.mean(axis=0))}})
 
+    def label_thresholds(self, hists: NDArray[np.int64], gating: bool = True
+                         ) -> tuple[list[float], list[float], list[float]]:
+        """(threshold, minimum area, mean Dice) of each label, each label's best
+        (``metrics.best_threshold_and_min_area``; ``gating`` False: minimum area 0) from (N, C, 2, 256)
+        ``oof.label_histograms``, in one pass over them."""
+        from lib.metrics import MIN_AREAS, best_threshold_and_min_area
+        best = [best_threshold_and_min_area(hists[:, c], MIN_AREAS if gating else (0.0,)) for c in range(self.classes)]
+        return [b[0] for b in best], [b[1] for b in best], [b[2] for b in best]
+
+    def label_dices(self, hists: NDArray[np.int64], thresholds: Sequence[float], min_areas: Sequence[float]
+                    ) -> NDArray[np.float64]:
+        """(N, C) Dice of each label of each image at its ``thresholds`` and ``min_areas`` from (N, C, 2, 256)
+        ``oof.label_histograms``."""
+        from lib.metrics import gated_dice_by_level, level_of
+        return np.stack([gated_dice_by_level(hists[:, c], a)[:, level_of(t)]
+                         for c, (t, a) in enumerate(zip(thresholds, min_areas))], axis=1)
+
     def score_baselines(self, cache, split) -> tuple[dict, object]:
         """The baselines scored out-of-fold ({name: baseline.Baseline}) and what their test submissions are made
         from: the average masks (binary) or the majority class of each pixel."""
         from lib import baseline
+        if self.multilabel:
+            raise PipelineError("no baselines for --multilabel (they are average masks or the majority class); "
+                                "drop --baselines")
         if self.binary:
             return baseline.oof_baselines(cache, split)
         result, counts = baseline.oof_majority(cache, split, self)

@@ -21,12 +21,14 @@ PREDICT_STAGE = "03_predict.py"
 
 # one row of the score table: binary rows add dice_at_default, multi-class rows class_dice
 _SCORE = {"name": str, "tta": str, "threshold": float, "dice": float, "postprocess": str,
-          "dice_at_default?": float, "class_dice?": files.MapOf(float), "min_area?": float, "dice_ungated?": float}
+          "dice_at_default?": float, "class_dice?": files.MapOf(float), "min_area?": float, "dice_ungated?": float,
+          "thresholds?": files.MapOf(float), "min_areas?": files.MapOf(float)}
 SCHEMA = {"experiment": str, "folds": files.ListOf((int, str)), "tta": str, "postprocess": str, "threshold": float,
           "level": int, "oof_dice": float, "size": files.ListOf(int), "orig_size": files.ListOf(int),
           "n_images": int, "tta_asked": str, "postprocess_asked": str, "models": files.ListOf(dict),
           "task": TASK_RECORD, "class_dice": files.MapOf(float), "scores": files.ListOf(_SCORE), "tuned": bool,
-          "final": str, "min_area": float, "gating_asked": str, "tiling?": dict}
+          "final": str, "min_area": float, "gating_asked": str, "tiling?": dict,
+          "label_thresholds?": files.ListOf(float), "label_min_areas?": files.ListOf(float)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,19 @@ class Tuning:
     min_area: float = 0.0  # binary: a mask smaller than this fraction of its image is emptied (0: no gating)
     tiling: Tiling | None = None  # maps by sliding window (each at its image's size at the network's scale)
     gating_asked: str = "auto"  # --gating it was made for (off: min_area 0, not searched): another asks for a new one
+    # multi-label: each label's own threshold and minimum area (``threshold`` is their mean, ``min_area`` 0)
+    label_thresholds: tuple[float, ...] = ()
+    label_min_areas: tuple[float, ...] = ()
+
+    @property
+    def decision_threshold(self) -> float | tuple[float, ...]:
+        """What ``Task.decide_maps`` takes: the threshold, or each label's (multi-label)."""
+        return self.label_thresholds or self.threshold
+
+    @property
+    def decision_min_area(self) -> float | tuple[float, ...]:
+        """What ``Task.decide_maps`` takes: the minimum area, or each label's (multi-label)."""
+        return self.label_min_areas or self.min_area
 
     @property
     def level(self) -> int:
@@ -81,7 +96,9 @@ class Tuning:
                 "models": self.models, "task": self.task.record(), "class_dice": self.class_dice,
                 "scores": self.scores, "tuned": self.tuned, "final": self.final,
                 "min_area": self.min_area, "gating_asked": self.gating_asked,
-                "tiling": self.tiling.record() if self.tiling else {}}
+                "tiling": self.tiling.record() if self.tiling else {}} | (
+                    {"label_thresholds": list(self.label_thresholds), "label_min_areas": list(self.label_min_areas)}
+                    if self.label_thresholds else {})
 
     def replace(self, **changes) -> "Tuning":
         return dataclasses.replace(self, **changes)
@@ -98,7 +115,9 @@ def score_lines(tuning: Tuning) -> list[str]:
         return (f"  {name:<{width}}  {tta:<6}  {post:<15}  " + (f"{thr:<9}  " if threshold else "") + dice
                 + (f"  {gating}" if gating else ""))
     gated = any("dice_ungated" in s for s in tuning.scores)  # binary pooled rows: the gating tried with them
+    per_label = any("thresholds" in s for s in tuning.scores)  # multi-label pooled rows
     return [line("model", "TTA", "post-processing", "threshold", "OOF Dice",
+                 "per label: threshold, min area, OOF Dice" if per_label else
                  "min area, OOF Dice without gating" if gated else "")] + [
         line(s["name"], s["tta"], s["postprocess"], f"{s['threshold']:.3f}", f"{s['dice']:.5f}",
              _gating_text(s, tuning.orig_size)) for s in tuning.scores]
@@ -111,7 +130,12 @@ def area_text(min_area: float, orig_size: tuple[int, int] | None) -> str:
 
 
 def _gating_text(row: dict, orig_size: tuple[int, int] | None) -> str:
-    """What a pooled score row of a binary task adds: the minimum area chosen and the Dice without gating."""
+    """What a pooled score row of a binary task adds: the minimum area chosen and the Dice without gating; of a
+    multi-label task: each label's threshold, minimum area and Dice."""
+    if "thresholds" in row:
+        return "; ".join(f"{name}: {t:.3f}, "
+                         f"{area_text(row['min_areas'][name], orig_size) if row['min_areas'][name] else 'no gating'}, "
+                         f"Dice {row['class_dice'][name]:.5f}" for name, t in row["thresholds"].items())
     if "dice_ungated" not in row:
         return ""
     area = area_text(row["min_area"], orig_size) if row["min_area"] else "0 (no gating)"
@@ -172,6 +196,13 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
         raise PipelineError(f"{path}: min_area {min_area} is not a fraction of the image in [0, 1); {repair}")
     if r["task"]["classes"] < 1:
         raise PipelineError(f"{path}: task.classes {r['task']['classes']} is not >= 1; {repair}")
+    task = Task.from_record(r["task"])
+    labels = (tuple(r.get("label_thresholds", ())), tuple(r.get("label_min_areas", ())))
+    if task.multilabel and r["tuned"] and not all(len(x) == task.classes for x in labels):
+        raise PipelineError(f"{path}: a multi-label tuning needs label_thresholds and label_min_areas of "
+                            f"{task.classes} labels each; {repair}")
+    if not all(0.0 < t < 1.0 for t in labels[0]) or not all(0.0 <= a < 1.0 for a in labels[1]):
+        raise PipelineError(f"{path}: label_thresholds must lie in (0, 1) and label_min_areas in [0, 1); {repair}")
     try:
         tiling = Tiling.from_record(r.get("tiling"))
     except ValueError as e:
@@ -179,6 +210,5 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
     return Tuning(r["experiment"], r["folds"], r["tta"], r["postprocess"], float(r["threshold"]),
                   float(r["oof_dice"]), (r["size"][0], r["size"][1]),
                   (r["orig_size"][0], r["orig_size"][1]) if r["orig_size"] else None, r["n_images"], r["tta_asked"],
-                  r["postprocess_asked"], r["models"], Task(r["task"]["classes"], tuple(r["task"]["names"])),
-                  r["scores"], r["class_dice"], r["tuned"], r["final"], min_area, tiling,
-                  r["gating_asked"])
+                  r["postprocess_asked"], r["models"], task, r["scores"], r["class_dice"], r["tuned"], r["final"],
+                  min_area, tiling, r["gating_asked"], *labels)
