@@ -1,0 +1,140 @@
+"""Images that are not 8-bit RGB (lib/imageformat.py): exact round trips of 16-bit PNG/TIFF and N-band TIFF, 8-bit RGB
+read as cv2 reads it today, the recorded statistics, the format record's checks, the refusal of a differing image
+and the printed command that repairs it, and display (grey, band triple, percentile stretch)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from lib import files, imageformat
+from lib.errors import PipelineError
+from lib.imageformat import RGB8, ImageFormat
+
+
+def _read(path: Path) -> np.ndarray:
+    return imageformat.read_pixels(files.read_bytes(path), path)
+
+
+def _random(shape, dtype, seed=0) -> np.ndarray:
+    high = 65536 if dtype == np.uint16 else 256
+    return np.random.default_rng(seed).integers(0, high, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("name,shape,dtype", [
+    ("grey16.png", (9, 7, 1), np.uint16), ("grey16.tif", (9, 7, 1), np.uint16),
+    ("rgb16.png", (9, 7, 3), np.uint16), ("rgb16.tiff", (9, 7, 3), np.uint16),
+    ("bands6.tif", (9, 7, 6), np.uint16), ("bands4.tif", (9, 7, 4), np.uint8), ("grey8.png", (9, 7, 1), np.uint8)])
+def test_round_trip_exact(tmp_path, name, shape, dtype):
+    image = _random(shape, dtype)
+    image[0, 0] = 65535 if dtype == np.uint16 else 255  # the top of the range survives
+    imageformat.write_pixels(tmp_path / name, image)
+    back = _read(tmp_path / name)
+    assert back.dtype == dtype and back.shape == shape
+    np.testing.assert_array_equal(back, image)
+
+
+def test_n_band_tiff_bands_in_order(tmp_path):
+    """Band k of a planar 6-band TIFF (written by tifffile itself, (C, H, W)) holds the constant k."""
+    import tifffile
+    cube = np.stack([np.full((5, 4), 1000 * k, np.uint16) for k in range(6)])
+    tifffile.imwrite(tmp_path / "sat.tif", cube, photometric="minisblack", planarconfig="separate")
+    image = _read(tmp_path / "sat.tif")
+    assert image.shape == (5, 4, 6)
+    assert [int(image[0, 0, k]) for k in range(6)] == [0, 1000, 2000, 3000, 4000, 5000]
+
+
+def test_rgb8_reads_as_cv2_does_today(tmp_path):
+    image = _random((12, 10, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    today = cv2.cvtColor(cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(_read(tmp_path / "a.png"), today)
+
+
+def test_float_tiff_refused(tmp_path):
+    import tifffile
+    tifffile.imwrite(tmp_path / "f.tif", np.zeros((4, 4), np.float32))
+    with pytest.raises(PipelineError, match=r"f\.tif: float32 values"):
+        _read(tmp_path / "f.tif")
+
+
+def test_measure_statistics():
+    a = np.zeros((2, 2, 2), np.uint16)
+    a[..., 1] = 40000
+    b = np.full((2, 2, 2), 2000, np.uint16)
+    fmt = imageformat.measure([(Path("a.png"), a), (Path("b.png"), b)])
+    assert (fmt.channels, fmt.dtype) == (2, "uint16")
+    assert fmt.mean == pytest.approx((1000.0, 21000.0))
+    assert fmt.std == pytest.approx((1000.0, 19000.0))
+    normal = fmt.normalise(b)
+    assert normal.dtype == np.float32 and normal[0, 0] == pytest.approx((1.0, -1.0))
+
+
+def test_rgb8_keeps_imagenet_normalisation():
+    from lib.model import MEAN, STD
+    fmt = imageformat.measure([(Path("a.jpg"), _random((4, 4, 3), np.uint8))])
+    assert fmt is RGB8 and fmt.rgb8
+    assert fmt.mean == tuple(m * 255 for m in MEAN) and fmt.std == tuple(s * 255 for s in STD)
+
+
+def test_measure_refuses_mixed_images():
+    with pytest.raises(PipelineError, match=r"^b\.png: a 8-bit 1-channel image, but the training images before "
+                                            r"it are 16-bit 1-channel; convert it: `.*convert_file"):
+        imageformat.measure([(Path("a.png"), np.zeros((2, 2, 1), np.uint16)),
+                             (Path("b.png"), np.zeros((2, 2, 1), np.uint8))])
+    with pytest.raises(PipelineError, match=r"^c\.tif: a 16-bit 4-channel image, but .* 16-bit 1-channel"):
+        imageformat.measure([(Path("a.png"), np.zeros((2, 2, 1), np.uint16)),
+                             (Path("c.tif"), np.zeros((2, 2, 4), np.uint16))])
+
+
+@pytest.mark.parametrize("name,have,want", [
+    ("odd.png", ((6, 5, 1), np.uint8), (1, "uint16")),
+    ("odd.tif", ((6, 5, 3), np.uint16), (1, "uint16")),
+    ("odd8.png", ((6, 5, 1), np.uint16), (3, "uint8"))])
+def test_printed_command_repairs(tmp_path, name, have, want):
+    """The command in the refusal, run as printed from the project folder, makes the image pass."""
+    path = tmp_path / name
+    imageformat.write_pixels(path, _random(*have))
+    line = imageformat.differs(path, _read(path), want, "the training images")
+    assert line is not None and line.startswith(f"{path}: ")
+    command = line.split("`")[1]
+    subprocess.run(command, shell=True, cwd=ROOT, check=True)
+    fixed = _read(path)
+    assert imageformat.differs(path, fixed, want, "the training images") is None
+    if have[1] == np.uint8 and want[1] == "uint16":  # 8 -> 16 bit keeps the full range: 255 -> 65535
+        assert int(fixed.max()) == 257 * int(_random(*have).max())
+
+
+def test_record_round_trip_and_checks(tmp_path):
+    fmt = ImageFormat(2, "uint16", (1.5, 2.5), (3.0, 4.0))
+    imageformat.write_record(tmp_path, fmt)
+    assert imageformat.read_record(tmp_path) == fmt
+    record = json.loads((tmp_path / imageformat.RECORD).read_text())
+    record["std"] = [3.0]
+    (tmp_path / imageformat.RECORD).write_text(json.dumps(record))
+    with pytest.raises(PipelineError, match=r"image_format\.json: damaged: .* re-run 01_prepare\.py"):
+        imageformat.read_record(tmp_path)
+    (tmp_path / imageformat.RECORD).unlink()
+    with pytest.raises(PipelineError, match=r"image_format\.json: missing; run 01_prepare\.py first"):
+        imageformat.read_record(tmp_path)
+
+
+def test_display():
+    rgb = _random((4, 4, 3), np.uint8)
+    assert imageformat.to_display(rgb) is rgb  # 8-bit RGB shown as it is
+    grey = np.arange(100, dtype=np.uint16).reshape(10, 10, 1) * 40 + 20000
+    shown = imageformat.to_display(grey)
+    assert shown.shape == (10, 10, 3) and shown.dtype == np.uint8
+    assert (shown[..., 0] == shown[..., 2]).all()
+    assert shown.min() == 0 and shown.max() == 255  # 20000..23960 stretched over the whole 8-bit range
+    bands = np.stack([np.full((3, 3), v, np.uint8) for v in (10, 20, 30, 40)], axis=2)
+    assert imageformat.to_display(bands, imageformat.parse_bands("3,2,1"))[0, 0].tolist() == [30, 20, 10]
+    with pytest.raises(PipelineError, match="only 4 bands"):
+        imageformat.to_display(bands, imageformat.parse_bands("5,2,1"))
+    with pytest.raises(PipelineError, match="three band numbers"):
+        imageformat.parse_bands("1,2")
