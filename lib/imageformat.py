@@ -177,9 +177,13 @@ def measure(named_images: Iterable[tuple[Path, np.ndarray]]) -> ImageFormat:
 SCHEMA = {"channels": int, "dtype": str, "mean": files.ListOf(float), "std": files.ListOf(float)}
 
 
+def as_dict(fmt: ImageFormat) -> dict:
+    """The record of ``fmt`` (``SCHEMA``), as the file and checkpoints hold it."""
+    return {"channels": fmt.channels, "dtype": fmt.dtype, "mean": list(fmt.mean), "std": list(fmt.std)}
+
+
 def write_record(output: Path, fmt: ImageFormat) -> None:
-    files.write_json(output / RECORD, {"channels": fmt.channels, "dtype": fmt.dtype,
-                                       "mean": list(fmt.mean), "std": list(fmt.std)})
+    files.write_json(output / RECORD, as_dict(fmt))
 
 
 def from_dict(record: dict, where: str, repair: str) -> ImageFormat:

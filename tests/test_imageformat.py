@@ -15,6 +15,7 @@ from conftest import ROOT
 from lib import files, imageformat
 from lib.errors import PipelineError
 from lib.imageformat import RGB8, ImageFormat
+from lib.task import Task
 
 
 def _read(path: Path) -> np.ndarray:
@@ -138,3 +139,41 @@ def test_display():
         imageformat.to_display(bands, imageformat.parse_bands("5,2,1"))
     with pytest.raises(PipelineError, match="three band numbers"):
         imageformat.parse_bands("1,2")
+
+
+# --- the model: input channels and normalisation from the format, recorded in its checkpoint ---
+def _tiny_params(tmp_path):
+    import params
+    return params.Params(encoder="resnet18", encoder_weights="none", output=str(tmp_path))
+
+
+def test_model_takes_the_formats_channels_and_checkpoint_rebuilds_it(tmp_path):
+    import torch
+    from lib import model as model_mod
+    p = _tiny_params(tmp_path)
+    fmt = ImageFormat(1, "uint16", (2000.0,), (500.0,))
+    net = model_mod.build_model(p, image_format=fmt).eval()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 1
+    x = torch.full((1, 1, 32, 32), 2500, dtype=torch.int32)
+    with torch.no_grad():
+        assert net(x).shape == (1, 1, 32, 32)
+    assert float(net.mean.flatten()[0]) == 2000.0 and float(net.std.flatten()[0]) == 500.0
+    path = tmp_path / "fold0" / "model.pt"
+    path.parent.mkdir()
+    model_mod.write_checkpoint(path, model_mod.checkpoint_state(net, p, task=Task.of(p).record()))
+    back, _, ckpt = model_mod.load_model(path)
+    assert back.image_format == fmt and ckpt["image_format"]["channels"] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x))
+
+
+def test_rgb8_model_and_checkpoint_as_before(tmp_path):
+    import torch
+    from lib import model as model_mod
+    p = _tiny_params(tmp_path)
+    net = model_mod.build_model(p)
+    assert net.image_format is RGB8
+    assert torch.equal(net.mean, torch.tensor(model_mod.MEAN).view(1, 3, 1, 1) * 255)
+    assert torch.equal(net.std, torch.tensor(model_mod.STD).view(1, 3, 1, 1) * 255)
+    assert "image_format" not in model_mod.checkpoint_state(net, p)
