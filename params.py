@@ -119,8 +119,9 @@ class Params:
     demo: bool = _PREPARE(False, "generate the synthetic demo dataset into --input first")
     demo_kind: str = _PREPARE("cars", "demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 "
                               "classes) | aerial-large (large photos with 2-3 px fences and small poles, 4 classes: "
-                              "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000)",
-                              choices=("cars", "multiclass", "aerial-large"))
+                              "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000) | micro16 (16-bit "
+                              "one-channel microscopy, one class; --demo-train-cars fields)",
+                              choices=("cars", "multiclass", "aerial-large", "micro16"))
     demo_train_cars: int = _PREPARE(16, "demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 "
                                     "tiles each)", low=2)
     demo_test_cars: int = _PREPARE(4, "demo: cars (multiclass: scenes) in test/ (truth in test_masks/)", low=0)

@@ -57,6 +57,20 @@ def _tiff_pixels(raw: bytes, path: Path) -> np.ndarray:
                         "(H, W, bands) is read: save each page as its own file")
 
 
+def tiff_size(raw: bytes) -> tuple[int, int] | None:
+    """(H, W) of a TIFF from its first page's header (any band count: PIL reads few), or None if ``raw`` is no
+    readable TIFF."""
+    import tifffile
+    if raw[:4] not in TIFF_MAGIC:
+        return None
+    try:
+        with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+            page = tif.pages[0]
+            return int(page.imagelength), int(page.imagewidth)
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError):
+        return None
+
+
 def read_pixels(raw: bytes, path: Path) -> np.ndarray:
     """(H, W, C) uint8 or uint16 of the encoded image ``raw`` read from ``path``, as stored (EXIF orientation
     ignored, like masks): C = 1 for grey, 3 in RGB order, 4 in RGBA, any N for a TIFF (bands in file order).
@@ -99,6 +113,14 @@ def write_pixels(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not encode {path}")
     files.write_bytes_atomic(path, data.tobytes())
+
+
+def to_net_size(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H0, W0, C) -> (height, width, C) as ``geometry.to_net`` makes it (reflect-pad at full resolution, else
+    INTER_AREA), keeping the channel axis cv2 drops for one channel."""
+    from lib.geometry import to_net
+    out = to_net(image, height, width)
+    return out if out.ndim == 3 else out[..., None]
 
 
 # --- the format of a set of images ---
@@ -144,6 +166,18 @@ def differs(path: Path, image: np.ndarray, expected: tuple[int, str], what: str)
             f"`{convert_command(path, expected[0], expected[1])}`")
 
 
+def net_image(raw: bytes, path: Path, fmt: ImageFormat, height: int, width: int, what: str = "the training images"
+              ) -> tuple[np.ndarray, tuple[int, int]]:
+    """((height, width, C) image of ``fmt`` at the network size, original (H0, W0)) of an image that is not 8-bit RGB
+    (8-bit RGB: ``lib.photos.decode_to_net``, cv2's reduced JPEG decoding); PipelineError naming the file and the
+    command converting it when its channels or depth are not ``fmt``'s (the format of ``what``)."""
+    image = read_pixels(raw, path)
+    problem = differs(path, image, (fmt.channels, fmt.dtype), what)
+    if problem:
+        raise PipelineError(problem)
+    return to_net_size(image, height, width), image.shape[:2]
+
+
 def measure(named_images: Iterable[tuple[Path, np.ndarray]]) -> ImageFormat:
     """The format of a training set from its (path, (H, W, C) image) pairs: channels and dtype (all alike, else a
     PipelineError naming the first image that differs and the command converting it), per-channel mean and std of
@@ -171,6 +205,38 @@ def measure(named_images: Iterable[tuple[Path, np.ndarray]]) -> ImageFormat:
     std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
     std = np.where(std > 0, std, 1.0)  # a constant band: centred, not divided by zero
     return ImageFormat(first[0], first[1], tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def _rgb8_set(kinds: list[tuple[int, str, bool]]) -> bool:
+    """Whether images of these (channels, dtype, is TIFF) kinds are read as 8-bit RGB, as every set was before: all
+    8-bit, some in colour (3 or 4 channels), and no TIFF of other than 1 or 3 bands (bands that RGB would drop)."""
+    return (all(dtype == "uint8" for _, dtype, _ in kinds) and any(c in (3, 4) for c, _, _ in kinds)
+            and not any(tiff and c not in (1, 3) for c, _, tiff in kinds))
+
+
+def survey(paths: list[Path]) -> ImageFormat:
+    """The format of the training images ``paths``: ``RGB8`` when every image is read as 8-bit RGB as before
+    (JPEG and BMP always; 8-bit PNG/TIFF of which some are in colour), else the one (channels, dtype) they all share
+    with its statistics (``measure``), or a PipelineError naming the first image that differs. Decodes only PNG and
+    TIFF files (twice where they are not 8-bit RGB: once to see, once to measure)."""
+    kinds = []
+    for path in paths:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] in (b"\xff\xd8", b"BM"):  # JPEG, BMP: always decoded as 8-bit RGB; not read here
+            kinds.append((3, "uint8", False))
+        else:
+            kinds.append((*kind_of(read_pixels(files.read_bytes(path), path)), head in TIFF_MAGIC))
+    if _rgb8_set(kinds):
+        return RGB8
+    return measure((path, read_pixels(files.read_bytes(path), path)) for path in paths)
+
+
+def check_tiles(fmt: ImageFormat, tile_size: int) -> None:
+    """PipelineError unless the tile cache (--tile-size, 8-bit RGB only so far) can hold images of ``fmt``."""
+    if tile_size and not fmt.rgb8:
+        raise PipelineError(f"--tile-size {tile_size}: the training images are {fmt.describe()}; tiles take 8-bit RGB "
+                            "only so far: train on whole images (leave out --tile-size, pick --height/--width)")
 
 
 # --- the record 01 writes and 02/03/export read ---
@@ -201,6 +267,12 @@ def read_record(output: Path) -> ImageFormat:
     """The training set's format recorded in ``output``; PipelineError naming the file if it is missing or damaged."""
     path = output / RECORD
     return from_dict(files.read_json(path, MADE_BY, SCHEMA), str(path), f"re-run {MADE_BY}")
+
+
+def format_of(output: Path) -> ImageFormat:
+    """The recorded format of the training set prepared in ``output``; ``RGB8`` for a folder prepared before the
+    record existed (01 then read every image as 8-bit RGB). PipelineError if the record is damaged."""
+    return read_record(output) if (output / RECORD).exists() else RGB8
 
 
 # --- repair: converting one image to the training set's format ---

@@ -120,7 +120,7 @@ def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
     """Photos ``todo`` resized to the network size, predicted in batches: the futures of ``photos.write_photo``. A photo
     that does not decode is skipped (``skipped.add``), not the batch."""
     h, w = ens.size
-    loader = DataLoader(_Photos([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
+    loader = DataLoader(_Photos([paths[i] for i in todo], h, w, ens.image_format), batch_size=p.predict_batch_size,
                         num_workers=worker_count(p.workers), collate_fn=_collate)
     written = []
     with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:
