@@ -248,6 +248,9 @@ class Params:
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",
                                stages="03 04 05", choices=("auto", "none", "largest"))
+    display_bands: str = _OUTPUT("1,2,3", "images of more than 3 bands (lib/imageformat.py): the bands shown as red, "
+                                 "green, blue in overlays, 1-based, e.g. 3,2,1 (16-bit bands are stretched between "
+                                 "their 1st and 99th percentiles; one band is shown grey)", stages="03")
     predict_batch_size: int = _OUTPUT(8, "images per inference batch", stages="02 03", low=1, resumable=True)
     submission: str = _OUTPUT("submission", "file name (without .csv.gz) under the experiment folder", stages="04")
     rle_order: str = _OUTPUT("row", "pixel order of run-length codes in submissions and train_masks.csv: row "

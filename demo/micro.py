@@ -38,7 +38,8 @@ def field(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray
     for _ in range(int(rng.integers(*CELLS, endpoint=True))):
         cell = np.zeros((height, width), np.uint8)
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        axes = (int(rng.integers(width // 30 + 2, width // 10 + 3)), int(rng.integers(height // 30 + 2, height // 10 + 3)))
+        axes = (int(rng.integers(width // 30 + 2, width // 10 + 3)),
+                int(rng.integers(height // 30 + 2, height // 10 + 3)))
         cv2.ellipse(cell, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
         inside = cell.astype(bool)
         image[inside] += rng.uniform(*CELL_COUNTS) * (0.8 + 0.2 * rng.random(inside.sum()))

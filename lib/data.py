@@ -23,12 +23,13 @@ def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float,
     away with a dark floor edge in view; "reflect" mirrors the photo there. ``crop`` (h, w): a random window of that
     size, last, so that the network trains on the detail of the whole-image size at the cost of the crop's.
     ``rgb8`` False (16-bit, one or N channels: lib/imageformat.py): the colour step is brightness/contrast only
-    (hue and saturation need 3-channel RGB)."""
+    (hue and saturation need 3-channel RGB), the brightness relative to the image's mean: by the dtype's maximum it
+    would add up to 6553 counts to 16-bit images whose values may all lie below 4000."""
     import albumentations as A
     mode = cv2.BORDER_CONSTANT if border == "constant" else cv2.BORDER_REFLECT_101
     colour = A.OneOf([A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10),
                       A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1)], p=color_p) if rgb8 \
-        else A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=color_p)
+        else A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, brightness_by_max=False, p=color_p)
     return A.Compose([
         A.HorizontalFlip(p=hflip_p),
         A.Affine(scale=scale, translate_percent=(-translate, translate), rotate=(-4, 4), border_mode=mode,
@@ -88,7 +89,8 @@ class SeededShuffle(Sampler):
 
 
 class TrainSet(Dataset):
-    """Items (image (C, H, W) uint8 (RGB) or uint16, mask (1, H, W) uint8) of a Cache's rows at the network size, augmented per
+    """Items (image (C, H, W) uint8 (RGB) or uint16, mask (1, H, W) uint8) of a Cache's rows at the network size,
+    augmented per
     (row, seed). Without the image cache each item decodes its JPEG and GIF, in the loader's worker processes."""
 
     def __init__(self, cache: Cache, transform=None):

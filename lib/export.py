@@ -80,7 +80,8 @@ def check_rgb8(p: Params, ens: Ensemble) -> None:
     input record and deploy.py's reader are 8-bit RGB only so far."""
     fmt = unwrap(ens.models[0]).image_format
     if not fmt.rgb8:
-        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: its models take {fmt.describe()} images; ONNX export (05_export.py, deploy.py) takes "
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: its models take {fmt.describe()} images; "
+                            "ONNX export (05_export.py, deploy.py) takes "
                             "8-bit RGB models only so far: predict with 03_predict.py instead")
 
 

@@ -326,6 +326,16 @@ def _stretch(band: np.ndarray) -> np.ndarray:
     return np.clip((band.astype(np.float32) - low) * (255.0 / (high - low)), 0, 255).round().astype(np.uint8)
 
 
+def display_pixels(raw: bytes, path: Path, fmt: ImageFormat = RGB8, bands: str = "1,2,3") -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB to show the encoded image ``raw`` (from ``path``) of a set of ``fmt`` under its masks, at
+    its own size (no EXIF rotation, like masks); None if cv2 cannot decode an 8-bit RGB one. 8-bit RGB: cv2's
+    decoding as always; other formats: ``to_display`` of ``bands`` (--display-bands, 1-based)."""
+    if fmt.rgb8:
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        return None if image is None else image[..., ::-1]
+    return to_display(read_pixels(raw, path), parse_bands(bands))
+
+
 def to_display(image: np.ndarray, bands: tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
     """(H, W, 3) uint8 RGB to show (H, W, C) ``image``: 8-bit RGB as it is; one channel as grey; N channels as
     ``bands`` (0-based; PipelineError if the image has fewer); 16-bit bands each stretched between their 1st and

@@ -28,10 +28,10 @@ STD = (0.229, 0.224, 0.225)
 
 def build_model(p: Params, pretrained: bool | None = None, image_format: ImageFormat = RGB8) -> nn.Module:
     """The smp network for ``p`` (logits: one output channel for binary masks, C for C classes), made by
-    ``smp.create_model``: any architecture, any encoder smp knows (its own and timm's ``tu-...``), any weights name smp accepts for it. ``pretrained=False``
-    builds it without weights whatever ``p.encoder_weights`` says (a checkpoint will fill them). ``image_format``
-    (lib/imageformat.py, the training set's): the input channels (smp adapts a pretrained first convolution to
-    other than 3) and the normalisation."""
+    ``smp.create_model``: any architecture, any encoder smp knows (its own and timm's ``tu-...``), any weights name
+    smp accepts for it. ``pretrained=False`` builds it without weights whatever ``p.encoder_weights`` says (a
+    checkpoint will fill them). ``image_format`` (lib/imageformat.py, the training set's): the input channels (smp
+    adapts a pretrained first convolution to other than 3) and the normalisation."""
     import segmentation_models_pytorch as smp
     weights = None if pretrained is False or p.encoder_weights == "none" else p.encoder_weights
     kwargs = {}

@@ -132,7 +132,8 @@ def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
             images, index, origs, _ = batch
             probs = predict_batch(ens, images, mode)
             written += [writer.submit(photos.write_photo, todo[j], paths[todo[j]], prob, tuple(orig.tolist()),
-                                      threshold, out, p.rle_order, ens.task, post, min_area)
+                                      threshold, out, p.rle_order, ens.task, post, min_area, ens.image_format,
+                                      p.display_bands)
                         for j, prob, orig in zip(index.tolist(), probs, origs)]
     return written
 

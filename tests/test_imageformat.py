@@ -177,3 +177,105 @@ def test_rgb8_model_and_checkpoint_as_before(tmp_path):
     assert torch.equal(net.mean, torch.tensor(model_mod.MEAN).view(1, 3, 1, 1) * 255)
     assert torch.equal(net.std, torch.tensor(model_mod.STD).view(1, 3, 1, 1) * 255)
     assert "image_format" not in model_mod.checkpoint_state(net, p)
+
+
+# --- through the stages ---
+MICRO_FLAGS = ["--preset", "demo", "--height", "64", "--width", "96", "--n-folds", "2", "--workers", "0",
+               "--val-every", "1", "--jobs", "1", "--tta", "none", "--predict-batch-size", "8"]
+
+
+def _micro16(tmp_path, n_train: int = 8, n_test: int = 2):
+    from demo import micro
+    root = tmp_path / "input"
+    micro.generate(root, n_train, n_test, 96, 64, seed=1)
+    return root, tmp_path / "out"
+
+
+def test_micro16_demo_uses_the_16_bit_range(tmp_path):
+    """The demo's images are 16-bit and one channel, and 8-bit decoding would crush them to a few grey levels."""
+    root, _ = _micro16(tmp_path, 2, 0)
+    path = next((root / "train").glob("*.png"))
+    image = _read(path)
+    assert image.shape[2] == 1 and image.dtype == np.uint16 and image.max() > 600
+    crushed = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert len(np.unique(crushed)) <= 5  # what the 8-bit reader made of them
+
+
+@pytest.mark.slow
+def test_16_bit_image_among_others_refused_and_the_named_command_repairs_it(tmp_path):
+    from test_failures import error_line
+    from conftest import run_script
+    root, out = _micro16(tmp_path)
+    odd = sorted((root / "train").glob("*.png"))[3]
+    imageformat.write_pixels(odd, (_read(odd) // 16).astype(np.uint8))  # an 8-bit one among 16-bit ones
+    flags = ["--input", root, "--output", out, *MICRO_FLAGS]
+    line = error_line(run_script("01_prepare.py", *flags, check=False))
+    assert f"{odd}: a 8-bit 1-channel image, but the training images before it are 16-bit 1-channel" in line
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+    subprocess.run(line.split("`")[1], shell=True, cwd=ROOT, check=True)
+    run_script("01_prepare.py", *flags)
+    assert imageformat.read_record(out).dtype == "uint16"
+
+
+@pytest.mark.slow
+def test_n_band_tiff_set_is_prepared_with_its_bands_and_statistics(tmp_path):
+    """A 4-band 16-bit TIFF set: 01 records 4 channels with each band's own mean, caches (N, H, W, 4) uint16, and
+    --tile-size is refused in one line."""
+    from conftest import run_script
+    from test_failures import error_line
+    root, out = tmp_path / "input", tmp_path / "out"
+    for folder in ("train", "train_masks"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        mask = np.zeros((64, 96), np.uint8)
+        mask[10 + i:40, 20:60 + i] = 255
+        bands = np.stack([np.full((64, 96), 1000 * (k + 1), np.uint16) for k in range(4)], axis=2)
+        bands[..., 3] += ((mask > 0) * 500 + rng.integers(0, 50, (64, 96))).astype(np.uint16)
+        imageformat.write_pixels(root / "train" / f"s{i}.tif", bands)
+        imageformat.write_pixels(root / "train_masks" / f"s{i}_mask.png", mask)
+    flags = ["--input", root, "--output", out, *MICRO_FLAGS]
+    refused = error_line(run_script("01_prepare.py", *flags, "--tile-size", "64", check=False))
+    assert "--tile-size 64: the training images are 16-bit 4-channel; tiles take 8-bit RGB only" in refused
+    run_script("01_prepare.py", *flags)
+    fmt = imageformat.read_record(out)
+    assert (fmt.channels, fmt.dtype) == (4, "uint16")
+    assert fmt.mean[:3] == pytest.approx((1000.0, 2000.0, 3000.0)) and fmt.mean[3] > 4000
+    images = np.load(files.cache_dir(out, 64, 96) / "images.npy")
+    assert images.shape == (6, 64, 96, 4) and images.dtype == np.uint16
+    np.testing.assert_array_equal(images[0], _read(root / "train" / "s0.tif"))
+
+
+@pytest.mark.slow
+def test_micro16_end_to_end_beats_the_average_mask(tmp_path):
+    """01 -> 02 -> 03 -> 04 on the 16-bit one-channel demo: a model of one input channel, its checkpoint recording
+    the format, a test score above the average-mask baseline's; a test image of another format refused in one line
+    naming it."""
+    import gzip
+    from conftest import run_script
+    from lib import model as model_mod
+    from test_failures import error_line
+    root, out = _micro16(tmp_path, 24, 2)
+    flags = ["--input", root, "--output", out, *MICRO_FLAGS, "--batch-size", "4", "--epochs", "5"]
+    prep = run_script("01_prepare.py", *flags)
+    assert "images: 16-bit 1-channel" in prep.stdout
+    run_script("02_train.py", "--fold", "all", *flags)
+    ckpt = model_mod.read_checkpoint(files.fold_dir(out, "demo", 0) / files.BEST)
+    assert ckpt["image_format"]["channels"] == 1 and ckpt["image_format"]["dtype"] == "uint16"
+    net, _, _ = model_mod.load_model(files.fold_dir(out, "demo", 0) / files.BEST)
+    assert next(m for m in net.modules() if isinstance(m, __import__("torch").nn.Conv2d)).in_channels == 1
+    run_script("03_predict.py", *flags)
+    done = run_script("04_submit.py", "--baselines", "--score", *flags)
+    table = (files.run_dir(out, "demo") / files.COMPARISON).read_text()
+    rows = {r.split("|")[1].strip(): r.split("|") for r in table.splitlines() if r.startswith("| ")}
+    baseline = float(rows["average mask, global"][5])
+    ours = float(next(v for k, v in rows.items() if k.startswith("submission"))[5])
+    assert ours > baseline + 0.05, table
+    assert "test Dice" in done.stdout
+    with gzip.open(files.run_dir(out, "demo") / "submission.csv.gz", "rt") as f:
+        assert len(f.read().splitlines()) == 3
+    photo = tmp_path / "rgb.png"
+    imageformat.write_pixels(photo, _random((64, 96, 3), np.uint8))
+    line = error_line(run_script("03_predict.py", "--images", photo, "--images-out", tmp_path / "masks", *flags,
+                                 check=False))
+    assert f"{photo}: a 8-bit 3-channel image, but the training images are 16-bit 1-channel" in line
