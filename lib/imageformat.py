@@ -35,17 +35,36 @@ TIFF_EXTS = (".tif", ".tiff")
 # ImageNet statistics on the 0..255 scale (lib/model.py's MEAN/STD x 255): the normalisation of 8-bit RGB
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # IHDR colour type -> channels cv2 gives (grey, RGB, palette, +alpha)
 DISPLAY_PERCENTILES = (1.0, 99.0)  # a 16-bit band is shown stretched between these percentiles of its values
 
 
 # --- reading ---
+def _cv2_pixels(raw: bytes) -> np.ndarray | None:
+    """(H, W, C) as stored of what cv2 decodes (3 channels in RGB order, 4 in RGBA), or None."""
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.ndim == 2:
+        return None if image is None else image[..., None]
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA) if image.shape[2] == 4 else image
+
+
 def _tiff_pixels(raw: bytes, path: Path) -> np.ndarray:
+    """tifffile's reading (any band count); a compression tifffile needs the imagecodecs package for (LZW, JPEG)
+    is left to cv2's libtiff, which reads 1, 3 and 4 bands."""
     import tifffile
     try:
         with tifffile.TiffFile(io.BytesIO(raw)) as tif:
             series = tif.series[0]
             image, axes = series.asarray(), series.axes
-    except (tifffile.TiffFileError, ValueError, OSError) as e:
+    except ValueError as e:  # "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"
+        image = _cv2_pixels(raw)
+        if image is None:
+            raise PipelineError(f"{path}: not a readable TIFF ({e}); pip install imagecodecs, or save it "
+                                "uncompressed") from None
+        return image
+    except (tifffile.TiffFileError, OSError) as e:
         raise PipelineError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from None
     if image.ndim == 2:
         return image[..., None]
@@ -78,15 +97,9 @@ def read_pixels(raw: bytes, path: Path) -> np.ndarray:
     if raw[:4] in TIFF_MAGIC:
         image = _tiff_pixels(raw, path)
     else:
-        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = _cv2_pixels(raw)
         if image is None:
             raise PipelineError(f"{path}: not a readable image")
-        if image.ndim == 2:
-            image = image[..., None]
-        elif image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     if image.dtype.name not in DTYPES:
         raise PipelineError(f"{path}: {image.dtype.name} values; images must be 8- or 16-bit integers "
                             f"({', '.join(DTYPES)}): convert it, e.g. scaled to 0..65535 as uint16")
@@ -214,6 +227,17 @@ def _rgb8_set(kinds: list[tuple[int, str, bool]]) -> bool:
             and not any(tiff and c not in (1, 3) for c, _, tiff in kinds))
 
 
+def header_kind(head: bytes) -> tuple[int, str] | None:
+    """(channels, dtype) of an image as ``read_pixels`` reads it, from its first 26 bytes alone, where they say:
+    JPEG and BMP (8-bit RGB, as cv2 always decodes them for 8-bit RGB sets) and PNG (IHDR's depth and colour
+    type); None for others (TIFF: decode it)."""
+    if head[:2] in (b"\xff\xd8", b"BM"):
+        return 3, "uint8"
+    if head[:8] == files.PNG_SIGNATURE and len(head) >= 26 and head[25] in PNG_CHANNELS:
+        return PNG_CHANNELS[head[25]], "uint16" if head[24] == 16 else "uint8"
+    return None
+
+
 def survey(paths: list[Path]) -> ImageFormat:
     """The format of the training images ``paths``: ``RGB8`` when every image is read as 8-bit RGB as before
     (JPEG and BMP always; 8-bit PNG/TIFF of which some are in colour), else the one (channels, dtype) they all share
@@ -222,11 +246,10 @@ def survey(paths: list[Path]) -> ImageFormat:
     kinds = []
     for path in paths:
         with open(path, "rb") as f:
-            head = f.read(4)
-        if head[:2] in (b"\xff\xd8", b"BM"):  # JPEG, BMP: always decoded as 8-bit RGB; not read here
-            kinds.append((3, "uint8", False))
-        else:
-            kinds.append((*kind_of(read_pixels(files.read_bytes(path), path)), head in TIFF_MAGIC))
+            head = f.read(26)
+        kind = header_kind(head)
+        kinds.append((*kind, False) if kind else (*kind_of(read_pixels(files.read_bytes(path), path)),
+                                                  head[:4] in TIFF_MAGIC))
     if _rgb8_set(kinds):
         return RGB8
     return measure((path, read_pixels(files.read_bytes(path), path)) for path in paths)

@@ -279,3 +279,24 @@ def test_micro16_end_to_end_beats_the_average_mask(tmp_path):
     line = error_line(run_script("03_predict.py", "--images", photo, "--images-out", tmp_path / "masks", *flags,
                                  check=False))
     assert f"{photo}: a 8-bit 3-channel image, but the training images are 16-bit 1-channel" in line
+
+
+@pytest.mark.parametrize("shape,dtype", [((5, 6, 1), np.uint8), ((5, 6, 1), np.uint16), ((5, 6, 3), np.uint8),
+                                         ((5, 6, 3), np.uint16), ((5, 6, 4), np.uint8), ((5, 6, 4), np.uint16)])
+def test_png_header_kind_is_what_decoding_gives(tmp_path, shape, dtype):
+    """01's survey reads a PNG's kind from its header (no decode): the same (channels, dtype) ``read_pixels`` gives."""
+    path = tmp_path / "a.png"
+    imageformat.write_pixels(path, _random(shape, dtype))
+    assert imageformat.header_kind(path.read_bytes()[:26]) == imageformat.kind_of(_read(path))
+
+
+def test_survey_keeps_8_bit_sets_rgb_and_refuses_a_16_bit_one_among_them(tmp_path):
+    grey, rgb, deep = tmp_path / "g.png", tmp_path / "c.jpg", tmp_path / "d.png"
+    imageformat.write_pixels(grey, _random((5, 6, 1), np.uint8))
+    cv2.imwrite(str(rgb), _random((5, 6, 3), np.uint8))
+    imageformat.write_pixels(deep, _random((5, 6, 1), np.uint16))
+    assert imageformat.survey([grey, rgb]) is RGB8  # as before: grey PNGs among colour ones are read as RGB
+    assert imageformat.survey([grey]).channels == 1  # an all-grey set keeps its one channel
+    with pytest.raises(PipelineError, match=r"c\.jpg: a 8-bit 3-channel image, but the training images before it "
+                                            r"are 16-bit 1-channel"):
+        imageformat.survey([deep, rgb])
