@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import pandas as pd
 
-from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tiles, tta, tuning as tuning_mod
+from lib import (files, fingerprint, folds as folds_mod, imageformat, inputs, postprocess, testmaps, tiles, tta,
+                 tuning as tuning_mod)
 from lib.cache import decode_net_image, open_for
 from lib.photos import read_image_bytes
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
@@ -224,6 +225,11 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
     if len(tasks) > 1:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained for different "
                             f"tasks ({'; '.join(sorted(t.describe() for t in tasks))}); an ensemble needs one")
+    formats = {unwrap(m).image_format for m in models}
+    if len(formats) > 1:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models take images of different "
+                            f"formats ({'; '.join(sorted(f.describe() for f in formats))}); an ensemble needs one")
+    imageformat.check_tiles(formats.pop(), p.tile_size)  # 03 --tile-size reads 8-bit RGB only so far
     return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp), tasks.pop(),
                     p.channels_last)
 

@@ -279,6 +279,8 @@ def test_micro16_end_to_end_beats_the_average_mask(tmp_path):
     line = error_line(run_script("03_predict.py", "--images", photo, "--images-out", tmp_path / "masks", *flags,
                                  check=False))
     assert f"{photo}: a 8-bit 3-channel image, but the training images are 16-bit 1-channel" in line
+    tiled = error_line(run_script("03_predict.py", *flags, "--tile-size", "64", check=False))
+    assert "--tile-size 64: the training images are 16-bit 1-channel; tiles take 8-bit RGB only" in tiled
     refused = error_line(run_script("05_export.py", *flags, check=False))
     assert "its models take 16-bit 1-channel images; ONNX export (05_export.py, deploy.py) takes 8-bit RGB" in refused
     assert not (files.run_dir(out, "demo") / "export").exists()
