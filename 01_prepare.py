@@ -16,7 +16,7 @@ import time
 
 import demo
 import params
-from lib import cache, files, folds, inputs, layout, tilecache
+from lib import cache, files, folds, imageformat, inputs, layout, tilecache
 from lib.errors import run_main
 from lib.task import Task
 
@@ -39,13 +39,18 @@ def main(p: params.Params) -> None:
     metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
     split = folds.split(table, p.n_folds, p.seed, metadata)
     ids = list(split.id)
-    cache_images = cache.use_image_cache(cache.image_cache(p), len(ids), p.height, p.width, p.cache_budget_gb)
+    fmt = imageformat.survey([image for image, _ in cache.pair_paths(p.input_dir, sorted(ids), p.mask_suffix)])
+    imageformat.check_tiles(fmt, p.tile_size)
+    if not fmt.rgb8:
+        print(f"images: {fmt.describe()}; normalised by their own per-channel mean and std (recorded in "
+              f"{imageformat.RECORD})")
+    cache_images = cache.use_image_cache(cache.image_cache(p), len(ids), p.height, p.width, p.cache_budget_gb, fmt)
     largest = table.loc[(table.height * table.width).idxmax()]  # every truth row takes the largest image's bytes
     orig = (int(largest.height), int(largest.width))
     sources = cache.Sources(p.input_dir, cache.checked_sources(p.input_dir, table))  # the files as just read
     # free space, before any write:
     print(cache.check_free_space(p.output_dir, cache.disk_needed(p.output_dir, ids, orig, p.height, p.width,
-                                                                 cache_images, p.mask_suffix, task, sources)))
+                                                                 cache_images, p.mask_suffix, task, sources, fmt)))
     if p.tile_size:
         print(tilecache.disk_line(p.output_dir, ids, [(int(h), int(w)) for h, w in zip(table.height, table.width)],
                                   p.downscale, task, p.mask_suffix, sources))
@@ -55,6 +60,7 @@ def main(p: params.Params) -> None:
         print(f"{'wrote' if written else 'kept identical'} {files.folds_csv(p.output_dir)}: "
               + ", ".join(f"fold {k} {r.cars} {'cars' if groups.has_views else 'groups'}/{r.images} images"
                           for k, r in per_fold.iterrows()))
+        imageformat.write_record(p.output_dir, fmt)  # before the cache, which reads it
         data = cache.open_for(p, ids, sources=sources)  # rebuilt where a source changed since it was made
         if p.tile_size:
             tilecache.open_for(p, ids, sources)
@@ -77,7 +83,7 @@ def report_cache(p: params.Params, data: cache.Cache, n: int) -> None:
     if p.tile_size:
         return print(f"training truth and tile cache ready in {p.output_dir / 'cache'}: 02 trains on tiles of "
                      f"{p.tile_size} px at 1/{p.downscale:g} scale")
-    size = cache.projected_bytes(n, p.height, p.width) / cache.GB
+    size = cache.projected_bytes(n, p.height, p.width, data.image_format) / cache.GB
     if data.cached:
         print(f"training cache ready: truth and {p.height}x{p.width} images in {p.output_dir / 'cache'} (--cache "
               f"{p.cache}: {size:.2f} GB <= --cache-budget-gb {p.cache_budget_gb:g}); training reads it through the "

@@ -122,8 +122,9 @@ class Params:
     demo_kind: str = _PREPARE("cars", "demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 "
                               "classes) | aerial-large (large photos with 2-3 px fences and small poles, 4 classes: "
                               "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000) | multilabel (3 "
-                              "overlapping labels, some photos with none: give --classes 3 --multilabel)",
-                              choices=("cars", "multiclass", "aerial-large", "multilabel"))
+                              "overlapping labels, some photos with none: give --classes 3 --multilabel) | micro16 "
+                              "(16-bit one-channel microscopy, one class; --demo-train-cars fields)",
+                              choices=("cars", "multiclass", "aerial-large", "multilabel", "micro16"))
     demo_train_cars: int = _PREPARE(16, "demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 "
                                     "tiles each)", low=2)
     demo_test_cars: int = _PREPARE(4, "demo: cars (multiclass: scenes) in test/ (truth in test_masks/)", low=0)
@@ -259,6 +260,9 @@ class Params:
     postprocess: str = _OUTPUT("auto", "binary masks: auto (keep only each mask's largest region where that scores "
                                "better out-of-fold: lib/postprocess.py) | largest | none",
                                stages="03 04 05", choices=("auto", "none", "largest"))
+    display_bands: str = _OUTPUT("1,2,3", "images of more than 3 bands (lib/imageformat.py): the bands shown as red, "
+                                 "green, blue in overlays, 1-based, e.g. 3,2,1 (16-bit bands are stretched between "
+                                 "their 1st and 99th percentiles; one band is shown grey)", stages="03")
     predict_batch_size: int = _OUTPUT(8, "images per inference batch", stages="02 03", low=1, resumable=True)
     submission: str = _OUTPUT("submission", "file name (without .csv.gz) under the experiment folder", stages="04")
     rle_order: str = _OUTPUT("row", "pixel order of run-length codes in submissions and train_masks.csv: row "

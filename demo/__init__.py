@@ -4,6 +4,7 @@
     scenes.py   --demo-kind multiclass: aerial scenes cut into tiles, label PNGs of 5 classes
     aerial.py   --demo-kind aerial-large: large aerial photos with thin fences and small poles, label PNGs of 4 classes
     labels.py   --demo-kind multilabel: photos with 3 overlapping labels (--classes 3 --multilabel), instance folders
+    micro.py    --demo-kind micro16: 16-bit one-channel microscopy fields with dim cells, binary PNG masks
 
 Data for demos and tests is not pipeline code: this package sits beside ``lib/``, uses it, and no stage needs it
 except 01's ``--demo``, which calls ``write``.
@@ -56,6 +57,10 @@ def write(p: Params) -> None:
         from demo import labels
         labels.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed)
         what = f"{p.demo_train_cars} train + {p.demo_test_cars} test photos with overlapping labels"
+    elif p.demo_kind == "micro16":
+        from demo import micro
+        micro.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed)
+        what = f"{p.demo_train_cars} train + {p.demo_test_cars} test 16-bit fields"
     elif p.demo_kind == "multiclass":
         from demo import scenes
         scenes.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)

@@ -8,7 +8,9 @@
                 fingerprint of every source file (``sources``: image and mask, lib/fingerprint.py)
                 (written last: arrays without it are never trusted)
 ``output/cache/<H>x<W>/``, only when the image cache is on (``--cache``; never with ``--tile-size``: lib/tilecache.py):
-    images.npy  (N, H, W, 3) uint8 RGB at the network size
+    images.npy  (N, H, W, 3) uint8 RGB at the network size; (N, H, W, C) uint8 or uint16 for a training set of
+                another format (output/image_format.json, lib/imageformat.py): 16-bit values kept exact, normalised
+                on the device like 8-bit ones
     masks.npy   (N, H, W)    uint8 soft masks (fraction of car pixels x 255, area-downscaled), or labels (nearest)
     meta.json   ids, original size, network size, the sources' fingerprints
 
@@ -34,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import files, fingerprint, parallel
+from lib import files, fingerprint, imageformat, parallel
 from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
+from lib.imageformat import RGB8, ImageFormat
 from lib.inputs import image_header_size, image_size, train_pairs
 from lib.photos import decode_to_net, read_image_bytes
 from lib.task import BINARY, Task
@@ -47,19 +50,25 @@ DISK_MARGIN = 1.05  # 01_prepare.py refuses unless free space covers what it wri
 GB = 1e9
 
 
-def load_net_image(path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read a JPEG straight to the network size: ((height, width, 3) uint8 RGB, original (H0, W0)).
+def load_net_image(path: Path, height: int, width: int, fmt: ImageFormat = RGB8
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image straight to the network size: ((height, width, C) of ``fmt``: uint8 RGB for 8-bit RGB sets,
+    original (H0, W0)).
 
-    Uses libjpeg's DCT scaling (decode at 1/2, 1/4 or 1/8) when the target is that much smaller,
+    8-bit RGB uses libjpeg's DCT scaling (decode at 1/2, 1/4 or 1/8) when the target is that much smaller,
     which is several times faster than decoding at full size and resizing.
     """
-    return decode_net_image(read_image_bytes(path), path, height, width)
+    return decode_net_image(read_image_bytes(path), path, height, width, fmt)
 
 
-def decode_net_image(raw: bytes, path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_net_image(raw: bytes, path: Path, height: int, width: int, fmt: ImageFormat = RGB8
+                     ) -> tuple[np.ndarray, tuple[int, int]]:
     """``load_net_image`` of the bytes ``raw`` already read from ``path`` (its size from the header, checked against
-    --max-image-mp before decoding; the decoding is ``photos.decode_to_net``, which deploy.py shares)."""
+    --max-image-mp before decoding; the decoding is ``photos.decode_to_net``, which deploy.py shares, or for other
+    formats ``imageformat.net_image``)."""
     size = image_size(raw, path)
+    if not fmt.rgb8:
+        return imageformat.net_image(raw, path, fmt, height, width)
     return decode_to_net(raw, path, size, height, width), size
 
 
@@ -136,11 +145,12 @@ class Cache:
     orig_size: tuple[int, int] | None  # (H0, W0) of every image; None when the sizes differ (see sizes)
     size: tuple[int, int]  # network (H, W)
     task: Task  # binary masks or class labels (how masks are read, stored and resized)
-    images: np.ndarray | None = None  # (N, H, W, 3) uint8 when cached
+    images: np.ndarray | None = None  # (N, H, W, C) of image_format when cached
     masks: np.ndarray | None = None  # (N, H, W) uint8 when cached
     sizes: np.ndarray | None = None  # (N, 2) int (H0, W0) of each row; None: every row is orig_size
     mask_suffix: str = ""  # --mask-suffix: how item() finds a row's mask when decoding
     paths: list[tuple[Path, Path]] | None = None  # (image, mask) of each row, found on first use
+    image_format: ImageFormat = RGB8  # the training set's (lib/imageformat.py): channels, depth, normalisation
 
     @property
     def cached(self) -> bool:
@@ -167,11 +177,12 @@ class Cache:
         return np.array([index[k] for k in ids], dtype=np.int64)
 
     def item(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """((H, W, 3) uint8 RGB image, (H, W) uint8 soft mask) of row ``row`` at the network size."""
+        """((H, W, C) image (uint8 RGB for 8-bit RGB sets), (H, W) uint8 soft mask) of row ``row`` at the network
+        size."""
         if self.cached:
             return np.array(self.images[row]), np.array(self.masks[row])  # copies out of the memmaps
         image_file, mask_file = self.pair(row)
-        image, orig = load_net_image(image_file, *self.size)
+        image, orig = load_net_image(image_file, *self.size, self.image_format)
         mask = self.task.read_truth(mask_file)
         expected, size = self.size_of(row), self.task.truth_size(mask)
         if orig != expected or size != orig:
@@ -193,25 +204,25 @@ def pair_paths(root: Path, ids: list[str], mask_suffix: str = "") -> list[tuple[
     return [pairs[i] for i in ids]
 
 
-def projected_bytes(n: int, height: int, width: int) -> int:
-    """Bytes of the image cache for ``n`` images at the network size: RGB image plus soft mask."""
-    return n * height * width * 4
+def projected_bytes(n: int, height: int, width: int, fmt: ImageFormat = RGB8) -> int:
+    """Bytes of the image cache for ``n`` images at the network size: image (RGB, or ``fmt``'s) plus soft mask."""
+    return n * height * width * (1 + fmt.channels * np.dtype(fmt.dtype).itemsize)
 
 
 def truth_bytes(n: int, orig_size: tuple[int, int], task: Task) -> int:
     return n * -(-orig_size[0] * orig_size[1] * task.truth_bits // 8)
 
 
-def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float) -> bool:
+def use_image_cache(mode: str, n: int, height: int, width: int, budget_gb: float, fmt: ImageFormat = RGB8) -> bool:
     """``--cache`` on / off, or auto: on when the image cache would take at most ``budget_gb``."""
     if mode not in (modes := SETTINGS["cache"].choices):
         raise PipelineError(f"--cache {mode!r}: use one of {', '.join(modes)}")
-    return mode == "on" or (mode == "auto" and projected_bytes(n, height, width) <= budget_gb * GB)
+    return mode == "on" or (mode == "auto" and projected_bytes(n, height, width, fmt) <= budget_gb * GB)
 
 
 def disk_needed(output: Path, ids: list[str], orig_size: tuple[int, int], height: int, width: int,
-                cache_images: bool, mask_suffix: str, task: Task, sources: Sources | None = None
-                ) -> dict[str, int]:
+                cache_images: bool, mask_suffix: str, task: Task, sources: Sources | None = None,
+                fmt: ImageFormat = RGB8) -> dict[str, int]:
     """Bytes the truth and image caches will add under ``output`` (0 for a part already there and current);
     ``orig_size``: the size of the largest image (every truth row takes its bytes); ``sources``: the input files
     (``Sources``), whose fingerprints the caches must match."""
@@ -219,8 +230,8 @@ def disk_needed(output: Path, ids: list[str], orig_size: tuple[int, int], height
     need = {"truth": 0 if _current(_truth_dir(output), ids, mask_suffix, task, sources)
             else truth_bytes(len(ids), orig_size, task),
             "images": 0}
-    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix, task, sources):
-        need["images"] = projected_bytes(len(ids), height, width)
+    if cache_images and not _current(files.cache_dir(output, height, width), ids, mask_suffix, task, sources, fmt):
+        need["images"] = projected_bytes(len(ids), height, width, fmt)
     return need
 
 
@@ -249,15 +260,21 @@ _META = {"version": int, "ids": files.ListOf(str), "mask_suffix": str, "orig_siz
 
 
 def _current(folder: Path, ids: list[str], mask_suffix: str, task: Task,
-             sources: Sources | None = None) -> dict | None:
+             sources: Sources | None = None, fmt: ImageFormat = RGB8) -> dict | None:
     """The folder's meta.json if it holds this version's arrays for exactly ``ids`` (sorted) with masks found by
-    ``mask_suffix``, made from the bytes its ``sources`` still hold (checked when ``sources`` is given), else None."""
-    meta, why = _state(folder, ids, mask_suffix, task, sources)
+    ``mask_suffix``, made from the bytes its ``sources`` still hold (checked when ``sources`` is given), with
+    images of ``fmt`` (image folders), else None."""
+    meta, why = _state(folder, ids, mask_suffix, task, sources, fmt)
     return meta if not why else None
 
 
-def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: Sources | None
-           ) -> tuple[dict | None, str]:
+def _pixels(fmt: ImageFormat) -> list | None:
+    """What an image folder's meta.json records of its images' format: nothing for 8-bit RGB (as before)."""
+    return None if fmt.rgb8 else [fmt.channels, fmt.dtype]
+
+
+def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: Sources | None,
+           fmt: ImageFormat = RGB8) -> tuple[dict | None, str]:
     """(the folder's meta.json or None, why its arrays cannot be used: "" when they are current)."""
     path = folder / "meta.json"
     try:
@@ -269,7 +286,8 @@ def _state(folder: Path, ids: list[str], mask_suffix: str, task: Task, sources: 
     if files.schema_problem(meta, _META) is not None:  # damaged: stale, built again
         return None, "damaged meta.json"
     if not (meta.get("version") == CACHE_VERSION and meta.get("ids") == ids and
-            meta.get("mask_suffix") == mask_suffix and meta.get("task") == task.record()):
+            meta.get("mask_suffix") == mask_suffix and meta.get("task") == task.record() and
+            meta.get("pixels") == _pixels(fmt)):
         return meta, "made by another version, for other ids or settings"
     if sources is not None:
         changed = sources.changed(meta.get("sources"))
@@ -289,9 +307,9 @@ def _prepare_again() -> str:
     return f"check and prepare the input again: {command('01_prepare.py', '--force')}"
 
 
-def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
+def _item(job: tuple[Path, Path, int, int, bool, Task, bool, ImageFormat]) -> tuple:
     """(packed truth, (H0, W0), fingerprints of (image, mask) or None, [network-size image, network-size mask])."""
-    image_file, mask_file, height, width, with_images, task, with_fps = job
+    image_file, mask_file, height, width, with_images, task, with_fps, fmt = job
     fps = None
     if with_fps:  # before reading: a file written meanwhile then has a newer time than the one recorded
         try:
@@ -301,7 +319,7 @@ def _item(job: tuple[Path, Path, int, int, bool, Task, bool]) -> tuple:
     mask = task.read_truth(mask_file)
     if not with_images:
         return task.pack_truth(mask), task.truth_size(mask), fps
-    image, orig = load_net_image(image_file, height, width)
+    image, orig = load_net_image(image_file, height, width, fmt)
     if task.truth_size(mask) != orig:
         raise PipelineError(f"{mask_file}: mask is {mask.shape[-1]}x{mask.shape[-2]} but its image is "
                             f"{orig[1]}x{orig[0]}; {_prepare_again()}")
@@ -326,7 +344,7 @@ def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
 
 def build_cache(root: Path, ids: list[str], output: Path, height: int, width: int, workers: int = 2,
                 truth: bool = True, images: bool = True, mask_suffix: str = "", task: Task = BINARY,
-                sources: Sources | None = None) -> None:
+                sources: Sources | None = None, fmt: ImageFormat = RGB8) -> None:
     """Decode every training mask (and, with ``images``, image) once into the truth and image caches.
 
     meta.json records the fingerprint of every image and mask: those ``sources`` read (01_prepare.py's check),
@@ -341,14 +359,15 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
     fresh = sources.fresh if sources is not None else {}
     known = [(fresh.get(relative(root, image)), fresh.get(relative(root, mask))) for image, mask in paths]
     with_fps = not all(a and b for a, b in known)
-    jobs = [(image, mask, height, width, images, task, with_fps) for image, mask in paths]
+    jobs = [(image, mask, height, width, images, task, with_fps, fmt) for image, mask in paths]
     n = len(ids)
     arrays = {}
     if truth:
-        arrays["truth"] = (folders["truth"], (n, -(-max(h * w for h, w in sizes) * task.truth_bits // 8)), 0)
+        arrays["truth"] = (folders["truth"], (n, -(-max(h * w for h, w in sizes) * task.truth_bits // 8)), 0,
+                           np.uint8)
     if images:
-        arrays |= {"images": (folders["images"], (n, height, width, 3), 3),
-                   "masks": (folders["images"], (n, height, width), 4)}
+        arrays |= {"images": (folders["images"], (n, height, width, fmt.channels), 3, np.dtype(fmt.dtype)),
+                   "masks": (folders["images"], (n, height, width), 4, np.uint8)}
     for folder in {f for f in folders.values() if f is not None}:
         folder.mkdir(parents=True, exist_ok=True)
         files.remove_stale_temps(folder)  # the arrays of a killed build
@@ -361,7 +380,7 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
                                     f"{paths[k][0].name} is {sizes[k][1]}x{sizes[k][0]}; {_prepare_again()}")
             if with_fps:
                 known[k] = item[2]
-            for name, (_, _, slot) in arrays.items():
+            for name, (_, _, slot, _) in arrays.items():
                 if name == "truth":
                     out[name][k, :item[0].size] = item[0]
                 else:
@@ -373,18 +392,19 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
     if truth:
         files.write_text_atomic(folders["truth"] / "meta.json", json.dumps(meta))
     if images:
-        files.write_text_atomic(folders["images"] / "meta.json", json.dumps(meta | {"size": [height, width]}))
+        pixels = {"pixels": _pixels(fmt)} if not fmt.rgb8 else {}
+        files.write_text_atomic(folders["images"] / "meta.json", json.dumps(meta | {"size": [height, width]} | pixels))
 
 
 @contextlib.contextmanager
 def _atomic_arrays(arrays: dict) -> Iterator[dict[str, np.ndarray]]:
-    """.npy memmaps (name -> (folder, shape, slot)) under files.atomic_path's temporary names; all renamed to
+    """.npy memmaps (name -> (folder, shape, slot, dtype)) under files.atomic_path's temporary names; all renamed to
     ``<folder>/<name>.npy`` on success, all deleted on an error."""
     with contextlib.ExitStack() as stack:
         tmps = {name: stack.enter_context(files.atomic_path(folder / f"{name}.npy"))
-                for name, (folder, _, _) in arrays.items()}
-        out = {name: np.lib.format.open_memmap(tmps[name], "w+", np.uint8, shape)
-               for name, (_, shape, _) in arrays.items()}
+                for name, (folder, _, _, _) in arrays.items()}
+        out = {name: np.lib.format.open_memmap(tmps[name], "w+", dtype, shape)
+               for name, (_, shape, _, dtype) in arrays.items()}
         try:
             yield out
         finally:
@@ -395,29 +415,32 @@ def _atomic_arrays(arrays: dict) -> Iterator[dict[str, np.ndarray]]:
 
 def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int = 2,
                mode: str = "auto", budget_gb: float = 2.0, mask_suffix: str = "", task: Task = BINARY,
-               lock_timeout: float = Params.lock_timeout, sources: Sources | None = None) -> Cache:
+               lock_timeout: float = Params.lock_timeout, sources: Sources | None = None,
+               fmt: ImageFormat = RGB8) -> Cache:
     """The training data for these ids at this size, building the truth (and the image cache, when ``mode``
     selects it) first where missing, stale or made from files that changed since (``sources``: the files as 01 just
     read them; default: checked here, stat first). Another process building it is waited for, up to
-    ``lock_timeout`` seconds (--lock-timeout)."""
+    ``lock_timeout`` seconds (--lock-timeout). ``fmt``: the training images' format (lib/imageformat.py)."""
     ids = sorted(ids)
     sources = sources or Sources(root)
-    cache_images = use_image_cache(mode, len(ids), height, width, budget_gb)
+    cache_images = use_image_cache(mode, len(ids), height, width, budget_gb, fmt)
     folders = [_truth_dir(output)] + ([files.cache_dir(output, height, width)] if cache_images else [])
-    stale = any(_current(folder, ids, mask_suffix, task, sources) is None for folder in folders)
+    stale = any(_current(folder, ids, mask_suffix, task, sources, fmt if folder != folders[0] else RGB8) is None
+                for folder in folders)
     if stale or sources.refreshed:
         # another process (a fold trained side by side) may be building it: wait for it, then look again
         with files.exclusive(output / "cache" / files.LOCK, "the cache", wait=lock_timeout):
             if stale:
-                _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix, task, sources)
+                _build_missing(root, output, ids, height, width, workers, cache_images, mask_suffix, task, sources,
+                               fmt)
             if sources.refreshed:  # files rewritten with the same bytes: record their new times (no hash next time)
-                _refresh(folders, ids, mask_suffix, task, sources)
+                _refresh(folders, ids, mask_suffix, task, sources, fmt)
     truth_meta = _current(_truth_dir(output), ids, mask_suffix, task)
     common = truth_meta["orig_size"]
     cache = Cache(Path(root), ids, np.load(_truth_dir(output) / "truth.npy", mmap_mode="r"),
                   tuple(common) if common else None, (height, width),
                   sizes=None if common else np.array(truth_meta["sizes"], np.int64), mask_suffix=mask_suffix,
-                  task=task)
+                  task=task, image_format=fmt)
     if cache_images:
         folder = files.cache_dir(output, height, width)
         cache.images = np.load(folder / "images.npy", mmap_mode="r")
@@ -425,10 +448,11 @@ def open_cache(root: Path, output: Path, ids: list[str], height: int, width: int
     return cache
 
 
-def _refresh(folders: list[Path], ids: list[str], mask_suffix: str, task: Task, sources: Sources) -> None:
+def _refresh(folders: list[Path], ids: list[str], mask_suffix: str, task: Task, sources: Sources,
+             fmt: ImageFormat = RGB8) -> None:
     """Rewrite the meta.json of current caches with the new times of files rewritten with the same bytes."""
-    for folder in folders:
-        meta = _current(folder, ids, mask_suffix, task, sources)
+    for k, folder in enumerate(folders):
+        meta = _current(folder, ids, mask_suffix, task, sources, fmt if k else RGB8)  # folders[0]: the truth
         if meta is not None:
             for rel, fp in sources.refreshed.items():
                 if rel in meta["sources"]["files"]:
@@ -437,9 +461,10 @@ def _refresh(folders: list[Path], ids: list[str], mask_suffix: str, task: Task, 
 
 
 def _build_missing(root: Path, output: Path, ids: list[str], height: int, width: int, workers: int,
-                   cache_images: bool, mask_suffix: str, task: Task, sources: Sources) -> None:
+                   cache_images: bool, mask_suffix: str, task: Task, sources: Sources, fmt: ImageFormat = RGB8
+                   ) -> None:
     truth_meta, truth_why = _state(_truth_dir(output), ids, mask_suffix, task, sources)
-    image_meta, image_why = (_state(files.cache_dir(output, height, width), ids, mask_suffix, task, sources)
+    image_meta, image_why = (_state(files.cache_dir(output, height, width), ids, mask_suffix, task, sources, fmt)
                              if cache_images else (None, ""))
     truth_meta = None if truth_why else truth_meta
     image_meta = None if image_why else image_meta
@@ -452,7 +477,8 @@ def _build_missing(root: Path, output: Path, ids: list[str], height: int, width:
               + (f" at {height}x{width} in {files.cache_dir(output, height, width)}" if cache_images
                  else f" in {_truth_dir(output)}"), flush=True)
         build_cache(root, ids, output, height, width, workers, truth=truth_meta is None,
-                    images=cache_images and image_meta is None, mask_suffix=mask_suffix, task=task, sources=sources)
+                    images=cache_images and image_meta is None, mask_suffix=mask_suffix, task=task, sources=sources,
+                    fmt=fmt)
 
 
 def image_cache(p) -> str:
@@ -466,4 +492,5 @@ def open_for(p, ids: list[str], height: int | None = None, width: int | None = N
     --mask-suffix, --lock-timeout), at ``height`` x ``width`` (default the run's size). With --tile-size the
     network-size image cache is off: tiles are read from lib/tilecache.py's."""
     return open_cache(p.input_dir, p.output_dir, ids, height or p.height, width or p.width, p.workers, image_cache(p),
-                      p.cache_budget_gb, p.mask_suffix, Task.of(p), p.lock_timeout, sources)
+                      p.cache_budget_gb, p.mask_suffix, Task.of(p), p.lock_timeout, sources,
+                      imageformat.format_of(p.output_dir))

@@ -15,26 +15,33 @@ from lib.parallel import cpu_count
 
 def train_transform(hflip_p: float, shift_scale_rotate_p: float, color_p: float,
                     mask_interpolation: int = cv2.INTER_LINEAR, scale: tuple[float, float] = (0.92, 1.08),
-                    translate: float = 0.04, border: str = "reflect", crop: tuple[int, int] | None = None):
+                    translate: float = 0.04, border: str = "reflect", crop: tuple[int, int] | None = None,
+                    rgb8: bool = True):
     """Joint image/mask augmentation (what worked for the Carvana top teams): flip, affine, colour.
     ``mask_interpolation``: linear for soft binary masks, nearest for label maps (lib/task.py). ``border``
     "constant" fills what a zoom-out or shift uncovers with black (mask: background), as a photo taken from further
     away with a dark floor edge in view; "reflect" mirrors the photo there. ``crop`` (h, w): a random window of that
-    size, last, so that the network trains on the detail of the whole-image size at the cost of the crop's."""
+    size, last, so that the network trains on the detail of the whole-image size at the cost of the crop's.
+    ``rgb8`` False (16-bit, one or N channels: lib/imageformat.py): the colour step is brightness/contrast only
+    (hue and saturation need 3-channel RGB), the brightness relative to the image's mean: by the dtype's maximum it
+    would add up to 6553 counts to 16-bit images whose values may all lie below 4000."""
     import albumentations as A
     mode = cv2.BORDER_CONSTANT if border == "constant" else cv2.BORDER_REFLECT_101
+    colour = A.OneOf([A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10),
+                      A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1)], p=color_p) if rgb8 \
+        else A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, brightness_by_max=False, p=color_p)
     return A.Compose([
         A.HorizontalFlip(p=hflip_p),
         A.Affine(scale=scale, translate_percent=(-translate, translate), rotate=(-4, 4), border_mode=mode,
                  fill=0, fill_mask=0, mask_interpolation=mask_interpolation, p=shift_scale_rotate_p),
-        A.OneOf([A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10),
-                 A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1)], p=color_p),
+        colour,
         *([A.RandomCrop(*crop)] if crop else []),
     ])
 
 
-def transform_for(p, mask_interpolation: int = cv2.INTER_LINEAR):
-    """The training augmentation that Params ``p`` asks for (None with --no-augment)."""
+def transform_for(p, mask_interpolation: int = cv2.INTER_LINEAR, rgb8: bool = True):
+    """The training augmentation that Params ``p`` asks for (None with --no-augment), for 8-bit RGB images or
+    (``rgb8`` False) others."""
     crop = (p.crop_height or p.height, p.crop_width or p.width)
     crop = crop if crop != (p.height, p.width) else None
     if not p.augment:
@@ -42,7 +49,7 @@ def transform_for(p, mask_interpolation: int = cv2.INTER_LINEAR):
             raise PipelineError("--crop-height/--crop-width crop in the augmentation: they need --augment")
         return None
     return train_transform(p.hflip_p, p.shift_scale_rotate_p, p.color_p, mask_interpolation,
-                           (p.scale_low, p.scale_high), p.translate, p.border, crop)
+                           (p.scale_low, p.scale_high), p.translate, p.border, crop, rgb8)
 
 
 class SeededShuffle(Sampler):
@@ -82,7 +89,8 @@ class SeededShuffle(Sampler):
 
 
 class TrainSet(Dataset):
-    """Items (image (3, H, W) uint8, mask (1, H, W) uint8) of a Cache's rows at the network size, augmented per
+    """Items (image (C, H, W) uint8 (RGB) or uint16, mask (1, H, W) uint8) of a Cache's rows at the network size,
+    augmented per
     (row, seed). Without the image cache each item decodes its JPEG and GIF, in the loader's worker processes."""
 
     def __init__(self, cache: Cache, transform=None):

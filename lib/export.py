@@ -18,7 +18,7 @@ from torch import nn
 from lib import files, geometry, tta
 from lib.deploy import JSON_NAME, ONNX_NAME, RECORD_VERSION, OPSET, onnx_digest
 from lib.errors import PipelineError
-from lib.model import MEAN, STD
+from lib.model import MEAN, STD, unwrap
 from lib.overlay import choose_tta_threshold
 from lib.predict import Ensemble, load_fold_models
 from params import Params
@@ -75,10 +75,21 @@ def record(p: Params, ens: Ensemble, mode: str, threshold: float, post: str, sou
             "models": ens.fingerprints}
 
 
+def check_rgb8(p: Params, ens: Ensemble) -> None:
+    """PipelineError (before anything is written) unless the models take 8-bit RGB: the ONNX graph, export.json's
+    input record and deploy.py's reader are 8-bit RGB only so far."""
+    fmt = unwrap(ens.models[0]).image_format
+    if not fmt.rgb8:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: its models take {fmt.describe()} images; "
+                            "ONNX export (05_export.py, deploy.py) takes "
+                            "8-bit RGB models only so far: predict with 03_predict.py instead")
+
+
 def export(p: Params, folds: list[int] | None = None) -> Path:
     """Write export/model.onnx and export/export.json of the run (its full model, else its fold models, or
     ``folds``), with the TTA, threshold and post-processing 03_predict.py --images would use; returns the folder."""
     ens = load_fold_models(p, folds)
+    check_rgb8(p, ens)
     mode, threshold, post, min_area, source = choose_tta_threshold(p, ens)
     data = onnx_bytes(ens, mode)
     out = export_dir(p)

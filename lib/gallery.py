@@ -16,6 +16,7 @@ import numpy as np
 
 from lib import files, fingerprint, oof as oof_mod, testmaps
 from lib.errors import PipelineError
+from lib.imageformat import RGB8, ImageFormat, display_pixels
 from lib.photos import read_image_bytes
 from lib.task import Task
 
@@ -26,13 +27,13 @@ TEST_SHOWN = 4
 MIN_WIDTH, MAX_WIDTH = 384, 768  # pictures are enlarged or shrunk to fit between these widths
 
 
-def read_photo(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a photo as stored (like its mask: no EXIF rotation)."""
-    image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
-                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+def read_photo(path: Path, fmt: ImageFormat = RGB8, bands: str = "1,2,3") -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a photo as stored (like its mask: no EXIF rotation), shown as
+    ``imageformat.display_pixels`` shows images of ``fmt`` (``bands``: --display-bands)."""
+    image = display_pixels(read_image_bytes(path), path, fmt, bands)
     if image is None:
         raise PipelineError(f"{path}: not a readable image")
-    return image[..., ::-1]
+    return image
 
 
 def fit_width(picture: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: di
             scores = oof_mod.image_dices(maps, cache, rows, tuning.decision_threshold, task,
                                          tuning.postprocess, tuning.decision_min_area)
             for kind, rank, i in pick(scores):
-                image = read_photo(cache.pair(int(rows[i]))[0])
+                image = read_photo(cache.pair(int(rows[i]))[0], ens.image_format, p.display_bands)
                 decision = task.decide_maps([maps[i]], [1.0], image.shape[:2], tuning.decision_threshold,
                                             tuning.postprocess, tuning.decision_min_area)
                 picture = task.overlay(image, decision, cache.full_mask(int(rows[i])))
@@ -104,7 +105,7 @@ def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: di
                 pictures[f"oof_{kind}{rank}_dice{scores[i]:.4f}_{ids[i]}.jpg"] = _titled(
                     picture, f"{ids[i]} out-of-fold (fold {fold}), Dice {scores[i]:.4f}, {kind} {rank}")
     for image_id in shown_test:
-        image = read_photo(test_paths[image_id])
+        image = read_photo(test_paths[image_id], ens.image_format, p.display_bands)
         decision = task.decide_maps([testmaps.read_map(probs / f"{image_id}.png")], [1.0], image.shape[:2],
                                     tuning.decision_threshold, tuning.postprocess, tuning.decision_min_area)
         pictures[f"test_{image_id}.jpg"] = _titled(task.overlay(image, decision), f"{image_id} test")

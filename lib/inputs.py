@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lib import files, fingerprint, layout, parallel
+from lib import files, fingerprint, imageformat, layout, parallel
 from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
 from lib.photos import read_image_bytes
@@ -67,6 +67,9 @@ def image_size(raw: bytes, path: Path) -> tuple[int, int]:
         with Image.open(io.BytesIO(raw)) as im:  # reads the header only
             w, h = im.size
     except UnidentifiedImageError:  # PIL's words name its BytesIO object, not the file
+        if (size := imageformat.tiff_size(raw)) is not None:  # a TIFF of more bands than PIL reads
+            check_pixels(path, *size)
+            return size
         raise PipelineError(f"{path}: not a readable image (its first bytes {raw[:8]!r} begin no image format)") from None
     except OSError as e:
         raise PipelineError(f"{path}: not a readable image ({e})") from None
@@ -81,7 +84,10 @@ def image_header_size(path: Path) -> tuple[int, int] | None:
         with Image.open(path) as im:
             w, h = im.size
     except (UnidentifiedImageError, OSError):
-        return None
+        size = imageformat.tiff_size(files.read_bytes(path)) if path.suffix.lower() in imageformat.TIFF_EXTS else None
+        if size is not None:  # a TIFF of more bands than PIL reads
+            check_pixels(path, *size)
+        return size
     check_pixels(path, h, w)
     return h, w
 
@@ -98,6 +104,9 @@ def check_image(path: Path) -> tuple[int, int]:
 def check_image_bytes(raw: bytes, path: Path) -> tuple[int, int]:
     """``check_image`` of the bytes ``raw`` already read from ``path``."""
     size = image_size(raw, path)
+    if raw[:4] in imageformat.TIFF_MAGIC:  # any band count and depth: tifffile decodes it whole
+        imageformat.read_pixels(raw, path)
+        return size
     if cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION) is None:
         raise PipelineError(f"{path}: not a readable image")
     return size

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 import params as params_mod
-from lib import files
+from lib import files, imageformat
 from lib.errors import PipelineError, restart_advice
+from lib.imageformat import RGB8, ImageFormat
 from lib.task import RECORD as TASK_RECORD, Task
 from params import Params
 
@@ -25,10 +26,12 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
-    """The smp network for ``p`` (logits: one output channel for binary masks, C for C classes), made by ``smp.create_model``: any architecture, any
-    encoder smp knows (its own and timm's ``tu-...``), any weights name smp accepts for it. ``pretrained=False``
-    builds it without weights whatever ``p.encoder_weights`` says (a checkpoint will fill them)."""
+def build_model(p: Params, pretrained: bool | None = None, image_format: ImageFormat = RGB8) -> nn.Module:
+    """The smp network for ``p`` (logits: one output channel for binary masks, C for C classes), made by
+    ``smp.create_model``: any architecture, any encoder smp knows (its own and timm's ``tu-...``), any weights name
+    smp accepts for it. ``pretrained=False`` builds it without weights whatever ``p.encoder_weights`` says (a
+    checkpoint will fill them). ``image_format`` (lib/imageformat.py, the training set's): the input channels (smp
+    adapts a pretrained first convolution to other than 3) and the normalisation."""
     import segmentation_models_pytorch as smp
     weights = None if pretrained is False or p.encoder_weights == "none" else p.encoder_weights
     kwargs = {}
@@ -37,7 +40,8 @@ def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
     elif p.decoder_channels != Params.decoder_channels:
         raise PipelineError(f"--decoder-channels applies to {' and '.join(params_mod.DECODER_ARCHS)}, not {p.arch}")
     try:
-        net = smp.create_model(p.arch, encoder_name=p.encoder, encoder_weights=weights, in_channels=3,
+        net = smp.create_model(p.arch, encoder_name=p.encoder, encoder_weights=weights,
+                               in_channels=image_format.channels,
                                classes=Task(p.classes).channels,
                                **kwargs)
     except KeyError as e:  # smp's own words for an unknown architecture, encoder or weights name
@@ -51,17 +55,24 @@ def build_model(p: Params, pretrained: bool | None = None) -> nn.Module:
             f"could not get the {weights} weights of encoder {p.encoder!r} ({type(e).__name__}: {e}). "
             "Offline? Run with --encoder-weights none (train from scratch), or download once while online "
             "(they are cached by torch hub / huggingface hub)") from None
-    return Segmenter(net)
+    return Segmenter(net, image_format)
 
 
 class Segmenter(nn.Module):
-    """smp network taking uint8 (N, 3, H, W) RGB or float; normalises on the device, returns logits (N, channels, H, W)."""
+    """smp network taking (N, C, H, W) images of ``image_format`` (uint8 RGB, uint16, or float on the same value
+    scale); normalises on the device, returns logits (N, channels, H, W)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, image_format: ImageFormat = RGB8):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.image_format = image_format  # recorded in checkpoints (checkpoint_state)
+        if image_format.rgb8:  # as before, to the last bit
+            mean, std = torch.tensor(MEAN).view(1, 3, 1, 1) * 255, torch.tensor(STD).view(1, 3, 1, 1) * 255
+        else:
+            shape = (1, image_format.channels, 1, 1)
+            mean, std = torch.tensor(image_format.mean).view(shape), torch.tensor(image_format.std).view(shape)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std
@@ -82,7 +93,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def checkpoint_state(model: nn.Module, p: Params, **extra) -> dict:
     """{model, params, **extra} (extra: epoch, score, optimizer state, ...) with every tensor copied, so the
     snapshot stays as it is while training goes on and can be written later (``write_checkpoint``)."""
-    state = {"model": unwrap(model).state_dict(), "params": p.to_dict(), **extra}
+    plain = unwrap(model)
+    state = {"model": plain.state_dict(), "params": p.to_dict(), **extra}
+    if not plain.image_format.rgb8:  # checkpoints of 8-bit RGB models stay as they were
+        state["image_format"] = imageformat.as_dict(plain.image_format)
     return _copy_tensors(state)
 
 
@@ -117,7 +131,7 @@ def write_checkpoint(path: Path, state: dict) -> None:
 
 # what model.pt holds (checkpoint_state plus write_best's digest); older checkpoints lack the optional keys
 CHECKPOINT = {"model": files.MapOf(torch.Tensor), "params": dict, "epoch?": int, "val_dice?": float, "split?": str,
-              "digest?": str, "task": TASK_RECORD}
+              "digest?": str, "task": TASK_RECORD, "image_format?": imageformat.SCHEMA}
 
 
 def _fold_of(path: Path) -> str:
@@ -163,7 +177,9 @@ def load_model(path: Path, device: str | torch.device = "cpu",
         p = params_mod.from_dict(ckpt["params"])
     except (ValueError, TypeError) as e:
         raise PipelineError(f"{path}: its saved settings are invalid ({e}); {advice}") from None
-    model = build_model(p, pretrained=False)
+    # a checkpoint without the record is of an 8-bit RGB model (the only kind before the record existed)
+    fmt = imageformat.from_dict(ckpt["image_format"], str(path), advice) if "image_format" in ckpt else RGB8
+    model = build_model(p, pretrained=False, image_format=fmt)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -121,7 +121,7 @@ def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
     """Photos ``todo`` resized to the network size, predicted in batches: the futures of ``photos.write_photo``. A photo
     that does not decode is skipped (``skipped.add``), not the batch."""
     h, w = ens.size
-    loader = DataLoader(_Photos([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
+    loader = DataLoader(_Photos([paths[i] for i in todo], h, w, ens.image_format), batch_size=p.predict_batch_size,
                         num_workers=worker_count(p.workers), collate_fn=_collate)
     written = []
     with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:
@@ -133,7 +133,8 @@ def _whole(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
             images, index, origs, _ = batch
             probs = predict_batch(ens, images, mode)
             written += [writer.submit(photos.write_photo, todo[j], paths[todo[j]], prob, tuple(orig.tolist()),
-                                      threshold, out, p.rle_order, ens.task, post, min_area)
+                                      threshold, out, p.rle_order, ens.task, post, min_area, ens.image_format,
+                                      p.display_bands)
                         for j, prob, orig in zip(index.tolist(), probs, origs)]
     return written
 

@@ -25,6 +25,7 @@ import numpy as np
 from lib import files, fingerprint, rle
 from lib.errors import PipelineError, listing
 from lib.geometry import padded_size, to_net
+from lib.imageformat import RGB8, ImageFormat, display_pixels
 from lib.layout import PHOTO_EXTS, split_name
 from lib.task import Task
 
@@ -218,21 +219,21 @@ def finish(out: Path, record: dict[str, str | None], paths: list[Path], rows: di
 
 
 def write_photo(i: int, path: Path, maps: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,
-                rle_order: str, task: Task, post: str, min_area: float = 0.0
-                ) -> tuple[int, list[tuple[str, str]], str]:
+                rle_order: str, task: Task, post: str, min_area: float = 0.0, fmt: ImageFormat = RGB8,
+                bands: str = "1,2,3") -> tuple[int, list[tuple[str, str]], str]:
     """Mask PNG (0/255, or the class index of each pixel), overlay and masks.csv rows of photo ``i`` at its own
     size (H0, W0) ``orig``, from its uint8 network-size maps (``Task.to_maps``): (i, [(row id, RLE), ...], ""), or
     (i, [], why) when the photo does not decode whole (nothing written for it). ``min_area``: the tuned gating (a
-    mask smaller than this fraction of the image is emptied)."""
+    mask smaller than this fraction of the image is emptied). ``fmt``, ``bands``: the models' image format and
+    --display-bands, how the overlay shows the photo (``imageformat.display_pixels``)."""
     try:
-        image = cv2.imdecode(np.frombuffer(read_image_bytes(path), np.uint8),
-                             cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like the mask
+        image = display_pixels(read_image_bytes(path), path, fmt, bands)  # as stored, like the mask
     except PipelineError as e:
         return i, [], str(e)
     if image is None or image.shape[:2] != orig:
         return i, [], f"{path}: not a readable image (it does not decode whole)"
     decision = task.decide_maps([maps], [1.0], orig, threshold, post, min_area)
-    png_values, shown = task.mask_pictures(image[..., ::-1], decision)
+    png_values, shown = task.mask_pictures(image, decision)
     ok1, png = cv2.imencode(".png", png_values)
     ok2, jpg = cv2.imencode(".jpg", shown[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not (ok1 and ok2):

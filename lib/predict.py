@@ -21,12 +21,14 @@ from torch.utils.data import DataLoader, Dataset
 
 import pandas as pd
 
-from lib import files, fingerprint, folds as folds_mod, inputs, postprocess, testmaps, tiles, tta, tuning as tuning_mod
+from lib import (files, fingerprint, folds as folds_mod, imageformat, inputs, postprocess, testmaps, tiles, tta,
+                 tuning as tuning_mod)
 from lib.cache import decode_net_image, open_for
 from lib.photos import read_image_bytes
 from lib.data import SeededShuffle, TrainSet, make_loader, worker_count
 from lib.errors import PipelineError, restart_advice, steps
-from lib.model import load_model, read_checkpoint, state_digest
+from lib.imageformat import RGB8, ImageFormat
+from lib.model import load_model, read_checkpoint, state_digest, unwrap
 from lib.progress import progress
 from lib.oof import PngMaps, load_oof
 from lib.task import Task
@@ -54,6 +56,11 @@ class Ensemble:
     @property
     def size(self) -> tuple[int, int]:
         return self.params.height, self.params.width
+
+    @property
+    def image_format(self) -> ImageFormat:
+        """The format of the images the models take (their training set's: lib/imageformat.py)."""
+        return unwrap(self.models[0]).image_format
 
 
 def load_ensemble(p: Params, split: pd.DataFrame, only: list[int] | None = None, local_rank: int = 0,
@@ -218,6 +225,11 @@ def _load_models(p: Params, ks: list[int], device: torch.device, split) -> Ensem
     if len(tasks) > 1:
         raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models were trained for different "
                             f"tasks ({'; '.join(sorted(t.describe() for t in tasks))}); an ensemble needs one")
+    formats = {unwrap(m).image_format for m in models}
+    if len(formats) > 1:
+        raise PipelineError(f"{files.run_dir(p.output_dir, p.experiment)}: fold models take images of different "
+                            f"formats ({'; '.join(sorted(f.describe() for f in formats))}); an ensemble needs one")
+    imageformat.check_tiles(formats.pop(), p.tile_size)  # 03 --tile-size reads 8-bit RGB only so far
     return Ensemble(models, ks, prints, first, device, Precision.for_device(device, p.amp), tasks.pop(),
                     p.channels_last)
 
@@ -376,19 +388,19 @@ def _tiled_maps(p: Params, ens: Ensemble, tiling: tiles.Tiling, paths: list[Path
 
 # --- test inference ---
 class TestImages(Dataset):
-    def __init__(self, paths: list[Path], height: int, width: int):
-        self.paths, self.height, self.width = paths, height, width
+    def __init__(self, paths: list[Path], height: int, width: int, fmt: ImageFormat = RGB8):
+        self.paths, self.height, self.width, self.fmt = paths, height, width, fmt
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor, str]:
-        """(image (3, H, W) uint8 at the network size, i, its original (H0, W0), the text of its file's
+        """(image (C, H, W) of the models' format (uint8 RGB, ...) at the network size, i, its original (H0, W0), the text of its file's
         fingerprint: the map records it, so that a re-run sees whether the image changed since)."""
         path = self.paths[i]
         before = os.stat(path)  # then read: a file written meanwhile gets a newer time than the one recorded
         raw = read_image_bytes(path)
-        image, orig = decode_net_image(raw, path, self.height, self.width)
+        image, orig = decode_net_image(raw, path, self.height, self.width, self.fmt)
         return torch.from_numpy(image).permute(2, 0, 1), i, torch.tensor(orig), fingerprint.of_bytes(raw, before).text()
 
 
@@ -426,7 +438,7 @@ def predict_test(p: Params, ens: Ensemble, mode: str, ids: list[str], paths: dic
         seconds = time.perf_counter() - start
         return {"predicted": missing, "maps": mine, "seconds": seconds, "images_per_s": len(todo) / seconds}
     h, w = ens.size
-    loader = DataLoader(TestImages([paths[i] for i in todo], h, w), batch_size=p.predict_batch_size,
+    loader = DataLoader(TestImages([paths[i] for i in todo], h, w, ens.image_format), batch_size=p.predict_batch_size,
                         num_workers=worker_count(p.workers), pin_memory=ens.device.type == "cuda")
     with files.OrderedWriter(max(2, p.workers), 4 * p.predict_batch_size) as writer:  # bounded: memory stays flat
         for images, index, origs, sources in progress(loader, f"test {where}".rstrip(": "), leave=True):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import files, parallel
+from lib import files, imageformat, parallel
 from lib.cache import GB, DISK_MARGIN, Sources, pair_paths, sources_record, _prepare_again
 from lib.errors import PipelineError
 from lib.fingerprint import of_path
@@ -161,6 +161,7 @@ def disk_line(output: Path, ids: list[str], orig_sizes: list[tuple[int, int]], d
 def open_for(p, ids: list[str], sources: Sources | None = None) -> TileCache:
     """The tile cache of Params ``p`` (--input, --output, --downscale, --mask-suffix, --workers, --lock-timeout)
     for ``ids``, built first where missing or stale (another process building it is waited for)."""
+    imageformat.check_tiles(imageformat.format_of(p.output_dir), p.tile_size)
     ids = sorted(ids)
     task = Task.of(p)
     folder = folder_of(p.output_dir, p.downscale)

@@ -179,7 +179,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     val_rows = cache.rows([val_ids[i] for i in chunks[dist.rank]])
 
     seed_everything(p.seed + index)
-    net = build_model(p).to(device)
+    net = build_model(p, image_format=cache.image_format).to(device)
     if p.sync_bn and dist.active:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if p.channels_last:
@@ -195,7 +195,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     task = Task.of(p)
     sampler = SeededShuffle(train_rows, p.seed * 1000 + index, rank=dist.rank, world=dist.world, batch=p.batch_size)
     if tiles is None:
-        train_set = TrainSet(cache, transform_for(p, task.mask_interpolation))
+        train_set = TrainSet(cache, transform_for(p, task.mask_interpolation, cache.image_format.rgb8))
         val_loader = make_loader(TrainSet(cache), SeededShuffle(val_rows, 0, shuffle=False),
                                  p.predict_batch_size, workers, pin)
     else:  # tiles are the crops: --crop-height/--crop-width do not apply
