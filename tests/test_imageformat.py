@@ -286,6 +286,44 @@ def test_micro16_end_to_end_beats_the_average_mask(tmp_path):
     assert not (files.run_dir(out, "demo") / "export").exists()
 
 
+@pytest.mark.slow
+def test_multilabel_on_16_bit_one_channel_images_end_to_end(tmp_path):
+    """Overlapping labels on 16-bit one-channel images, 01 -> 04: the multi-label demo's photos turned into 16-bit
+    grey PNGs (each RGB channel weighted so the labels' tints stay apart, values up to 16320); a one-channel model,
+    a threshold and minimum area per label tuned out-of-fold and shown, a row per test image and label."""
+    import gzip
+    from conftest import run_script
+    from demo import labels
+    from lib import model as model_mod, rle
+    root, out = tmp_path / "input", tmp_path / "out"
+    labels.generate(root, 8, 2, 96, 64, seed=3)
+    for photo in [*(root / "train").glob("*.jpg"), *(root / "test").glob("*.jpg")]:
+        rgb = cv2.imread(str(photo), cv2.IMREAD_COLOR)[..., ::-1].astype(np.uint16)
+        imageformat.write_pixels(photo.with_suffix(".png"), (rgb @ np.array([40, 20, 4], np.uint16))[..., None])
+        photo.unlink()
+    sample = root / "sample_submission.csv"
+    sample.write_text(sample.read_text().replace(".jpg_", ".png_"))
+    flags = ["--input", root, "--output", out, *MICRO_FLAGS, "--classes", "3", "--multilabel", "--batch-size", "4",
+             "--epochs", "1"]
+    prep = run_script("01_prepare.py", *flags)
+    assert "images: 16-bit 1-channel" in prep.stdout and "task: 3 overlapping labels (1, 2, 3)" in prep.stdout
+    run_script("02_train.py", "--fold", "all", *flags)
+    ckpt = model_mod.read_checkpoint(files.fold_dir(out, "demo", 0) / files.BEST)
+    assert ckpt["image_format"]["channels"] == 1 and ckpt["image_format"]["dtype"] == "uint16"
+    assert ckpt["task"]["multilabel"] is True
+    predicted = run_script("03_predict.py", *flags)
+    assert "per label: threshold, min area, OOF Dice" in predicted.stdout
+    tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
+    assert len(tuning["label_thresholds"]) == len(tuning["label_min_areas"]) == 3
+    run_script("04_submit.py", "--score", *flags)
+    with gzip.open(files.run_dir(out, "demo") / "submission.csv.gz", "rt") as f:
+        rows = [line.rstrip("\n").split(",") for line in f]
+    assert [r[0] for r in rows] == [line.split(",")[0] for line in sample.read_text().splitlines()]
+    assert [r[0] for r in rows[1:4]] == ["ml008.png_1", "ml008.png_2", "ml008.png_3"]
+    for row in rows[1:]:
+        rle.validate(row[1], (64, 96))
+
+
 @pytest.mark.parametrize("shape,dtype", [((5, 6, 1), np.uint8), ((5, 6, 1), np.uint16), ((5, 6, 3), np.uint8),
                                          ((5, 6, 3), np.uint16), ((5, 6, 4), np.uint8), ((5, 6, 4), np.uint16)])
 def test_png_header_kind_is_what_decoding_gives(tmp_path, shape, dtype):
