@@ -121,15 +121,18 @@ class Params:
     demo: bool = _PREPARE(False, "generate the synthetic demo dataset into --input first")
     demo_kind: str = _PREPARE("cars", "demo data: cars (Carvana-like, one class) | multiclass (aerial scenes, 5 "
                               "classes) | aerial-large (large photos with 2-3 px fences and small poles, 4 classes: "
-                              "for --tile-size; give e.g. --demo-width 6000 --demo-height 4000) | multilabel (3 "
+                              "for --tile-size; 6000 x 4000 unless --demo-width/--demo-height say otherwise) | "
+                              "multilabel (3 "
                               "overlapping labels, some photos with none: give --classes 3 --multilabel) | micro16 "
                               "(16-bit one-channel microscopy, one class; --demo-train-cars fields)",
                               choices=("cars", "multiclass", "aerial-large", "multilabel", "micro16"))
     demo_train_cars: int = _PREPARE(16, "demo: cars with masks (16 views each); --demo-kind multiclass: scenes (16 "
                                     "tiles each)", low=2)
     demo_test_cars: int = _PREPARE(4, "demo: cars (multiclass: scenes) in test/ (truth in test_masks/)", low=0)
-    demo_width: int = _PREPARE(1918, "demo image width", low=32)
-    demo_height: int = _PREPARE(1280, "demo image height", low=32)
+    demo_width: int = _PREPARE(0, "demo image width; 0: the kind's own (cars, multiclass 1918; aerial-large 6000; "
+                               "multilabel 480; micro16 384)", low=0)
+    demo_height: int = _PREPARE(0, "demo image height; 0: the kind's own (cars, multiclass 1280; aerial-large 4000; "
+                                "multilabel 320; micro16 256)", low=0)
     n_folds: int = _PREPARE(5, "K of the car-grouped K-fold split", low=2)
     group_regex: str = _PREPARE("", "folds keep together the ids sharing this regex's first capture group (e.g. "
                                 "\"^(patient\\d+)_\"); empty = Carvana's <car>_<NN> when every id has that form, "
@@ -387,6 +390,10 @@ def check(p: Params) -> None:
         v = getattr(p, name)
         if v <= 0 or v % 32:
             problems.append(f"--{name} {v} must be a positive multiple of 32")
+    for name in ("demo_width", "demo_height"):
+        if 0 < getattr(p, name) < 32:
+            problems.append(f"--{name.replace('_', '-')} {getattr(p, name)} must be 0 (the demo kind's own) or "
+                            "at least 32")
     if p.tile_size % 32:
         problems.append(f"--tile-size {p.tile_size} must be 0 (off) or a positive multiple of 32")
     for name, whole in (("crop_height", p.height), ("crop_width", p.width)):

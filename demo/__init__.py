@@ -30,6 +30,16 @@ def marker_text(kind: str) -> str:
     return "synthetic demo data written by 01_prepare.py --demo" + ("" if kind == "cars" else f" --demo-kind {kind}")
 
 
+SIZES = {"cars": (1918, 1280), "multiclass": (1918, 1280), "aerial-large": (6000, 4000), "multilabel": (480, 320),
+         "micro16": (384, 256)}  # each kind's (width, height) when --demo-width/--demo-height are 0
+
+
+def size(p: Params) -> tuple[int, int]:
+    """(width, height) of the demo's images: --demo-width/--demo-height, or the kind's own where they are 0."""
+    width, height = SIZES[p.demo_kind]
+    return p.demo_width or width, p.demo_height or height
+
+
 def write(p: Params) -> None:
     """Generate the synthetic demo data of --demo-kind into --input (never over data that is not the demo's)."""
     root, marker = p.input_dir, p.input_dir / MARKER
@@ -48,26 +58,26 @@ def write(p: Params) -> None:
             shutil.rmtree(root / name, ignore_errors=True)
         for name in TOP_FILES:
             (root / name).unlink(missing_ok=True)
-    start = time.perf_counter()
+    start, (width, height) = time.perf_counter(), size(p)
     if p.demo_kind == "aerial-large":
         from demo import aerial
-        aerial.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+        aerial.generate(root, p.demo_train_cars, p.demo_test_cars, width, height, p.seed, p.workers)
         what = f"{p.demo_train_cars} train + {p.demo_test_cars} test photos"
     elif p.demo_kind == "multilabel":
         from demo import labels
-        labels.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed)
+        labels.generate(root, p.demo_train_cars, p.demo_test_cars, width, height, p.seed)
         what = f"{p.demo_train_cars} train + {p.demo_test_cars} test photos with overlapping labels"
     elif p.demo_kind == "micro16":
         from demo import micro
-        micro.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed)
+        micro.generate(root, p.demo_train_cars, p.demo_test_cars, width, height, p.seed)
         what = f"{p.demo_train_cars} train + {p.demo_test_cars} test 16-bit fields"
     elif p.demo_kind == "multiclass":
         from demo import scenes
-        scenes.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+        scenes.generate(root, p.demo_train_cars, p.demo_test_cars, width, height, p.seed, p.workers)
         what = f"{p.demo_train_cars} train + {p.demo_test_cars} test scenes ({scenes.TILES} tiles each)"
     else:
         from demo import cars
-        cars.generate(root, p.demo_train_cars, p.demo_test_cars, p.demo_width, p.demo_height, p.seed, p.workers)
+        cars.generate(root, p.demo_train_cars, p.demo_test_cars, width, height, p.seed, p.workers)
         what = f"{p.demo_train_cars} train + {p.demo_test_cars} test cars"
     files.write_text_atomic(marker, marker_text(p.demo_kind) + "\n")
-    print(f"demo data: {what} at {p.demo_width}x{p.demo_height} in {root} ({time.perf_counter() - start:.1f}s)")
+    print(f"demo data: {what} at {width}x{height} in {root} ({time.perf_counter() - start:.1f}s)")

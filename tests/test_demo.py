@@ -163,3 +163,15 @@ def test_refuses_a_folder_holding_other_files(tmp_path: Path):
     (tmp_path / "train" / "0123456789ab_01.jpg").write_bytes(b"x")
     with pytest.raises(PipelineError, match="0123456789ab_01.jpg"):
         demo.generate(tmp_path, 1, 0, W, H, workers=1)
+
+
+@pytest.mark.parametrize("kind,flags,expected", [
+    ("cars", [], (1918, 1280)), ("aerial-large", [], (6000, 4000)), ("multilabel", [], (480, 320)),
+    ("micro16", [], (384, 256)), ("aerial-large", ["--demo-width", "2400"], (2400, 4000)),
+    ("multiclass", ["--demo-width", "480", "--demo-height", "320"], (480, 320))])
+def test_each_demo_kind_has_its_own_size_unless_given(kind, flags, expected):
+    """--demo-width/--demo-height 0 (the default) take the kind's own size: the large-image demo is 6000 x 4000."""
+    import demo as demo_pkg
+    from params import parse
+    p, _ = parse("t", ["--demo-kind", kind, *flags])
+    assert demo_pkg.size(p) == expected

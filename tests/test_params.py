@@ -44,6 +44,7 @@ def test_bool_flags_are_not_type_bool():
                                   ["--min-lr-ratio", "2"], ["--grad-clip", "inf"], ["--out", "x"],
                                   ["--bce-weight", "0", "--dice-weight", "0"], ["--cache-budget-gb", "-1"],
                                   ["--demo-kind", "roads"], ["--ema", "1"], ["--ema", "-0.1"],
+                                  ["--demo-width", "31"], ["--demo-height", "-1"],
                                   ["--height", "64", "--crop-height", "32", "--no-augment"]])
 def test_bad_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
