@@ -25,6 +25,8 @@ MADE_BY = "made_by.json"
 SHOWN = 3  # worst and best out-of-fold images each
 TEST_SHOWN = 4
 MIN_WIDTH, MAX_WIDTH = 384, 768  # pictures are enlarged or shrunk to fit between these widths
+DRAWN_WIDTH = 2 * MAX_WIDTH  # wider photos are shrunk to this before the decision is drawn on them (a 70 MP photo
+# is not drawn at full size to be shown 768 pixels wide)
 
 
 def read_photo(path: Path, fmt: ImageFormat = RGB8, bands: str = "1,2,3") -> np.ndarray:
@@ -34,6 +36,21 @@ def read_photo(path: Path, fmt: ImageFormat = RGB8, bands: str = "1,2,3") -> np.
     if image is None:
         raise PipelineError(f"{path}: not a readable image")
     return image
+
+
+def drawable(image: np.ndarray, truth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the (H, W, 3) photo, its truth ((H, W) or (C, H, W)) or None) shrunk to ``DRAWN_WIDTH`` wide when wider (the
+    photo by area, the truth by nearest pixel): what a picture is drawn on."""
+    h, w = image.shape[:2]
+    if w <= DRAWN_WIDTH:
+        return image, truth
+    size = (DRAWN_WIDTH, max(1, round(h * DRAWN_WIDTH / w)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if truth is not None:
+        planes = truth.reshape(-1, h, w).astype(np.uint8)
+        truth = np.stack([cv2.resize(t, size, interpolation=cv2.INTER_NEAREST) for t in planes]).astype(
+            truth.dtype).reshape(*truth.shape[:-2], size[1], size[0])
+    return image, truth
 
 
 def fit_width(picture: np.ndarray) -> np.ndarray:
@@ -97,15 +114,16 @@ def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: di
             scores = oof_mod.image_dices(maps, cache, rows, tuning.decision_threshold, task,
                                          tuning.postprocess, tuning.decision_min_area)
             for kind, rank, i in pick(scores):
-                image = read_photo(cache.pair(int(rows[i]))[0], ens.image_format, p.display_bands)
+                image, truth = drawable(read_photo(cache.pair(int(rows[i]))[0], ens.image_format, p.display_bands),
+                                        cache.full_mask(int(rows[i])))
                 decision = task.decide_maps([maps[i]], [1.0], image.shape[:2], tuning.decision_threshold,
                                             tuning.postprocess, tuning.decision_min_area)
-                picture = task.overlay(image, decision, cache.full_mask(int(rows[i])))
+                picture = task.overlay(image, decision, truth)
                 fold = int(split.fold[split.id == ids[i]].iloc[0])
                 pictures[f"oof_{kind}{rank}_dice{scores[i]:.4f}_{ids[i]}.jpg"] = _titled(
                     picture, f"{ids[i]} out-of-fold (fold {fold}), Dice {scores[i]:.4f}, {kind} {rank}")
     for image_id in shown_test:
-        image = read_photo(test_paths[image_id], ens.image_format, p.display_bands)
+        image, _ = drawable(read_photo(test_paths[image_id], ens.image_format, p.display_bands))
         decision = task.decide_maps([testmaps.read_map(probs / f"{image_id}.png")], [1.0], image.shape[:2],
                                     tuning.decision_threshold, tuning.postprocess, tuning.decision_min_area)
         pictures[f"test_{image_id}.jpg"] = _titled(task.overlay(image, decision), f"{image_id} test")

@@ -156,7 +156,7 @@ def _tiled(p: Params, ens: Ensemble, mode: str, paths: list[Path], todo: list[in
                 continue
             prob = tiles.sliding_window(predict, image, p.tile_size, p.tile_overlap, p.predict_batch_size)
             del image
-            maps = ens.task.to_maps(torch.from_numpy(prob[None]))[0]
+            maps = ens.task.to_maps(prob[None])[0]  # quantized in place
             written.append(writer.submit(photos.write_photo, i, paths[i], maps, orig, threshold, out, p.rle_order,
                                          ens.task, post, min_area))
     return written

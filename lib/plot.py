@@ -55,11 +55,28 @@ def learning_curve(log: pd.DataFrame, path: Path, title: str) -> None:
     files.write_bytes_atomic(path, buf.getvalue())
 
 
+TINT_ROWS = 512  # rows tinted at a time: a float copy of a band, not of a 70 MP photo (3 x 840 MB)
+
+
+def tint(image: np.ndarray, masks: list[np.ndarray], colours: list[np.ndarray]) -> np.ndarray:
+    """A copy of the (H, W, 3) uint8 RGB ``image`` with each (H, W) bool mask's pixels blended (``ALPHA``) with its
+    colour (an RGB triple, or an (H, W, 3) colour per pixel), in order (overlaps mix), ``TINT_ROWS`` rows at a time
+    in float32 then cut to uint8."""
+    out = image.copy()
+    for top in range(0, out.shape[0], TINT_ROWS):
+        band = out[top:top + TINT_ROWS]
+        mixed = band.astype(np.float32)
+        for mask, colour in zip(masks, colours):
+            m = mask[top:top + TINT_ROWS]
+            c = colour if colour.ndim == 1 else colour[top:top + TINT_ROWS][m]
+            mixed[m] = (1 - ALPHA) * mixed[m] + ALPHA * c.astype(np.float32)
+        band[...] = mixed.astype(np.uint8)
+    return out
+
+
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB photo with (H, W) bool ``mask`` tinted and outlined."""
-    out = image.astype(np.float32)
-    out[mask] = (1 - ALPHA) * out[mask] + ALPHA * COLOUR
-    out = out.astype(np.uint8)
+    out = tint(image, [mask], [COLOUR])
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, (255, 255, 0), 2, cv2.LINE_AA)
     return out
@@ -116,10 +133,7 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, task, truth: np.ndarra
     """(H, W, 3) uint8 RGB photo with each class 1..C-1 of the (H, W) uint8 ``labels`` tinted in its colour, each
     class of the ``truth`` labels (when given) outlined in its colour, and a legend of the classes."""
     colours = class_colors(task)
-    out = image.astype(np.float32)
-    painted = labels > 0
-    out[painted] = (1 - ALPHA) * out[painted] + ALPHA * colours[labels[painted]].astype(np.float32)
-    out = out.astype(np.uint8)
+    out = tint(image, [labels > 0], [colours[labels]])
     entries = [(task.names[c], tuple(int(v) for v in colours[c])) for c in task.scored]
     if truth is not None:
         for c in task.scored:
@@ -134,10 +148,7 @@ def overlay_multilabel(image: np.ndarray, decision: np.ndarray, task, truth: np.
     colour, and a legend of the labels. Label c's colour: --class-colors' row c, else ``PALETTE[c + 1]`` (a
     multi-label task has no background to leave black)."""
     colours = np.array(task.colors, np.uint8) if task.colors else class_colors(type(task)(task.classes + 1))[1:]
-    out = image.astype(np.float32)
-    for c, mask in enumerate(decision):
-        out[mask] = (1 - ALPHA) * out[mask] + ALPHA * colours[c].astype(np.float32)
-    out = out.astype(np.uint8)
+    out = tint(image, list(decision), list(colours))
     entries = [(task.names[c], tuple(int(v) for v in colours[c])) for c in task.scored]
     if truth is not None:
         for c in task.scored:

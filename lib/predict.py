@@ -347,7 +347,7 @@ def tiled_map(ens: Ensemble, tiling: tiles.Tiling, image: np.ndarray, mode: str,
     """(h, w, 3) uint8 image at the network's scale -> its stored map (``Task.to_maps``: (h, w) binary, (C * h, w)
     multi-class) by sliding window of ``models`` (default all) with TTA ``mode``, ``batch`` tiles at a time."""
     prob = tiles.sliding_window(tile_predictor(ens, mode, models), image, tiling.tile, tiling.overlap, batch)
-    return ens.task.to_maps(torch.from_numpy(prob[None]))[0]
+    return ens.task.to_maps(prob[None])[0]  # quantized in place
 
 
 class ScaledImages(Dataset):

@@ -246,9 +246,13 @@ class Task:
 
     def to_maps(self, prob) -> NDArray[np.uint8]:
         """(N, channels, H, W) probabilities -> N maps as uint8 levels round(p * 255): (N, H, W) binary,
-        (N, C * H, W) multi-class (the class maps stacked down, one PNG each)."""
-        import torch
-        u8 = (prob * 255).round().to(torch.uint8).cpu().numpy()
+        (N, C * H, W) multi-class (the class maps stacked down, one PNG each). A NumPy ``prob`` (a stitched map of a
+        large image) is quantized in place: no float copy of it is made."""
+        if isinstance(prob, np.ndarray):
+            u8 = np.rint(np.multiply(prob, 255, out=prob), out=prob).astype(np.uint8)
+        else:
+            import torch
+            u8 = (prob * 255).round().to(torch.uint8).cpu().numpy()
         n, c, h, w = u8.shape
         return u8[:, 0] if self.binary else u8.reshape(n, c * h, w)
 

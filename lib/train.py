@@ -388,7 +388,7 @@ def _evaluate_tiled(run: Run, model: torch.nn.Module) -> Evaluation:
     for row in progress(run.val_rows.tolist(), f"fold {run.fold} validation tiles", disable=not run.dist.main):
         prob = tiles_mod.sliding_window(predict, np.asarray(run.tiles.image(row)), p.tile_size, p.tile_overlap,
                                         p.predict_batch_size)
-        maps.append(task.to_maps(torch.from_numpy(prob[None]))[0])
+        maps.append(task.to_maps(prob[None])[0])  # quantized in place
     per_class = class_dices(maps, run.cache, run.val_rows, VAL_THRESHOLD, task)  # (N, S); N may be 0 on a rank
     dice_sum, count, *class_sums = run.dist.sum(float(per_class.mean(1).sum()), len(maps), *per_class.sum(0).tolist())
     gathered = run.dist.gather(PngMaps.join([PngMaps.encode(m[None]) for m in maps]))
