@@ -8,7 +8,8 @@
 Writes output/folds.csv (id, car (the group), view, fold) and output/cache/<H>x<W>/ for the preset's size.
 Every problem in the input is reported with its file name, then the script exits non-zero.
 Any names work (lib/layout.py): images train/<id>.<jpg|png|tif|bmp>, masks train_masks/<id>[_mask].<png|gif|tif|bmp>
-or instance folders train_masks/<id>/; --mask-suffix and --group-regex say how yours are named and grouped.
+or instance folders train_masks/<id>/; --mask-suffix and --group-regex say how yours are named and grouped. Without
+train_masks/, a Kaggle train.csv of per-class RLE rows (Severstal's, Clouds': lib/kagglecsv.py) holds the truth.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 
 import demo
 import params
-from lib import cache, files, folds, imageformat, inputs, layout, tilecache
+from lib import cache, files, folds, imageformat, inputs, kagglecsv, layout, tilecache
 from lib.errors import run_main
 from lib.task import Task
 
@@ -39,7 +40,8 @@ def main(p: params.Params) -> None:
     metadata = inputs.read_metadata(meta_path) if meta_path.exists() else None
     split = folds.split(table, p.n_folds, p.seed, metadata)
     ids = list(split.id)
-    fmt = imageformat.survey([image for image, _ in cache.pair_paths(p.input_dir, sorted(ids), p.mask_suffix)])
+    fmt = imageformat.survey([image for image, _ in cache.pair_paths(p.input_dir, sorted(ids), p.mask_suffix,
+                                                                         task)])
     imageformat.check_tiles(fmt, p.tile_size)
     if not fmt.rgb8:
         print(f"images: {fmt.describe()}; normalised by their own per-channel mean and std (recorded in "
@@ -72,6 +74,7 @@ def check_test_set(p: params.Params) -> None:
     listed = (p.input_dir / files.SAMPLE_SUBMISSION).exists()
     if (p.input_dir / files.TEST).is_dir():
         test_ids, _ = inputs.check_test(p.input_dir, Task.of(p))
+        kagglecsv.check_order(p.input_dir / files.SAMPLE_SUBMISSION, p.rle_order)  # Kaggle's forms are column-major
         print(f"test: {len(test_ids)} images listed in {files.SAMPLE_SUBMISSION}, all present" if listed else
               f"test: {len(test_ids)} images in {files.TEST}/ (no {files.SAMPLE_SUBMISSION}: the submission lists "
               "every one, sorted by id, keyed by file name)")

@@ -23,7 +23,7 @@ import contextlib
 import time
 
 import params
-from lib import baseline, files, folds, inputs, scoring, submission, testmaps
+from lib import baseline, files, folds, inputs, kagglecsv, scoring, submission, testmaps
 from lib import cache as training_cache
 from lib.errors import PipelineError, run_main
 from lib.testmaps import Prediction
@@ -89,6 +89,7 @@ def submit(p: params.Params, specs: list[tuple], with_baselines: bool, score: bo
     preds = testmaps.load_predictions(specs)
     task = preds[0].task
     test_ids, keys, class_rows = task.submission_rows(p.input_dir)
+    kagglecsv.check_order(p.input_dir / files.SAMPLE_SUBMISSION, p.rle_order)  # Kaggle's forms are column-major
     if score:
         scoring.truth_paths(p.input_dir, test_ids, p.mask_suffix)  # fail now, not after the work
     if later is not None:

@@ -268,8 +268,9 @@ class Params:
                                  "their 1st and 99th percentiles; one band is shown grey)", stages="03")
     predict_batch_size: int = _OUTPUT(8, "images per inference batch", stages="02 03", low=1, resumable=True)
     submission: str = _OUTPUT("submission", "file name (without .csv.gz) under the experiment folder", stages="04")
-    rle_order: str = _OUTPUT("row", "pixel order of run-length codes in submissions and train_masks.csv: row "
-                             "(Carvana: left to right, then down) | column (top to bottom, then right)",
+    rle_order: str = _OUTPUT("row", "pixel order of run-length codes in submissions, train_masks.csv and train.csv: "
+                             "row (Carvana: left to right, then down) | column (top to bottom, then right; Kaggle's "
+                             "per-class forms, Severstal's and Clouds', need it)",
                              stages="01 03 04", choices=("row", "column"))
 
     def to_dict(self) -> dict:

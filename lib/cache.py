@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import files, fingerprint, imageformat, parallel
+from lib import files, fingerprint, imageformat, kagglecsv, parallel
 from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
 from lib.imageformat import RGB8, ImageFormat
-from lib.inputs import image_header_size, image_size, train_pairs
+from lib.inputs import image_header_size, image_size, source_fingerprint, train_pairs
 from lib.photos import decode_to_net, read_image_bytes
 from lib.task import BINARY, Task
 from params import SETTINGS, Params, rerun
@@ -169,7 +169,7 @@ class Cache:
     def pair(self, i: int) -> tuple[Path, Path]:
         """(image file, mask file or instance folder) of row i."""
         if self.paths is None:
-            self.paths = pair_paths(self.root, self.ids, self.mask_suffix)
+            self.paths = pair_paths(self.root, self.ids, self.mask_suffix, self.task)
         return self.paths[i]
 
     def rows(self, ids: list[str]) -> np.ndarray:
@@ -192,12 +192,12 @@ class Cache:
         return image, self.task.net_target(mask, *self.size)
 
 
-def pair_paths(root: Path, ids: list[str], mask_suffix: str = "") -> list[tuple[Path, Path]]:
-    """(image, mask) of each id in ``root``'s train/ and train_masks/ (lib/layout.py); PipelineError for a missing
-    one, naming it."""
-    pairs, problems = train_pairs(Path(root), mask_suffix)
+def pair_paths(root: Path, ids: list[str], mask_suffix: str = "", task: Task = BINARY) -> list[tuple[Path, Path]]:
+    """(image, mask) of each id in ``root``'s train/ and train_masks/ (lib/layout.py), or its rows of a Kaggle
+    train.csv (lib/kagglecsv.py); PipelineError for a missing one, or any bad row of the CSV, naming it."""
+    pairs, problems = train_pairs(Path(root), mask_suffix, task=task)
     missing = [i for i in ids if i not in pairs]
-    if missing:
+    if missing or (problems and kagglecsv.truth_csv(Path(root)) is not None):
         raise PipelineError((problems[0] if problems else f"{root / files.TRAIN}: no image and mask for "
                              f"{missing[0]!r} ({len(missing)} id(s) of the split)") +
                             f"; {_prepare_again()}")
@@ -313,7 +313,7 @@ def _item(job: tuple[Path, Path, int, int, bool, Task, bool, ImageFormat]) -> tu
     fps = None
     if with_fps:  # before reading: a file written meanwhile then has a newer time than the one recorded
         try:
-            fps = (fingerprint.of_path(image_file), fingerprint.of_path(mask_file))
+            fps = (fingerprint.of_path(image_file), source_fingerprint(mask_file))
         except OSError as e:
             raise PipelineError(f"{e.filename}: cannot read ({e.strerror}); {_prepare_again()}") from None
     mask = task.read_truth(mask_file)
@@ -354,7 +354,7 @@ def build_cache(root: Path, ids: list[str], output: Path, height: int, width: in
     ids = sorted(ids)
     folders = {"truth": _truth_dir(output) if truth else None,
                "images": files.cache_dir(output, height, width) if images else None}
-    paths = pair_paths(root, ids, mask_suffix)
+    paths = pair_paths(root, ids, mask_suffix, task)
     sizes = image_sizes([image for image, _ in paths])
     fresh = sources.fresh if sources is not None else {}
     known = [(fresh.get(relative(root, image)), fresh.get(relative(root, mask))) for image, mask in paths]

@@ -26,6 +26,7 @@ from lib.layout import NAME_EXTS
 # --- input (the Kaggle layout) ---
 TRAIN, TRAIN_MASKS, TEST, TEST_MASKS = "train", "train_masks", "test", "test_masks"
 SAMPLE_SUBMISSION, TRAIN_MASKS_CSV, METADATA_CSV = "sample_submission.csv", "train_masks.csv", "metadata.csv"
+TRAIN_CSV = "train.csv"  # Kaggle's per-class RLE rows (Severstal, Clouds): the truth when there is no train_masks/
 
 
 def mask_name(image_id: str) -> str:

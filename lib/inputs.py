@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lib import files, fingerprint, imageformat, layout, parallel
+from lib import files, fingerprint, imageformat, kagglecsv, layout, parallel
 from lib.errors import PipelineError, listing
 from lib.fingerprint import Fingerprint
 from lib.photos import read_image_bytes
@@ -213,11 +213,11 @@ def _labels_of_colours(path: Path, rgb: np.ndarray, colors: tuple) -> np.ndarray
     return labels
 
 
-def _named_instances(folder: Path, names: Sequence[str], first: int) -> list[tuple[int, np.ndarray]]:
-    """(index in ``names``, (H, W) bool mask) of each file ``<anything>__<name>.<ext>`` of an instance folder, in name
-    order; PipelineError naming the file when its name is not one of ``names[first:]`` or its size differs."""
+def _named_instances(folder: Path, names: Sequence[str], first: int) -> list[tuple[int, np.ndarray, str]]:
+    """(index in ``names``, (H, W) bool mask, the file) of each file ``<anything>__<name>.<ext>`` of an instance folder,
+    in name order; PipelineError naming the file when its name is not one of ``names[first:]`` or its size differs."""
     paths = layout.instance_files(folder)
-    out: list[tuple[int, np.ndarray]] = []
+    out: list[tuple[int, np.ndarray, str]] = []
     for path in paths:
         stem = path.name.rsplit(".", 1)[0]
         name = stem.rpartition("__")[2] if "__" in stem else None
@@ -229,18 +229,64 @@ def _named_instances(folder: Path, names: Sequence[str], first: int) -> list[tup
             shape = out[0][1].shape
             raise PipelineError(f"{path}: instance mask is {mask.shape[1]}x{mask.shape[0]} but {paths[0].name} in "
                                 f"the same folder is {shape[1]}x{shape[0]}")
-        out.append((names.index(name), mask))
+        out.append((names.index(name), mask, str(path)))
     return out
 
 
 def read_class_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
     """(H, W) uint8 labels from an instance folder of a multi-class set: each file ``<anything>__<class name>.<ext>``
-    is a binary mask of one object of that class; later files (in name order) paint over earlier ones."""
+    is a binary mask of one object of that class (``paint_classes``: objects of one class may overlap, objects of
+    two classes may not)."""
     masks = _named_instances(folder, names, first=1)
-    labels = np.zeros(masks[0][1].shape, np.uint8)
-    for index, mask in masks:
+    return paint_classes(masks[0][1].shape, masks, names)
+
+
+def paint_classes(shape: tuple[int, int], masks: Sequence[tuple[int, np.ndarray, str]], names: Sequence[str]
+                  ) -> np.ndarray:
+    """(H, W) uint8 labels of a multi-class image from the (class index, (H, W) bool mask, where it comes from) of
+    each object: each object painted with its class. Objects of one class may overlap; a pixel in objects of two
+    classes is a PipelineError naming both, the pixels they share and the --multilabel command that keeps both (one
+    class per pixel cannot)."""
+    labels = np.zeros(shape, np.uint8)
+    for k, (index, mask, source) in enumerate(masks):
+        if np.any(mask & (labels != 0) & (labels != index)):
+            other, other_mask, other_source = next(m for m in masks[:k] if m[0] != index and np.any(m[1] & mask))
+            shared = int(np.count_nonzero(mask & other_mask))
+            raise PipelineError(f"{source}: its {names[index]} overlaps the {names[other]} of {other_source} in "
+                                f"{shared} pixels, and one class per pixel cannot hold both; "
+                                f"{_multilabel_advice(names)}")
         labels[mask] = index
     return labels
+
+
+def _multilabel_advice(names: Sequence[str]) -> str:
+    """How a multi-class set (``names``: class 0 the background first) whose classes overlap is prepared instead: its
+    classes 1..C-1 as C-1 overlapping labels (the background is no label), named as before."""
+    from lib.task import MAX_LABELS
+    from params import command
+    labels = list(names[1:])
+    if len(labels) > MAX_LABELS:
+        return (f"--multilabel keeps overlaps but takes at most {MAX_LABELS} labels, and there are {len(labels)}: "
+                "repaint the masks so that objects of two classes do not overlap")
+    return ("to keep overlapping labels, prepare with --multilabel (and give the same flags to every stage): "
+            + command("01_prepare.py", "--classes", str(len(labels)), "--multilabel", "--class-names",
+                      ",".join(labels), drop=("class_colors",)))
+
+
+def read_csv_truth(source: kagglecsv.CsvTruth, task: Task) -> np.ndarray:
+    """The truth of one training image from its ``train.csv`` rows (lib/kagglecsv.py): (C, H, W) bool with overlaps
+    kept (multi-label) or (H, W) uint8 labels (multi-class, ``paint_classes``); PipelineError naming the line of a
+    bad row."""
+    size, masks = source.masks()
+    if task.multilabel:
+        truth = np.zeros((task.classes, *size), bool)
+        for _, c, mask in masks:
+            truth[c] |= mask
+        return truth
+    if task.binary:
+        raise PipelineError(f"{source.csv}: per-class RLE rows, read as binary masks; give --classes C to every stage")
+    objects = [(c, mask, f"{source.csv} line {line} ({source.image.name})") for line, c, mask in masks]
+    return paint_classes(size, objects, task.names)
 
 
 def read_label_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
@@ -249,7 +295,7 @@ def read_label_instances(folder: Path, names: Sequence[str]) -> np.ndarray:
     holds every label whose masks cover it)."""
     masks = _named_instances(folder, names, first=0)
     truth = np.zeros((len(names), *masks[0][1].shape), bool)
-    for index, mask in masks:
+    for index, mask, _ in masks:
         truth[index] |= mask
     return truth
 
@@ -274,7 +320,7 @@ def _check_pair(args: tuple) -> Checked:
         raw = read_image_bytes(image_path)
         height, width = check_image_bytes(raw, image_path)
         mask = task.read_truth(mask_path)
-        mask_fp = fingerprint.of_path(mask_path)  # hashes the bytes read_truth just read (from the page cache)
+        mask_fp = source_fingerprint(mask_path)  # the bytes read_truth just read (page cache; train.csv: as parsed)
     except PipelineError as e:
         return Checked(image_id_, problem=str(e))
     except OSError as e:  # the mask, gone since it was read
@@ -287,6 +333,14 @@ def _check_pair(args: tuple) -> Checked:
                    task.class_pixels(mask), **sources)
 
 
+def source_fingerprint(mask) -> Fingerprint:
+    """The fingerprint of a training mask file or instance folder (read and hashed now), or of the ``train.csv`` a
+    ``kagglecsv.CsvTruth`` comes from (as its rows were read). OSError if it is missing."""
+    if isinstance(mask, kagglecsv.CsvTruth):
+        return mask.fingerprint
+    return fingerprint.of_path(mask)
+
+
 def _stat(path: Path) -> os.stat_result:
     try:
         return os.stat(path)
@@ -294,12 +348,18 @@ def _stat(path: Path) -> os.stat_result:
         raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def train_pairs(root: Path, mask_suffix: str = "", notes: list[str] | None = None
+def train_pairs(root: Path, mask_suffix: str = "", notes: list[str] | None = None, task: Task = BINARY
                 ) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
     """id -> (image, mask file or instance folder) for the training images that have a mask, and the problems
-    (images without a mask, masks without an image, ambiguous masks), one line each naming the file."""
+    (images without a mask, masks without an image, ambiguous masks), one line each naming the file. Without a
+    ``train_masks/`` folder, a Kaggle ``train.csv`` of per-class RLE rows (lib/kagglecsv.py) gives every image its
+    truth (a ``kagglecsv.CsvTruth`` in place of the mask; the problems are its bad rows)."""
     notes = [] if notes is None else notes
     images = layout.list_images(root / files.TRAIN, notes)
+    csv_path = kagglecsv.truth_csv(root)
+    if csv_path is not None:
+        truth, problems = kagglecsv.train_truth(csv_path, images, task, notes)
+        return {i: (images[i], truth[i]) for i in sorted(images)}, problems
     masks, ambiguous, strays = layout.match_masks(sorted(images), root / files.TRAIN_MASKS, mask_suffix, notes)
     if not masks and not ambiguous:
         held = f"; it holds {len(strays)} other mask(s) such as {strays[0].name} (give --mask-suffix)" if strays else ""
@@ -325,7 +385,12 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
         import params
         raise PipelineError(f"{root}: input folder missing; run {params.command('01_prepare.py', '--demo')} for demo "
                             "data or put the Kaggle files there (see README)")
-    pairs, problems = train_pairs(root, mask_suffix, notes)
+    pairs, problems = train_pairs(root, mask_suffix, notes, task)
+    csv_path = kagglecsv.truth_csv(root)
+    if csv_path is not None:  # the truth is its rows: read in Kaggle's pixel order, as the submission is written
+        kagglecsv.check_order(csv_path, rle_order)
+    elif (root / files.TRAIN_CSV).is_file():
+        notes.append(f"{root / files.TRAIN_CSV} is not read: {root / files.TRAIN_MASKS}/ holds the masks")
     ids = sorted(pairs)
     groups = layout.groups_of(ids, group_regex)  # a bad --group-regex is refused before any image is read
     jobs = [(i, *pairs[i], rle_order, task) for i in ids]
@@ -343,7 +408,7 @@ def check_train(root: Path, workers: int = 2, mask_suffix: str = "", group_regex
     if len(sizes) > 1:
         notes.append(f"image sizes differ ({len(sizes)} sizes; most common {sizes.index[0][1]}x{sizes.index[0][0]} "
                      f"for {sizes.iloc[0]} images): each is brought to the network size and its prediction back")
-    instances = [i for i in ids if pairs[i][1].is_dir()]
+    instances = [i for i in ids if isinstance(pairs[i][1], Path) and pairs[i][1].is_dir()]
     if instances:
         merged = "a label per mask, overlaps kept" if task.multilabel else "the union of its masks"
         notes.append(f"{len(instances)} image(s) take their mask from an instance folder ({merged}): "
@@ -485,28 +550,31 @@ def test_sizes(root: Path, ids: list[str], names: dict[str, str], common: tuple[
 def test_class_rows(root: Path, task: Task) -> tuple[list[str], list[str], list[tuple[str, int]]]:
     """Multi-class submission rows: (test image ids in first-row order, row ids, (image id, class) of each row).
 
-    With sample_submission.csv its rows, each ``<image id>_<class name>`` of a class 1..C-1 (the longest class name
-    that ends the row id wins; a multi-label task's rows are ``<file name>_<label name>``, Severstal's and Clouds'
-    form); without one every test image sorted by id, each with a row per class in class order.
+    With sample_submission.csv its rows in its form (lib/kagglecsv.py): ``img,rle_mask`` rows ``<image id>_<class
+    name>`` of a class 1..C-1 (a multi-label task's ``<file name>_<label name>``; the longest class name that ends the
+    row id wins), or Kaggle's: Severstal's ``ImageId,ClassId`` columns or ``ImageId_ClassId`` rows (ClassId k: label
+    k-1, or class k), Clouds' ``Image_Label`` rows ``<file name>_<label name>``; the row id of the three-column form is
+    ``<ImageId>_<ClassId>``. Without one every test image sorted by id, each with a row per class in class order.
     """
     path = root / files.SAMPLE_SUBMISSION
     if not path.exists():
         ids, file_names = test_rows(root)
         keys = [key for i, name in zip(ids, file_names) for key in task.row_ids(name, i)]
         return ids, keys, [(i, c) for i in ids for c in task.scored]
-    keys = list(read_csv(path, ["img", "rle_mask"]).img)
-    names = sorted(((task.names[c], c) for c in task.scored), key=lambda x: -len(x[0]))
+    table = kagglecsv.read_table(path)
+    keys = [key for _, key, _ in table.rows]
     pairs, bad = [], []
     for key in keys:
-        hit = next(((key[:-len(n) - 1], c) for n, c in names if key.endswith("_" + n) and len(key) > len(n) + 1), None)
-        if hit is None:
+        image, part = kagglecsv.split(key, table.form, task)
+        c = kagglecsv.class_index(part, table.form, task) if image else None
+        if c is None:
             bad.append(key)
         else:
-            pairs.append((files.image_id(hit[0]), hit[1]) if task.multilabel else hit)
+            pairs.append((files.image_id(image) if task.multilabel or table.form.kaggle else image, c))
     if bad:
-        form = "<file name>_<label name>" if task.multilabel else "<image id>_<class name>"
-        raise PipelineError(f"{path}: rows {listing(bad)} are not {form} with a class of "
-                            f"{', '.join(task.names[c] for c in task.scored)} "
+        what = (f"ClassIds 1..{len(task.scored)}" if table.form.class_id else
+                f"a class of {', '.join(task.names[c] for c in task.scored)}")
+        raise PipelineError(f"{path}: rows {listing(bad)} are not {kagglecsv.row_form(table.form, task)} with {what} "
                             "(--classes, --class-colors/--class-names)")
     if len(set(keys)) != len(keys):
         raise PipelineError(f"{path}: duplicate row ids")

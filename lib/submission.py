@@ -1,4 +1,6 @@
-"""Submissions: ``<name>.csv.gz`` (``img,rle_mask`` rows) and ``<name>.manifest.json`` beside it, written by 04.
+"""Submissions: ``<name>.csv.gz`` (``img,rle_mask`` rows, or the form of a Kaggle sample_submission.csv: Severstal's
+``ImageId,ClassId,EncodedPixels`` or ``ImageId_ClassId``, Clouds' ``Image_Label``, lib/kagglecsv.py) and
+``<name>.manifest.json`` beside it, written by 04.
 
 Every submission, the model's and the baselines', is written by ``write``: the rows streamed into the file under a
 temporary name, renamed only when every row is in, then the manifest saying what went in; ``read_submission``
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lib import files, fingerprint, parallel, postprocess, rle, testmaps
+from lib import files, fingerprint, kagglecsv, parallel, postprocess, rle, testmaps
 from lib.ensemble import ensemble_label_decision, ensemble_min_area, ensemble_postprocess, ensemble_threshold
 from lib.errors import PipelineError
 from lib.inputs import image_header_size
@@ -37,7 +39,7 @@ from lib.tiles import Tiling
 from lib.tuning import PREDICT_STAGE, map_size, predict_command
 
 SUFFIX, MANIFEST_SUFFIX = ".csv.gz", ".manifest.json"
-HEADER = ("img", "rle_mask")
+HEADER = kagglecsv.PLAIN.header  # ("img", "rle_mask"): the rows' form without a sample in another
 CHUNKSIZE = 8  # test ids per worker task (~40 ms of work): few messages, and the workers stay evenly busy
 GZIP_LEVEL = 1  # 0.23 ms and 4.3 kB per full-size row; level 6: 1.2 ms (the writer would be the bottleneck), 3.9 kB
 WRITE_BATCH = 256  # rows joined per gzip write
@@ -120,8 +122,11 @@ def encode_one(image_id: str, job: EncodeJob) -> tuple[str, tuple[str, ...]]:
 
 # --- the file ---
 def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], shape: tuple[int, int] | None,
-                     expected_ids: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> int:
+                     expected_ids: Sequence[str] | None = None, keys: Sequence[str] | None = None,
+                     form: kagglecsv.Form = kagglecsv.PLAIN) -> int:
     """Stream ``img,rle_mask`` rows (row key, RLE) into ``path`` (``.csv.gz``) atomically; return the row count.
+    ``form``: the header and fields of another form (lib/kagglecsv.py: a key ``<ImageId>_<ClassId>`` is written as
+    two fields in the three-column form).
 
     ids: the image ids in row order; masks_rle: one RLE string per id, same order, consumed lazily.
     keys: the ``img`` of each row (sample_submission.csv's, or the test file names); default ``<id>.jpg``.
@@ -143,7 +148,7 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as raw:
             with gzip.GzipFile(path.name[:-3], "wb", GZIP_LEVEL, raw, mtime=0) as gz:
-                gz.write((",".join(HEADER) + "\n").encode())
+                gz.write((",".join(form.header) + "\n").encode())
                 rows, batch, codes = 0, [], iter(masks_rle)
                 for image_id, key in zip(ids, keys):
                     code = next(codes, None)
@@ -157,7 +162,7 @@ def write_submission(path: Path, ids: Sequence[str], masks_rle: Iterable[str], s
                             rle.validate(code, shape)
                         except ValueError as e:
                             raise PipelineError(f"{refused} bad RLE for {image_id} (row {rows + 1}): {e}") from None
-                    batch.append(files.csv_row(key, code))
+                    batch.append(files.csv_row(*form.fields(key, code)))
                     rows += 1
                     if len(batch) == WRITE_BATCH:
                         gz.write("".join(batch).encode())
@@ -184,7 +189,8 @@ def _check_ids(path: Path, ids: list[str], expected: Sequence[str] | None) -> No
 
 
 def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[str, str]]:
-    """Stream (image id, RLE) rows of a submission ``.csv.gz`` (or ``.csv``), checking the header."""
+    """Stream (image id, RLE) rows of a submission ``.csv.gz`` (or ``.csv``), checking the header: ``img,rle_mask`` or
+    a Kaggle form (lib/kagglecsv.py; the row id of the three-column form is ``<ImageId>_<ClassId>``)."""
     from params import command
     if not path.exists():
         raise PipelineError(f"{path}: missing; write it with {command('04_submit.py')}")
@@ -193,12 +199,15 @@ def read_submission(path: Path, strip_extension: bool = True) -> Iterator[tuple[
         with opener(path, "rt", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            if header is None or tuple(header) != HEADER:
-                raise PipelineError(f"{path}: header is {header}, expected {','.join(HEADER)}")
+            form = kagglecsv.form_of(header) if header else None
+            if form is None:
+                raise PipelineError(f"{path}: header is {header}, expected {','.join(HEADER)} (or "
+                                    f"{kagglecsv.KAGGLE_FORMS})")
             for n, row in enumerate(reader, start=2):
-                if len(row) != 2:
-                    raise PipelineError(f"{path}: line {n} has {len(row)} fields, expected 2")
-                yield (files.image_id(row[0]) if strip_extension else row[0]), row[1]
+                if len(row) != len(form.header):
+                    raise PipelineError(f"{path}: line {n} has {len(row)} fields, expected {len(form.header)}")
+                key, code = form.key_code(row)
+                yield (files.image_id(key) if strip_extension else key), code
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: unreadable ({e}); write it again with {command('04_submit.py')}") from None
 
@@ -222,11 +231,12 @@ def write_manifest(path: Path, fields: dict, rows: int, seconds: float, sample_s
 
 
 def write(path: Path, keys: Sequence[str], codes: Iterable[str], fields: dict, sample_submission: Path) -> dict:
-    """Every submission's writer: the rows (``keys[i]``, the i-th RLE of ``codes``, consumed lazily) into ``path``,
-    then its manifest: ``fields`` (what went in) plus the rows, the time they took and the file's digest. Returns the
-    manifest."""
+    """Every submission's writer: the rows (``keys[i]``, the i-th RLE of ``codes``, consumed lazily) into ``path``, in
+    ``sample_submission``'s form (its header; ``img,rle_mask`` without one), then its manifest: ``fields`` (what went
+    in) plus the rows, the time they took and the file's digest. Returns the manifest."""
     start = time.perf_counter()
-    rows = write_submission(path, keys, codes, None, keys=keys)
+    form = kagglecsv.form_of(kagglecsv.read_header(sample_submission)) if sample_submission.is_file() else None
+    rows = write_submission(path, keys, codes, None, keys=keys, form=form or kagglecsv.PLAIN)
     return write_manifest(path, fields, rows, time.perf_counter() - start, sample_submission)
 
 

@@ -8,7 +8,7 @@ The stages ask the task object rather than branching on the number of classes th
 | network output | 1 channel of logits | C channels of logits | C channels of logits |
 | probabilities | sigmoid | softmax over the channels | a sigmoid per channel |
 | loss (``--loss``, lib/losses.py) | smp's binary mode: BCE + soft Dice, ... | multiclass mode: CE + soft Dice, ... | multilabel mode: BCE + soft Dice, ... |
-| truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels | (C, H, W) bool from an instance folder ``<n>__<label>.png``, overlaps kept |
+| truth read from a mask | (H, W) bool: a 0/1 or 0/255 mask, an instance folder's union | (H, W) uint8 labels (objects of two classes may not overlap) | (C, H, W) bool from an instance folder ``<n>__<label>.png`` or ``train.csv`` rows, overlaps kept |
 | truth kept at full resolution | its bits | ``truth_bits`` bit planes of the labels | C bit planes, one per label |
 | what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask | each label's share of the pixels, labels in no mask |
 | training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest | (H, W) uint8, bit c set where label c is (nearest); ``target`` unpacks it to (N, C, H, W) 0/1 |
@@ -17,7 +17,7 @@ The stages ask the task object rather than branching on the number of classes th
 | picture of a decision | the mask tinted and outlined | each class tinted in its colour | each label tinted and outlined (overlaps blend) |
 | score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean | Dice of each label 0..C-1 (1 when both are empty), their mean |
 | figures per class (logs, tuning) | none: the image score is the one class's | ``{name: value}`` of classes 1..C-1 | ``{name: value}`` of every label |
-| submission rows of an image | ``<file name>`` | ``<image id>_<class name>`` for class 1..C-1 | ``<file name>_<label name>`` for every label (Severstal: names 1..C, the default; Clouds: Fish, ...) |
+| submission rows of an image | ``<file name>`` | ``<image id>_<class name>`` for class 1..C-1 | ``<file name>_<label name>`` for every label (Severstal: names 1..C, the default; Clouds: Fish, ...); with a Kaggle sample_submission.csv its form (lib/kagglecsv.py) |
 
 A Task is made in one of two ways: ``Task.of(p)`` from a run's settings, ``Task.from_record(record)`` from what a
 file recorded (``record()``); ``BINARY`` is the binary task's value.
@@ -126,8 +126,11 @@ class Task:
     def read_truth(self, path: Path) -> NDArray:
         """The truth of one image from its mask file or instance folder: (H, W) bool (``inputs.read_mask``) or uint8
         labels (``inputs.read_labels``, or ``inputs.read_class_instances`` for a folder) or (C, H, W) bool labels
-        (``inputs.read_label_instances``); PipelineError naming the file when it is not one."""
-        from lib import inputs
+        (``inputs.read_label_instances``), or from its rows of a Kaggle ``train.csv`` (``path`` a
+        ``kagglecsv.CsvTruth``: ``inputs.read_csv_truth``); PipelineError naming the file when it is not one."""
+        from lib import inputs, kagglecsv
+        if isinstance(path, kagglecsv.CsvTruth):
+            return inputs.read_csv_truth(path, self)
         if self.binary:
             return inputs.read_mask(path)
         if self.multilabel:
@@ -167,7 +170,7 @@ class Task:
         present = np.sum([np.array(c) > 0 for c in pixels], axis=0)
         what = "labels (share of the labelled pixels" if self.multilabel else "classes (share of pixels"
         notes = [f"{what}, images holding it): " + ", ".join(
-            f"{name} {t / total.sum():.1%} {n}" for name, t, n in zip(self.names, total, present))]
+            f"{name} {t / max(total.sum(), 1):.1%} {n}" for name, t, n in zip(self.names, total, present))]
         absent = [name for name, n in zip(self.names, present) if n == 0]
         if absent:
             notes.append(f"{'label' if self.multilabel else 'class'}(es) {', '.join(absent)} in no training mask: the "

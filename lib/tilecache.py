@@ -26,7 +26,7 @@ from lib import files, imageformat, parallel
 from lib.cache import GB, DISK_MARGIN, Sources, pair_paths, sources_record, _prepare_again
 from lib.errors import PipelineError
 from lib.fingerprint import of_path
-from lib.inputs import read_image_bytes
+from lib.inputs import read_image_bytes, source_fingerprint
 from lib.task import Task
 from lib.tiles import read_scaled, scaled_size
 
@@ -99,11 +99,11 @@ def _state(folder: Path, ids: list[str], downscale: float, mask_suffix: str, tas
 def _item(job: tuple) -> tuple:
     """Write one image's arrays under ``folder``; (original size, scaled size, fingerprints of image and mask)."""
     folder, image_id, image_file, mask_file, downscale, task, seed = job
-    fps = (of_path(image_file), of_path(mask_file))  # before reading: a file written meanwhile is newer
+    fps = (of_path(image_file), source_fingerprint(mask_file))  # before reading: a file written meanwhile is newer
     image, orig = read_scaled(read_image_bytes(image_file), image_file, downscale)
     truth = task.read_truth(mask_file)
-    if truth.shape != orig:
-        raise PipelineError(f"{mask_file}: mask is {truth.shape[1]}x{truth.shape[0]} but its image {image_file.name} "
+    if task.truth_size(truth) != orig:
+        raise PipelineError(f"{mask_file}: mask is {truth.shape[-1]}x{truth.shape[-2]} but its image {image_file.name} "
                             f"is {orig[1]}x{orig[0]}; {_prepare_again()}")
     h, w = image.shape[:2]
     target = task.net_target(truth, h, w)
@@ -127,7 +127,7 @@ def build(root: Path, output: Path, ids: list[str], downscale: float, workers: i
     for kind in ("images", "masks", "points"):
         (folder / kind).mkdir(parents=True, exist_ok=True)
         files.remove_stale_temps(folder / kind)
-    paths = pair_paths(root, ids, mask_suffix)
+    paths = pair_paths(root, ids, mask_suffix, task)
     jobs = [(folder, i, image, mask, downscale, task, k) for k, (i, (image, mask)) in enumerate(zip(ids, paths))]
     origs, sizes, fps = [], [], []
     with parallel.ordered(_item, jobs, workers, chunksize=1) as results:

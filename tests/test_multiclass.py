@@ -50,19 +50,77 @@ def test_bad_label_masks_are_one_line_naming_the_file(tmp_path):
         Task(4).read_truth(tmp_path / "odd.png")
 
 
-def test_class_instance_folders_paint_each_object_with_its_class(tmp_path):
+def test_class_instance_folders_paint_each_object_and_refuse_two_classes_that_overlap(tmp_path):
     folder = tmp_path / "img1"
     folder.mkdir()
     road, tree = np.zeros((6, 8), np.uint8), np.zeros((6, 8), np.uint8)
     road[1:3, :] = 255
-    tree[2:5, 5:7] = 255
+    tree[2:5, 5:7] = 255  # overlaps the road at row 2, columns 5-6
     Image.fromarray(road).save(folder / "a__road.png")
     Image.fromarray(tree).save(folder / "b__tree.png")
+    with pytest.raises(PipelineError) as refused:
+        TASK.read_truth(folder)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(
+        f"{folder / 'b__tree.png'}: its tree overlaps the road of {folder / 'a__road.png'} in 2 pixels")
+    assert line.endswith("01_prepare.py --classes 3 --multilabel --class-names road,roof,tree`")
+    labels = Task(3, ("road", "roof", "tree"), multilabel=True).read_truth(folder)  # what the advice reads
+    assert labels[0, 2, 5] and labels[2, 2, 5] and labels[0].sum() == 16 and labels[2].sum() == 6
+    tree[2] = 0  # no overlap: each object painted with its class; objects of one class may overlap
+    Image.fromarray(tree).save(folder / "b__tree.png")
+    road2 = np.zeros((6, 8), np.uint8)
+    road2[0:2, 0:3] = 255  # overlaps a__road: the same class
+    Image.fromarray(road2).save(folder / "c__road.png")
     labels = TASK.read_truth(folder)
-    assert labels[1, 0] == 1 and labels[2, 5] == 3 and labels[4, 5] == 3 and labels[5, 0] == 0
+    expected = np.zeros((6, 8), np.uint8)
+    expected[1:3, :], expected[0, 0:3], expected[3:5, 5:7] = 1, 1, 3
+    assert np.array_equal(labels, expected)
     Image.fromarray(tree).save(folder / "c__car.png")
     with pytest.raises(PipelineError, match=r"c__car\.png: .*<anything>__<class>"):
         TASK.read_truth(folder)
+
+
+def write_instance_set(root, overlap: bool) -> None:
+    """4 training photos of 48 x 32 with class instance folders (road, tree); photo c2's tree overlaps its road."""
+    for k in range(4):
+        image_id = f"c{k}"
+        (root / "train_masks" / image_id).mkdir(parents=True)
+        (root / "train").mkdir(exist_ok=True)
+        Image.fromarray(np.full((32, 48, 3), 40 * k, np.uint8)).save(root / "train" / f"{image_id}.png")
+        road, tree = np.zeros((32, 48), np.uint8), np.zeros((32, 48), np.uint8)
+        road[4:10, :] = 255
+        tree[12 - (6 if overlap and k == 2 else 0):20, 30:40] = 255
+        Image.fromarray(road).save(root / "train_masks" / image_id / "0__road.png")
+        Image.fromarray(tree).save(root / "train_masks" / image_id / "1__tree.png")
+
+
+def test_overlapping_classes_are_refused_by_01_and_its_advice_prepares_them(tmp_path):
+    from test_repairs import advised
+    root, out = tmp_path / "input", tmp_path / "out"
+    write_instance_set(root, overlap=True)
+    flags = ["--input", root, "--output", out, "--n-folds", "2", "--workers", "0", "--height", "32", "--width", "64",
+             "--preset", "demo"]
+    failed = run_script("01_prepare.py", "--classes", "4", "--class-colors", classes_csv(tmp_path), *flags,
+                        check=False)
+    assert failed.returncode == 1 and not out.exists()  # nothing written
+    line = next(x for x in failed.stderr.splitlines() if "overlaps" in x).strip()
+    assert line.startswith(f"{root / 'train_masks' / 'c2' / '1__tree.png'}: its tree overlaps the road of "
+                           f"{root / 'train_masks' / 'c2' / '0__road.png'} in 40 pixels")
+    args = advised(line, "01_prepare.py")
+    assert "--class-colors" not in args and args[:5] == ["--classes", "3", "--multilabel", "--class-names",
+                                                         "road,roof,tree"]
+    done = run_script("01_prepare.py", *args)
+    assert "task: 3 overlapping labels (road, roof, tree)" in done.stdout
+    write_instance_set(tmp_path / "apart", overlap=False)  # without the overlap the multi-class set is prepared
+    apart = run_script("01_prepare.py", "--classes", "4", "--class-colors", classes_csv(tmp_path), *flags[4:],
+                       "--input", tmp_path / "apart", "--output", tmp_path / "out_apart")
+    assert "task: 4 classes (background, road, roof, tree)" in apart.stdout
+
+
+def classes_csv(folder) -> str:
+    path = folder / "classes.csv"
+    path.write_text("".join(f"{name},{r},{g},{b}\n" for name, (r, g, b) in zip(TASK.names, TASK.colors)))
+    return str(path)
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5, 17])
