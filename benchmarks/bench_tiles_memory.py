@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,7 @@ def main() -> None:
     ap.add_argument("--downscale", default="1")
     ap.add_argument("--threads", default="2")
     a = ap.parse_args()
+    shutil.rmtree(a.work, ignore_errors=True)  # every figure from scratch: 03 would reuse an earlier run's map
     rows = (photo_path if a.path == "images" else test_path)(a.work, a)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor())

@@ -92,7 +92,9 @@ class _BiasedOracle(torch.nn.Module):
         return logits + bias
 
 
-def test_auto_picks_the_mode_that_scores_best(tiny_demo, tiny_prepared, tmp_path):
+def _tune_with_oracle(oracle_class, tiny_demo, tiny_prepared, tmp_path, **settings):
+    """(tuning, {tta mode: pooled out-of-fold Dice}) of 03's tuning of the tiny demo with two copies of an oracle
+    network (``oracle_class(cache, rows)``) as the fold models, under the demo preset and ``settings``."""
     from lib import folds as folds_mod
     from lib.cache import open_for
     from lib.predict import Ensemble, tune
@@ -100,16 +102,20 @@ def test_auto_picks_the_mode_that_scores_best(tiny_demo, tiny_prepared, tmp_path
     out = tmp_path / "out"
     shutil.copytree(tiny_prepared, out)
     p = params.make_params(**{**params.PRESETS["demo"], "input": str(tiny_demo), "output": str(out), "height": 64,
-                              "width": 96, "n_folds": 2, "workers": 0, "postprocess": "none",
-                              "tta_modes": "none,hflip,vflip,d4"})
+                              "width": 96, "n_folds": 2, "workers": 0, "postprocess": "none", **settings})
     split = folds_mod.read(out)
     cache = open_for(p, list(split.id), 64, 96)
-    oracle = _BiasedOracle(cache, cache.rows(list(split.id)))
+    oracle = oracle_class(cache, cache.rows(list(split.id)))
     cpu = torch.device("cpu")
     ens = Ensemble([oracle, oracle], [0, 1], [{"digest": "oracle"}] * 2, p, cpu, Precision.for_device(cpu, "off"),
                    BINARY, channels_last=False)
     tuning = tune(p, split, ens)
-    pooled = {s["tta"]: s["dice"] for s in tuning.scores if s["name"].endswith("out-of-fold")}
+    return tuning, {s["tta"]: s["dice"] for s in tuning.scores if s["name"].endswith("out-of-fold")}
+
+
+def test_auto_picks_the_mode_that_scores_best(tiny_demo, tiny_prepared, tmp_path):
+    tuning, pooled = _tune_with_oracle(_BiasedOracle, tiny_demo, tiny_prepared, tmp_path,
+                                       tta_modes="none,hflip,vflip,d4")
     assert set(pooled) == {"none", "hflip", "vflip"}  # d4 left out: 64 x 96 is not square
     assert tuning.tta == "vflip" and tuning.tta_asked == "auto:none,hflip,vflip,d4"
     assert pooled["vflip"] > 0.97 and pooled["vflip"] > max(pooled["none"], pooled["hflip"]) + 0.05, pooled
@@ -214,23 +220,8 @@ class _ScaleShyOracle(torch.nn.Module):
 
 
 def test_auto_picks_the_scales_where_they_score_best(tiny_demo, tiny_prepared, tmp_path):
-    from lib import folds as folds_mod
-    from lib.cache import open_for
-    from lib.predict import Ensemble, tune
-    from lib.runtime import Precision
-    out = tmp_path / "out"
-    shutil.copytree(tiny_prepared, out)
-    p = params.make_params(**{**params.PRESETS["demo"], "input": str(tiny_demo), "output": str(out), "height": 64,
-                              "width": 96, "n_folds": 2, "workers": 0, "postprocess": "none", "gating": "off",
-                              "tta_modes": "none", "tta_scales": "0.5,1"})
-    split = folds_mod.read(out)
-    cache = open_for(p, list(split.id), 64, 96)
-    oracle = _ScaleShyOracle(cache, cache.rows(list(split.id)))
-    cpu = torch.device("cpu")
-    ens = Ensemble([oracle, oracle], [0, 1], [{"digest": "oracle"}] * 2, p, cpu, Precision.for_device(cpu, "off"),
-                   BINARY, channels_last=False)
-    tuning = tune(p, split, ens)
-    pooled = {s["tta"]: s["dice"] for s in tuning.scores if s["name"].endswith("out-of-fold")}
+    tuning, pooled = _tune_with_oracle(_ScaleShyOracle, tiny_demo, tiny_prepared, tmp_path, gating="off",
+                                       tta_modes="none", tta_scales="0.5,1")
     assert set(pooled) == {"none", "none@0.5,1"}
     assert tuning.tta == "none@0.5,1" and tuning.tta_asked == "auto:none@0.5,1" and tuning.gating_asked == "off"
     assert pooled["none@0.5,1"] > 0.9 and pooled["none@0.5,1"] > pooled["none"] + 0.05, pooled
