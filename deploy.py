@@ -27,7 +27,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> None:
     again = suggested(Path(__file__).name, [*argv, *([] if args.overwrite else ["--overwrite"])])
     start = time.perf_counter()
     done, skipped = deploy.predict_photos(model, paths, out, args.batch_size, args.rle_order, args.overwrite, again)
-    decided = model.task.decision_text(model.record["threshold"], model.record["postprocess"])
+    decided = model.task.decision_text(deploy.decision_value(model.record["threshold"]), model.record["postprocess"],
+                                       deploy.decision_value(model.record.get("min_area", 0.0)))
     print(f"wrote {len(done)} masks, overlays and {out / photos.MASKS_CSV} in {time.perf_counter() - start:.1f}s "
           f"(TTA {model.record['tta']}, {decided})")
     if skipped:

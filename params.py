@@ -250,9 +250,10 @@ class Params:
                              "to the earlier); each costs one pass over the out-of-fold images (d4: 8 predictions an "
                              "image). Cars are not symmetric up/down; aerial or medical data may add vflip,hvflip,d4",
                              stages="03")
-    gating: str = _OUTPUT("auto", "binary masks: auto (a mask smaller than a minimum area is emptied, the area tuned "
-                          "out-of-fold jointly with the threshold and post-processing: lib/metrics.gate) | off (minimum "
-                          "area 0, not searched); tuning.json records it, so a change tunes again",
+    gating: str = _OUTPUT("auto", "auto (a mask smaller than a minimum area is emptied, the area tuned out-of-fold "
+                          "jointly with the threshold and post-processing: lib/metrics.gate; multi-class: a class "
+                          "smaller than its own minimum area becomes background; multi-label: per label) | off "
+                          "(minimum area 0, not searched); tuning.json records it, so a change tunes again",
                           stages="03", choices=("auto", "off"))
     tta_scales: str = _OUTPUT("1", "multi-scale TTA (lib/tta.py): the network input is also resized by each of these "
                               "comma-separated scales (each side rounded to the nearest multiple of 32, at least 32; "

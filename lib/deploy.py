@@ -117,8 +117,8 @@ def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8
     neither writer wrote refuses it unless ``overwrite`` (``again``: the command that asks), all before anything is
     written. Returns the indices predicted and those skipped; PipelineError when none could be."""
     h, w = model.size
-    threshold, post, task = _decision_value(model.record["threshold"]), model.record["postprocess"], model.task
-    min_area = _decision_value(model.record.get("min_area", 0.0))  # records before gating: none
+    threshold, post, task = decision_value(model.record["threshold"]), model.record["postprocess"], model.task
+    min_area = decision_value(model.record.get("min_area", 0.0))  # records before gating: none
     skipped, loaded = photos.Skipped(), {}
     for i, path in enumerate(paths):
         why = photos.not_a_file(path)
@@ -149,6 +149,6 @@ def predict_photos(model: Exported, paths: list[Path], out: Path, batch: int = 8
     return photos.finish(out, record, paths, rows, skipped), skipped
 
 
-def _decision_value(value) -> float | tuple[float, ...]:
+def decision_value(value) -> float | tuple[float, ...]:
     """A threshold or minimum area of export.json: one number, or a list of one per label (``--multilabel``)."""
     return tuple(float(v) for v in value) if isinstance(value, list) else float(value)

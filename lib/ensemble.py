@@ -46,10 +46,11 @@ def ensemble_mask(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], o
 
 
 def ensemble_labels(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
-                    task: Task) -> NDArray[np.uint8]:
+                    task: Task, min_area: float | Sequence[float] = 0.0) -> NDArray[np.uint8]:
     """Multi-class network-size maps (each (C * h_i, w_i) uint8) -> (H0, W0) uint8 labels: each class map brought
-    to the image's size, blended over the folders, argmax."""
-    return task.decide(blended_maps(maps, weights, orig_size, task), 0)
+    to the image's size, blended over the folders, argmax, each class 1..C-1 smaller than its ``min_area`` of the
+    image made background (``Task.gate_classes``)."""
+    return task.decide(blended_maps(maps, weights, orig_size, task), 0, min_area=min_area)
 
 
 def blended_maps(maps: Sequence[NDArray[np.uint8]], weights: Sequence[float], orig_size: tuple[int, int],
@@ -74,20 +75,24 @@ def ensemble_threshold(preds: Sequence[Prediction], override: float = 0.0) -> tu
 
 def ensemble_label_decision(preds: Sequence[Prediction], override: float = 0.0
                             ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """A multi-label task's (threshold of each label, minimum area of each label): ``override`` for every label when
-    non-zero, else the weighted mean of the folders' tuned thresholds; the tuned minimum areas where every folder
-    agrees, else none. None for the other tasks (``ensemble_threshold`` and ``ensemble_min_area`` decide them)."""
+    """A multi-label or multi-class task's (threshold of each label, minimum area of each scored class): the
+    thresholds (multi-label; none for the argmax of the classes) are ``override`` for every label when non-zero, else
+    the weighted mean of the folders' tuned thresholds; the minimum areas are the tuned ones where every folder
+    agrees, else none (0). None for binary masks (``ensemble_threshold`` and ``ensemble_min_area`` decide them)."""
     task = preds[0].task
-    if not task.multilabel:
+    if task.binary:
         return None
-    zeros = (0.0,) * task.classes
-    if override:
+    scored = len(task.scored)
+    zeros = (0.0,) * scored
+    if not task.multilabel:
+        thresholds: tuple[float, ...] = ()
+    elif override:
         level_of(override)
         thresholds = (float(override),) * task.classes
     else:
         thresholds = tuple(float(t) for t in sum(p.weight * np.broadcast_to(p.tuning.decision_threshold, task.classes)
                                                  for p in preds))
-    areas = {tuple(np.broadcast_to(p.tuning.decision_min_area, task.classes).tolist()) for p in preds}
+    areas = {tuple(np.broadcast_to(p.tuning.decision_min_area, scored).tolist()) for p in preds}
     return thresholds, areas.pop() if len(areas) == 1 else zeros
 
 

@@ -9,6 +9,7 @@ without PyTorch.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +59,10 @@ def onnx_bytes(ens: Ensemble, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-def record(p: Params, ens: Ensemble, mode: str, threshold: float, post: str, source: str, digest: str,
-           min_area: float = 0.0) -> dict:
-    """What export.json holds: everything lib/deploy.py needs besides the graph."""
+def record(p: Params, ens: Ensemble, mode: str, threshold: float | Sequence[float], post: str, source: str,
+           digest: str, min_area: float | Sequence[float] = 0.0) -> dict:
+    """What export.json holds: everything lib/deploy.py needs besides the graph; the threshold and minimum area are
+    one number, or a list of one per label (multi-label) or per class 1..C-1 (multi-class minimum areas)."""
     h, w = ens.size
     return {"version": RECORD_VERSION, "onnx": ONNX_NAME, "onnx_sha256": digest, "opset": OPSET,
             "experiment": p.experiment, "run": str(files.run_dir(p.output_dir, p.experiment)),

@@ -13,7 +13,9 @@ Empty-mask gating: a mask whose area is below ``min_area`` (a fraction of its im
 one stray blob on an image without an object scores 0, the empty mask 1. The same histograms hold each image's
 predicted area at every level (the pixels above it), so ``best_threshold_and_min_area`` tunes the threshold and the
 minimum area jointly, still in one pass over the pixels; on a set without empty truths gating can only lose, and the
-tuned minimum area stays 0.
+tuned minimum area stays 0. A class of a multi-class argmax has no threshold to tune: four counts per image and class
+(``AREA_STATS``: its predicted area, the overlap with its truth, its truth area, the image's pixels) hold its Dice at
+every minimum area (``gated_dice_of_areas``), and ``best_min_area`` searches them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ __all__ = [
     "predicted_area_by_level",
     "gated_dice_by_level",
     "best_threshold_and_min_area",
+    "AREA_STATS",
+    "gated_dice_of_areas",
+    "best_min_area",
 ]
 
 N_LEVELS = 256  # uint8 probability levels 0..255; level = round(p * 255)
@@ -227,6 +232,44 @@ def best_threshold_and_min_area(hists: NDArray[np.int64], min_areas: Iterable[fl
         level = 1 + int(np.argmax(per_level[1:_MAX_LEVEL]))
         if best is None or per_level[level] > best[2]:
             best = (threshold_of(level), a, float(per_level[level]), per_level)
+    if best is None:
+        raise ValueError("no minimum area to try")
+    return best
+
+
+# what ``gated_dice_of_areas`` reads of one image and class, in this order along the last axis
+AREA_STATS = ("predicted", "intersection", "truth", "pixels")
+
+
+def gated_dice_of_areas(stats: NDArray[np.int64], min_area: float) -> NDArray[np.float64]:
+    """Dice of each image from its ``AREA_STATS`` counts (..., 4) (predicted area, intersection, truth area, pixels
+    of the image), the prediction ``gate``d at ``min_area``: emptied where it covers fewer than ``min_area`` of the
+    image's pixels, scoring 1 where the truth is empty and 0 elsewhere; 1 where both are empty. Shape (...)."""
+    stats = np.asarray(stats, dtype=np.int64)
+    if stats.shape[-1:] != (len(AREA_STATS),):
+        raise ValueError(f"stats must end with an axis of {len(AREA_STATS)} counts {AREA_STATS}, got {stats.shape}")
+    if not 0.0 <= min_area < 1.0:
+        raise ValueError(f"min_area must be a fraction of the image in [0, 1), got {min_area!r}")
+    predicted, both, truth, pixels = np.moveaxis(stats, -1, 0)
+    total = predicted + truth
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(total > 0, 2.0 * both / total, 1.0)
+    if min_area == 0.0:
+        return scores
+    return np.where(predicted < min_area * pixels, (truth == 0).astype(np.float64), scores)
+
+
+def best_min_area(stats: NDArray[np.int64], min_areas: Iterable[float] = MIN_AREAS) -> tuple[float, float]:
+    """(minimum area, mean Dice at it) with the best mean Dice over the images of (N, 4) ``AREA_STATS`` counts of one
+    class; ties go to the smallest minimum area (0 first: gating must buy something to be kept)."""
+    stats = np.asarray(stats)
+    if stats.ndim != 2 or stats.shape[0] == 0:
+        raise ValueError(f"best_min_area needs (N >= 1, {len(AREA_STATS)}) counts, got {stats.shape}")
+    best = None
+    for a in sorted(set(min_areas)):
+        d = float(gated_dice_of_areas(stats, a).mean())
+        if best is None or d > best[1]:
+            best = (a, d)
     if best is None:
         raise ValueError("no minimum area to try")
     return best

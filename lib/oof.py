@@ -82,10 +82,11 @@ def at_size(m: np.ndarray, task: Task, height: int, width: int) -> np.ndarray:
 
 
 def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float, task: Task,
-                post: str = postprocess.NONE, min_area: float = 0.0) -> np.ndarray:
+                post: str = postprocess.NONE, min_area: float | Sequence[float] = 0.0) -> np.ndarray:
     """(N, S) full-resolution Dice of each map against row ``rows[i]`` of ``cache`` at its
     image's own size, for each scored class of the ``task``'s decision (``Task.decide``: S = 1 binary, at
-    ``threshold`` after post-processing ``post``, gated at ``min_area``; S = C - 1 multi-class, of the argmax)."""
+    ``threshold`` after post-processing ``post``, gated at ``min_area``; S = C - 1 multi-class, of the argmax, each
+    class gated at its ``min_area``)."""
     level = level_of(threshold) if np.isscalar(threshold) else [level_of(t) for t in threshold]  # multi-label: each
     return np.array([task.class_dices(task.decide(at_size(pr, task, *cache.size_of(r)), level, post, min_area),
                                       cache.full_mask(r))
@@ -93,7 +94,7 @@ def class_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, thresho
 
 
 def image_dices(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, threshold: float, task: Task,
-                post: str = postprocess.NONE, min_area: float = 0.0) -> np.ndarray:
+                post: str = postprocess.NONE, min_area: float | Sequence[float] = 0.0) -> np.ndarray:
     """(N,) full-resolution score of each map: Dice at ``threshold`` after post-processing ``post``, gated at
     ``min_area`` (binary) or the mean Dice of the classes of the argmax (multi-class)."""
     return class_dices(probs_u8, cache, rows, threshold, task, post, min_area).mean(axis=1)
@@ -113,6 +114,15 @@ def oof_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray,
             done += [] if same else [(m, dice_histograms(m, truth))]
             hists[post].append(same[0] if same else done[-1][1])
     return {post: np.stack(h) if h else np.zeros((0, 2, 256), np.int64) for post, h in hists.items()}
+
+
+def class_areas(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, task: Task) -> np.ndarray:
+    """(N, S, 4) ``metrics.AREA_STATS`` of each scored class of a multi-class task's ungated argmax: the maps
+    (C * h, w) uint8 brought back to each image's own size, decided, counted against row ``rows[i]`` of ``cache``
+    (``Task.class_areas``): every minimum area of every class is scored from them (``Task.class_min_areas``)."""
+    out = [task.class_areas(task.decide(at_size(pr, task, *cache.size_of(r)), 0), cache.full_mask(r))
+           for pr, r in zip(probs_u8, rows)]
+    return np.stack(out) if out else np.zeros((0, len(task.scored), 4), np.int64)
 
 
 def label_histograms(probs_u8: Sequence[np.ndarray], cache, rows: np.ndarray, task: Task) -> np.ndarray:

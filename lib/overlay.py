@@ -28,10 +28,12 @@ from lib.predict import (DEFAULT_THRESHOLD, Ensemble, TestImages, load_fold_mode
 from params import Params, rerun
 
 
-def choose_tta_threshold(p: Params, ens: Ensemble) -> tuple[str, float, str, float, str]:
+def choose_tta_threshold(p: Params, ens: Ensemble
+                         ) -> tuple[str, float | tuple[float, ...], str, float | tuple[float, ...], str]:
     """(TTA mode, threshold, post-processing, minimum mask area, where they come from): --tta/--threshold/--postprocess
     when given, else a sound tuning.json of these models, else hflip, 0.5 and none; the minimum area (a fraction of
-    the image, binary masks) is the tuning's, else 0 (no gating)."""
+    the image; one per label or per class 1..C-1 of a multi-label or multi-class task) is the tuning's, else 0 (no
+    gating)."""
     run = files.run_dir(p.output_dir, p.experiment)
     tuning, why = None, f"no {files.TUNING}"
     if (run / files.TUNING).exists():

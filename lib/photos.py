@@ -219,12 +219,13 @@ def finish(out: Path, record: dict[str, str | None], paths: list[Path], rows: di
 
 
 def write_photo(i: int, path: Path, maps: np.ndarray, orig: tuple[int, int], threshold: float, out: Path,
-                rle_order: str, task: Task, post: str, min_area: float = 0.0, fmt: ImageFormat = RGB8,
-                bands: str = "1,2,3") -> tuple[int, list[tuple[str, str]], str]:
+                rle_order: str, task: Task, post: str, min_area: float | tuple[float, ...] = 0.0,
+                fmt: ImageFormat = RGB8, bands: str = "1,2,3") -> tuple[int, list[tuple[str, str]], str]:
     """Mask PNG (0/255, or the class index of each pixel), overlay and masks.csv rows of photo ``i`` at its own
     size (H0, W0) ``orig``, from its uint8 network-size maps (``Task.to_maps``): (i, [(row id, RLE), ...], ""), or
     (i, [], why) when the photo does not decode whole (nothing written for it). ``min_area``: the tuned gating (a
-    mask smaller than this fraction of the image is emptied). ``fmt``, ``bands``: the models' image format and
+    mask smaller than this fraction of the image is emptied; one per scored class of a multi-class or multi-label
+    task). ``fmt``, ``bands``: the models' image format and
     --display-bands, how the overlay shows the photo (``imageformat.display_pixels``)."""
     try:
         image = display_pixels(read_image_bytes(path), path, fmt, bands)  # as stored, like the mask

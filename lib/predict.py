@@ -271,8 +271,9 @@ def tile_predictor(ens: Ensemble, mode: str, models: list[nn.Module] | None = No
 def tune(p: Params, split: pd.DataFrame, ens: Ensemble) -> Tuning:
     """Pick TTA mode and post-processing (and for binary masks the threshold) on the pooled out-of-fold images of
     ``split``: ``Task.oof_stats`` of each fold, ``Task.pick`` over the folds (binary: per-image Dice histograms score
-    every threshold in one pass; multi-class: the argmax decides, scored by the mean Dice of the classes). Ties go to
-    the simpler choice (no TTA, none)."""
+    every threshold and minimum area in one pass; multi-class: the argmax decides, each class's areas score every
+    minimum area of that class, the mean Dice of the classes scores the choice; multi-label: each label's
+    histograms). Ties go to the simpler choice (no TTA, none, no gating)."""
     h, w = ens.size
     modes = tta.candidates(p.tta, p.tta_modes, *input_size(p, ens.size), p.tta_scales)
     cache = open_for(p, list(split.id), h, w)

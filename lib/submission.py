@@ -73,7 +73,8 @@ class EncodeJob:
     postprocess: str = postprocess.NONE  # binary: lib/postprocess.py's, on the blended full-size map
     repairs: tuple[str, ...] = ()  # per folder: the command that predicts its maps again (``predict_command``)
     min_area: float | tuple[float, ...] = 0.0  # a mask under this fraction of its image is emptied (``metrics.gate``);
-    # a multi-label task has one threshold and one minimum area per label
+    # a multi-label task has one threshold and one minimum area per label, a multi-class task a minimum area per class
+    # 1..C-1 (``Task.gate_classes``)
     tilings: tuple[Tiling | None, ...] = ()  # per folder: its maps' sliding window (each at its image's scaled size)
 
 
@@ -287,13 +288,14 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
     thr, source = ensemble_threshold(preds, threshold)
     post, post_source = ensemble_postprocess(preds, post)
     min_area, area_source = ensemble_min_area(preds)
-    labels = ensemble_label_decision(preds, threshold)  # a multi-label task's threshold and min area of each label
+    # multi-label: each label's threshold and min area; multi-class: each class's min area (no threshold: the argmax)
+    labels = ensemble_label_decision(preds, threshold)
     orig_size = preds[0].orig_size
     if test_names is not None:  # only what the workers need; nothing when every name is Carvana's <id>.jpg
         test_names = {i: test_names[i] for i in ids if i in test_names and test_names[i] != f"{i}.jpg"} or None
     job = EncodeJob(tuple(p.probs_dir for p in preds), tuple(p.map_size for p in preds),
-                    tuple(p.weight for p in preds), labels[0] if labels else thr, test_dir, test_names, rle_order,
-                    task, post, tuple(repairs), labels[1] if labels else min_area,
+                    tuple(p.weight for p in preds), labels[0] if labels and labels[0] else thr, test_dir, test_names,
+                    rle_order, task, post, tuple(repairs), labels[1] if labels else min_area,
                     tuple(p.tuning.tiling for p in preds))
     ttas = sorted({p.tuning.tta for p in preds})
     first = preds[0].tuning
@@ -308,7 +310,8 @@ def make_submission(path: Path, preds: Sequence[Prediction], ids: Sequence[str],
         "threshold": thr, "level": level_of(thr), "threshold_source": source,
         "tta": ttas[0] if len(ttas) == 1 else "mixed (see inputs)",
         "postprocess": post, "postprocess_source": post_source, "min_area": min_area, "min_area_source": area_source,
-        **({"label_thresholds": list(labels[0]), "label_min_areas": list(labels[1])} if labels else {}),
+        **({"label_thresholds": list(labels[0])} if labels and labels[0] else {}),
+        **({"label_min_areas": list(labels[1])} if labels else {}),
         "oof_dice": first.oof_dice if scored else None,
         "oof_dice_note": (("out-of-fold full-resolution Dice of the fold models at this threshold (tuning.json)"
                            + ("; the full model predicted the test set" if first.final == files.FULL else ""))

@@ -13,7 +13,7 @@ The stages ask the task object rather than branching on the number of classes th
 | what 01 notes about the truth | (nothing more than the area) | each class's share of the pixels, classes in no mask | each label's share of the pixels, labels in no mask |
 | training target at the network size | soft mask 0..255 (area fraction at edges) | label map, nearest | (H, W) uint8, bit c set where label c is (nearest); ``target`` unpacks it to (N, C, H, W) 0/1 |
 | map (stored probabilities) | (H, W) uint8 | (C * H, W) uint8: the C class maps stacked down | (C * H, W) uint8, stacked as multi-class |
-| decision at the image's size | map (post-processed) > threshold, emptied below min-area: a bool mask | argmax over the classes: labels | each label's map > its threshold, emptied below its min-area: (C, H, W) bool |
+| decision at the image's size | map (post-processed) > threshold, emptied below min-area: a bool mask | argmax over the classes, a class under its min-area made background: labels | each label's map > its threshold, emptied below its min-area: (C, H, W) bool |
 | picture of a decision | the mask tinted and outlined | each class tinted in its colour | each label tinted and outlined (overlaps blend) |
 | score of an image | Dice, 1 when both are empty | Dice of each class 1..C-1 (1 when both are empty), their mean | Dice of each label 0..C-1 (1 when both are empty), their mean |
 | figures per class (logs, tuning) | none: the image score is the one class's | ``{name: value}`` of classes 1..C-1 | ``{name: value}`` of every label |
@@ -41,7 +41,7 @@ from lib import postprocess, rle
 from lib.errors import PipelineError
 from lib.files import ListOf
 from lib.geometry import to_net
-from lib.metrics import dice, gate, level_of
+from lib.metrics import dice, gate, gated_dice_of_areas, level_of
 
 
 # what Task.record() writes, as a files.schema_problem schema; checkpoints add the colours (pictures draw with them)
@@ -275,16 +275,30 @@ class Task:
                min_area: float | Sequence[float] = 0.0) -> NDArray:
         """(channels, H, W) uint8 maps at the image's size -> (H, W) bool mask (binary: the map after
         post-processing ``post`` (lib/postprocess.py) above the uint8 ``level``, emptied when it covers less than
-        ``min_area`` of the image: ``metrics.gate``), uint8 labels (argmax; ``level``, ``post`` and ``min_area`` are
-        unused) or (C, H, W) bool (multi-label: each label's map above its ``level``, gated at its ``min_area``; one
-        value for every label, or a sequence of C)."""
+        ``min_area`` of the image: ``metrics.gate``), uint8 labels (the argmax, each class 1..C-1 under its
+        ``min_area`` made background: ``gate_classes``; ``level`` and ``post`` are unused) or (C, H, W) bool
+        (multi-label: each label's map above its ``level``, gated at its ``min_area``). ``min_area`` of the
+        multi-class and multi-label tasks: one value for every scored class, or a sequence, one per scored class."""
         if self.multilabel:
             levels = np.broadcast_to(level, (self.classes,))
             areas = np.broadcast_to(min_area, (self.classes,))
             return np.stack([gate(m > lv, float(a)) for m, lv, a in zip(maps, levels, areas)])
         if self.binary:
             return gate(postprocess.apply(post, maps[0]) > level, min_area)
-        return np.argmax(maps, axis=0).astype(np.uint8)
+        return self.gate_classes(np.argmax(maps, axis=0).astype(np.uint8), min_area)
+
+    def gate_classes(self, labels: NDArray[np.uint8], min_area: float | Sequence[float]) -> NDArray[np.uint8]:
+        """Multi-class empty-mask gating: (H, W) uint8 labels with each scored class 1..C-1 that covers fewer than its
+        ``min_area`` of the image (one fraction for all, or one per scored class) made background (0); the same
+        array when none is. Each class is gated on its own area, so its Dice depends on its own minimum area only."""
+        areas = np.broadcast_to(np.asarray(min_area, dtype=np.float64), (len(self.scored),))
+        if not ((areas >= 0.0) & (areas < 1.0)).all():
+            raise ValueError(f"min_area must be fractions of the image in [0, 1), got {areas.tolist()}")
+        if not areas.any():
+            return labels
+        counts = np.bincount(labels.ravel(), minlength=self.classes)
+        small = [c for c, a in zip(self.scored, areas) if 0 < counts[c] < a * labels.size]
+        return np.where(np.isin(labels, small), np.uint8(0), labels) if small else labels
 
     def overlay(self, image: NDArray[np.uint8], decision: NDArray, truth: NDArray | None = None) -> NDArray[np.uint8]:
         """(H, W, 3) uint8 RGB photo with its ``decide``d mask tinted and outlined, or each class 1..C-1 of its labels
@@ -309,15 +323,25 @@ class Task:
             return np.array([dice(p, t) for p, t in zip(pred, truth)], dtype=np.float64)
         if self.binary:
             return np.array([dice(pred, truth)], dtype=np.float64)  # the same number, counted without a bincount
+        return gated_dice_of_areas(self.class_areas(pred, truth), 0.0)
+
+    def class_areas(self, pred: NDArray, truth: NDArray) -> NDArray[np.int64]:
+        """(S, 4) ``metrics.AREA_STATS`` of each scored class of one image: its predicted area, the overlap with its
+        truth, its truth area, the image's pixels (``metrics.gated_dice_of_areas`` scores them at any minimum area).
+
+        pred, truth: (H, W) bool masks (binary), uint8 labels 0..C-1 (one bincount) or (C, H, W) bool."""
+        if pred.shape != truth.shape:
+            raise ValueError(f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}")
+        if self.binary or self.multilabel:
+            pairs = [(p.astype(bool), t.astype(bool)) for p, t in (zip(pred, truth) if self.multilabel
+                                                                   else [(pred, truth)])]
+            return np.array([[np.count_nonzero(p), np.count_nonzero(p & t), np.count_nonzero(t), p.size]
+                             for p, t in pairs], dtype=np.int64)
         k = self.classes
         counts = np.bincount(pred.astype(np.int64).ravel() * k + truth.astype(np.int64).ravel(),
                              minlength=k * k).reshape(k, k)  # [pred class, true class]
-        out = []
-        for c in self.scored:
-            both = counts[c, c]
-            total = counts[c, :].sum() + counts[:, c].sum()
-            out.append(1.0 if total == 0 else 2.0 * both / total)
-        return np.array(out, dtype=np.float64)
+        return np.array([[counts[c, :].sum(), counts[c, c], counts[:, c].sum(), pred.size] for c in self.scored],
+                        dtype=np.int64)
 
     def score(self, pred: NDArray, truth: NDArray) -> float:
         """The image's score: Dice (binary), the mean Dice over the classes 1..C-1 or over the labels 0..C-1."""
@@ -366,16 +390,16 @@ class Task:
         """The map -> mask decision of one image, for tuning, photos and submissions alike: stored network-size maps
         (one per prediction folder, each (channels * h_i, w_i) uint8) -> at the image's ``size`` (H0, W0) a bool mask
         (binary: brought to the size, blended, post-processed with ``post``, above ``threshold``, emptied below
-        ``min_area`` of the image), uint8 labels (the argmax of the blended class maps) or (C, H0, W0) bool
-        (multi-label: each blended label map above its threshold, gated at its minimum area; one value for all or
-        one per label)."""
+        ``min_area`` of the image), uint8 labels (the argmax of the blended class maps, each class under its
+        minimum area made background) or (C, H0, W0) bool (multi-label: each blended label map above its threshold,
+        gated at its minimum area); one value for all or one per scored class."""
         from lib.ensemble import blended_maps, ensemble_labels, ensemble_mask
         if self.multilabel:
             levels = [level_of(t) for t in np.broadcast_to(threshold, (self.classes,))]
             return self.decide(blended_maps(maps, weights, size, self), levels, post, min_area)
         if self.binary:
             return ensemble_mask(maps, weights, size, threshold, post, min_area)
-        return ensemble_labels(maps, weights, size, self)
+        return ensemble_labels(maps, weights, size, self, min_area)
 
     def class_masks(self, decision: NDArray) -> list[NDArray[np.bool_]]:
         """``decide_maps``'s decision -> the bool mask of each scored class (a submission row each)."""
@@ -416,7 +440,8 @@ class Task:
     def decision_text(self, threshold: float | Sequence[float], post: str, min_area: float | Sequence[float] = 0.0
                       ) -> str:
         """How an image is decided, for messages: 'threshold 0.500[, largest region][, emptied under 0.10% of the
-        image]', 'argmax over ...' or 'per label: 1 threshold 0.400 emptied under 0.10%, ...'."""
+        image]', 'argmax over ...[, made background under: road 0.10%, ... of the image]' or 'per label: 1 threshold
+        0.400 emptied under 0.10%, ...'."""
         if self.multilabel:
             pairs = zip(self.names, np.broadcast_to(threshold, (self.classes,)),
                         np.broadcast_to(min_area, (self.classes,)))
@@ -425,19 +450,23 @@ class Task:
         if self.binary:
             return (f"threshold {threshold:.3f}" + (", largest region" if post != "none" else "")
                     + (f", emptied under {min_area:.2%} of the image" if min_area else ""))
-        return f"argmax over {self.describe()}"
+        gated = [f"{self.names[c]} {a:.2%}" for c, a in zip(self.scored, np.broadcast_to(min_area, len(self.scored)))
+                 if a]
+        return f"argmax over {self.describe()}" + (f", made background under: {', '.join(gated)} of the image"
+                                                   if gated else "")
 
     def oof_stats(self, probs: Sequence[NDArray[np.uint8]], cache, rows: NDArray, posts: Sequence[str]
                   ) -> dict[str, NDArray]:
         """What tuning pools of one fold's out-of-fold maps, per post-processing in ``posts``: (N, 2, 256) Dice
-        histograms (binary: every threshold in one pass), (N, S) Dice of each class of the argmax or (N, C, 2, 256)
-        histograms of each label (multi-label; not post-processed)."""
-        from lib.oof import class_dices, label_histograms, oof_histograms
+        histograms (binary: every threshold in one pass), (N, S, 4) ``metrics.AREA_STATS`` of each class 1..C-1 of
+        the ungated argmax (multi-class: every minimum area in one pass) or (N, C, 2, 256) histograms of each label
+        (multi-label; not post-processed)."""
+        from lib.oof import class_areas, label_histograms, oof_histograms
         if self.multilabel:
             return {post: label_histograms(probs, cache, rows, self) for post in posts}
         if self.binary:
             return oof_histograms(probs, cache, rows, posts)
-        return {post: class_dices(probs, cache, rows, 0.5, self) for post in posts}
+        return {post: class_areas(probs, cache, rows, self) for post in posts}
 
     def pick(self, per_fold: list[NDArray], default_threshold: float, gating: bool = True
              ) -> tuple[float, float, list[float], dict]:
@@ -445,9 +474,11 @@ class Task:
         ``oof_stats``: binary: the best threshold and minimum area (``metrics.best_threshold_and_min_area``), the Dice
         at ``default_threshold`` without gating (what an untuned run uses), the minimum area and the best Dice without
         gating (``gating`` False: minimum area 0, not searched); multi-class: the argmax (threshold 0.5) and each
-        class's Dice; multi-label: each label's own best threshold and minimum area (``label_thresholds``; the image
-        score is the labels' mean, so the best of each label is the best of all), the mean of the thresholds and, per
-        label, the threshold, minimum area and Dice."""
+        class's own best minimum area (``class_min_areas``: a class's Dice depends on its own gating only, so the best
+        of each is the best of the mean), per class the minimum area and the Dice with and without gating;
+        multi-label: each label's own best threshold and minimum area (``label_thresholds``; the image score is the
+        labels' mean, so the best of each label is the best of all), the mean of the thresholds and, per label, the
+        threshold, minimum area and Dice."""
         pooled = np.concatenate(per_fold)
         if self.multilabel:
             thresholds, min_areas, dices = self.label_thresholds(pooled, gating)
@@ -464,8 +495,27 @@ class Task:
             return (threshold, dice, [float(gated_dice_by_level(h, min_area)[:, level].mean()) for h in per_fold],
                     {"dice_at_default": float(ungated_per_level[level_of(default_threshold)]), "min_area": min_area,
                      "dice_ungated": ungated})
-        return (0.5, float(pooled.mean()), [float(d.mean()) for d in per_fold],
-                {"class_dice": {self.names[c]: float(v) for c, v in zip(self.scored, pooled.mean(axis=0))}})
+        min_areas = self.class_min_areas(pooled, gating)[0]
+        dices, ungated = self.area_dices(pooled, min_areas), self.area_dices(pooled, [0.0] * len(min_areas))
+        return (0.5, float(dices.mean()), [float(self.area_dices(s, min_areas).mean()) for s in per_fold],
+                {"class_dice": self.by_class(dices.mean(axis=0)), "min_areas": self.by_class(min_areas),
+                 "class_dice_ungated": self.by_class(ungated.mean(axis=0))})  # (N, S) averaged as before gating
+
+    def class_min_areas(self, stats: NDArray[np.int64], gating: bool = True
+                        ) -> tuple[list[float], list[float], list[float]]:
+        """(minimum area, mean Dice at it, mean Dice without gating) of each scored class, each class's best
+        (``metrics.best_min_area`` over ``metrics.MIN_AREAS``; ``gating`` False: 0, not searched) from (N, S, 4)
+        ``oof.class_areas`` counts, in one pass over them."""
+        from lib.metrics import MIN_AREAS, best_min_area
+        per_class = [stats[:, k] for k in range(stats.shape[1])]
+        best = [best_min_area(s, MIN_AREAS if gating else (0.0,)) for s in per_class]
+        return ([b[0] for b in best], [b[1] for b in best],
+                [float(gated_dice_of_areas(s, 0.0).mean()) for s in per_class])  # as best_min_area scores 0
+
+    def area_dices(self, stats: NDArray[np.int64], min_areas: Sequence[float]) -> NDArray[np.float64]:
+        """(N, S) Dice of each scored class of each image gated at its ``min_areas`` (one per scored class) from
+        (N, S, 4) ``oof.class_areas`` counts."""
+        return np.stack([gated_dice_of_areas(stats[:, k], a) for k, a in enumerate(min_areas)], axis=1)
 
     def label_thresholds(self, hists: NDArray[np.int64], gating: bool = True
                          ) -> tuple[list[float], list[float], list[float]]:

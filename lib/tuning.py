@@ -1,5 +1,5 @@
-"""tuning.json: what 03_predict.py chose out-of-fold (TTA, post-processing, threshold, minimum mask area) and which
-models it was for.
+"""tuning.json: what 03_predict.py chose out-of-fold (TTA, post-processing, threshold, minimum mask area: one, or one
+per scored class of a multi-class or multi-label task) and which models it was for.
 
 03 writes it (``write``); 03 itself (to reuse it), 03 --images, 04 and its comparison table read it (``read``), which
 checks every field's type and that the numbers fit together, so a damaged or foreign file is refused in one line that
@@ -19,10 +19,12 @@ from lib.tiles import Tiling
 
 PREDICT_STAGE = "03_predict.py"
 
-# one row of the score table: binary rows add dice_at_default, multi-class rows class_dice
+# one row of the score table: binary rows add dice_at_default, multi-class rows class_dice; pooled rows add the gating
+# (binary: min_area, dice_ungated; multi-class: min_areas, class_dice_ungated; multi-label: thresholds, min_areas)
 _SCORE = {"name": str, "tta": str, "threshold": float, "dice": float, "postprocess": str,
           "dice_at_default?": float, "class_dice?": files.MapOf(float), "min_area?": float, "dice_ungated?": float,
-          "thresholds?": files.MapOf(float), "min_areas?": files.MapOf(float)}
+          "thresholds?": files.MapOf(float), "min_areas?": files.MapOf(float),
+          "class_dice_ungated?": files.MapOf(float)}
 SCHEMA = {"experiment": str, "folds": files.ListOf((int, str)), "tta": str, "postprocess": str, "threshold": float,
           "level": int, "oof_dice": float, "size": files.ListOf(int), "orig_size": files.ListOf(int),
           "n_images": int, "tta_asked": str, "postprocess_asked": str, "models": files.ListOf(dict),
@@ -54,7 +56,8 @@ class Tuning:
     min_area: float = 0.0  # binary: a mask smaller than this fraction of its image is emptied (0: no gating)
     tiling: Tiling | None = None  # maps by sliding window (each at its image's size at the network's scale)
     gating_asked: str = "auto"  # --gating it was made for (off: min_area 0, not searched): another asks for a new one
-    # multi-label: each label's own threshold and minimum area (``threshold`` is their mean, ``min_area`` 0)
+    # multi-label: each label's own threshold and minimum area (``threshold`` is their mean, ``min_area`` 0);
+    # multi-class: each class 1..C-1's minimum area (no thresholds: the argmax decides; ``min_area`` 0)
     label_thresholds: tuple[float, ...] = ()
     label_min_areas: tuple[float, ...] = ()
 
@@ -65,7 +68,8 @@ class Tuning:
 
     @property
     def decision_min_area(self) -> float | tuple[float, ...]:
-        """What ``Task.decide_maps`` takes: the minimum area, or each label's (multi-label)."""
+        """What ``Task.decide_maps`` takes: the minimum area, or each scored class's (multi-label: each label's;
+        multi-class: each of the classes 1..C-1)."""
         return self.label_min_areas or self.min_area
 
     @property
@@ -97,8 +101,8 @@ class Tuning:
                 "scores": self.scores, "tuned": self.tuned, "final": self.final,
                 "min_area": self.min_area, "gating_asked": self.gating_asked,
                 "tiling": self.tiling.record() if self.tiling else {}} | (
-                    {"label_thresholds": list(self.label_thresholds), "label_min_areas": list(self.label_min_areas)}
-                    if self.label_thresholds else {})
+                    {"label_thresholds": list(self.label_thresholds)} if self.label_thresholds else {}) | (
+                    {"label_min_areas": list(self.label_min_areas)} if self.label_min_areas else {})
 
     def replace(self, **changes) -> "Tuning":
         return dataclasses.replace(self, **changes)
@@ -116,8 +120,10 @@ def score_lines(tuning: Tuning) -> list[str]:
                 + (f"  {gating}" if gating else ""))
     gated = any("dice_ungated" in s for s in tuning.scores)  # binary pooled rows: the gating tried with them
     per_label = any("thresholds" in s for s in tuning.scores)  # multi-label pooled rows
+    per_class = any("class_dice_ungated" in s for s in tuning.scores)  # multi-class pooled rows
     return [line("model", "TTA", "post-processing", "threshold", "OOF Dice",
                  "per label: threshold, min area, OOF Dice" if per_label else
+                 "per class: min area, OOF Dice (without gating)" if per_class else
                  "min area, OOF Dice without gating" if gated else "")] + [
         line(s["name"], s["tta"], s["postprocess"], f"{s['threshold']:.3f}", f"{s['dice']:.5f}",
              _gating_text(s, tuning.orig_size)) for s in tuning.scores]
@@ -131,7 +137,12 @@ def area_text(min_area: float, orig_size: tuple[int, int] | None) -> str:
 
 def _gating_text(row: dict, orig_size: tuple[int, int] | None) -> str:
     """What a pooled score row of a binary task adds: the minimum area chosen and the Dice without gating; of a
-    multi-label task: each label's threshold, minimum area and Dice."""
+    multi-label task: each label's threshold, minimum area and Dice; of a multi-class task: each class's minimum area
+    and Dice, and its Dice without gating where it gates."""
+    if "class_dice_ungated" in row:
+        return "; ".join(f"{name}: {area_text(a, orig_size) if a else 'no gating'}, Dice {row['class_dice'][name]:.5f}"
+                         + (f" ({row['class_dice_ungated'][name]:.5f})" if a else "")
+                         for name, a in row["min_areas"].items())
     if "thresholds" in row:
         return "; ".join(f"{name}: {t:.3f}, "
                          f"{area_text(row['min_areas'][name], orig_size) if row['min_areas'][name] else 'no gating'}, "
@@ -201,6 +212,12 @@ def read(folder: Path, repair: str | None = None) -> Tuning:
     if task.multilabel and r["tuned"] and not all(len(x) == task.classes for x in labels):
         raise PipelineError(f"{path}: a multi-label tuning needs label_thresholds and label_min_areas of "
                             f"{task.classes} labels each; {repair}")
+    classes = len(task.scored)
+    if not task.multilabel and not task.binary and (labels[0] or len(labels[1]) != (classes if r["tuned"] else 0)):
+        raise PipelineError(f"{path}: a multi-class tuning needs label_min_areas of its {classes} classes "
+                            f"{', '.join(task.names[1:])} (and no label_thresholds: the argmax decides); {repair}")
+    if task.binary and (labels[0] or labels[1]):
+        raise PipelineError(f"{path}: a binary tuning has no label_thresholds or label_min_areas; {repair}")
     if not all(0.0 < t < 1.0 for t in labels[0]) or not all(0.0 <= a < 1.0 for a in labels[1]):
         raise PipelineError(f"{path}: label_thresholds must lie in (0, 1) and label_min_areas in [0, 1); {repair}")
     try:

@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import TINY_FLAGS, run_script
 from lib import files, inputs, rle, testmaps
 from lib.errors import PipelineError
+from lib.metrics import MIN_AREAS
 from lib.model import read_checkpoint
 from lib.task import Task
 
@@ -146,9 +147,11 @@ def test_multiclass_rows_of_a_sample_submission(tmp_path):
         inputs.test_class_rows(tmp_path, TASK)
 
 
+@pytest.mark.slow
 def test_the_multiclass_demo_end_to_end(tmp_path):
     """01 -> 04 on a tiny multi-class demo: label PNGs, per-class rows in sample_submission.csv order, the majority
-    baseline and Dice per class in the comparison, the test score read back from the written file."""
+    baseline and Dice per class in the comparison, the test score read back from the written file; each class's
+    minimum area tuned, shown per class in 03's table, and applied by 04 and 03 --images."""
     root, out = tmp_path / "input", tmp_path / "out"
     flags = [*TINY_FLAGS, "--classes", "5", "--class-colors", str(root / "classes.csv"), "--input", str(root),
              "--output", str(out)]
@@ -172,6 +175,11 @@ def test_the_multiclass_demo_end_to_end(tmp_path):
             assert (np.abs(pixels - rgb).max(axis=-1) <= 30).any(), (picture.name, rgb)
     tuning = json.loads((files.run_dir(out, "demo") / files.TUNING).read_text())
     assert set(tuning["class_dice"]) == {"road", "building", "tree", "water"} and tuning["task"]["classes"] == 5
+    assert "per class: min area, OOF Dice (without gating)" in predicted.stdout
+    assert len(tuning["label_min_areas"]) == 4 and set(tuning["label_min_areas"]) <= set(MIN_AREAS)
+    pooled = [s for s in tuning["scores"] if s["name"].endswith("out-of-fold")]
+    assert pooled and all(s["class_dice"][c] >= s["class_dice_ungated"][c] for s in pooled for c in s["min_areas"])
+    assert all(f"{c}: " in predicted.stdout for c in ("road", "building", "tree", "water"))
     some_map = next((files.run_dir(out, "demo") / files.TEST_PROBS).glob("*.png"))
     assert testmaps.read_map(some_map).shape == (5 * 64, 96)  # the class maps stacked
     done = run_script("04_submit.py", "--baselines", "--score", *flags)
@@ -191,3 +199,29 @@ def test_the_multiclass_demo_end_to_end(tmp_path):
     assert "threshold" not in predicted.stdout.split("tuning:")[0]  # 03's tuning lines: no threshold either
     assert "test Dice of submission.csv.gz" in done.stdout
     assert "baseline_majority.csv.gz (none: the majority class decides)" in done.stdout  # no threshold named
+
+    # a tuning that gates one class (as one made on scenes without it would): 04 and 03 --images make its small
+    # regions background and leave every other row as it was
+    run = files.run_dir(out, "demo")
+    size = truth.shape
+    areas = {key: int(rle.decode(code, size).sum()) for key, code in rows[1:]}
+    name = max(("road", "building", "tree", "water"), key=lambda c: len({a for k, a in areas.items()
+                                                                          if k.endswith(f"_{c}") and a}))
+    mine = sorted(a for k, a in areas.items() if k.endswith(f"_{name}") and a)
+    cut = mine[len(mine) // 2]  # about half its non-empty rows are smaller
+    record = json.loads((run / files.TUNING).read_text())
+    record["label_min_areas"] = [max(a, cut / truth.size) if c == name else a  # the others as tuned
+                                 for c, a in zip(("road", "building", "tree", "water"), record["label_min_areas"])]
+    files.write_text_atomic(run / files.TUNING, json.dumps(record))
+    gated_run = run_script("04_submit.py", *flags)
+    assert "made background under: " in gated_run.stdout and f"{name} {cut / truth.size:.2%}" in gated_run.stdout
+    with gzip.open(run / "submission.csv.gz", "rt") as f:
+        gated = dict(line.rstrip("\n").split(",") for line in list(f)[1:])
+    emptied = [k for k, a in areas.items() if k.endswith(f"_{name}") and 0 < a < cut]
+    assert emptied and all(gated[k] == "" for k in emptied)
+    assert all(gated[k] == code for k, code in rows[1:] if k not in emptied)
+    gated_masks = tmp_path / "gated_masks"
+    run_script("03_predict.py", "--images", *photos, "--images-out", gated_masks, *flags)
+    photo_rows = [line.split(",") for line in (gated_masks / "masks.csv").read_text().splitlines()[1:]]
+    photo_areas = [int(rle.decode(code, size).sum()) for key, code in photo_rows if key.endswith(f"_{name}")]
+    assert len(photo_areas) == len(photos) and all(a == 0 or a >= cut for a in photo_areas)
