@@ -264,6 +264,19 @@ def _torch_threads_kept():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _flags_given_kept():
+    """params.GIVEN and params.RUN (the flags the last parse saw, which repair commands repeat) as they were before
+    each test: a test that parses a command line must not put its flags into a later test's repair commands."""
+    import params
+    given, run = dict(params.GIVEN), dict(params.RUN)
+    yield
+    params.GIVEN.clear()
+    params.GIVEN.update(given)
+    params.RUN.clear()
+    params.RUN.update(run)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """Input root with a tiny synthetic demo dataset (read-only for tests: copy before changing)."""
