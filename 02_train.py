@@ -30,7 +30,7 @@ from lib.errors import PipelineError, run_main
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", required=True,
                         help="fold number; 'all' (every fold); or 'full': one model fitted on every training image "
-                             "(no validation: it trains --epochs epochs), which 03 then predicts the test set with")
+                             "(no validation: it trains --full-epochs epochs, or --epochs), which 03 then predicts the test set with")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
     parser.add_argument("--restart", action="store_true",
                         help="train the fold(s) again from the start, deleting their earlier files")
@@ -46,6 +46,7 @@ def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> No
         ks = [int(fold)]
     elif fold == "full":
         ks = [fold]
+        p = params.full_model(p)
     else:
         raise PipelineError(f"--fold {fold!r}: give a fold number, 'all' or 'full'")
     if p.jobs > 1 and len(ks) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # torchrun: ranks share each fold

@@ -3,7 +3,7 @@ and the car-grouped out-of-fold Dice with its worst car.
 
     .venv/bin/python benchmarks/bench_recipe.py                                   # --preset cpu, temp folder
     .venv/bin/python benchmarks/bench_recipe.py --keep out/r1 -- --epochs 16      # other settings after --
-    .venv/bin/python benchmarks/bench_recipe.py --full --test 572 -- --epochs 29  # the README's 20-minute run
+    .venv/bin/python benchmarks/bench_recipe.py --full --test 572  # the README's 20-minute run (the preset's 29 epochs)
 
 Runs 01 -> 02 --fold all -> 03 -> 04 --baselines with ``--preset cpu --input ../shared/carvana_sample`` (or
 --input) plus the flags after ``--``, into a fresh output folder. The sample has no test/ folder, so 03 tunes TTA

@@ -114,3 +114,13 @@ def test_range_and_choice_checks_come_from_the_fields():
         make_params(max_image_mp=float("nan"))
     with pytest.raises(ValueError, match=r"^--rle-order 'diagonal' must be one of row, column$"):
         make_params(rle_order="diagonal")
+
+
+
+@pytest.mark.parametrize("argv,full,folds", [(["--preset", "cpu"], 29, 42), (["--preset", "cpu", "--epochs", "5"], 5, 5),
+                                             (["--preset", "demo"], 10, 10), (["--full-epochs", "7"], 7, 40)])
+def test_the_full_model_trains_the_presets_full_epochs_unless_epochs_is_given(argv, full, folds):
+    """02 --fold full trains --full-epochs (the cpu preset's 29) unless --epochs is on the command line; the fold
+    models keep --epochs."""
+    p, _ = parse("t", argv)
+    assert (params.full_model(p).epochs, p.epochs) == (full, folds)
