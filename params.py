@@ -239,8 +239,8 @@ class Params:
     tile_overlap: float = _TILES(0.25, "with --tile-size: neighbouring sliding-window tiles share at least this "
                                  "fraction of a tile (02's validation, 03)", stages="02 03", low=0, high=0.5)
     tile_foreground: float = _TILES(0.5, "with --tile-size: the fraction of training tiles centred on a foreground "
-                                    "pixel (a class other than 0), the rest placed uniformly: sparse masks and rare "
-                                    "classes are seen more often", stages="02", low=0, high=1)
+                                    "pixel (each class the image holds equally often), the rest placed uniformly: "
+                                    "sparse masks and rare classes are seen more often", stages="02", low=0, high=1)
 
     # --- 03_predict / 04_submit ---
     tta: str = _OUTPUT("auto", "test-time augmentation (lib/tta.py): auto (the best of --tta-modes on out-of-fold Dice) "

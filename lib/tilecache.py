@@ -4,8 +4,10 @@ shrunk by ``--downscale``), one memory-mapped .npy each, so that a tile is read 
 ``output/cache/tiles_<downscale>/`` (``files.tile_cache_dir``), for the training ids in sorted order:
     images/<id>.npy  (h, w, 3) uint8 RGB at the network's scale (``tiles.read_scaled``: libjpeg's reduced decode)
     masks/<id>.npy   (h, w)    uint8 target at that scale (``Task.net_target``: soft mask 0..255, or labels)
-    points/<id>.npy  (K, 2)    int32 (y, x) of up to ``FOREGROUND_POINTS`` foreground pixels drawn at random
-                     (binary: mask >= 128; multi-class: any class but 0), which --tile-foreground centres tiles on
+    points/<id>.npy  (K, 2)    int32 (y, x) of up to ``FOREGROUND_POINTS`` foreground pixels drawn at random,
+                     which --tile-foreground centres tiles on: binary, mask >= 128; multi-class and multi-label, an
+                     equal share for each class (label) the image holds (``foreground_points``), so that a class of
+                     thin fences is centred as often as one of buildings with a hundred times its pixels
     meta.json        version, ids, downscale, each image's original and scaled size, --mask-suffix, the task, the
                      fingerprints of the sources (written last: arrays without it are never trusted)
 
@@ -30,7 +32,7 @@ from lib.inputs import read_image_bytes, source_fingerprint
 from lib.task import Task
 from lib.tiles import read_scaled, scaled_size
 
-VERSION = 1
+VERSION = 2  # 2: foreground points drawn per class
 FOREGROUND_POINTS = 4096  # foreground pixels kept per image for --tile-foreground
 _META = {"version": int, "ids": files.ListOf(str), "downscale": float, "orig_sizes": files.ListOf(files.ListOf(int)),
          "sizes": files.ListOf(files.ListOf(int)), "mask_suffix": str, "task": dict, "sources": dict}
@@ -96,6 +98,27 @@ def _state(folder: Path, ids: list[str], downscale: float, mask_suffix: str, tas
     return meta
 
 
+def foreground_points(target: np.ndarray, task: Task, seed: int, n: int = FOREGROUND_POINTS) -> np.ndarray:
+    """(K, 2) int32 (y, x) of up to ``n`` foreground pixels of a ``Task.net_target`` drawn at random: binary, from
+    the pixels >= 128; otherwise ``n`` // (classes present) from each class 1..C-1 (multi-label: each label's bit)
+    the image holds, a class of fewer pixels drawn with repeats, so that a tile centred on a random point is centred
+    on each class the image holds equally often."""
+    rng = np.random.default_rng(seed)
+    if task.binary:
+        groups = [np.argwhere(target >= 128)]
+    elif task.multilabel:
+        groups = [np.argwhere(target & np.uint8(1 << c)) for c in range(task.classes)]
+    else:
+        groups = [np.argwhere(target == c) for c in range(1, task.classes)]
+    groups = [g for g in groups if len(g)]
+    if not groups:
+        return np.zeros((0, 2), np.int32)
+    if len(groups) == 1 and len(groups[0]) <= n:
+        return groups[0].astype(np.int32)
+    share = n // len(groups)
+    return np.concatenate([g[rng.choice(len(g), share, replace=len(g) < share)] for g in groups]).astype(np.int32)
+
+
 def _item(job: tuple) -> tuple:
     """Write one image's arrays under ``folder``; (original size, scaled size, fingerprints of image and mask)."""
     folder, image_id, image_file, mask_file, downscale, task, seed = job
@@ -108,10 +131,8 @@ def _item(job: tuple) -> tuple:
     h, w = image.shape[:2]
     target = task.net_target(truth, h, w)
     del truth
-    fg = np.argwhere(target >= 128 if task.binary else target > 0)
-    if len(fg) > FOREGROUND_POINTS:
-        fg = fg[np.random.default_rng(seed).choice(len(fg), FOREGROUND_POINTS, replace=False)]
-    for kind, array in (("images", image), ("masks", target), ("points", fg.astype(np.int32))):
+    fg = foreground_points(target, task, seed)
+    for kind, array in (("images", image), ("masks", target), ("points", fg)):
         with files.atomic_path(folder / kind / f"{image_id}.npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(array))

@@ -178,3 +178,29 @@ def test_the_aerial_large_demo_has_thin_fences_and_small_poles_and_01_prepares_i
     assert read_class_colors(root / "classes.csv")[0] == ("background", "fence", "pole", "building")
     assert (root / "sample_submission.csv").read_text().splitlines()[1:] == [
         f"aerial004_{c},1 1" for c in ("fence", "pole", "building")]
+
+
+def test_foreground_points_centre_each_class_equally_often():
+    """A multi-class target of a large class (buildings) and two thin ones (a 1-px fence, a pole of 9 px): each class
+    the image holds gets the same share of the points (the rare ones drawn with repeats); binary keeps its
+    foreground pixels; an image without foreground has none."""
+    from lib.task import Task
+    from lib.tilecache import foreground_points
+    target = np.zeros((200, 300), np.uint8)
+    target[20:180, 20:150] = 3  # building: 20800 px
+    target[100, 160:290] = 1  # fence: 130 px
+    target[50:53, 200:203] = 2  # pole: 9 px
+    points = foreground_points(target, Task(4), seed=0, n=600)
+    classes = target[points[:, 0], points[:, 1]]
+    assert np.bincount(classes, minlength=4).tolist() == [0, 200, 200, 200]
+    ml = Task(2, multilabel=True)
+    bits = np.zeros((50, 60), np.uint8)
+    bits[:40, :40] |= 1
+    bits[10:12, 10:50] |= 2  # overlaps label 1 on 60 px
+    points = foreground_points(bits, ml, seed=0, n=100)
+    assert (bits[points[:, 0], points[:, 1]] & 2).sum() // 2 >= 50  # label 2 centred half the time
+    binary = np.zeros((20, 20), np.uint8)
+    binary[5:8, 5:8] = 255
+    assert sorted(map(tuple, foreground_points(binary, Task(1), seed=0))) == [(y, x) for y in range(5, 8)
+                                                                              for x in range(5, 8)]
+    assert foreground_points(np.zeros((8, 8), np.uint8), Task(4), seed=0).shape == (0, 2)
