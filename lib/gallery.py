@@ -91,10 +91,12 @@ def oof_maps(p, ens, cache, split) -> tuple[list[str], list[np.ndarray]]:
     return ids, maps
 
 
-def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: dict[str, Path]) -> Path:
+def write(p, split, tuning, ens, test_models, test_ids: list[str], test_paths: dict[str, Path]) -> Path:
     """Write the overlays of this run (see the module) into ``<run>/overlays`` unless made_by.json says they are the
-    ones of this tuning; return the folder."""
+    ones of this tuning; return the folder. ``ens``: the fold models (None without them: no out-of-fold pictures);
+    ``test_models``: the models that predicted the test maps (their task and image format draw them)."""
     from lib.cache import open_for
+    task: Task = test_models.task
     out = files.run_dir(p.output_dir, p.experiment) / FOLDER
     probs = files.run_dir(p.output_dir, p.experiment) / files.TEST_PROBS
     shown_test = [i for i in test_ids if (probs / f"{i}.png").exists()][:TEST_SHOWN]
@@ -123,7 +125,7 @@ def write(p, split, tuning, ens, task: Task, test_ids: list[str], test_paths: di
                 pictures[f"oof_{kind}{rank}_dice{scores[i]:.4f}_{ids[i]}.jpg"] = _titled(
                     picture, f"{ids[i]} out-of-fold (fold {fold}), Dice {scores[i]:.4f}, {kind} {rank}")
     for image_id in shown_test:
-        image, _ = drawable(read_photo(test_paths[image_id], ens.image_format, p.display_bands))
+        image, _ = drawable(read_photo(test_paths[image_id], test_models.image_format, p.display_bands))
         decision = task.decide_maps([testmaps.read_map(probs / f"{image_id}.png")], [1.0], image.shape[:2],
                                     tuning.decision_threshold, tuning.postprocess, tuning.decision_min_area)
         pictures[f"test_{image_id}.jpg"] = _titled(task.overlay(image, decision), f"{image_id} test")

@@ -651,4 +651,4 @@ def _overlays(p: Params, split: pd.DataFrame, tuning: Tuning, ens: Ensemble | No
               ids: list[str], paths: dict[str, Path]) -> None:
     """The run's overlays/ (lib/gallery.py), drawn in the class colours the checkpoints keep."""
     from lib import gallery
-    gallery.write(p, split, tuning, ens, (final or ens).task, ids, paths)
+    gallery.write(p, split, tuning, ens, final or ens, ids, paths)
