@@ -61,7 +61,9 @@ def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> No
     if dist.main:
         for r in results:
             if r["fold"] == "full":
-                print(f"full: trained on every training image for {r['epochs']} epochs (no validation images; "
+                also = (f", the last {r['pseudo_epochs']} also on the {r['labelled']} test images it labelled"
+                        if r["labelled"] else "")
+                print(f"full: trained on every training image for {r['epochs']} epochs{also} (no validation images; "
                       "03_predict.py predicts the test set with it)")
             else:
                 print(f"fold {r['fold']}: best val Dice {r['best_val_dice']:.5f} after {r['epochs']} epochs")

@@ -175,6 +175,16 @@ class Params:
     epochs: int = _TRAIN(40, "maximum epochs", low=1)
     full_epochs: int = _TRAIN(0, "epochs of 02 --fold full's model (fitted on every training image, no validation); "
                               "0: --epochs; an --epochs on the command line wins", low=0)
+    pseudo_epochs: int = _TRAIN(0, "pseudo-labels (lib/pseudo.py): after --epochs, label the test images (input/test) "
+                                "with the run's own weights at the network size (--tta where fixed, else hflip; "
+                                "threshold 0.5 after --postprocess where fixed) and train this many more epochs on "
+                                "the training images and those labels, under a second warm-up and cosine at "
+                                "--pseudo-lr x --lr. No validation image's truth is used. 0 = off; without test "
+                                "images the run trains its --epochs alone and says so", low=0)
+    full_pseudo_epochs: int = _TRAIN(-1, "--pseudo-epochs of 02 --fold full's model; -1: --pseudo-epochs; a "
+                                     "--pseudo-epochs on the command line wins", low=-1)
+    pseudo_lr: float = _TRAIN(0.5, "peak learning rate of the pseudo-label epochs, as a fraction of --lr", above=0,
+                              high=1)
     batch_size: int = _TRAIN(8, "images per optimiser step (before accumulation); 8 at 1280x1920: 18.5 GiB, +10% "
                              "images/s over 4", low=1)
     accum_steps: int = _TRAIN(1, "gradient accumulation steps", low=1)
@@ -389,8 +399,13 @@ def make_params(**overrides) -> Params:
 
 def full_model(p: Params) -> Params:
     """``p`` for 02 --fold full's model: --full-epochs epochs where it is set and --epochs was not on the command
-    line (the cpu preset knows its full model's epochs: the README's run needs no --epochs)."""
-    return dataclasses.replace(p, epochs=p.full_epochs) if p.full_epochs and "epochs" not in GIVEN else p
+    line (the cpu preset knows its full model's epochs: the README's run needs no --epochs); likewise
+    --full-pseudo-epochs."""
+    if p.full_epochs and "epochs" not in GIVEN:
+        p = dataclasses.replace(p, epochs=p.full_epochs)
+    if p.full_pseudo_epochs >= 0 and "pseudo_epochs" not in GIVEN:
+        p = dataclasses.replace(p, pseudo_epochs=p.full_pseudo_epochs)
+    return p
 
 
 def check(p: Params) -> None:
@@ -406,6 +421,9 @@ def check(p: Params) -> None:
                             "at least 32")
     if p.tile_size % 32:
         problems.append(f"--tile-size {p.tile_size} must be 0 (off) or a positive multiple of 32")
+    if p.tile_size and (p.pseudo_epochs or p.full_pseudo_epochs > 0):
+        problems.append("--pseudo-epochs labels whole test images at the network size; with --tile-size set "
+                        "--pseudo-epochs 0 --full-pseudo-epochs 0")
     for name, whole in (("crop_height", p.height), ("crop_width", p.width)):
         v = getattr(p, name)
         if v and (v < 0 or v % 32 or v > whole):

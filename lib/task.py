@@ -401,6 +401,20 @@ class Task:
             return ensemble_mask(maps, weights, size, threshold, post, min_area)
         return ensemble_labels(maps, weights, size, self, min_area)
 
+    def pseudo_mask(self, maps: NDArray[np.uint8], post: str = postprocess.NONE) -> NDArray[np.uint8]:
+        """Network-size maps (N, channels * H, W) of images without truth -> (N, H, W) uint8 training masks in the
+        cache's form (``net_target``), each the decision at threshold 0.5 (binary after ``post``): 0/255, class labels
+        or label bits. What lib/pseudo.py trains on."""
+        level = level_of(0.5)
+        out = np.empty((len(maps), maps.shape[1] // self.channels, maps.shape[2]), np.uint8)
+        for i, m in enumerate(maps):
+            d = self.decide(self.split_map(m), level, post)
+            if self.multilabel:
+                out[i] = sum((d[c].astype(np.uint8) << c for c in range(self.classes)), np.zeros(d.shape[1:], np.uint8))
+            else:
+                out[i] = d.astype(np.uint8) * 255 if self.binary else d
+        return out
+
     def class_masks(self, decision: NDArray) -> list[NDArray[np.bool_]]:
         """``decide_maps``'s decision -> the bool mask of each scored class (a submission row each)."""
         if self.multilabel:

@@ -26,7 +26,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import params as params_mod
-from lib import files, folds as folds_mod, tilecache, tiles as tiles_mod
+from lib import files, folds as folds_mod, pseudo, tilecache, tiles as tiles_mod
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TileSet, TrainSet, make_loader, tile_rows, train_transform, transform_for
 from lib.errors import PipelineError, restart_advice
@@ -61,14 +61,20 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 @dataclass
 class Schedule:
-    """The learning-rate factor by optimiser step (``lr_factor``): warm-up, then cosine to ``min_ratio`` at ``total``.
-    A callable object, so the scheduler's state_dict saves its fields, and a run extended with ``--resume --epochs N``
-    (N larger) stretches the cosine to its new end: from its next step on, it follows the curve of an N-epoch run."""
+    """The learning-rate factor by optimiser step (``lr_factor``): warm-up, then cosine to ``min_ratio`` at ``total``;
+    with ``--pseudo-epochs`` (``second`` steps) a second warm-up and cosine from step ``total``, peaking at
+    ``second_peak``. A callable object, so the scheduler's state_dict saves its fields, and a run extended with
+    ``--resume --epochs N`` (N larger) stretches the first cosine to its new end: from its next step on, it follows
+    the curve of an N-epoch run."""
     total: int
     warmup: int
     min_ratio: float
+    second: int = 0
+    second_peak: float = 1.0
 
     def __call__(self, step: int) -> float:
+        if self.second and step >= self.total:
+            return self.second_peak * lr_factor(step - self.total, self.second, self.warmup, self.min_ratio)
         return lr_factor(step, self.total, self.warmup, self.min_ratio)
 
 
@@ -129,6 +135,13 @@ class Run:
     tb: object | None = None  # a TensorBoard SummaryWriter on rank 0 with --tensorboard
     ema: AveragedModel | None = None  # --ema: the moving average of net's weights (what validates and predicts)
     tiles: tilecache.TileCache | None = None  # --tile-size: the images at the network's scale (same rows as cache)
+    test_paths: list[Path] = field(default_factory=list)  # --pseudo-epochs: the test images it labels
+    labelled: pseudo.Labelled | None = None  # once labelled: what the pseudo-label epochs train on besides the cache
+
+    @property
+    def last_epoch(self) -> int:
+        """--epochs, plus --pseudo-epochs where there are test images to label."""
+        return self.p.epochs + (self.p.pseudo_epochs if self.test_paths else 0)
 
 
 def check_run_folder(folder: Path, fold: int | str, resume: bool, restart: bool) -> None:
@@ -205,13 +218,16 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     train_loader = make_loader(train_set, sampler, p.batch_size // dist.world, workers, pin, drop_last=True)
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
-    schedule = Schedule(total, warmup, p.min_lr_ratio)
+    test_paths = pseudo.test_paths(p) if p.pseudo_epochs else []
+    mixed = (len(train_rows) + len(test_paths)) // p.batch_size  # global batches an epoch on training + test images
+    second = p.pseudo_epochs * math.ceil(mixed / p.accum_steps) if test_paths else 0
+    schedule = Schedule(total, warmup, p.min_lr_ratio, second, p.pseudo_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
                Precision.for_device(device, p.amp), task,
                task.loss(p.loss, p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader,
-               val_loader, ema=ema, tiles=tiles)
+               val_loader, ema=ema, tiles=tiles, test_paths=test_paths)
 
 
 def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
@@ -442,7 +458,7 @@ class RunWriter:
         The full model (no validation images) writes model.pt at its last epoch."""
         run, w = self.run, self.writer
         w.flush()
-        if improved or (not run.val_ids and run.epoch == self.p.epochs):
+        if improved or (not run.val_ids and run.epoch == run.last_epoch):
             w.submit(write_best, run.dir, checkpoint_state(unwrap(predictor(run)), self.p, epoch=run.epoch,
                                                            val_dice=ev.dice if ev else -1.0,
                                                            split=run.split, task=run.task.checkpoint_record()),
@@ -518,7 +534,8 @@ def read_log(path: Path, advice: str) -> pd.DataFrame:
 
 # --- the loop ---
 def train_fold(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart: bool = False) -> dict:
-    """Train (or continue, or start again) fold ``fold``; returns {fold, best_val_dice, epochs}."""
+    """Train (or continue, or start again) fold ``fold``; returns {fold, best_val_dice, epochs, labelled (test
+    images it labelled), pseudo_epochs (epochs it trained on them too)}."""
     run = setup(p, fold, dist, resume, restart)
     last = run.dir / files.LAST
     advice = restart_advice(fold, files.run_dir(p.output_dir, p.experiment))
@@ -537,9 +554,11 @@ def train_fold(p: Params, fold: int | str, dist: Dist, resume: bool = False, res
     finally:
         if writer:
             writer.close(failed)
-    if p.patience and run.bad_epochs >= p.patience and run.epoch < p.epochs:
+    if p.patience and run.bad_epochs >= p.patience and run.epoch < run.last_epoch:
         _say(run, f"fold {fold}: early stop, no val Dice gain for {p.patience} epochs")
-    return {"fold": fold, "best_val_dice": run.best, "epochs": run.epoch}
+    return {"fold": fold, "best_val_dice": run.best, "epochs": run.epoch,
+            "labelled": len(run.labelled) if run.labelled is not None else 0,
+            "pseudo_epochs": max(0, run.epoch - p.epochs)}
 
 
 def _start_line(run: Run, resume: bool, ckpt: dict | None) -> str:
@@ -572,12 +591,17 @@ def _say(run: Run, line: str) -> None:
 
 def _loop(run: Run, writer: RunWriter | None) -> None:
     p = run.p
-    while run.epoch < p.epochs and not (p.patience and run.bad_epochs >= p.patience):
+    if p.pseudo_epochs and not run.test_paths:
+        _say(run, f"fold {run.fold}: no test images in {p.input_dir / files.TEST} to label: --pseudo-epochs "
+                  f"{p.pseudo_epochs} skipped, {p.epochs} epochs on the training images")
+    while run.epoch < run.last_epoch and not (p.patience and run.bad_epochs >= p.patience):
+        if run.epoch >= p.epochs and run.labelled is None and run.test_paths:
+            start_pseudo(run)
         run.epoch += 1
         start = time.perf_counter()
         train_loss, n_images = train_epoch(run)
         train_seconds = time.perf_counter() - start
-        validated = bool(run.val_ids) and (run.epoch % p.val_every == 0 or run.epoch == p.epochs)
+        validated = bool(run.val_ids) and (run.epoch % p.val_every == 0 or run.epoch in (p.epochs, run.last_epoch))
         with torch.random.fork_rng(devices=[]):  # starting the validation loader draws from torch's generator:
             ev = evaluate(run) if validated else None  # put back, so --val-every never changes what is learned
             raw = evaluate(run, run.forward).dice if ev is not None and run.ema is not None else float("nan")
@@ -596,5 +620,38 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
             validated += f" (without the average {raw:.5f})"
         if ev and ev.class_dice:
             validated += " [" + ", ".join(f"{n} {d:.4f}" for n, d in ev.class_dice.items()) + "]"
-        _say(run, f"fold {run.fold} epoch {run.epoch}/{p.epochs}: lr {row[1]:.2e} train loss {train_loss:.4f} "
+        _say(run, f"fold {run.fold} epoch {run.epoch}/{run.last_epoch}: lr {row[1]:.2e} train loss {train_loss:.4f} "
                   f"{validated} {row[5]:.0f}s {row[6]:.1f} img/s")
+
+
+def start_pseudo(run: Run) -> None:
+    """From epoch --epochs on: the test images labelled by the run's weights as they are after --epochs (rank 0
+    labels and writes pseudo.npz once; a resumed run reads it), and a loader over the training images and them."""
+    p, advice = run.p, restart_advice(run.fold, files.run_dir(run.p.output_dir, run.p.experiment))
+    model = unwrap(predictor(run))
+    digest = state_digest(model.state_dict())
+    shape = (len(run.test_paths), *run.cache.size, run.cache.image_format.channels)
+    path = run.dir / pseudo.FILE
+    if run.dist.main:
+        found = pseudo.load(run.dir, shape, advice) if path.exists() else None
+        if run.epoch > p.epochs and found is None:
+            raise PipelineError(f"{path}: missing, and the run is past its --epochs {p.epochs}: the labels its "
+                                f"pseudo-label epochs trained on are gone; {advice}")
+        if found is None or (run.epoch == p.epochs and found.digest != digest):
+            start = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                found = pseudo.label(model, run.test_paths, p, run.task, run.cache.image_format, run.device,
+                                     run.precision, p.channels_last, digest)
+            pseudo.save(run.dir, found)
+            _say(run, f"fold {run.fold}: labelled {len(found)} test images with the weights of epoch {run.epoch} "
+                      f"(TTA {pseudo.labelling_tta(p)}) in {time.perf_counter() - start:.0f}s; {p.pseudo_epochs} more "
+                      f"epochs on {len(run.sampler.rows)} training + {len(found)} labelled images")
+    run.dist.barrier()
+    run.labelled = found if run.dist.main else pseudo.load(run.dir, shape, advice)
+    train_set = run.train_loader.dataset
+    first = len(train_set)
+    rows = np.concatenate([run.sampler.rows, first + np.arange(len(run.labelled))])
+    run.sampler = SeededShuffle(rows, run.sampler.seed, rank=run.dist.rank, world=run.dist.world, batch=p.batch_size)
+    run.train_loader = make_loader(pseudo.MixedSet(train_set, run.labelled, train_set.transform), run.sampler,
+                                   p.batch_size // run.dist.world, run.train_loader.num_workers,
+                                   run.device.type == "cuda", drop_last=True)
