@@ -101,13 +101,18 @@ class TrainSet(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         row, seed = item
-        image, mask = self.cache.item(row)
-        if self.transform is not None:
-            self.transform.set_random_seed(seed)
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
-                torch.from_numpy(np.ascontiguousarray(mask))[None])
+        return as_item(*self.cache.item(row), self.transform, seed)
+
+
+def as_item(image: np.ndarray, mask: np.ndarray, transform, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, C) image and (H, W) mask, augmented by ``transform`` (if any) with ``seed`` -> a loader's item:
+    ((C, H, W), (1, H, W)) tensors."""
+    if transform is not None:
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=mask)
+        image, mask = out["image"], out["mask"]
+    return (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+            torch.from_numpy(np.ascontiguousarray(mask))[None])
 
 
 def worker_count(workers: int) -> int:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from lib import files, inputs, postprocess, tta
 from lib.cache import load_net_image
+from lib.data import as_item
 from lib.errors import PipelineError
 from lib.imageformat import ImageFormat
 from lib.progress import progress
@@ -109,10 +110,5 @@ class MixedSet(Dataset):
         row, seed = item
         if row < self.first:
             return self.train_set[item]
-        image, mask = self.labelled.images[row - self.first], self.labelled.masks[row - self.first]
-        if self.transform is not None:
-            self.transform.set_random_seed(seed)
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
-                torch.from_numpy(np.ascontiguousarray(mask))[None])
+        return as_item(self.labelled.images[row - self.first], self.labelled.masks[row - self.first], self.transform,
+                       seed)

@@ -15,13 +15,7 @@ from lib.cache import load_net_image
 from lib.model import read_checkpoint
 from lib.task import Task
 from lib.train import Schedule, lr_factor
-
-
-@pytest.fixture
-def prepared(tiny_demo, tiny_prepared, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(tiny_prepared, out)
-    return tiny_demo, out
+from test_train import prepared  # noqa: F401 (the fixture)
 
 
 def args(root, out, *extra):
