@@ -633,11 +633,18 @@ def start_pseudo(run: Run) -> None:
     shape = (len(run.test_paths), *run.cache.size, run.cache.image_format.channels)
     path = run.dir / pseudo.FILE
     if run.dist.main:
-        found = pseudo.load(run.dir, shape, advice) if path.exists() else None
-        if run.epoch > p.epochs and found is None:
-            raise PipelineError(f"{path}: missing, and the run is past its --epochs {p.epochs}: the labels its "
-                                f"pseudo-label epochs trained on are gone; {advice}")
-        if found is None or (run.epoch == p.epochs and found.digest != digest):
+        if run.epoch > p.epochs:  # resumed within the pseudo-label epochs: the very labels they trained on
+            if not path.exists():
+                raise PipelineError(f"{path}: missing, and the run is past its --epochs {p.epochs}: the labels its "
+                                    f"pseudo-label epochs trained on are gone; {advice}")
+            found = pseudo.load(run.dir, shape, advice)
+        else:  # at the boundary nothing has trained on a file left by a killed run: kept only if these weights made it
+            try:
+                found = pseudo.load(run.dir, shape, advice) if path.exists() else None
+            except PipelineError:
+                found = None
+            found = found if found is not None and found.digest == digest else None
+        if found is None:
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 found = pseudo.label(model, run.test_paths, p, run.task, run.cache.image_format, run.device,

@@ -2,6 +2,7 @@
 training + labelled images under a second cosine, exact resume, the full model's preset value, refusals."""
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,14 @@ def test_a_killed_pseudo_label_run_resumes_to_the_same_result_and_a_lost_label_f
     refused = run_script("02_train.py", *args(root, out, "--experiment", "killed", "--resume"), check=False)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert str(killed / pseudo.FILE) in refused.stderr and "--restart" in refused.stderr
+    printed = refused.stderr.split("train the fold again: ", 1)[1].strip().strip("`")
+    assert printed.split()[1:3] == ["02_train.py", "--fold"] and "--restart" in printed.split()
+    assert "--experiment killed" in printed  # the user's own flags
+    repaired = out.parent / "repaired"  # the printed command, run in a copy of the killed state: it trains again
+    shutil.copytree(out, repaired)
+    command = printed.replace(str(out), str(repaired)).split()
+    assert run_script(Path(command[1]).name, *command[2:]).returncode == 0
+    assert read_checkpoint(files.fold_dir(repaired, "killed", 0) / files.LAST)["epoch"] == 3
     shutil.move(saved, killed / pseudo.FILE)
     run_script("02_train.py", *args(root, out, "--experiment", "killed", "--resume"))
     a, b = (read_checkpoint(files.fold_dir(out, e, 0) / files.LAST) for e in ("straight", "killed"))
