@@ -111,3 +111,28 @@ def summarize(dices: dict[str, float], split: pd.DataFrame) -> dict:
     return {"mean": float(table.dice.mean()), "worst_car": str(cars.index[0]), "worst_car_dice": float(cars.iloc[0]),
             "p5": float(np.percentile(table.dice, 5)), "cars": {str(c): float(d) for c, d in cars.items()},
             "images": {i: float(d) for i, d in sorted(dices.items())}}
+
+
+def per_car(runs: dict) -> pd.Series:
+    """Each held-out car's mean Dice over its photos, from a holdout.json's content (all its groups)."""
+    rows = [(car, d) for g in runs["groups"] for car, d in g["cars"].items()]
+    return pd.Series(dict(rows), dtype=float).sort_index()
+
+
+def paired(a: dict, b: dict, draws: int = 10000, seed: int = 0) -> dict:
+    """Recipe ``b`` against recipe ``a`` on the same held-out cars (two holdout.json contents): the mean per-car
+    difference b - a, and a 90% interval for it from resampling the cars (the unit that varies between data sets;
+    the photos of a car are not independent). PipelineError unless both held out the same cars."""
+    ca, cb = per_car(a), per_car(b)
+    if list(ca.index) != list(cb.index):
+        only_a, only_b = sorted(set(ca.index) - set(cb.index)), sorted(set(cb.index) - set(ca.index))
+        raise PipelineError(f"the two runs held out other cars (only in the first: {listing(only_a) or 'none'}; "
+                            f"only in the second: {listing(only_b) or 'none'}): run both with the same --holdout "
+                            "and --seed")
+    diff = (cb - ca).to_numpy()
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [5, 95])
+    return {"n_cars": len(diff), "a": float(ca.mean()), "b": float(cb.mean()), "diff": float(diff.mean()),
+            "low": float(low), "high": float(high), "better": int((diff > 0).sum()), "worse": int((diff < 0).sum()),
+            "cars": {c: (float(ca[c]), float(cb[c])) for c in ca.index}}

@@ -126,3 +126,44 @@ def test_groups(text, error):
     else:
         with pytest.raises(ValueError, match=error):
             holdout.parse_groups(text, 4)
+
+
+def holdout_json(cars: dict[str, float], flags: list[str]) -> dict:
+    """The part of a holdout.json that compare_holdout.py reads: two groups of cars."""
+    names = sorted(cars)
+    return {"flags": flags, "groups": [{"group": g, "cars": {c: cars[c] for c in names[g::2]}} for g in (0, 1)]}
+
+
+def test_paired_difference_cancels_the_spread_between_cars():
+    """B is A + 0.002 on every car while the cars themselves spread over 0.05: the difference is exactly 0.002 and its
+    interval collapses onto it; a car better and one worse show in the counts and widen the interval around the
+    mean."""
+    a = {f"car{k}": 0.93 + 0.005 * k for k in range(10)}
+    same = holdout.paired(holdout_json(a, []), holdout_json({c: d + 0.002 for c, d in a.items()}, ["--x"]), draws=500)
+    assert same["diff"] == pytest.approx(0.002) and same["low"] == pytest.approx(0.002)
+    assert same["high"] == pytest.approx(0.002) and (same["better"], same["worse"]) == (10, 0)
+    mixed = dict(a, car0=a["car0"] + 0.01, car1=a["car1"] - 0.004)
+    r = holdout.paired(holdout_json(a, []), holdout_json(mixed, []), draws=2000)
+    assert r["diff"] == pytest.approx(0.0006) and (r["better"], r["worse"]) == (1, 1)
+    assert r["low"] < 0 < r["diff"] < r["high"]
+
+
+def test_paired_refuses_runs_on_other_cars():
+    a = {f"car{k}": 0.98 for k in range(4)}
+    b = dict(a)
+    b["other"] = b.pop("car3")
+    with pytest.raises(PipelineError, match="only in the first: car3; only in the second: other.*same --holdout"):
+        holdout.paired(holdout_json(a, []), holdout_json(b, []))
+
+
+def test_compare_holdout_prints_the_estimate_from_a_measured_score(tmp_path):
+    import json
+    import subprocess
+    a = {f"car{k}": 0.97 + 0.001 * k for k in range(6)}
+    for name, cars in (("a", a), ("b", {c: d + 0.003 for c, d in a.items()})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(holdout_json(cars, [] if name == "a" else ["--y", "2"])))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_holdout.py"), str(tmp_path / "a.json"),
+                          str(tmp_path / "b.json"), "--measured", "0.98", "--draws", "200"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "B - A +0.00300 (90% interval +0.00300 to +0.00300" in out and "B: --y 2" in out
+    assert "B on the unseen cars A scored 0.98000 on: 0.98300" in out
