@@ -23,6 +23,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import holdout  # noqa: E402
 from lib.errors import run_main  # noqa: E402
+from lib.invocation import suggested  # noqa: E402
+
+SCRIPT = "benchmarks/compare_holdout.py"
+
+
+def repair(args: argparse.Namespace, runs: list[dict]) -> str:
+    """What makes two runs on other cars comparable: this comparison on the cars both held out where there are
+    some, else B's recipe held out on A's groups."""
+    shared = set(holdout.per_car(runs[0]).index) & set(holdout.per_car(runs[1]).index)
+    if shared:
+        return f"compare them on the {len(shared)} cars both held out: {suggested(SCRIPT, [*sys.argv[1:], '--common'])}"
+    groups = ",".join(str(g["group"]) for g in runs[0]["groups"])
+    keep = f"{args.b.resolve().parent}-on-groups-{groups.replace(',', '-')}"
+    return (f"hold B's recipe out on A's groups, then compare the holdout.json it writes: "
+            f"{suggested('benchmarks/bench_recipe.py', ['--holdout', groups, '--keep', keep, '--', *runs[1]['flags']])}")
 
 
 def main() -> None:
@@ -31,6 +46,8 @@ def main() -> None:
     parser.add_argument("b", type=Path, help="holdout.json of the recipe compared with it")
     parser.add_argument("--measured", type=float, help="the reference recipe's Dice measured on other unseen cars")
     parser.add_argument("--draws", type=int, default=10000, help="resamples of the cars (default 10000)")
+    parser.add_argument("--common", action="store_true",
+                        help="runs that held out other groups: compare them on the cars both held out")
     args = parser.parse_args()
     runs = []
     for path in (args.a, args.b):
@@ -38,11 +55,14 @@ def main() -> None:
             runs.append(json.loads(path.read_text()))
         except (OSError, ValueError) as e:
             sys.exit(f"{path}: not a holdout.json that bench_recipe.py --holdout --keep wrote ({e})")
-    r = holdout.paired(*runs, draws=args.draws)
+    r = holdout.paired(*runs, draws=args.draws, common=args.common, advice=repair(args, runs))
     print("| car | A | B | B - A |\n|---|---:|---:|---:|")
     for car, (a, b) in r["cars"].items():
         print(f"| {car} | {a:.5f} | {b:.5f} | {b - a:+.5f} |")
     print(f"\nA: {' '.join(runs[0]['flags']) or '(the preset)'}; B: {' '.join(runs[1]['flags']) or '(the preset)'}")
+    if args.common:
+        print(f"compared on the cars both runs held out (--common): A held out {len(holdout.per_car(runs[0]))}, "
+              f"B {len(holdout.per_car(runs[1]))}")
     print(f"{r['n_cars']} held-out cars: A {r['a']:.5f}, B {r['b']:.5f}; B - A {r['diff']:+.5f} (90% interval "
           f"{r['low']:+.5f} to {r['high']:+.5f} over the cars); B better on {r['better']}, worse on {r['worse']}")
     if args.measured is not None:

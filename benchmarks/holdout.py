@@ -119,16 +119,20 @@ def per_car(runs: dict) -> pd.Series:
     return pd.Series(dict(rows), dtype=float).sort_index()
 
 
-def paired(a: dict, b: dict, draws: int = 10000, seed: int = 0) -> dict:
+def paired(a: dict, b: dict, draws: int = 10000, seed: int = 0, common: bool = False, advice: str = "") -> dict:
     """Recipe ``b`` against recipe ``a`` on the same held-out cars (two holdout.json contents): the mean per-car
     difference b - a, and a 90% interval for it from resampling the cars (the unit that varies between data sets;
-    the photos of a car are not independent). PipelineError unless both held out the same cars."""
+    the photos of a car are not independent). Runs that held out other cars: with ``common``, compared on the cars
+    both held out (at least one); else PipelineError ending in ``advice``."""
     ca, cb = per_car(a), per_car(b)
     if list(ca.index) != list(cb.index):
-        only_a, only_b = sorted(set(ca.index) - set(cb.index)), sorted(set(cb.index) - set(ca.index))
-        raise PipelineError(f"the two runs held out other cars (only in the first: {listing(only_a) or 'none'}; "
-                            f"only in the second: {listing(only_b) or 'none'}): run both with the same --holdout "
-                            "and --seed")
+        shared = sorted(set(ca.index) & set(cb.index))
+        if not (common and shared):
+            only_a, only_b = sorted(set(ca.index) - set(cb.index)), sorted(set(cb.index) - set(ca.index))
+            raise PipelineError(f"the two runs held out other cars (only in the first: {listing(only_a) or 'none'}; "
+                                f"only in the second: {listing(only_b) or 'none'}; {len(shared)} in both)"
+                                + (f"; {advice}" if advice else ""))
+        ca, cb = ca[shared], cb[shared]
     diff = (cb - ca).to_numpy()
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)

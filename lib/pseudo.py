@@ -40,9 +40,11 @@ def test_paths(p) -> list[Path]:
     return [paths[i] for i in sorted(set(ids))]
 
 
-def labelling_tta(p) -> str:
-    """The TTA that labels: ``--tta`` where the user fixed one, else hflip (what auto chooses on Carvana)."""
-    return tta.fixed(p.tta if p.tta != "auto" else "hflip", p.tta_scales)
+def labelling_tta(p, scale: float = 1.0) -> str:
+    """The TTA that labels: ``--tta`` where the user fixed one, else hflip (what auto chooses on Carvana); at
+    ``scale`` alone where the run trained at --small-scale up to then (``--large-epochs``)."""
+    mode = tta.fixed(p.tta if p.tta != "auto" else "hflip", p.tta_scales)
+    return mode if scale == 1.0 else tta.with_scales(tta.split(mode)[0], (scale,))
 
 
 @dataclass
@@ -57,10 +59,11 @@ class Labelled:
 
 @torch.no_grad()
 def label(model: torch.nn.Module, paths: list[Path], p, task: Task, fmt: ImageFormat, device: torch.device,
-          precision, channels_last: bool, digest: str, show: bool = True) -> Labelled:
-    """Every image of ``paths`` read at the network size and labelled by ``model`` (eval mode)."""
+          precision, channels_last: bool, digest: str, show: bool = True, scale: float = 1.0) -> Labelled:
+    """Every image of ``paths`` read at the network size and labelled by ``model`` (eval mode), predicting at
+    ``scale`` (``labelling_tta``)."""
     model.eval()
-    mode, post = labelling_tta(p), p.postprocess if p.postprocess != "auto" else postprocess.NONE
+    mode, post = labelling_tta(p, scale), p.postprocess if p.postprocess != "auto" else postprocess.NONE
     images, masks = [], []
     batch = max(1, p.predict_batch_size)
     for start in progress(range(0, len(paths), batch), "labelling the test images", disable=not show):

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import params as params_mod
-from lib import files, folds as folds_mod, pseudo, tilecache, tiles as tiles_mod
+from lib import files, folds as folds_mod, pseudo, tilecache, tiles as tiles_mod, tta
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TileSet, TrainSet, make_loader, tile_rows, train_transform, transform_for
 from lib.errors import PipelineError, restart_advice
@@ -63,16 +64,22 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 class Schedule:
     """The learning-rate factor by optimiser step (``lr_factor``): warm-up, then cosine to ``min_ratio`` at ``total``;
     with ``--pseudo-epochs`` (``second`` steps) a second warm-up and cosine from step ``total``, peaking at
-    ``second_peak``. A callable object, so the scheduler's state_dict saves its fields, and a run extended with
-    ``--resume --epochs N`` (N larger) stretches the first cosine to its new end: from its next step on, it follows
-    the curve of an N-epoch run."""
+    ``second_peak``; with ``--large-epochs`` and ``--large-lr``, a third over their last ``third`` steps (the curve
+    before them ends where they start), peaking at ``third_peak``. A callable object, so the scheduler's state_dict
+    saves its fields, and a run extended with ``--resume --epochs N`` (N larger) stretches the first cosine to its
+    new end: from its next step on, it follows the curve of an N-epoch run."""
     total: int
     warmup: int
     min_ratio: float
     second: int = 0
     second_peak: float = 1.0
+    third: int = 0  # --large-epochs with --large-lr: the last ``third`` steps warm up and cosine again
+    third_peak: float = 1.0
 
     def __call__(self, step: int) -> float:
+        start = self.total + self.second - self.third
+        if self.third and step >= start:
+            return self.third_peak * lr_factor(step - start, self.third, self.warmup, self.min_ratio)
         if self.second and step >= self.total:
             return self.second_peak * lr_factor(step - self.total, self.second, self.warmup, self.min_ratio)
         return lr_factor(step, self.total, self.warmup, self.min_ratio)
@@ -221,7 +228,10 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     test_paths = pseudo.test_paths(p) if p.pseudo_epochs else []
     mixed = (len(train_rows) + len(test_paths)) // p.batch_size  # global batches an epoch on training + test images
     second = p.pseudo_epochs * math.ceil(mixed / p.accum_steps) if test_paths else 0
-    schedule = Schedule(total, warmup, p.min_lr_ratio, second, p.pseudo_lr)
+    large_mixed = min(p.large_epochs, p.pseudo_epochs) if test_paths else 0  # epochs on training + test images
+    large_plain = min(p.epochs, p.large_epochs - large_mixed)
+    third = (large_plain * steps_per_epoch + large_mixed * math.ceil(mixed / p.accum_steps)) if p.large_lr else 0
+    schedule = Schedule(total, warmup, p.min_lr_ratio, second, p.pseudo_lr, third, p.large_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward,
@@ -305,9 +315,27 @@ def _to_device(run: Run, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def shrinks(p: Params, epoch: int, last_epoch: int) -> bool:
+    """Whether ``epoch`` (1-based) of a run ending at ``last_epoch`` trains on images shrunk by --small-scale: every
+    epoch before the last --large-epochs (progressive resizing)."""
+    return bool(p.large_epochs) and epoch <= last_epoch - p.large_epochs
+
+
+def shrink(images: torch.Tensor, target: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch at ``scale`` (each side rounded to a multiple of 32, ``tta.scaled_size``): images and soft
+    targets as the means of the pixels each new one covers (area, as the cache shrinks photos; images as float on
+    the same value scale), labels by the nearest pixel."""
+    size = tta.scaled_size(images.shape[-2], images.shape[-1], scale)
+    images = F.interpolate(images.float(), size=size, mode="area")
+    if target.is_floating_point():
+        return images, F.interpolate(target, size=size, mode="area")
+    return images, F.interpolate(target[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+
+
 def train_epoch(run: Run) -> tuple[float, int]:
     """Train one epoch on this rank's share of every global batch; (mean loss over all ranks, images seen by all)."""
     p, loader = run.p, run.train_loader
+    small = shrinks(p, run.epoch, run.last_epoch)
     run.model.train()
     run.sampler.set_epoch(run.epoch)
     total, count = 0.0, 0
@@ -315,6 +343,10 @@ def train_epoch(run: Run) -> tuple[float, int]:
     run.optimizer.zero_grad(set_to_none=True)
     for i, (images, masks) in enumerate(bar):
         images, target = _to_device(run, images), run.task.target(_to_device(run, masks))
+        if small:
+            images, target = shrink(images, target, p.small_scale)
+            if p.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
         stepping = (i + 1) % p.accum_steps == 0 or i + 1 == len(loader)
         sync = contextlib.nullcontext() if stepping or not run.dist.active else run.model.no_sync()
         with sync:
@@ -620,8 +652,11 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
             validated += f" (without the average {raw:.5f})"
         if ev and ev.class_dice:
             validated += " [" + ", ".join(f"{n} {d:.4f}" for n, d in ev.class_dice.items()) + "]"
+        at = ""
+        if shrinks(p, run.epoch, run.last_epoch):
+            at = " at {}x{}".format(*tta.scaled_size(*run.cache.size, p.small_scale))
         _say(run, f"fold {run.fold} epoch {run.epoch}/{run.last_epoch}: lr {row[1]:.2e} train loss {train_loss:.4f} "
-                  f"{validated} {row[5]:.0f}s {row[6]:.1f} img/s")
+                  f"{validated} {row[5]:.0f}s {row[6]:.1f} img/s{at}")
 
 
 def start_pseudo(run: Run) -> None:
@@ -629,7 +664,8 @@ def start_pseudo(run: Run) -> None:
     labels and writes pseudo.npz once; a resumed run reads it), and a loader over the training images and them."""
     p, advice = run.p, restart_advice(run.fold, files.run_dir(run.p.output_dir, run.p.experiment))
     model = unwrap(predictor(run))
-    digest = state_digest(model.state_dict())
+    scale = p.small_scale if shrinks(p, p.epochs, run.last_epoch) else 1.0  # the size epoch --epochs trained at
+    digest = state_digest(model.state_dict()) + ("" if scale == 1.0 else f"@{scale}")
     shape = (len(run.test_paths), *run.cache.size, run.cache.image_format.channels)
     path = run.dir / pseudo.FILE
     if run.dist.main:
@@ -648,10 +684,10 @@ def start_pseudo(run: Run) -> None:
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 found = pseudo.label(model, run.test_paths, p, run.task, run.cache.image_format, run.device,
-                                     run.precision, p.channels_last, digest)
+                                     run.precision, p.channels_last, digest, scale=scale)
             pseudo.save(run.dir, found)
             _say(run, f"fold {run.fold}: labelled {len(found)} test images with the weights of epoch {run.epoch} "
-                      f"(TTA {pseudo.labelling_tta(p)}) in {time.perf_counter() - start:.0f}s; {p.pseudo_epochs} more "
+                      f"(TTA {pseudo.labelling_tta(p, scale)}) in {time.perf_counter() - start:.0f}s; {p.pseudo_epochs} more "
                       f"epochs on {len(run.sampler.rows)} training + {len(found)} labelled images")
     run.dist.barrier()
     run.labelled = found if run.dist.main else pseudo.load(run.dir, shape, advice)

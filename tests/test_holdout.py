@@ -152,8 +152,44 @@ def test_paired_refuses_runs_on_other_cars():
     a = {f"car{k}": 0.98 for k in range(4)}
     b = dict(a)
     b["other"] = b.pop("car3")
-    with pytest.raises(PipelineError, match="only in the first: car3; only in the second: other.*same --holdout"):
+    with pytest.raises(PipelineError, match="only in the first: car3; only in the second: other; 3 in both"):
         holdout.paired(holdout_json(a, []), holdout_json(b, []))
+    r = holdout.paired(holdout_json(a, []), holdout_json(dict(b, car0=0.99), []), draws=100, common=True)
+    assert r["n_cars"] == 3 and r["diff"] == pytest.approx(0.01 / 3) and r["better"] == 1
+
+
+def compare(*args, check=True):
+    import subprocess
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_holdout.py"), *map(str, args)],
+                          capture_output=True, text=True, check=check, cwd=ROOT)
+
+
+def test_runs_on_other_cars_are_refused_with_the_command_that_compares_them(tmp_path):
+    import json
+    import shlex
+    a = {f"car{k}": 0.97 + 0.001 * k for k in range(8)}
+    b = {c: d + 0.002 for c, d in list(a.items())[:4]}  # B held out half of A's cars (one of its groups)
+    (tmp_path / "a.json").write_text(json.dumps(holdout_json(a, [])))
+    (tmp_path / "b.json").write_text(json.dumps({"flags": ["--epochs", "3"], "groups": [{"group": 1, "cars": b}]}))
+    refused = compare(tmp_path / "a.json", tmp_path / "b.json", "--draws", "50", check=False)
+    assert refused.returncode != 0 and refused.stdout == "" and refused.stderr.count("\n") == 1
+    repair = refused.stderr.split("`")[1]
+    assert repair.endswith("--common")
+    done = subprocess_run(repair)
+    assert "compared on the cars both runs held out (--common): A held out 8, B 4" in done
+    assert "4 held-out cars" in done and "B - A +0.00200" in done
+    other = {f"x{k}": 0.98 for k in range(3)}  # no car in common: B's recipe held out on A's groups
+    (tmp_path / "c.json").write_text(json.dumps({"flags": ["--epochs", "3"], "groups": [{"group": 2, "cars": other}]}))
+    refused = compare(tmp_path / "a.json", tmp_path / "c.json", check=False)
+    words = shlex.split(refused.stderr.split("`")[1])
+    assert words[1:5] == ["benchmarks/bench_recipe.py", "--holdout", "0,1", "--keep"]
+    assert words[5] == f"{tmp_path}-on-groups-0-1" and words[6:] == ["--", "--epochs", "3"]
+
+
+def subprocess_run(command: str) -> str:
+    import shlex
+    import subprocess
+    return subprocess.run(shlex.split(command), capture_output=True, text=True, check=True, cwd=ROOT).stdout
 
 
 def test_compare_holdout_prints_the_estimate_from_a_measured_score(tmp_path):
