@@ -419,6 +419,14 @@ def full_model(p: Params) -> Params:
     return p
 
 
+def train_size(p: Params) -> tuple[int, int]:
+    """Height and width of a training batch: the --tile-size tile, else the --crop-height x --crop-width crop, else
+    --height x --width."""
+    if p.tile_size:
+        return p.tile_size, p.tile_size
+    return p.crop_height or p.height, p.crop_width or p.width
+
+
 def check(p: Params) -> None:
     """Reject settings that cannot work, with the reason."""
     problems = [msg for name, s in SETTINGS.items() if s.range and (msg := s.range.problem(name, getattr(p, name)))]
@@ -432,9 +440,10 @@ def check(p: Params) -> None:
                             "at least 32")
     if p.tile_size % 32:
         problems.append(f"--tile-size {p.tile_size} must be 0 (off) or a positive multiple of 32")
-    if p.large_epochs and min(round(side * p.small_scale / 32) * 32 for side in (p.height, p.width)) < 32:
-        problems.append(f"--small-scale {p.small_scale} shrinks {p.height} x {p.width} below 32 px a side; raise it "
-                        f"to at least {32 / min(p.height, p.width):.3g}")
+    batch = train_size(p)  # what --small-scale shrinks: the crop or tile where there is one (lib.tta.scaled_size)
+    if p.large_epochs and min(round(side * p.small_scale / 32) * 32 for side in batch) < 32:
+        problems.append(f"--small-scale {p.small_scale} shrinks the {batch[0]} x {batch[1]} training input below 32 px "
+                        f"a side; raise it to at least {32 / min(batch):.3g}")
     if p.tile_size and (p.pseudo_epochs or p.full_pseudo_epochs > 0):
         problems.append("--pseudo-epochs labels whole test images at the network size; with --tile-size set "
                         "--pseudo-epochs 0 --full-pseudo-epochs 0")

@@ -654,7 +654,7 @@ def _loop(run: Run, writer: RunWriter | None) -> None:
             validated += " [" + ", ".join(f"{n} {d:.4f}" for n, d in ev.class_dice.items()) + "]"
         at = ""
         if shrinks(p, run.epoch, run.last_epoch):
-            at = " at {}x{}".format(*tta.scaled_size(*run.cache.size, p.small_scale))
+            at = " at {}x{}".format(*tta.scaled_size(*params_mod.train_size(p), p.small_scale))
         _say(run, f"fold {run.fold} epoch {run.epoch}/{run.last_epoch}: lr {row[1]:.2e} train loss {train_loss:.4f} "
                   f"{validated} {row[5]:.0f}s {row[6]:.1f} img/s{at}")
 

@@ -48,7 +48,16 @@ def test_a_scale_that_leaves_no_network_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         params.parse("t", ["--height", "160", "--width", "224", "--large-epochs", "2", "--small-scale", "0.1"])
     assert e.value.code == 2
-    assert "--small-scale 0.1 shrinks 160 x 224 below 32 px a side; raise it to at least 0.2" in capsys.readouterr().err
+    assert "--small-scale 0.1 shrinks the 160 x 224 training input below 32 px a side; raise it to at least 0.2" in \
+        capsys.readouterr().err
+    # the crop is what shrinks where there is one: 0.25 of 320 x 448 is fine, of a 64 x 96 crop it is not
+    params.parse("t", ["--height", "320", "--width", "448", "--large-epochs", "2", "--small-scale", "0.25"])
+    with pytest.raises(SystemExit):
+        params.parse("t", ["--height", "320", "--width", "448", "--crop-height", "64", "--crop-width", "96",
+                           "--large-epochs", "2", "--small-scale", "0.25"])
+    assert "shrinks the 64 x 96 training input below 32 px a side; raise it to at least 0.5" in capsys.readouterr().err
+    params.parse("t", ["--height", "320", "--width", "448", "--crop-height", "64", "--crop-width", "96",
+                       "--large-epochs", "2", "--small-scale", "0.5"])  # the value the message names is accepted
 
 
 def test_the_run_trains_small_then_large_and_labels_at_the_size_it_trained_at(prepared):
