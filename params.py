@@ -181,6 +181,9 @@ class Params:
                                 "the training images and those labels, under a second warm-up and cosine at "
                                 "--pseudo-lr x --lr. No validation image's truth is used. 0 = off; without test "
                                 "images the run trains its --epochs alone and says so", low=0)
+    pseudo_max: int = _TRAIN(0, "the most test images --pseudo-epochs labels: a sample of this many drawn with --seed "
+                             "(each is held in memory and in pseudo.npz at the network size: 9.8 MB at 1280x1920); "
+                             "0 = every test image", low=0)
     full_pseudo_epochs: int = _TRAIN(-1, "--pseudo-epochs of 02 --fold full's model; -1: --pseudo-epochs; a "
                                      "--pseudo-epochs on the command line wins", low=-1)
     large_epochs: int = _TRAIN(0, "progressive resizing: the run's last this many epochs (counting --pseudo-epochs) "

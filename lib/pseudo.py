@@ -33,11 +33,15 @@ FILE = "pseudo.npz"
 
 
 def test_paths(p) -> list[Path]:
-    """The test images a run labels (sorted by id): every one of ``input/test`` (as 03 predicts them), [] without."""
+    """The test images a run labels (sorted by id): every one of ``input/test`` (as 03 predicts them), or
+    ``--pseudo-max`` of them drawn with ``--seed``; [] without a test folder."""
     if not (p.input_dir / files.TEST).is_dir():
         return []
     ids, paths = inputs.check_test(p.input_dir, Task.of(p))
-    return [paths[i] for i in sorted(set(ids))]
+    ids = sorted(set(ids))
+    if 0 < p.pseudo_max < len(ids):
+        ids = [ids[i] for i in sorted(np.random.default_rng(p.seed).choice(len(ids), p.pseudo_max, replace=False))]
+    return [paths[i] for i in ids]
 
 
 def labelling_tta(p, scale: float = 1.0) -> str:

@@ -68,6 +68,16 @@ def test_pseudo_epochs_label_the_test_images_and_train_on_them(prepared):
     assert last["scheduler"]["last_epoch"] == 4 + 2 * 6
 
 
+def test_pseudo_max_labels_a_seeded_sample_of_the_test_images(tiny_demo):
+    every = pseudo.test_paths(params.Params(input=str(tiny_demo)))
+    assert len(every) == 16 and every == sorted(every)
+    five = pseudo.test_paths(params.Params(input=str(tiny_demo), pseudo_max=5))
+    assert len(five) == 5 and five == sorted(five) and set(five) < set(every)
+    assert five == pseudo.test_paths(params.Params(input=str(tiny_demo), pseudo_max=5))  # the same draw each run
+    assert five != pseudo.test_paths(params.Params(input=str(tiny_demo), pseudo_max=5, seed=1))
+    assert pseudo.test_paths(params.Params(input=str(tiny_demo), pseudo_max=16)) == every
+
+
 def test_a_killed_pseudo_label_run_resumes_to_the_same_result_and_a_lost_label_file_is_refused(prepared):
     root, out = prepared
     run_script("02_train.py", *args(root, out, "--experiment", "straight"))
