@@ -237,7 +237,7 @@ class Params:
     # --- hardware ---
     device: str = _HARDWARE("auto", "auto | cpu | cuda | cuda:N", stages="02 03 05", resumable=True)
     amp: str = _HARDWARE("auto", "mixed precision: auto (GPU: bf16 where supported, else fp16 + scaler; CPU: bf16 "
-                         "where it has AMX, else off) | bf16 | fp16 | off", choices=("auto", "bf16", "fp16", "off"))
+                         "where it has AMX or AVX512-BF16, else off) | bf16 | fp16 | off", choices=("auto", "bf16", "fp16", "off"))
     sync_bn: bool = _HARDWARE(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not "
                               "per rank")
     channels_last: bool = _HARDWARE(True, "NHWC memory format (faster convolutions on GPU and on CPU)")

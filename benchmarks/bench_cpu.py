@@ -6,7 +6,7 @@ against one after the other (--jobs 1), on this machine, in one run.
 Needs 01_prepare.py to have run on --input/--output (it trains two throw-away experiments there, bench_jobs1 and
 bench_jobs2, and deletes them). Prints:
   1. training-step images/s of the preset's network on random data, one process with every thread: float32 and
-     bf16 autocast (AMX on CPUs that have it);
+     bf16 autocast (AMX or AVX512-BF16 on CPUs that have it);
   2. whole ``02_train.py --fold all --epochs E`` runs (E = --bench-epochs, default 2): wall time and training
      images/s with --jobs 1 and with --jobs 2, each with the preset's other settings (--amp auto).
 """
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import params  # noqa: E402
 from bench_loader import train_step_rate  # noqa: E402
 from lib import files, folds  # noqa: E402
-from lib.runtime import cpu_has_amx  # noqa: E402
+from lib.runtime import cpu_has_bf16  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         if proc.returncode:
             sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
-    print(f"machine: {os.cpu_count()} CPU cores, AMX {cpu_has_amx()}, torch {torch.__version__}, "
+    print(f"machine: {os.cpu_count()} CPU cores, bf16 hardware {cpu_has_bf16()}, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"network: {p.arch}-{p.encoder} at {x.shape[2]}x{x.shape[3]} (training input), batch {p.batch_size}\n")
     print("| what | figure |\n|---|---:|")

@@ -7,7 +7,7 @@ For each preset it makes a small synthetic demo dataset, trains the preset's net
 (02_train.py --fold full: speed does not depend on the weights), exports it (05_export.py, which checks parity on 4
 images), then times on the same photos:
   1. the network alone on batches of --predict-batch-size preprocessed uint8 images (TTA hflip, what 03 uses without
-     a tuning): torch fp32, torch with the preset's --amp (bf16 autocast on CPUs with AMX), onnxruntime fp32;
+     a tuning): torch fp32, torch with the preset's --amp (bf16 autocast on CPUs with AMX or AVX512-BF16), onnxruntime fp32;
   2. whole photo predictors, decoding to masks, overlays and masks.csv: lib.overlay.predict_photos (03 --images)
      and lib.deploy.predict_photos (deploy.py).
 The best of --repeats timings is kept. With a CUDA GPU it adds torch on cuda and onnxruntime's CUDA provider

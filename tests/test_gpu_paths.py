@@ -66,10 +66,10 @@ def test_autocast_and_the_gradient_scaler_train_on_cpu(prepared, amp, dtype, sca
     assert 0 <= ev.dice <= 1 and ev.probs.array().shape == (4, 64, 96) and ev.probs.array().dtype == np.uint8
 
 
-def test_amp_auto_is_bf16_on_gpus_and_on_cpus_with_amx():
-    from lib.runtime import cpu_has_amx
+def test_amp_auto_is_bf16_on_gpus_and_on_cpus_with_bf16_hardware():
+    from lib.runtime import cpu_has_bf16
     cpu = Precision.for_device(torch.device("cpu"), "auto")
-    assert cpu.enabled == cpu_has_amx() and (not cpu.enabled or cpu.dtype == torch.bfloat16)
+    assert cpu.enabled == cpu_has_bf16() and (not cpu.enabled or cpu.dtype == torch.bfloat16)
     assert use_compile("auto", torch.device("cpu")) is False and use_compile("auto", torch.device("cuda")) is True
     if torch.cuda.is_available():
         p = Precision.for_device(torch.device("cuda"), "auto")
@@ -78,7 +78,7 @@ def test_amp_auto_is_bf16_on_gpus_and_on_cpus_with_amx():
 
 def test_compiled_model_trains_and_evaluates_like_eager(prepared):
     """torch.compile (inductor on CPU) for one step and one evaluation: the same loss and maps as eager."""
-    # float32 in both: bf16 autocast (--amp auto on an AMX CPU) rounds differently in inductor's fused kernels
+    # float32 in both: bf16 autocast (--amp auto on a CPU with bf16 hardware) rounds differently in inductor's fused kernels
     eager, compiled = tiny_run(*prepared, compile="off", amp="off"), tiny_run(*prepared, compile="on", amp="off")
     assert compiled.forward is not compiled.model and eager.forward is eager.model
     losses = [train_epoch(r)[0] for r in (eager, compiled)]

@@ -1,5 +1,5 @@
 """The CPU recipe's parts: folds side by side (--jobs), the zoom-out augmentation with a black border, training on
-crops of a larger input, bf16 on CPUs with AMX."""
+crops of a larger input, bf16 on CPUs with bf16 hardware."""
 import shutil
 
 import numpy as np
@@ -12,7 +12,7 @@ from lib import files
 from lib.data import train_transform
 from lib.jobs import threads_each
 from lib.model import read_checkpoint
-from lib.runtime import Precision, cpu_has_amx
+from lib.runtime import Precision, cpu_has_bf16
 
 
 @pytest.fixture
@@ -88,9 +88,18 @@ def test_scale_range_is_checked():
         params.make_params(scale_low=1.2, scale_high=1.1)
 
 
-def test_cpu_autocast_is_bf16_only_with_amx():
+@pytest.mark.parametrize("amx, avx512_bf16", [(False, False), (True, False), (False, True), (True, True)])
+def test_cpu_autocast_is_bf16_with_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert cpu_has_bf16() == (amx or avx512_bf16)
+    auto = Precision.for_device(torch.device("cpu"), "auto")
+    assert auto.enabled == (amx or avx512_bf16) and (not auto.enabled or auto.dtype == torch.bfloat16)
+
+
+def test_cpu_autocast_settings():
     cpu = torch.device("cpu")
-    assert Precision.for_device(cpu, "auto").enabled == cpu_has_amx()
+    assert Precision.for_device(cpu, "auto").enabled == cpu_has_bf16()
     assert not Precision.for_device(cpu, "off").enabled
     assert Precision.for_device(cpu, "bf16").dtype == torch.bfloat16
 
