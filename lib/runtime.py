@@ -72,8 +72,8 @@ class Precision:
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware: Intel AMX (Sapphire Rapids and later) or AVX512-BF16 (AMD Zen 4
     and later, Intel Cooper Lake). There bf16 autocast trains the CPU presets 1.7-2.6x faster than float32 (AMX:
-    benchmarks/results/recipes.md; AVX512-BF16 on an AMD EPYC: 2.0x at 160 x 224, 2.55x at 320 x 448,
-    benchmarks/bench_cpu.py); elsewhere it is emulated and slower."""
+    benchmarks/results/recipes.md; AVX512-BF16 on an AMD EPYC: 2.0x at 160 x 224, 2.55x at 320 x 448, recipes.md's
+    F38 with its command); elsewhere (and on ARM CPUs, which torch offers no probe for) it is float32."""
     probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
     return any(bool(probe and probe()) for probe in probes)
 
