@@ -37,7 +37,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> None:
-    from lib import folds  # torch and pandas are imported here, after the command line: --help stays fast
+    from lib import folds, pseudo  # torch and pandas are imported here, after the command line: --help stays fast
     from lib.runtime import Dist
     from lib.train import train_fold
     if fold == "all":
@@ -62,6 +62,7 @@ def main(p: params.Params, fold: str, resume: bool, restart: bool = False) -> No
         for r in results:
             if r["fold"] == "full":
                 also = (f", the last {r['pseudo_epochs']} also on the {r['labelled']} test images it labelled"
+                        f"{pseudo.sample_note(p, r['labelled'])}"
                         if r["labelled"] else "")
                 print(f"full: trained on every training image for {r['epochs']} epochs{also} (no validation images; "
                       "03_predict.py predicts the test set with it)")

@@ -44,6 +44,11 @@ def test_paths(p) -> list[Path]:
     return [paths[i] for i in ids]
 
 
+def sample_note(p, labelled: int) -> str:
+    """What a message adds when ``--pseudo-max`` cut the test set to the ``labelled`` images: which draw they are."""
+    return f" (a --pseudo-max sample drawn with --seed {p.seed})" if 0 < p.pseudo_max == labelled else ""
+
+
 def labelling_tta(p, scale: float = 1.0) -> str:
     """The TTA that labels: ``--tta`` where the user fixed one, else hflip (what auto chooses on Carvana); at
     ``scale`` alone where the run trained at --small-scale up to then (``--large-epochs``)."""

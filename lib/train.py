@@ -686,7 +686,8 @@ def start_pseudo(run: Run) -> None:
                 found = pseudo.label(model, run.test_paths, p, run.task, run.cache.image_format, run.device,
                                      run.precision, p.channels_last, digest, scale=scale)
             pseudo.save(run.dir, found)
-            _say(run, f"fold {run.fold}: labelled {len(found)} test images with the weights of epoch {run.epoch} "
+            _say(run, f"fold {run.fold}: labelled {len(found)} test images{pseudo.sample_note(p, len(found))} with the weights "
+                      f"of epoch {run.epoch} "
                       f"(TTA {pseudo.labelling_tta(p, scale)}) in {time.perf_counter() - start:.0f}s; {p.pseudo_epochs} more "
                       f"epochs on {len(run.sampler.rows)} training + {len(found)} labelled images")
     run.dist.barrier()

@@ -134,3 +134,6 @@ def test_pseudo_labels_with_tiles_are_refused_in_one_line(tiny_demo, tmp_path):
                       "--tile-size", "64", "--pseudo-epochs", "1", check=False)
     assert proc.returncode != 0 and "--pseudo-epochs" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+    # what the messages add: the draw, only where --pseudo-max cut the set
+    assert pseudo.sample_note(params.Params(pseudo_max=5, seed=3), 5) == " (a --pseudo-max sample drawn with --seed 3)"
+    assert pseudo.sample_note(params.Params(), 16) == "" and pseudo.sample_note(params.Params(pseudo_max=20), 16) == ""
