@@ -192,6 +192,13 @@ class Params:
                                "images are labelled at the size the run trained at last. 0 = off: every epoch at "
                                "--height x --width", low=0)
     small_scale: float = _TRAIN(0.5, "the shrink of the epochs before --large-epochs", above=0, high=1)
+    time_budget: float = _TRAIN(0.0, "minutes one model's epochs may take on this machine (lib/budget.py): the run times "
+                                "a few steps of its own and, where the epochs would take longer, trains fewer "
+                                "(--epochs, --pseudo-epochs and --large-epochs shrunk by one factor; the line it "
+                                "prints says which); labelling counts, validation and the other stages do not. 0 = "
+                                "off: every epoch", low=0)
+    full_time_budget: float = _TRAIN(-1.0, "--time-budget of 02 --fold full's model; -1: --time-budget; a "
+                                     "--time-budget on the command line wins", low=-1)
     large_lr: float = _TRAIN(0.5, "peak learning rate of the --large-epochs, as a fraction of --lr: they warm up and "
                              "follow a cosine of their own (the schedule before them ends where they start); 0: "
                              "they go on along the schedule as it is", low=0, high=1)
@@ -326,11 +333,13 @@ PRESETS: dict[str, dict] = {
     # under 20 minutes: 29 epochs at 160 x 224 (the 320 x 448 input shrunk by half), the test photos labelled by it,
     # 8 epochs on training + labelled photos, the last 3 at 320 x 448, on along the schedule; each mask keeps its
     # largest region. Epochs and post-processing were chosen by cross-validation at 160 x 224 (the epochs on a GPU
-    # over several seeds), pseudo-labels and the large epochs on held-out cars (benchmarks/results/recipes.md).
+    # over several seeds), pseudo-labels and the large epochs on held-out cars (benchmarks/results/recipes.md). On a
+    # CPU too slow for all of them in 16 minutes the full model trains fewer (--full-time-budget, lib/budget.py), so
+    # the four stages stay within 20.
     "cpu": dict(
         experiment="cpu_resnet18_320", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
         height=320, width=448, large_epochs=3, small_scale=0.5, large_lr=0.0, n_folds=4, epochs=42, full_epochs=29,
-        full_pseudo_epochs=8, val_every=21, batch_size=8, lr=2e-3, warmup_epochs=0.5, patience=0, workers=2,
+        full_pseudo_epochs=8, full_time_budget=16.0, val_every=21, batch_size=8, lr=2e-3, warmup_epochs=0.5, patience=0, workers=2,
         predict_batch_size=16, jobs=2, postprocess="largest",
     ),
 }
@@ -414,11 +423,13 @@ def make_params(**overrides) -> Params:
 def full_model(p: Params) -> Params:
     """``p`` for 02 --fold full's model: --full-epochs epochs where it is set and --epochs was not on the command
     line (the cpu preset knows its full model's epochs: the README's run needs no --epochs); likewise
-    --full-pseudo-epochs."""
+    --full-pseudo-epochs and --full-time-budget."""
     if p.full_epochs and "epochs" not in GIVEN:
         p = dataclasses.replace(p, epochs=p.full_epochs)
     if p.full_pseudo_epochs >= 0 and "pseudo_epochs" not in GIVEN:
         p = dataclasses.replace(p, pseudo_epochs=p.full_pseudo_epochs)
+    if p.full_time_budget >= 0 and "time_budget" not in GIVEN:
+        p = dataclasses.replace(p, time_budget=p.full_time_budget)
     return p
 
 

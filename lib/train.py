@@ -14,6 +14,8 @@ the schedule is that of the global batch (BatchNorm statistics are per rank unle
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import random
 import time
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import params as params_mod
-from lib import files, folds as folds_mod, pseudo, tilecache, tiles as tiles_mod, tta
+from lib import budget, files, folds as folds_mod, pseudo, tilecache, tiles as tiles_mod, tta
 from lib.cache import Cache, open_for
 from lib.data import SeededShuffle, TileSet, TrainSet, make_loader, tile_rows, train_transform, transform_for
 from lib.errors import PipelineError, restart_advice
@@ -223,9 +225,13 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
                                     (p.scale_low, p.scale_high), p.translate, p.border) if p.augment else None
         train_set, val_loader = TileSet(tiles, p.tile_size, p.tile_foreground, transform), None
     train_loader = make_loader(train_set, sampler, p.batch_size // dist.world, workers, pin, drop_last=True)
+    precision, loss_fn = Precision.for_device(device, p.amp), task.loss(p.loss, p.bce_weight, p.dice_weight)
+    test_paths = pseudo.test_paths(p) if p.pseudo_epochs else []
+    if p.time_budget:
+        p = plan_budget(p, folder / files.LAST if resume else None, net, precision, loss_fn, train_loader, test_paths,
+                        len(train_rows), cache.image_format, dist)
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
-    test_paths = pseudo.test_paths(p) if p.pseudo_epochs else []
     mixed = (len(train_rows) + len(test_paths)) // p.batch_size  # global batches an epoch on training + test images
     second = p.pseudo_epochs * math.ceil(mixed / p.accum_steps) if test_paths else 0
     large_mixed = min(p.large_epochs, p.pseudo_epochs) if test_paths else 0  # epochs on training + test images
@@ -234,10 +240,95 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     schedule = Schedule(total, warmup, p.min_lr_ratio, second, p.pseudo_lr, third, p.large_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
-               model, forward,
-               Precision.for_device(device, p.amp), task,
-               task.loss(p.loss, p.bce_weight, p.dice_weight), optimizer, scheduler, schedule, sampler, train_loader,
+               model, forward, precision, task, loss_fn, optimizer, scheduler, schedule, sampler, train_loader,
                val_loader, ema=ema, tiles=tiles, test_paths=test_paths)
+
+
+def plan_budget(p: Params, last: Path | None, net: torch.nn.Module, precision: Precision, loss_fn: torch.nn.Module,
+                loader: torch.utils.data.DataLoader, test_paths: list[Path], n_train: int, fmt, dist: Dist) -> Params:
+    """``p`` with the epochs that fit --time-budget (``lib/budget.py``): those a resumed run's checkpoint ``last``
+    was planned with, else planned from steps timed here (each rank times its own; rank 0's plan is everyone's)."""
+    saved = _saved_params(last) if last is not None else None
+    if saved is not None:
+        return dataclasses.replace(p, epochs=saved["epochs"], pseudo_epochs=saved["pseudo_epochs"],
+                                   large_epochs=saved["large_epochs"])
+    full = budget.Counts(p.epochs, p.pseudo_epochs if test_paths else 0, p.large_epochs)
+    device = next(net.parameters()).device
+    with _rng_kept():
+        model = copy.deepcopy(net)
+        small = time_step(model, p, loader, precision, loss_fn, p.small_scale) if p.large_epochs else 0.0
+        large = time_step(model, p, loader, precision, loss_fn, 1.0)
+        scale = p.small_scale if p.large_epochs and p.large_epochs <= full.pseudo else 1.0  # where labelling runs
+        labelling = time_labelling(model, p, test_paths, fmt, device, precision, scale) if full.pseudo else 0.0
+    timing = budget.Timing(len(loader), (n_train + len(test_paths)) // p.batch_size, small or large, large, labelling)
+    planned = dist.broadcast(budget.fit(full, timing, p.time_budget * 60))
+    if dist.main:
+        size = params_mod.train_size(p)
+        print(budget.describe(planned, full, timing, p.time_budget,
+                              ("{}x{}".format(*tta.scaled_size(*size, p.small_scale)), "{}x{}".format(*size))),
+              flush=True)
+    return dataclasses.replace(p, epochs=planned.epochs, large_epochs=planned.large,
+                               pseudo_epochs=planned.pseudo if test_paths else p.pseudo_epochs)
+
+
+def _saved_params(last: Path) -> dict | None:
+    """The settings in a resumable checkpoint, read without loading its tensors; None where there is none or it
+    cannot be read (``restore`` then reports it)."""
+    if not last.exists():
+        return None
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["params"]
+        return {k: int(saved[k]) for k in ("epochs", "pseudo_epochs", "large_epochs")}
+    except Exception:  # any damage: read_checkpoint names it when the run restores
+        return None
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Every global generator as it was before the block (timing steps draws from them; training must not notice)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def time_step(model: torch.nn.Module, p: Params, loader: torch.utils.data.DataLoader, precision: Precision,
+              loss_fn: torch.nn.Module, scale: float, warm: int = 4, steps: int = 6) -> float:
+    """Seconds a training step takes at ``scale`` of the batch size (one batch from ``loader`` each, its loading
+    included): the median over ``steps`` after ``warm`` steps, on ``model`` (a copy: its weights change) with an
+    optimiser of its own."""
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = make_optimizer(p, model, device)
+    task, ends = Task.of(p), []
+    batches = (batch for _ in range(warm + steps) for batch in loader)  # short loaders: round again
+    for _, (images, masks) in zip(range(warm + steps), batches):
+        images = images.to(device, non_blocking=True)
+        target = task.target(masks.to(device, non_blocking=True))
+        if scale != 1.0:
+            images, target = shrink(images, target, scale)
+        if p.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            logits = model(images)
+        loss = loss_fn(logits, target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # waits for the device
+        ends.append(time.perf_counter())
+    return float(np.median(np.diff(ends[warm - 1:])))
+
+
+def time_labelling(model: torch.nn.Module, p: Params, test_paths: list[Path], fmt, device: torch.device,
+                   precision: Precision, scale: float) -> float:
+    """Seconds labelling every test image would take, from labelling a few (after one to warm up)."""
+    k = min(len(test_paths), max(4, p.predict_batch_size))
+    pseudo.label(model, test_paths[:1], p, Task.of(p), fmt, device, precision, p.channels_last, "", False, scale)
+    start = time.perf_counter()
+    pseudo.label(model, test_paths[:k], p, Task.of(p), fmt, device, precision, p.channels_last, "", False, scale)
+    return (time.perf_counter() - start) / k * len(test_paths)
 
 
 def open_cache_once(p: Params, ids: list[str], dist: Dist) -> Cache:
@@ -569,6 +660,7 @@ def train_fold(p: Params, fold: int | str, dist: Dist, resume: bool = False, res
     """Train (or continue, or start again) fold ``fold``; returns {fold, best_val_dice, epochs, labelled (test
     images it labelled), pseudo_epochs (epochs it trained on them too)}."""
     run = setup(p, fold, dist, resume, restart)
+    p = run.p  # with --time-budget: the epochs it planned
     last = run.dir / files.LAST
     advice = restart_advice(fold, files.run_dir(p.output_dir, p.experiment))
     ckpt = read_checkpoint(last, run.device, advice, LAST_CHECKPOINT) if resume and last.exists() else None
