@@ -193,10 +193,10 @@ class Params:
                                "--height x --width", low=0)
     small_scale: float = _TRAIN(0.5, "the shrink of the epochs before --large-epochs", above=0, high=1)
     time_budget: float = _TRAIN(0.0, "minutes one model's epochs may take on this machine (lib/budget.py): the run times "
-                                "a few steps of its own and, where the epochs would take longer, trains fewer "
-                                "(--epochs, --pseudo-epochs and --large-epochs shrunk by one factor; the line it "
-                                "prints says which); labelling counts, validation and the other stages do not. 0 = "
-                                "off: every epoch", low=0)
+                                "a few steps of its own and, where the epochs would take longer, trains fewer: "
+                                "--pseudo-epochs first (down to half, then none), then --epochs and --large-epochs "
+                                "by one factor; the line it prints says which. Labelling counts, validation and the "
+                                "other stages do not. 0 = off: every epoch", low=0)
     full_time_budget: float = _TRAIN(-1.0, "--time-budget of 02 --fold full's model; -1: --time-budget; a "
                                      "--time-budget on the command line wins", low=-1)
     large_lr: float = _TRAIN(0.5, "peak learning rate of the --large-epochs, as a fraction of --lr: they warm up and "

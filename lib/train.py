@@ -230,6 +230,7 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     if p.time_budget:
         p = plan_budget(p, folder / files.LAST if resume else None, net, precision, loss_fn, train_loader, test_paths,
                         len(train_rows), cache.image_format, dist)
+        test_paths = test_paths if p.pseudo_epochs else []  # a plan without pseudo-label epochs labels nothing
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
     mixed = (len(train_rows) + len(test_paths)) // p.batch_size  # global batches an epoch on training + test images

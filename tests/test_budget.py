@@ -1,13 +1,14 @@
-"""--time-budget (lib/budget.py): the plan's arithmetic, the largest scaling that fits, and a run that times its
-steps without changing what it learns, trains the planned epochs and resumes with them."""
+"""--time-budget (lib/budget.py): the plan's arithmetic, the order it cuts in (pseudo-label epochs first, then the
+plain and large ones by the largest factor that fits), and a run that times its steps without changing what it
+learns, trains the planned epochs and resumes with them."""
 import pandas as pd
 import pytest
 import torch
 
 import params
 from conftest import run_script
-from lib import files
-from lib.budget import Counts, Timing, describe, fit, scaled, seconds
+from lib import files, pseudo
+from lib.budget import Counts, Timing, describe, fit, plans, scaled, seconds
 from lib.model import read_checkpoint
 from lib.runtime import Dist
 from lib.train import plan_budget
@@ -25,24 +26,35 @@ def test_the_plan_counts_each_epoch_at_its_size_and_the_labelling():
     assert seconds(Counts(6, 0, 0), T) == pytest.approx(6 * 10 * 2.0)
 
 
-def test_the_budget_keeps_the_largest_scaling_that_fits():
-    full = Counts(29, 8, 3)
+def test_the_budget_cuts_pseudo_label_epochs_first_then_plain_and_large_by_one_factor():
+    full = Counts(29, 8, 3)  # 345 s at T
     assert fit(full, T, seconds(full, T)) == full  # it fits: every epoch
-    for budget in (90.0, 150.0, 250.0, seconds(full, T) - 1):  # the full plan: 345 s
+    order = list(plans(full))
+    assert order[:6] == [full, Counts(29, 7, 3), Counts(29, 6, 3), Counts(29, 5, 3), Counts(29, 4, 3),
+                         Counts(29, 0, 3)]  # half the pseudo-label epochs at least, then none (no labelling)
+    shrunk = [scaled(Counts(29, 0, 3), i / 100) for i in range(99, 0, -1)]
+    assert order[6:] == [c for i, c in enumerate(shrunk) if c != ([Counts(29, 0, 3)] + shrunk)[i]]  # each once
+    assert len(order) == len(set(order))
+    # the first plan that fits, for budgets that reach each stage of the order
+    assert fit(full, T, seconds(Counts(29, 6, 3), T)) == Counts(29, 6, 3)
+    assert fit(full, T, seconds(Counts(29, 4, 3), T) - 1) == Counts(29, 0, 3)
+    for budget in (30.0, 60.0, seconds(Counts(29, 0, 3), T) - 1):
         got = fit(full, T, budget)
-        assert seconds(got, T) <= budget and got != full
-        factor = next(i / 100 for i in range(100, 0, -1) if scaled(full, i / 100) == got)
-        assert all(seconds(scaled(full, f / 100), T) > budget for f in range(round(factor * 100) + 1, 101))
-        assert got.epochs >= 1 and got.pseudo >= 1 and 1 <= got.large <= got.epochs + got.pseudo
-    assert fit(full, T, 1.0) == Counts(1, 1, 1)  # nothing fits: one epoch of each kind
+        assert seconds(got, T) <= budget and got.pseudo == 0 and got.epochs >= got.large >= 1
+        factor = next(i / 100 for i in range(99, 0, -1) if scaled(Counts(29, 0, 3), i / 100) == got)
+        assert all(seconds(scaled(Counts(29, 0, 3), f / 100), T) > budget for f in range(round(factor * 100) + 1, 100))
+    assert fit(full, T, 1.0) == Counts(1, 0, 1)  # nothing fits: one epoch, at the full size
     assert fit(Counts(5, 0, 0), T, 1.0) == Counts(1, 0, 0)  # kinds that were off stay off
+    # a short pseudo-label phase keeps at least the large epochs, which end the run on the labelled photos
+    assert list(plans(Counts(10, 3, 3)))[:3] == [Counts(10, 3, 3), Counts(10, 0, 3), Counts(9, 0, 3)]
+    assert list(plans(Counts(2, 2, 3)))[:2] == [Counts(2, 2, 3), Counts(2, 0, 2)]  # large: at most every epoch
 
 
 def test_the_line_says_what_was_measured_and_what_trains():
     full = Counts(29, 8, 3)
-    cut = fit(full, T, 250.0)
-    line = describe(cut, full, T, 5.0, ("160x224", "320x448"))
-    assert line.startswith("time budget 5 min: steps of 0.50 s at 160x224, 2.00 s at 320x448, labelling 30 s; "
+    cut = fit(full, T, 330.0)
+    line = describe(cut, full, T, 5.5, ("160x224", "320x448"))
+    assert line.startswith("time budget 5.5 min: steps of 0.50 s at 160x224, 2.00 s at 320x448, labelling 30 s; "
                            "29 epochs + 8 on labelled test images (the last 3 at 320x448) would take about")
     assert f"training {cut.epochs} epochs + {cut.pseudo} on labelled test images" in line
     assert "fits the budget; --time-budget 0 trains every epoch" in line
@@ -60,20 +72,21 @@ def test_the_full_model_takes_full_time_budget_unless_the_command_line_gives_one
 
 def test_a_run_plans_within_its_budget_trains_that_and_resumes_with_it(prepared):
     root, out = prepared
-    # a budget no epoch fits: one of each kind (plain, pseudo-label, large), whatever this machine's speed
+    # a budget no epoch fits: one plain epoch at the large size, no pseudo-label ones, whatever this machine's speed
     cut = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "3", "--pseudo-epochs", "2",
                                                                 "--large-epochs", "2", "--device", "cpu",
                                                                 "--time-budget", "0.0001", "--experiment", "cut"))
-    assert "would take about" in cut.stdout and "training 1 epoch + 1 on labelled test images (the last 1 at " \
-        "64x96) instead" in cut.stdout and "does not fit even the budget" in cut.stdout
+    assert "would take about" in cut.stdout and "training 1 epoch (the last 1 at 64x96) " \
+        "instead" in cut.stdout and "does not fit even the budget" in cut.stdout
     fold = files.fold_dir(out, "cut", 0)
-    assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1, 2]
+    assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1]
+    assert ": labelled" not in cut.stdout and not (fold / pseudo.FILE).exists()  # nothing labelled
     saved = read_checkpoint(fold / files.LAST)["params"]
-    assert (saved["epochs"], saved["pseudo_epochs"], saved["large_epochs"]) == (1, 1, 1)
+    assert (saved["epochs"], saved["pseudo_epochs"], saved["large_epochs"]) == (1, 0, 1)
     # resumed, a run keeps the epochs its checkpoint was planned with instead of timing again
     p = params.make_params(**{**saved, "epochs": 3, "pseudo_epochs": 2, "large_epochs": 2})
     again = plan_budget(p, fold / files.LAST, None, None, None, None, [], 0, None, Dist())
-    assert (again.epochs, again.pseudo_epochs, again.large_epochs) == (1, 1, 1)
+    assert (again.epochs, again.pseudo_epochs, again.large_epochs) == (1, 0, 1)
 
 
 def test_timing_the_steps_changes_nothing_the_run_learns(prepared):
