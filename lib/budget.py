@@ -101,7 +101,8 @@ def describe(planned: Counts, full: Counts, t: Timing, budget_min: float, sizes:
 
     def shape(c: Counts) -> str:
         text = f"{c.epochs} epoch{'s' * (c.epochs != 1)}" + (f" + {c.pseudo} on labelled test images" if c.pseudo else "")
-        return text + (f" (the last {c.large} at {large})" if c.large else "")
+        text += f" (the last {c.large} at {large})" if c.large else ""
+        return text + (", no pseudo-label epochs" if full.pseudo and not c.pseudo else "")
     want = seconds(full, t) / 60
     if planned == full:
         return (f"time budget {budget_min:g} min: {measured}; {shape(full)} take about {want:.1f} min: all of them")

@@ -59,6 +59,8 @@ def test_the_line_says_what_was_measured_and_what_trains():
     assert f"training {cut.epochs} epochs + {cut.pseudo} on labelled test images" in line
     assert "fits the budget; --time-budget 0 trains every epoch" in line
     assert describe(full, full, T, 100.0, ("160x224", "320x448")).endswith(": all of them")
+    dropped = describe(fit(full, T, 200.0), full, T, 200 / 60, ("160x224", "320x448"))
+    assert "training 29 epochs (the last 3 at 320x448), no pseudo-label epochs instead, about 3.2 min" in dropped
 
 
 def test_the_full_model_takes_full_time_budget_unless_the_command_line_gives_one():
@@ -76,8 +78,8 @@ def test_a_run_plans_within_its_budget_trains_that_and_resumes_with_it(prepared)
     cut = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "3", "--pseudo-epochs", "2",
                                                                 "--large-epochs", "2", "--device", "cpu",
                                                                 "--time-budget", "0.0001", "--experiment", "cut"))
-    assert "would take about" in cut.stdout and "training 1 epoch (the last 1 at 64x96) " \
-        "instead" in cut.stdout and "does not fit even the budget" in cut.stdout
+    assert "would take about" in cut.stdout and "training 1 epoch (the last 1 at 64x96), " \
+        "no pseudo-label epochs instead" in cut.stdout and "does not fit even the budget" in cut.stdout
     fold = files.fold_dir(out, "cut", 0)
     assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1]
     assert ": labelled" not in cut.stdout and not (fold / pseudo.FILE).exists()  # nothing labelled
