@@ -251,8 +251,13 @@ def plan_budget(p: Params, last: Path | None, net: torch.nn.Module, precision: P
     was planned with, else planned from steps timed here (each rank times its own; rank 0's plan is everyone's)."""
     saved = _saved_params(last) if last is not None else None
     if saved is not None:
-        return dataclasses.replace(p, epochs=saved["epochs"], pseudo_epochs=saved["pseudo_epochs"],
+        kept = dataclasses.replace(p, epochs=saved["epochs"], pseudo_epochs=saved["pseudo_epochs"],
                                    large_epochs=saved["large_epochs"])
+        if dist.main and kept != p:  # the command line asks for other epochs: say which ones train
+            print(f"time budget: resumed with the epochs planned at its start: {kept.epochs} + {kept.pseudo_epochs} "
+                  f"on labelled test images, the last {kept.large_epochs} large (--epochs, --pseudo-epochs and "
+                  "--large-epochs on a resumed command line do not change them)", flush=True)
+        return kept
     full = budget.Counts(p.epochs, p.pseudo_epochs if test_paths else 0, p.large_epochs)
     device = next(net.parameters()).device
     with _rng_kept():

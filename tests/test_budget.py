@@ -72,7 +72,7 @@ def test_the_full_model_takes_full_time_budget_unless_the_command_line_gives_one
     assert params.full_model(p).time_budget == 7  # -1: the fold models' budget
 
 
-def test_a_run_plans_within_its_budget_trains_that_and_resumes_with_it(prepared):
+def test_a_run_plans_within_its_budget_trains_that_and_resumes_with_it(prepared, capsys):
     root, out = prepared
     # a budget no epoch fits: one plain epoch at the large size, no pseudo-label ones, whatever this machine's speed
     cut = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "3", "--pseudo-epochs", "2",
@@ -89,6 +89,8 @@ def test_a_run_plans_within_its_budget_trains_that_and_resumes_with_it(prepared)
     p = params.make_params(**{**saved, "epochs": 3, "pseudo_epochs": 2, "large_epochs": 2})
     again = plan_budget(p, fold / files.LAST, None, None, None, None, [], 0, None, Dist())
     assert (again.epochs, again.pseudo_epochs, again.large_epochs) == (1, 0, 1)
+    assert "resumed with the epochs planned at its start: 1 + 0 on labelled test images, the last 1 large" \
+        in capsys.readouterr().out  # the command line's 3 + 2 do not train: said, not silent
 
 
 def test_timing_the_steps_changes_nothing_the_run_learns(prepared):
