@@ -14,7 +14,9 @@ cuts in this order (``plans``), and trains the first plan that fits:
 The order is measured, not a guess (benchmarks/results/recipes.md, section "Cut order"): on held-out cars the
 plain epochs are worth the most a second and a short pseudo-label phase the least (cutting all three kinds by
 one factor, 16 + 4 of 29 + 8, scored below 29 plain epochs with no pseudo-labels at all). The plan is made once:
-a resumed run keeps the epochs its checkpoint was planned with.
+a resumed run keeps the epochs its checkpoint was planned with; its checkpoint also keeps the epochs asked, and a
+count the resumed command line gives other than the one asked replaces the planned one (``--resume --epochs N``
+extends a budgeted run as any other: ``lib/train.plan_budget``).
 
 What the budget does not count: validation (``--val-every``), writing checkpoints, starting the run, and the other
 stages; a run of 02 ends within about the budget plus those. The timing is a sample of a few steps: a machine whose

@@ -51,7 +51,9 @@ LAST_CHECKPOINT = {**CHECKPOINT, "epoch": int, "best": float, "bad_epochs": int,
                    "optimizer": {"state": dict, "param_groups": files.ListOf(dict)}, "scheduler": dict,
                    "scaler": dict, "rng": {"torch": torch.Tensor, "python": files.ListOf(int), "numpy": torch.Tensor,
                                            "numpy_pos": int},
-                   "world?": int, "split?": str, "task?": TASK_RECORD, "ema?": dict}
+                   "world?": int, "split?": str, "task?": TASK_RECORD, "ema?": dict,
+                   "asked?": {k: int for k in ("epochs", "pseudo_epochs", "large_epochs")}}
+BUDGET_COUNTS = ("epochs", "pseudo_epochs", "large_epochs")  # what --time-budget plans (checkpoints: "asked")
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -146,6 +148,7 @@ class Run:
     tiles: tilecache.TileCache | None = None  # --tile-size: the images at the network's scale (same rows as cache)
     test_paths: list[Path] = field(default_factory=list)  # --pseudo-epochs: the test images it labels
     labelled: pseudo.Labelled | None = None  # once labelled: what the pseudo-label epochs train on besides the cache
+    asked: dict | None = None  # --time-budget: the epochs the command line asked for before the plan (last.pt keeps it)
 
     @property
     def last_epoch(self) -> int:
@@ -227,9 +230,10 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     train_loader = make_loader(train_set, sampler, p.batch_size // dist.world, workers, pin, drop_last=True)
     precision, loss_fn = Precision.for_device(device, p.amp), task.loss(p.loss, p.bce_weight, p.dice_weight)
     test_paths = pseudo.test_paths(p) if p.pseudo_epochs else []
+    asked = None
     if p.time_budget:
-        p = plan_budget(p, folder / files.LAST if resume else None, net, precision, loss_fn, train_loader, test_paths,
-                        len(train_rows), cache.image_format, dist)
+        p, asked = plan_budget(p, folder / files.LAST if resume else None, net, precision, loss_fn, train_loader,
+                               test_paths, len(train_rows), cache.image_format, dist)
         test_paths = test_paths if p.pseudo_epochs else []  # a plan without pseudo-label epochs labels nothing
     steps_per_epoch = math.ceil(len(train_loader) / p.accum_steps)
     total, warmup = p.epochs * steps_per_epoch, max(1, round(p.warmup_epochs * steps_per_epoch))
@@ -242,22 +246,28 @@ def setup(p: Params, fold: int | str, dist: Dist, resume: bool = False, restart:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Run(p, fold, dist, device, folder, cache, folds_mod.fold_digest(split, fold), val_ids, val_rows, net,
                model, forward, precision, task, loss_fn, optimizer, scheduler, schedule, sampler, train_loader,
-               val_loader, ema=ema, tiles=tiles, test_paths=test_paths)
+               val_loader, ema=ema, tiles=tiles, test_paths=test_paths, asked=asked)
 
 
 def plan_budget(p: Params, last: Path | None, net: torch.nn.Module, precision: Precision, loss_fn: torch.nn.Module,
-                loader: torch.utils.data.DataLoader, test_paths: list[Path], n_train: int, fmt, dist: Dist) -> Params:
-    """``p`` with the epochs that fit --time-budget (``lib/budget.py``): those a resumed run's checkpoint ``last``
-    was planned with, else planned from steps timed here (each rank times its own; rank 0's plan is everyone's)."""
-    saved = _saved_params(last) if last is not None else None
+                loader: torch.utils.data.DataLoader, test_paths: list[Path], n_train: int, fmt,
+                dist: Dist) -> tuple[Params, dict | None]:
+    """``p`` with the epochs that fit --time-budget (``lib/budget.py``), and the epochs asked for at the run's start
+    (what its checkpoints keep; None for a checkpoint written before they kept them). A resumed
+    run (its checkpoint ``last``) plans nothing: it trains what its start planned, except the counts its command line
+    gives other than those asked at the start (``--resume --epochs N`` extends it as any run); else the plan comes
+    from steps timed here (each rank times its own; rank 0's plan is everyone's)."""
+    asked = {k: getattr(p, k) for k in BUDGET_COUNTS}
+    saved = _saved_plan(last) if last is not None else None
     if saved is not None:
-        kept = dataclasses.replace(p, epochs=saved["epochs"], pseudo_epochs=saved["pseudo_epochs"],
-                                   large_epochs=saved["large_epochs"])
-        if dist.main and kept != p:  # the command line asks for other epochs: say which ones train
-            print(f"time budget: resumed with the epochs planned at its start: {kept.epochs} + {kept.pseudo_epochs} "
-                  f"on labelled test images, the last {kept.large_epochs} large (--epochs, --pseudo-epochs and "
-                  "--large-epochs on a resumed command line do not change them)", flush=True)
-        return kept
+        planned, at_start = saved
+        # a checkpoint written before last.pt kept "asked": the command line cannot be told from the start's
+        counts = planned if at_start is None else \
+            {k: planned[k] if asked[k] == at_start[k] else asked[k] for k in BUDGET_COUNTS}
+        kept = dataclasses.replace(p, **counts)
+        if dist.main and kept != p:
+            print(_resumed_line(planned, at_start, counts), flush=True)
+        return kept, at_start
     full = budget.Counts(p.epochs, p.pseudo_epochs if test_paths else 0, p.large_epochs)
     device = next(net.parameters()).device
     with _rng_kept():
@@ -274,17 +284,34 @@ def plan_budget(p: Params, last: Path | None, net: torch.nn.Module, precision: P
                               ("{}x{}".format(*tta.scaled_size(*size, p.small_scale)), "{}x{}".format(*size))),
               flush=True)
     return dataclasses.replace(p, epochs=planned.epochs, large_epochs=planned.large,
-                               pseudo_epochs=planned.pseudo if test_paths else p.pseudo_epochs)
+                               pseudo_epochs=planned.pseudo if test_paths else p.pseudo_epochs), asked
 
 
-def _saved_params(last: Path) -> dict | None:
-    """The settings in a resumable checkpoint, read without loading its tensors; None where there is none or it
-    cannot be read (``restore`` then reports it)."""
+def _resumed_line(planned: dict, at_start: dict | None, counts: dict) -> str:
+    """What a resumed budgeted run trains: its plan, or the counts its command line changed."""
+    def shape(c: dict) -> str:
+        return f"{c['epochs']} + {c['pseudo_epochs']} on labelled test images, the last {c['large_epochs']} large"
+    if at_start is None:
+        return (f"time budget: resumed with the epochs planned at its start: {shape(planned)} (its checkpoint does "
+                "not record the epochs asked, so the command line's do not change them)")
+    if counts == planned:
+        return (f"time budget: resumed with the epochs planned at its start: {shape(planned)} (of {shape(at_start)} "
+                "asked); --resume --epochs N, N other than the one asked, extends it to N")
+    flags = ", ".join(f"--{k.replace('_', '-')} {counts[k]}" for k in BUDGET_COUNTS if counts[k] != planned[k])
+    return f"time budget: resumed with {flags} from the command line instead of the plan ({shape(planned)}): {shape(counts)}"
+
+
+def _saved_plan(last: Path) -> tuple[dict, dict | None] | None:
+    """The epochs a resumable checkpoint was planned with and those its command line asked for (None in a
+    checkpoint written before it kept them), read without loading its tensors; None where there is no checkpoint or
+    it cannot be read (``restore`` then reports it)."""
     if not last.exists():
         return None
     try:
-        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["params"]
-        return {k: int(saved[k]) for k in ("epochs", "pseudo_epochs", "large_epochs")}
+        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        asked = ckpt.get("asked")
+        return ({k: int(ckpt["params"][k]) for k in BUDGET_COUNTS},
+                {k: int(asked[k]) for k in BUDGET_COUNTS} if asked is not None else None)
     except Exception:  # any damage: read_checkpoint names it when the run restores
         return None
 
@@ -600,7 +627,8 @@ class RunWriter:
             run.net, self.p, epoch=run.epoch, best=run.best, bad_epochs=run.bad_epochs,
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
             scaler=run.precision.scaler.state_dict(), rng=rng_state(), world=run.dist.world, split=run.split,
-            task=run.task.checkpoint_record(), **({"ema": run.ema.state_dict()} if run.ema is not None else {})))
+            task=run.task.checkpoint_record(), **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
+            **({"asked": run.asked} if run.asked is not None else {})))
 
     def _tensorboard(self, row: list, ev: Evaluation | None) -> None:
         tb, epoch = self.run.tb, self.run.epoch

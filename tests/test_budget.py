@@ -1,6 +1,6 @@
 """--time-budget (lib/budget.py): the plan's arithmetic, the order it cuts in (pseudo-label epochs first, then the
 plain and large ones by the largest factor that fits), and a run that times its steps without changing what it
-learns, trains the planned epochs and resumes with them."""
+learns, trains the planned epochs, resumes with them and extends them with --resume --epochs N."""
 import pandas as pd
 import pytest
 import torch
@@ -83,14 +83,34 @@ def test_a_run_plans_within_its_budget_trains_that_and_resumes_with_it(prepared,
     fold = files.fold_dir(out, "cut", 0)
     assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1]
     assert ": labelled" not in cut.stdout and not (fold / pseudo.FILE).exists()  # nothing labelled
-    saved = read_checkpoint(fold / files.LAST)["params"]
+    ckpt = read_checkpoint(fold / files.LAST)
+    saved = ckpt["params"]
     assert (saved["epochs"], saved["pseudo_epochs"], saved["large_epochs"]) == (1, 0, 1)
-    # resumed, a run keeps the epochs its checkpoint was planned with instead of timing again
+    assert ckpt["asked"] == {"epochs": 3, "pseudo_epochs": 2, "large_epochs": 2}  # what the command line asked
+    # resumed with the command line it started with, a run keeps its plan instead of timing again
     p = params.make_params(**{**saved, "epochs": 3, "pseudo_epochs": 2, "large_epochs": 2})
-    again = plan_budget(p, fold / files.LAST, None, None, None, None, [], 0, None, Dist())
-    assert (again.epochs, again.pseudo_epochs, again.large_epochs) == (1, 0, 1)
-    assert "resumed with the epochs planned at its start: 1 + 0 on labelled test images, the last 1 large" \
-        in capsys.readouterr().out  # the command line's 3 + 2 do not train: said, not silent
+    again, asked = plan_budget(p, fold / files.LAST, None, None, None, None, [], 0, None, Dist())
+    assert (again.epochs, again.pseudo_epochs, again.large_epochs) == (1, 0, 1) and asked == ckpt["asked"]
+    assert "resumed with the epochs planned at its start: 1 + 0 on labelled test images, the last 1 large (of 3 + " \
+        "2 on labelled test images, the last 2 large asked)" in capsys.readouterr().out  # said, not silent
+    # a checkpoint of before the asked epochs were kept: the plan, and no guess at what was asked
+    old = fold.parent / "old.pt"
+    torch.save({k: v for k, v in ckpt.items() if k != "asked"}, old)
+    again, asked = plan_budget(p, old, None, None, None, None, [], 0, None, Dist())
+    assert (again.epochs, again.pseudo_epochs, again.large_epochs) == (1, 0, 1) and asked is None
+    assert "does not record the epochs asked" in capsys.readouterr().out
+    old.unlink()
+    # --resume --epochs N, N other than the 3 asked, extends the budgeted run to N as it would any run
+    more = run_script("02_train.py", "--fold", "0", *train_args(root, out, "--epochs", "2", "--pseudo-epochs", "2",
+                                                                 "--large-epochs", "2", "--device", "cpu",
+                                                                 "--time-budget", "0.0001", "--experiment", "cut",
+                                                                 "--resume"))
+    assert "resumed with --epochs 2 from the command line instead of the plan (1 + 0 on labelled test images, the " \
+        "last 1 large): 2 + 0 on labelled test images, the last 1 large" in more.stdout
+    assert pd.read_csv(fold / files.LOG).epoch.tolist() == [1, 2] and not (fold / pseudo.FILE).exists()
+    ckpt = read_checkpoint(fold / files.LAST)
+    assert (ckpt["params"]["epochs"], ckpt["params"]["pseudo_epochs"], ckpt["params"]["large_epochs"]) == (2, 0, 1)
+    assert ckpt["asked"] == {"epochs": 3, "pseudo_epochs": 2, "large_epochs": 2}  # still the start's
 
 
 def test_timing_the_steps_changes_nothing_the_run_learns(prepared):
