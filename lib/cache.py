@@ -45,7 +45,8 @@ from lib.photos import decode_to_net, read_image_bytes
 from lib.task import BINARY, Task
 from params import SETTINGS, Params, rerun
 
-CACHE_VERSION = 4  # 3: per-image sizes and the mask suffix in meta.json; 4: the sources' fingerprints
+CACHE_VERSION = 5  # 3: per-image sizes and the mask suffix in meta.json; 4: the sources' fingerprints; 5: photos
+# decoded reduced no longer stretched against their masks (geometry.from_reduced)
 DISK_MARGIN = 1.05  # 01_prepare.py refuses unless free space covers what it writes plus this fraction
 GB = 1e9
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from lib import files, fingerprint, rle
 from lib.errors import PipelineError, listing
-from lib.geometry import padded_size, to_net
+from lib.geometry import REDUCED_DECODE, from_reduced, padded_size, to_net
 from lib.imageformat import RGB8, ImageFormat, display_pixels
 from lib.layout import PHOTO_EXTS, split_name
 from lib.task import Task
@@ -50,14 +50,14 @@ def read_image_bytes(path: Path) -> bytes:
 def decode_to_net(raw: bytes, path: Path, size: tuple[int, int], height: int, width: int) -> np.ndarray:
     """(height, width, 3) uint8 RGB of the encoded photo ``raw`` (read from ``path``) whose size is (H0, W0) ``size``:
     decoded reduced by 8, 4 or 2 (libjpeg's DCT scaling, several times faster) when that is still at least the
-    network size, then INTER_AREA resized; else decoded whole and ``to_net`` (reflect-padded at full resolution).
-    PipelineError naming the file if it does not decode."""
+    network size, then shrunk by the area each pixel covers at full resolution (``geometry.from_reduced``: in line
+    with its mask); else decoded whole and ``to_net`` (reflect-padded at full resolution). PipelineError naming the
+    file if it does not decode."""
     h0, w0 = size
-    flag = cv2.IMREAD_COLOR
-    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if h0 // factor >= height and w0 // factor >= width and (height, width) != padded_size(h0, w0):
-            flag = reduced
+    flag, factor = cv2.IMREAD_COLOR, 1
+    for k, reduced in REDUCED_DECODE:
+        if h0 // k >= height and w0 // k >= width and (height, width) != padded_size(h0, w0):
+            flag, factor = reduced, k
             break
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as stored, like masks
     if image is None:
@@ -65,7 +65,7 @@ def decode_to_net(raw: bytes, path: Path, size: tuple[int, int], height: int, wi
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if flag == cv2.IMREAD_COLOR:
         return to_net(image, height, width)
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return from_reduced(image, factor, (h0, w0), (height, width))
 
 
 def not_a_file(path: Path) -> str | None:

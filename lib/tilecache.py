@@ -32,7 +32,7 @@ from lib.inputs import read_image_bytes, source_fingerprint
 from lib.task import Task
 from lib.tiles import read_scaled, scaled_size
 
-VERSION = 2  # 2: foreground points drawn per class
+VERSION = 3  # 2: foreground points drawn per class; 3: images decoded reduced in line with their masks
 FOREGROUND_POINTS = 4096  # foreground pixels kept per image for --tile-foreground
 _META = {"version": int, "ids": files.ListOf(str), "downscale": float, "orig_sizes": files.ListOf(files.ListOf(int)),
          "sizes": files.ListOf(files.ListOf(int)), "mask_suffix": str, "task": dict, "sources": dict}

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from lib.errors import PipelineError
-from lib.geometry import STRIDE, padded_size, padding
+from lib.geometry import REDUCED_DECODE, STRIDE, from_reduced, padded_size, padding
 
 # Standard deviation of the blending Gaussian as a fraction of the tile side (nnU-Net's choice of 1/8: the centre
 # weighs about 3000 times a corner, so a border pixel counts only where no other tile covers it better).
@@ -175,16 +175,13 @@ def read_scaled(raw: bytes, path, downscale: float) -> tuple[np.ndarray, tuple[i
     from lib.inputs import image_size  # PIL: not for the torch-free predictor, which imports this module's Tiling
     h0, w0 = image_size(raw, path)
     h, w = scaled_size(h0, w0, downscale)
-    flag = cv2.IMREAD_COLOR
-    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if downscale >= factor:
-            flag = reduced
+    flag, factor = cv2.IMREAD_COLOR, 1
+    for k, reduced in REDUCED_DECODE:
+        if downscale >= k:
+            flag, factor = reduced, k
             break
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise PipelineError(f"{path}: not a readable image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.shape[:2] != (h, w):
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    return image, (h0, w0)
+    return from_reduced(image, factor, (h0, w0), (h, w)), (h0, w0)  # in line with the mask (area from full size)

@@ -50,3 +50,43 @@ def test_tta_hflip_averages_the_flipped_prediction():
     x = torch.zeros(1, 3, 4, 6)
     prob = tta.predict_proba(model, x, "hflip", BINARY)
     assert torch.allclose(prob, torch.full_like(prob, 0.5), atol=1e-6)
+
+
+def _shift(got: np.ndarray, want: np.ndarray, axis: int, full: int, period: float) -> float:
+    """How far (network pixels) the sinusoid of ``period`` full-resolution pixels along ``axis`` lies in ``got``
+    from where it lies in ``want``, over the far third of the axis (where a stretch is largest): the difference of
+    the phases fitted to each, which blur does not move."""
+    def phase(image: np.ndarray) -> float:
+        profile = image.mean(axis=1 - axis).astype(float)
+        n = profile.size
+        c = np.arange(n * 2 // 3, n)
+        u = 2 * np.pi * (c + 0.5) * (full / n) / period
+        fit = np.linalg.lstsq(np.stack([np.ones_like(u), np.sin(u), np.cos(u)], 1), profile[c], rcond=None)[0]
+        return np.arctan2(fit[2], fit[1])
+    d = (phase(got) - phase(want) + np.pi) % (2 * np.pi) - np.pi
+    return d / (2 * np.pi) * period / (full / got.shape[axis])
+
+
+@pytest.mark.parametrize("full, size", [((1280, 1918), (320, 448)), ((1280, 1918), (160, 224)),
+                                        ((1001, 1503), (240, 352)), ((700, 1050), (320, 512))])
+def test_a_photo_decoded_reduced_lines_up_with_its_mask(full, size):
+    """libjpeg rounds a reduced side up (1918 / 4 -> 480 columns spanning 1920): the photo at the network size must
+    still lie where the whole photo resized does (what its mask gets, ``to_net``), in the cache's decoder and the
+    tiles' alike. Before, 1918 x 1280 at 448 x 320 lay 0.4 network pixels off at the far right."""
+    import cv2
+    from lib.photos import decode_to_net
+    from lib.tiles import read_scaled
+    (h0, w0), period = full, 96.0
+    y, x = np.mgrid[:h0, :w0]
+    wave = np.stack([127.5 + 120 * np.sin(2 * np.pi * x / period), 127.5 + 120 * np.sin(2 * np.pi * y / period),
+                     np.full(x.shape, 128.0)], -1).astype(np.uint8)  # a wave across in blue, one down in green (BGR)
+    encoded = cv2.imencode(".jpg", wave, [cv2.IMWRITE_JPEG_QUALITY, 100])[1]
+    whole = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    got = decode_to_net(encoded.tobytes(), "wave.jpg", full, *size)
+    want = to_net(whole, *size)
+    assert abs(_shift(got[..., 2], want[..., 2], 1, w0, period)) < 0.05
+    assert abs(_shift(got[..., 1], want[..., 1], 0, h0, period)) < 0.05
+    scaled, _ = read_scaled(encoded.tobytes(), "wave.jpg", h0 / size[0])  # tiles: the photo at 1/downscale
+    want = cv2.resize(whole, scaled.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert abs(_shift(scaled[..., 2], want[..., 2], 1, w0, period)) < 0.05
+    assert abs(_shift(scaled[..., 1], want[..., 1], 0, h0, period)) < 0.05
