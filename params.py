@@ -333,14 +333,15 @@ PRESETS: dict[str, dict] = {
     # Real data on a 2-core CPU (../shared/carvana_sample, 32 cars): one model on every car (02 --fold full) in
     # under 20 minutes: 29 epochs at 160 x 224 (the 320 x 448 input shrunk by half), the test photos labelled by it,
     # 8 epochs on training + labelled photos, the last 3 at 320 x 448, on along the schedule; each mask keeps its
-    # largest region. Epochs and post-processing were chosen by cross-validation at 160 x 224 (the epochs on a GPU
-    # over several seeds), pseudo-labels and the large epochs on held-out cars (benchmarks/results/recipes.md). On a
+    # largest region; batches of 4 (twice the steps of 8 for 10% fewer images a second). Epochs and post-processing
+    # were chosen by cross-validation at 160 x 224 (the epochs on a GPU over several seeds), pseudo-labels, the large
+    # epochs and the batch on held-out cars (benchmarks/results/recipes.md). On a
     # CPU too slow for all of them in 16 minutes the full model trains fewer (--full-time-budget, lib/budget.py), so
     # the four stages stay within 20.
     "cpu": dict(
         experiment="cpu_resnet18_320", encoder="resnet18", encoder_weights="none", decoder_channels="128,64,32,16,16",
         height=320, width=448, large_epochs=3, small_scale=0.5, large_lr=0.0, n_folds=4, epochs=42, full_epochs=29,
-        full_pseudo_epochs=8, full_time_budget=16.0, val_every=21, batch_size=8, lr=2e-3, warmup_epochs=0.5, patience=0, workers=2,
+        full_pseudo_epochs=8, full_time_budget=16.0, val_every=21, batch_size=4, lr=2e-3, warmup_epochs=0.5, patience=0, workers=2,
         predict_batch_size=16, jobs=2, postprocess="largest",
     ),
 }
