@@ -196,8 +196,8 @@ class Params:
                                 "a few steps of its own and, where the epochs would take longer, trains fewer: "
                                 "--pseudo-epochs first (down to half, then none), then --epochs and --large-epochs "
                                 "by one factor; the line it prints says which. Labelling counts, validation and the "
-                                "other stages do not. --resume keeps the plan; --resume --epochs N extends it. 0 = off: every "
-                                "epoch", low=0)
+                                "other stages do not. --resume keeps the plan; --resume --epochs N extends it. 0 = "
+                                "off: every epoch", low=0)
     full_time_budget: float = _TRAIN(-1.0, "--time-budget of 02 --fold full's model; -1: --time-budget; a "
                                      "--time-budget on the command line wins", low=-1)
     large_lr: float = _TRAIN(0.5, "peak learning rate of the --large-epochs, as a fraction of --lr: they warm up and "

@@ -50,16 +50,21 @@ REDUCED_DECODE = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_
 
 
 def from_reduced(image: np.ndarray, factor: int, full: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """``image``, a photo of ``full`` (H0, W0) pixels decoded reduced by ``factor``, at (h, w) ``size``: each pixel
-    the mean of the full-resolution span it covers, as INTER_AREA from the whole photo (and ``to_net``, which masks
-    take) would give. libjpeg rounds a reduced side up (1918 columns by 4 are 480, the last only 2 pixels wide), so
-    resizing the reduced photo to ``size`` as if every pixel were ``factor`` wide would stretch it against its mask
-    by up to ``factor`` - 1 pixels at the far edge (half a network pixel at 448 wide)."""
+    """``image``, a photo of ``full`` (H0, W0) pixels decoded reduced by ``factor`` (cv2.IMREAD_REDUCED_*), at (h, w)
+    ``size``: each pixel the mean of the full-resolution span it covers, as INTER_AREA from the whole photo (and
+    ``to_net``, which masks take) would give. libjpeg rounds a reduced side up (1918 columns by 4 are 480, the last
+    only 2 pixels wide), so resizing that photo to ``size`` as if every pixel were ``factor`` wide would stretch it
+    against its mask by up to ``factor`` - 1 pixels at the far edge (half a network pixel at 448 wide); other formats
+    cv2 decodes whole and shrinks to the side divided down (479), which spans the whole photo."""
     (h0, w0), (h, w) = full, size
-    if h0 % factor == 0 and w0 % factor == 0:  # every reduced pixel whole: the plain resize is exact
-        return image if image.shape[:2] == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    sx, sy = w0 / (factor * w), h0 / (factor * h)  # reduced pixels an output pixel spans: the real extent's, not
-    if image.shape[:2] == (h, w):  # the rounded-up one's; here (an enlargement) cv2.resize would copy: sample instead
+    rows, cols = image.shape[:2]
+    # the reduced pixels each side really spans: a side rounded up ends in a partial pixel
+    span_y = h0 / factor if rows == -(-h0 // factor) else rows
+    span_x = w0 / factor if cols == -(-w0 // factor) else cols
+    if (span_y, span_x) == (rows, cols):  # every reduced pixel whole: the plain resize is exact
+        return image if (rows, cols) == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    sx, sy = span_x / w, span_y / h  # reduced pixels an output pixel spans
+    if (rows, cols) == (h, w):  # an enlargement cv2.resize would return unchanged whatever the scale: sample instead
         to_source = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]])
         return cv2.warpAffine(image, to_source, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)

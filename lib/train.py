@@ -46,14 +46,14 @@ LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds", "
 # val_dice_raw: with --ema, the val Dice of the trained weights themselves (val_dice is the average's); else empty
 VAL_THRESHOLD = 0.5  # val Dice during training; 03_predict tunes the real threshold
 PRODUCTS = (files.LAST, files.BEST, files.OOF)  # a fold folder holding any of these holds a run
+BUDGET_COUNTS = ("epochs", "pseudo_epochs", "large_epochs")  # what --time-budget plans (checkpoints: "asked")
 # what last.pt holds (RunWriter.epoch_end): everything --resume restores, checked before any of it is used
 LAST_CHECKPOINT = {**CHECKPOINT, "epoch": int, "best": float, "bad_epochs": int,
                    "optimizer": {"state": dict, "param_groups": files.ListOf(dict)}, "scheduler": dict,
                    "scaler": dict, "rng": {"torch": torch.Tensor, "python": files.ListOf(int), "numpy": torch.Tensor,
                                            "numpy_pos": int},
                    "world?": int, "split?": str, "task?": TASK_RECORD, "ema?": dict,
-                   "asked?": {k: int for k in ("epochs", "pseudo_epochs", "large_epochs")}}
-BUDGET_COUNTS = ("epochs", "pseudo_epochs", "large_epochs")  # what --time-budget plans (checkpoints: "asked")
+                   "asked?": {k: int for k in BUDGET_COUNTS}}
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -298,7 +298,8 @@ def _resumed_line(planned: dict, at_start: dict | None, counts: dict) -> str:
         return (f"time budget: resumed with the epochs planned at its start: {shape(planned)} (of {shape(at_start)} "
                 "asked); --resume --epochs N, N other than the one asked, extends it to N")
     flags = ", ".join(f"--{k.replace('_', '-')} {counts[k]}" for k in BUDGET_COUNTS if counts[k] != planned[k])
-    return f"time budget: resumed with {flags} from the command line instead of the plan ({shape(planned)}): {shape(counts)}"
+    return (f"time budget: resumed with {flags} from the command line instead of the plan ({shape(planned)}): "
+            f"{shape(counts)}")
 
 
 def _saved_plan(last: Path) -> tuple[dict, dict | None] | None:

@@ -67,26 +67,30 @@ def _shift(got: np.ndarray, want: np.ndarray, axis: int, full: int, period: floa
     return d / (2 * np.pi) * period / (full / got.shape[axis])
 
 
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
 @pytest.mark.parametrize("full, size", [((1280, 1918), (320, 448)), ((1280, 1918), (160, 224)),
                                         ((1001, 1503), (240, 352)), ((700, 1050), (320, 512))])
-def test_a_photo_decoded_reduced_lines_up_with_its_mask(full, size):
-    """libjpeg rounds a reduced side up (1918 / 4 -> 480 columns spanning 1920): the photo at the network size must
-    still lie where the whole photo resized does (what its mask gets, ``to_net``), in the cache's decoder and the
-    tiles' alike. Before, 1918 x 1280 at 448 x 320 lay 0.4 network pixels off at the far right."""
+def test_a_photo_decoded_reduced_lines_up_with_its_mask(full, size, ext):
+    """libjpeg rounds a reduced side up (1918 / 4 -> 480 columns spanning 1920), cv2 shrinks other formats to the
+    side divided down (479): either way the photo at the network size must have that size and lie where the whole
+    photo resized does (what its mask gets, ``to_net``), in the cache's decoder and the tiles' alike. Before, a JPEG
+    of 1918 x 1280 at 448 x 320 lay 0.4 network pixels off at the far right."""
     import cv2
     from lib.photos import decode_to_net
-    from lib.tiles import read_scaled
+    from lib.tiles import read_scaled, scaled_size
     (h0, w0), period = full, 96.0
     y, x = np.mgrid[:h0, :w0]
     wave = np.stack([127.5 + 120 * np.sin(2 * np.pi * x / period), 127.5 + 120 * np.sin(2 * np.pi * y / period),
                      np.full(x.shape, 128.0)], -1).astype(np.uint8)  # a wave across in blue, one down in green (BGR)
-    encoded = cv2.imencode(".jpg", wave, [cv2.IMWRITE_JPEG_QUALITY, 100])[1]
+    encoded = cv2.imencode(ext, wave, [cv2.IMWRITE_JPEG_QUALITY, 100] if ext == ".jpg" else [])[1]
     whole = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    got = decode_to_net(encoded.tobytes(), "wave.jpg", full, *size)
+    got = decode_to_net(encoded.tobytes(), "wave" + ext, full, *size)
     want = to_net(whole, *size)
+    assert got.shape == want.shape == (*size, 3)
     assert abs(_shift(got[..., 2], want[..., 2], 1, w0, period)) < 0.05
     assert abs(_shift(got[..., 1], want[..., 1], 0, h0, period)) < 0.05
-    scaled, _ = read_scaled(encoded.tobytes(), "wave.jpg", h0 / size[0])  # tiles: the photo at 1/downscale
+    scaled, _ = read_scaled(encoded.tobytes(), "wave" + ext, h0 / size[0])  # tiles: the photo at 1/downscale
+    assert scaled.shape[:2] == scaled_size(h0, w0, h0 / size[0])
     want = cv2.resize(whole, scaled.shape[1::-1], interpolation=cv2.INTER_AREA)
     assert abs(_shift(scaled[..., 2], want[..., 2], 1, w0, period)) < 0.05
     assert abs(_shift(scaled[..., 1], want[..., 1], 0, h0, period)) < 0.05
